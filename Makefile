@@ -1,0 +1,58 @@
+# The two commands: `make train` (tiny default, CPU is enough) and `make test`.
+# Both set the environment up on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.deps-stamp
+# The CPU build of torch on machines without CUDA; clusters pass their own (TORCH_SPEC=).
+TORCH_SPEC ?= torch==2.13.0
+CONF ?= tiny
+ARGS ?=
+NPROC ?= 1
+PYTEST_ARGS ?=
+
+export PYTHONUNBUFFERED := 1
+export WANDB_MODE ?= offline
+export TOKENIZERS_PARALLELISM ?= false
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: setup train data test test-gpu test-slurm bench lint format clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -r requirements.txt
+	touch $(STAMP)
+
+train: setup
+ifeq ($(NPROC),1)
+	$(PY) -m train experiment=$(CONF) $(ARGS)
+else
+	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m train experiment=$(CONF) $(ARGS)
+endif
+
+data: setup
+	$(PY) -m train.data.prepare experiment=$(CONF) $(ARGS)
+
+test: setup
+	$(PY) -m pytest -q -m "not gpu" $(PYTEST_ARGS) tests
+
+# On a GPU machine: the same kernel tests in bf16 at larger shapes.
+test-gpu: setup
+	$(PY) -m pytest -q -m gpu $(PYTEST_ARGS) tests
+
+bench: setup
+	$(PY) -m bench.attention $(ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+format: setup
+	$(VENV)/bin/ruff format .
+
+clean:
+	rm -rf outputs multirun .pytest_cache
