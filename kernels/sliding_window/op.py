@@ -1,0 +1,47 @@
+"""Public sliding-window attention op: input checks and backend dispatch."""
+
+from __future__ import annotations
+
+import torch
+
+from ..utils import check_doc_ids, check_qkv, default_scale, resolve_backend
+from .naive import sliding_window_attention_naive
+
+
+def check_window(window) -> int:
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"window: expected an int >= 1, got {window!r}")
+    return window
+
+
+def sliding_window_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    window: int,
+    doc_ids: torch.Tensor | None = None,
+    scale: float | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Causal sliding-window attention with document masking (the L2A local branch).
+
+    Args:
+        q: `(B, Hq, T, D)`; k, v: `(B, Hkv, T, D)` with `Hq % Hkv == 0` (never expanded).
+        window: query `i` sees keys `max(i - window + 1, doc start) .. i`.
+        doc_ids: optional `(B, T)` int ids of contiguous packed documents (None: one doc).
+        scale: softmax scale, default `D ** -0.5`.
+        backend: `auto` (GPU kernel on CUDA, PyTorch elsewhere), `torch`, or `triton`.
+
+    Returns:
+        `(B, Hq, T, D)` in q's dtype.
+    """
+    B, Hq, Hkv, T, D = check_qkv(q, k, v)
+    window = check_window(window)
+    check_doc_ids(doc_ids, B, T, q.device)
+    scale = default_scale(scale, D)
+    backend = resolve_backend(backend, q)
+    if backend == "torch":
+        return sliding_window_attention_naive(q, k, v, window, doc_ids, scale)
+    from .gpu import sliding_window_attention_gpu
+
+    return sliding_window_attention_gpu(q, k, v, window, doc_ids, scale)

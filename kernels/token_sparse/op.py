@@ -1,0 +1,55 @@
+"""Public token-sparse attention op: input checks and backend dispatch."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ..utils import check_doc_ids, check_qkv, check_route, default_scale, resolve_backend
+from .naive import token_sparse_attention_naive
+
+
+def _triton_usable(q: torch.Tensor) -> bool:
+    return q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def token_sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    route: torch.Tensor,
+    doc_ids: torch.Tensor | None = None,
+    scale: float | None = None,
+    backend: str = "auto",
+    deterministic: bool = False,
+) -> torch.Tensor:
+    """Causal attention computed only for routed queries, against every key.
+
+    Args:
+        q: `(B, Hq, T, D)` queries.
+        k, v: `(B, Hkv, T, D)` keys / values, `Hq % Hkv == 0`; query head `h` reads KV head
+            `h // (Hq // Hkv)`. K/V are never expanded.
+        route: `(B, T)` bool, the router decision per token (shared by all heads).
+        doc_ids: optional `(B, T)` int ids of contiguous packed documents; a query at `i`
+            sees key `j` iff `j <= i` and `doc_ids[j] == doc_ids[i]`. None: one document.
+        scale: softmax scale, default `D ** -0.5`.
+        backend: `auto` (Triton on CUDA, PyTorch elsewhere), `torch`, or `triton`.
+        deterministic: Triton backward without atomics (bitwise reproducible).
+
+    Returns:
+        `(B, Hq, T, D)` in q's dtype; rows of unrouted positions are exactly zero.
+        Gradients: dq (zero at unrouted positions), dk and dv for every key.
+    """
+    B, Hq, Hkv, T, D = check_qkv(q, k, v)
+    check_route(route, B, T, q.device)
+    check_doc_ids(doc_ids, B, T, q.device)
+    scale = default_scale(scale, D)
+    backend = resolve_backend(backend, q)
+    if backend == "torch":
+        return token_sparse_attention_naive(q, k, v, route, doc_ids, scale)
+    if not _triton_usable(q):
+        raise ValueError("backend='triton': needs CUDA tensors (or TRITON_INTERPRET=1 on CPU)")
+    from .triton_op import token_sparse_attention_triton
+
+    return token_sparse_attention_triton(q, k, v, route, doc_ids, scale, deterministic)

@@ -1,0 +1,118 @@
+"""Shared helpers of the attention ops: document ids, input checks, chunk sizing."""
+
+from __future__ import annotations
+
+import torch
+
+# Elements of one fp32 score block in the chunked pure-PyTorch ops (~64 MiB per copy):
+# bounds peak memory independently of the sequence length.
+SCORE_BUDGET = 1 << 24
+
+# Flipped once the GPU kernels are in place.
+GPU_KERNELS_READY = False
+
+
+def doc_ids_from_position_ids(position_ids: torch.Tensor) -> torch.Tensor:
+    """Document ids `(B, T)` int32 from position ids that restart at every document.
+
+    A new document starts at `t = 0` and wherever `position_ids[t] != position_ids[t-1] + 1`.
+    Accepts `(T,)` (treated as batch 1) or `(B, T)`.
+    """
+    if position_ids.dim() == 1:
+        position_ids = position_ids.unsqueeze(0)
+    if position_ids.dim() != 2:
+        raise ValueError(
+            f"position_ids: expected shape (B, T) or (T,), got {tuple(position_ids.shape)}"
+        )
+    if position_ids.is_floating_point() or position_ids.dtype == torch.bool:
+        raise ValueError(f"position_ids: expected an integer tensor, got {position_ids.dtype}")
+    starts = torch.ones_like(position_ids, dtype=torch.int32)
+    if position_ids.shape[1] > 1:
+        starts[:, 1:] = (position_ids[:, 1:] != position_ids[:, :-1] + 1).to(torch.int32)
+    return torch.cumsum(starts, dim=1, dtype=torch.int32) - 1
+
+
+def doc_start_positions(doc_ids: torch.Tensor) -> torch.Tensor:
+    """For every position, the first position of its document (`(B, T)` int32).
+
+    Documents are contiguous (DESIGN.md), so this is a running max of the positions where
+    the id changes; computed on the tensors' device without host synchronisation.
+    """
+    B, T = doc_ids.shape
+    pos = torch.arange(T, device=doc_ids.device, dtype=torch.int32).expand(B, T)
+    change = torch.ones_like(doc_ids, dtype=torch.bool)
+    if T > 1:
+        change[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    marked = torch.where(change, pos, torch.zeros_like(pos))
+    return torch.cummax(marked, dim=1).values.to(torch.int32)
+
+
+def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[int, int, int, int, int]:
+    """Validate `(B, H, T, D)` q/k/v with GQA; returns `(B, Hq, Hkv, T, D)`."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{name}: expected a tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{name}: expected shape (B, H, T, D), got {tuple(t.shape)}")
+        if not t.is_floating_point():
+            raise ValueError(f"{name}: expected a floating-point tensor, got {t.dtype}")
+    B, Hq, T, D = q.shape
+    if k.shape != v.shape:
+        raise ValueError(
+            f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}"
+        )
+    if k.shape[0] != B or k.shape[2] != T or k.shape[3] != D:
+        raise ValueError(
+            f"k/v shape {tuple(k.shape)} does not match q shape {tuple(q.shape)} "
+            "in batch, sequence length or head dim"
+        )
+    Hkv = k.shape[1]
+    if Hkv == 0 or Hq % Hkv != 0:
+        raise ValueError(f"query heads ({Hq}) must be a multiple of key/value heads ({Hkv})")
+    if q.dtype != k.dtype or q.dtype != v.dtype:
+        raise ValueError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if q.device != k.device or q.device != v.device:
+        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    return B, Hq, Hkv, T, D
+
+
+def check_doc_ids(doc_ids: torch.Tensor | None, B: int, T: int, device: torch.device) -> None:
+    if doc_ids is None:
+        return
+    if not isinstance(doc_ids, torch.Tensor) or doc_ids.shape != (B, T):
+        shape = (
+            tuple(doc_ids.shape) if isinstance(doc_ids, torch.Tensor) else type(doc_ids).__name__
+        )
+        raise ValueError(f"doc_ids: expected shape (B, T) = ({B}, {T}), got {shape}")
+    if doc_ids.is_floating_point() or doc_ids.dtype == torch.bool:
+        raise ValueError(f"doc_ids: expected an integer tensor, got {doc_ids.dtype}")
+    if doc_ids.device != device:
+        raise ValueError(f"doc_ids: on {doc_ids.device}, expected {device} (the device of q)")
+
+
+def check_route(route: torch.Tensor, B: int, T: int, device: torch.device) -> None:
+    if not isinstance(route, torch.Tensor) or route.shape != (B, T):
+        shape = tuple(route.shape) if isinstance(route, torch.Tensor) else type(route).__name__
+        raise ValueError(f"route: expected shape (B, T) = ({B}, {T}), got {shape}")
+    if route.dtype != torch.bool:
+        raise ValueError(f"route: expected a bool tensor, got {route.dtype}")
+    if route.device != device:
+        raise ValueError(f"route: on {route.device}, expected {device} (the device of q)")
+
+
+def resolve_backend(backend: str, q: torch.Tensor) -> str:
+    """`auto` -> `triton` on CUDA tensors, `torch` elsewhere; rejects unknown names."""
+    if backend not in ("auto", "torch", "triton"):
+        raise ValueError(f"backend: expected 'auto', 'torch' or 'triton', got {backend!r}")
+    if backend == "auto":
+        return "triton" if q.is_cuda and GPU_KERNELS_READY else "torch"
+    return backend
+
+
+def default_scale(scale: float | None, D: int) -> float:
+    if scale is None:
+        return D**-0.5
+    scale = float(scale)
+    if not scale > 0:
+        raise ValueError(f"scale: expected a positive number, got {scale}")
+    return scale
