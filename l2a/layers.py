@@ -1,0 +1,212 @@
+"""The L2A layer: local sliding-window branch, router, token-sparse global branch.
+
+Follows the method page step by step (local branch on RMSNorm_local(x), router and global
+branch on RMSNorm_global of the stream *after* the local branch, straight-through gate).
+Nothing here knows about ranks or processes: under sequence parallelism (Ulysses) a rank
+runs these modules on whole sequences for a subset of heads, and the router decision is
+computed from the full hidden state, per token, shared by all heads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.models.qwen2.modeling_qwen2 import Qwen2MLP, Qwen2RMSNorm, Qwen2RotaryEmbedding
+from transformers.models.qwen3.modeling_qwen3 import (
+    Qwen3MLP,
+    Qwen3RMSNorm,
+    Qwen3RotaryEmbedding,
+    apply_rotary_pos_emb,
+)
+
+from kernels import sliding_window_attention, token_sparse_attention
+
+from .masked_attention import dense_masked_attention
+
+
+@dataclass(frozen=True)
+class Family:
+    """What differs between the Qwen generations an L2A layer is built on."""
+
+    name: str
+    rmsnorm: type
+    mlp: type
+    rotary: type
+    qk_norm: bool  # Qwen3: per-head RMSNorm on q and k
+
+    def qkv_bias(self, config) -> bool:
+        return bool(config.attention_bias) if self.name == "qwen3" else True
+
+    def o_bias(self, config) -> bool:
+        return bool(config.attention_bias) if self.name == "qwen3" else False
+
+
+QWEN3 = Family("qwen3", Qwen3RMSNorm, Qwen3MLP, Qwen3RotaryEmbedding, qk_norm=True)
+QWEN2 = Family("qwen2", Qwen2RMSNorm, Qwen2MLP, Qwen2RotaryEmbedding, qk_norm=False)
+
+
+@dataclass
+class AttentionContext:
+    """Per-forward facts every layer needs, computed once by the decoder stack.
+
+    ``doc_ids`` drives the sequence kernels (packed documents). The cached / padded case
+    (generation, left padding) goes through an explicit mask instead: ``q_index`` places the
+    new queries inside the cached key sequence and ``key_valid`` marks padding keys.
+    """
+
+    doc_ids: torch.Tensor | None = None
+    cache: Any | None = None
+    q_index: torch.Tensor | None = None
+    key_valid: torch.Tensor | None = None
+    backend: str = "auto"
+
+    @property
+    def masked(self) -> bool:
+        return self.q_index is not None
+
+
+class L2ABranchAttention(nn.Module):
+    """One attention branch: q/k/v/o projections (+ QK-norm for Qwen3), RoPE, attention.
+
+    Parameter names match the base model's ``self_attn`` so conversion is a rename.
+    """
+
+    def __init__(self, config, family: Family):
+        super().__init__()
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.scaling = self.head_dim**-0.5
+        qkv_bias, o_bias = family.qkv_bias(config), family.o_bias(config)
+        hidden = config.hidden_size
+        self.q_proj = nn.Linear(hidden, self.num_heads * self.head_dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=qkv_bias)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=o_bias)
+        if family.qk_norm:
+            self.q_norm = family.rmsnorm(self.head_dim, eps=config.rms_norm_eps)
+            self.k_norm = family.rmsnorm(self.head_dim, eps=config.rms_norm_eps)
+        else:
+            self.q_norm = self.k_norm = None
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        ctx: AttentionContext,
+        cache_slot: int,
+        window: int | None = None,
+        route: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x: (B, T, hidden). ``window`` set: local branch; ``route`` set: token-sparse global
+        branch (rows of unrouted tokens are zero before o_proj); neither: dense causal."""
+        bsz, seq, _ = x.shape
+        shape = (bsz, seq, -1, self.head_dim)
+        q = self.q_proj(x).view(shape)
+        k = self.k_proj(x).view(shape)
+        v = self.v_proj(x).view(shape).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
+        cos, sin = position_embeddings
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        if ctx.cache is not None:
+            k, v = ctx.cache.update(k, v, cache_slot)
+
+        if ctx.masked:
+            o = dense_masked_attention(q, k, v, ctx.q_index, ctx.key_valid, window, self.scaling)
+            if route is not None:
+                o = o * route[:, None, :, None].to(o.dtype)
+        elif route is not None:
+            o = token_sparse_attention(q, k, v, route, ctx.doc_ids, self.scaling, backend=ctx.backend)
+        else:
+            o = sliding_window_attention(
+                q, k, v, window if window is not None else seq, ctx.doc_ids, self.scaling, backend=ctx.backend
+            )
+        return self.o_proj(o.transpose(1, 2).reshape(bsz, seq, -1))
+
+
+class L2AAttention(nn.Module):
+    """Replaces a decoder layer's self-attention: local branch, router, global branch.
+
+    ``input_layernorm`` of the decoder layer is RMSNorm_local; ``global_norm`` is RMSNorm_global.
+    """
+
+    def __init__(self, config, layer_idx: int, family: Family):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.window = config.l2a_window
+        self.tau = config.l2a_router_tau
+        self.logit_threshold = config.l2a_logit_threshold
+        self.local_attn = L2ABranchAttention(config, family)
+        self.global_norm = family.rmsnorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.router = nn.Linear(config.hidden_size, 1, bias=False)
+        self.global_attn = L2ABranchAttention(config, family)
+
+    def route(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Router on the normed stream g (B, T, hidden) -> (soft p, hard d), both (B, T).
+
+        Computed in fp32: a bf16 logit near the threshold would flip decisions between the
+        forward pass and the recomputation of activation checkpointing."""
+        logit = F.linear(g.float(), self.router.weight.float()).squeeze(-1)
+        return torch.sigmoid(logit / self.tau), logit >= self.logit_threshold
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        local_input: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        ctx: AttentionContext,
+        dense: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns the updated residual stream, router probabilities p and decisions d."""
+        hidden = hidden + self.local_attn(
+            local_input, position_embeddings, ctx, 2 * self.layer_idx, window=self.window
+        )
+        g = self.global_norm(hidden)
+        p, d = self.route(g)
+        # Stochastic dense path: the global branch runs for every token and is still gated
+        # by d~, so the router gets a gradient for tokens it has switched off.
+        attn_route = torch.ones_like(d) if dense else d
+        a = self.global_attn(g, position_embeddings, ctx, 2 * self.layer_idx + 1, route=attn_route)
+        gate = d.to(p.dtype) + p - p.detach()  # straight-through: forward d, gradient of p
+        hidden = hidden + gate.unsqueeze(-1).to(a.dtype) * a
+        return hidden, p, d
+
+
+class L2ADecoderLayer(GradientCheckpointingLayer):
+    """A Qwen decoder layer whose self-attention is an L2A block (or the base attention,
+    for layers left out of ``l2a_layers``)."""
+
+    def __init__(self, config, layer_idx: int, family: Family):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.is_l2a = config.is_l2a_layer(layer_idx)
+        if self.is_l2a:
+            self.self_attn = L2AAttention(config, layer_idx, family)
+        else:
+            self.self_attn = L2ABranchAttention(config, family)
+        self.mlp = family.mlp(config)
+        self.input_layernorm = family.rmsnorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = family.rmsnorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        ctx: AttentionContext | None = None,
+        dense: bool = False,
+    ):
+        h = self.input_layernorm(hidden)
+        if self.is_l2a:
+            hidden, p, d = self.self_attn(hidden, h, position_embeddings, ctx, dense)
+        else:
+            hidden = hidden + self.self_attn(h, position_embeddings, ctx, 2 * self.layer_idx)
+            p = d = None
+        hidden = hidden + self.mlp(self.post_attention_layernorm(hidden))
+        return hidden, p, d

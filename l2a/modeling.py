@@ -1,0 +1,232 @@
+"""HF-style L2A models for Qwen2 / Qwen3: decoder stack and causal LM.
+
+The router statistics (soft probabilities and hard decisions of every L2A layer) travel in
+the model outputs, so the trainer computes the sparsity loss and metrics from what the
+forward returned: the model keeps no per-step state of its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from kernels.utils import doc_ids_from_position_ids
+
+from .configuration import L2AQwen2Config, L2AQwen3Config
+from .layers import QWEN2, QWEN3, AttentionContext, Family, L2AAttention, L2ADecoderLayer
+
+
+@dataclass
+class L2AModelOutputWithPast(BaseModelOutputWithPast):
+    """``router_probs`` / ``routes``: one (B, T) tensor per L2A layer, in layer order."""
+
+    router_probs: tuple[torch.Tensor, ...] | None = None
+    routes: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class L2ACausalLMOutputWithPast(CausalLMOutputWithPast):
+    router_probs: tuple[torch.Tensor, ...] | None = None
+    routes: tuple[torch.Tensor, ...] | None = None
+
+
+class L2APreTrainedModel(PreTrainedModel):
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["L2ADecoderLayer"]
+    _skip_keys_device_placement = ["past_key_values"]
+    # Attention is chosen by ``l2a_attn_backend``, not by ``attn_implementation``.
+    _supports_sdpa = True
+    _supports_attention_backend = False
+    family: Family
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, L2AAttention):
+            # p = 0.5 and d = 1 at step 0: every token starts on the global branch.
+            init.zeros_(module.router.weight)
+
+
+class _L2AModelBase(L2APreTrainedModel):
+    def __init__(self, config):
+        super().__init__(config)
+        self.padding_idx = config.pad_token_id
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        self.layers = nn.ModuleList(
+            [L2ADecoderLayer(config, i, self.family) for i in range(config.num_hidden_layers)]
+        )
+        self.norm = self.family.rmsnorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = self.family.rotary(config=config)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        l2a_dense: bool = False,
+        doc_ids: torch.Tensor | None = None,
+        **kwargs,
+    ) -> L2AModelOutputWithPast:
+        """Decoder stack. Packed sequences: pass ``position_ids`` that restart at 0 for every
+        document (or ``doc_ids`` directly); no attention crosses a document boundary.
+        ``l2a_dense=True`` runs every global branch for all tokens (stochastic dense path)."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        bsz, seq = inputs_embeds.shape[:2]
+        device = inputs_embeds.device
+        if use_cache is None:
+            use_cache = self.config.use_cache and not self.training
+        if use_cache and past_key_values is None:
+            # No config: layers are created lazily, two per decoder layer (local, global).
+            past_key_values = DynamicCache()
+        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if position_ids is None:
+            position_ids = torch.arange(past, past + seq, device=device).unsqueeze(0).expand(bsz, -1)
+
+        ctx = AttentionContext(backend=self.config.l2a_attn_backend, cache=past_key_values)
+        padded = attention_mask is not None and not bool(attention_mask.all())
+        if past > 0 or padded:
+            # Decoding steps and padded batches: explicit mask over the cached keys. Packed
+            # documents are not tracked across decoding steps (a prompt is one document).
+            ctx.q_index = torch.arange(past, past + seq, device=device)
+            if padded:
+                ctx.key_valid = attention_mask[:, -(past + seq) :].bool()
+        else:
+            # Training and prefill: the sequence kernels, with document boundaries.
+            ctx.doc_ids = doc_ids if doc_ids is not None else doc_ids_from_position_ids(position_ids)
+
+        hidden = inputs_embeds
+        position_embeddings = self.rotary_emb(hidden, position_ids)
+        probs, routes = [], []
+        for layer in self.layers:
+            hidden, p, d = layer(hidden, position_embeddings=position_embeddings, ctx=ctx, dense=l2a_dense)
+            if p is not None:
+                probs.append(p)
+                routes.append(d)
+        hidden = self.norm(hidden)
+        return L2AModelOutputWithPast(
+            last_hidden_state=hidden,
+            past_key_values=past_key_values if use_cache else None,
+            router_probs=tuple(probs),
+            routes=tuple(routes),
+        )
+
+
+class _L2AForCausalLMBase(L2APreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    model_class: type
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.model = self.model_class(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, value):
+        self.lm_head = value
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
+        # Two cache slots per decoder layer (local and global branch): a config-shaped
+        # DynamicCache has one, so let the cache grow its layers lazily instead.
+        if model_kwargs.get("past_key_values") is None and generation_config.use_cache is not False:
+            model_kwargs["past_key_values"] = DynamicCache()
+            return
+        return super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        l2a_dense: bool = False,
+        doc_ids: torch.Tensor | None = None,
+        **kwargs,
+    ) -> L2ACausalLMOutputWithPast:
+        """As a Qwen causal LM, plus ``l2a_dense`` / ``doc_ids`` (see the decoder stack) and
+        ``router_probs`` / ``routes`` in the output. ``loss`` is the LM loss only: the router
+        regulariser is the trainer's to weigh."""
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            l2a_dense=l2a_dense,
+            doc_ids=doc_ids,
+        )
+        hidden = out.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden[:, keep, :])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return L2ACausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=out.past_key_values,
+            router_probs=out.router_probs,
+            routes=out.routes,
+        )
+
+
+class L2AQwen3PreTrainedModel(L2APreTrainedModel):
+    config_class = L2AQwen3Config
+    config: L2AQwen3Config
+    family = QWEN3
+
+
+class L2AQwen3Model(_L2AModelBase, L2AQwen3PreTrainedModel):
+    pass
+
+
+class L2AQwen3ForCausalLM(_L2AForCausalLMBase, L2AQwen3PreTrainedModel):
+    model_class = L2AQwen3Model
+
+
+class L2AQwen2PreTrainedModel(L2APreTrainedModel):
+    config_class = L2AQwen2Config
+    config: L2AQwen2Config
+    family = QWEN2
+
+
+class L2AQwen2Model(_L2AModelBase, L2AQwen2PreTrainedModel):
+    pass
+
+
+class L2AQwen2ForCausalLM(_L2AForCausalLMBase, L2AQwen2PreTrainedModel):
+    model_class = L2AQwen2Model
