@@ -1,0 +1,137 @@
+"""Every experiment and every option of every config group composes and validates; bad
+overrides fail with one line naming the override path."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+import train.config  # noqa: F401  (registers the l2a_timestamp resolver)
+from train.config import ConfigError, from_hydra
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = ROOT / "conf"
+GROUPS = ("model", "data", "optim", "deepspeed", "l2a", "train")
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+def _compose(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides, return_hydra_config=True)
+
+
+def _validate(overrides: list[str]):
+    cfg = _compose(overrides)
+    return cfg, from_hydra(cfg)
+
+
+def test_expected_experiments_exist():
+    assert {"tiny", "qwen3_128k", "qwen25_128k"} <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_composes(experiment):
+    cfg, run = _validate([f"experiment={experiment}"])
+    assert run.name == experiment
+    assert run.train.max_steps > 0
+    run_dir = OmegaConf.to_container(cfg.hydra.run, resolve=True)["dir"]
+    assert run_dir.startswith(f"outputs/{experiment}/")
+
+
+def _options():
+    for group in GROUPS:
+        for p in sorted((CONF / group).glob("*.yaml")):
+            yield group, p.stem
+
+
+@pytest.mark.parametrize("group,option", list(_options()))
+def test_group_option_composes(group, option):
+    _, run = _validate([f"{group}={option}"])
+    assert getattr(run, group) is not None
+
+
+def test_qwen3_128k_matches_the_reference_recipe():
+    _, run = _validate(["experiment=qwen3_128k"])
+    assert run.model.base == "Qwen/Qwen3-8B"
+    assert run.model.rope_theta == 5e6 and run.model.max_position_embeddings == 131072
+    assert run.data.seq_len == 131072
+    assert run.train.precision == "bf16" and run.deepspeed.stage == 2
+    assert run.train.activation_checkpointing
+    assert run.optim.lr == 5e-5 and run.optim.schedule == "cosine" and run.optim.warmup_ratio == 0.05
+    assert run.l2a.lambda_final == 1e-8 and run.l2a.lambda_schedule == "linear"
+    assert run.l2a.sparsity_target is None
+    assert (run.l2a.window, run.l2a.router_tau, run.l2a.dense_prob) == (4095, 0.1, 0.1)
+
+
+def test_dense_baseline_turns_l2a_off():
+    _, run = _validate(["experiment=qwen3_128k_dense"])
+    assert not run.l2a.enabled and run.model.base == "Qwen/Qwen3-8B"
+
+
+def test_deepspeed_options_fill_stages():
+    import torch
+
+    from train.deepspeed_config import build_deepspeed_config
+
+    seen = {}
+    for option in ("zero1", "zero2", "zero3", "zero3_offload"):
+        _, run = _validate([f"deepspeed={option}", "train.micro_batch_size=2",
+                            "train.global_batch_size=8", "train.grad_clip=0.5"])
+        ds = build_deepspeed_config(run, world_size=2, device=torch.device("cpu"))
+        assert ds["gradient_accumulation_steps"] == 2 and ds["train_batch_size"] == 8
+        assert ds["gradient_clipping"] == 0.5
+        assert ds["optimizer"]["params"]["torch_adam"] is True
+        assert ds["bf16"]["enabled"] is False  # auto precision on CPU
+        seen[option] = ds["zero_optimization"]
+    assert [seen[o]["stage"] for o in ("zero1", "zero2", "zero3")] == [1, 2, 3]
+    assert seen["zero3_offload"]["offload_param"]["device"] == "cpu"
+    assert seen["zero3_offload"]["offload_optimizer"]["device"] == "cpu"
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("train.max_steps=0", "train.max_steps: must be > 0, got 0"),
+        ("l2a.sparsity_target=1.5", "l2a.sparsity_target: must be null or in [0, 1)"),
+        ("train.resume=", "train.resume:"),
+        ("train.on_nonfinite=ignore", "train.on_nonfinite: must be one of abort, skip"),
+        ("optim.lr=fast", "optim.lr: expected a number"),
+        ("+train.max_stepz=3", "train.max_stepz: unknown key"),
+        ("l2a.lambda_schedule=exp", "l2a.lambda_schedule: must be one of"),
+        ("deepspeed.offload_param=cpu", "deepspeed.offload_param: needs deepspeed.stage=3"),
+        ("data.seq_len=0", "data.seq_len"),
+    ],
+)
+def test_bad_override_names_the_path(override, message):
+    with pytest.raises(ConfigError) as err:
+        _validate(["experiment=tiny", override])
+    text = str(err.value)
+    assert message in text and "\n" not in text
+
+
+def test_cli_bad_override_is_one_line_and_writes_nothing(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "train", "experiment=tiny", "train.max_steps=0",
+         f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert errors[-1] == "error: train.max_steps: must be > 0, got 0", proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_unknown_group_option_fails(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "train", "deepspeed=zero9", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "deepspeed" in proc.stderr and "zero9" in proc.stderr
+    assert "Traceback" not in proc.stderr

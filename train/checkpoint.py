@@ -1,0 +1,191 @@
+"""Atomic, resumable checkpoints.
+
+Layout of `<run dir>/checkpoints/step_<N>/` (N = completed optimizer steps):
+
+    ds/                         DeepSpeed engine state: module, optimizer, LR schedule (per rank)
+    trainer_state_rank<r>.pt    per rank: data loader, RNG (python, numpy, torch, cuda,
+                                dense-path generator), sparsity controller, counters
+    hf/                         config + tokenizer of the model (what `train.export` rebuilds)
+    complete                    written last (JSON: step, world size, time)
+
+A save goes to `.tmp-step_<N>/`; every rank fsyncs what it wrote, then rank 0 writes the
+`complete` marker and renames the directory into place. A kill at any point leaves either
+the previous checkpoints only (a stale `.tmp-*` that the next save removes) or the new one
+complete: `train.resume=auto` only ever picks directories with the marker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import torch
+
+from train.distributed import DistInfo, barrier
+
+CKPT_SUBDIR = "checkpoints"
+DS_TAG = "ds"
+COMPLETE = "complete"
+_STEP_RE = re.compile(r"^step_(\d+)$")
+
+
+class CheckpointError(RuntimeError):
+    """An unusable checkpoint; the message is one line naming the path."""
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def list_complete(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    root = Path(run_dir) / CKPT_SUBDIR
+    if not root.is_dir():
+        return []
+    out = []
+    for p in root.iterdir():
+        m = _STEP_RE.match(p.name)
+        if m and p.is_dir() and (p / COMPLETE).is_file():
+            out.append((int(m.group(1)), p))
+    return sorted(out)
+
+
+def latest_complete(run_dir: str | os.PathLike) -> Path | None:
+    found = list_complete(run_dir)
+    return found[-1][1] if found else None
+
+
+def read_marker(path: str | os.PathLike) -> dict:
+    """Check that `path` is a complete checkpoint; return its marker (one-line errors)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a checkpoint directory")
+    marker = path / COMPLETE
+    if not marker.is_file():
+        raise CheckpointError(
+            f"{path}: incomplete checkpoint (no '{COMPLETE}' marker: the save was interrupted)"
+        )
+    try:
+        meta = json.loads(marker.read_text())
+        int(meta["step"])
+    except Exception as e:
+        raise CheckpointError(f"{marker}: corrupt marker ({_first_line(e)})") from None
+    for need in (path / DS_TAG, path / "hf" / "config.json"):
+        if not need.exists():
+            raise CheckpointError(f"{path}: corrupt checkpoint ({need.name} missing)")
+    return meta
+
+
+def resolve_resume(resume: str, run_dir: str | os.PathLike) -> Path | None:
+    """`train.resume`: auto -> latest complete checkpoint of the run (or None), never ->
+    None, else an explicit checkpoint directory (validated)."""
+    if resume == "never":
+        return None
+    if resume == "auto":
+        return latest_complete(run_dir)
+    path = Path(resume).expanduser()
+    try:
+        read_marker(path)
+    except CheckpointError as e:
+        raise CheckpointError(f"train.resume: {e}") from None
+    return path
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fault_point(name: str, step: int) -> None:
+    """Test hook: `L2A_FAULT=<name>:<step>[,...]` SIGKILLs this process at that point, so
+    tests can kill a run deterministically (e.g. `kill_in_save:4` mid-checkpoint)."""
+    spec = os.environ.get("L2A_FAULT", "")
+    if f"{name}:{step}" in spec.split(","):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def save_checkpoint(engine, run_dir: Path, step: int, trainer_state: dict, meta: dict,
+                    model_config, tokenizer, dist: DistInfo, keep: int) -> Path:
+    """Collective: every rank calls it. Returns the final checkpoint directory."""
+    root = Path(run_dir) / CKPT_SUBDIR
+    final = root / step_dir_name(step)
+    tmp = root / f".tmp-{step_dir_name(step)}"
+    if dist.is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)  # left by a save that was killed
+        tmp.mkdir()
+    barrier()
+    engine.save_checkpoint(str(tmp), tag=DS_TAG, save_latest=False)
+    torch.save(trainer_state, tmp / f"trainer_state_rank{dist.rank:05d}.pt")
+    if dist.is_main:
+        model_config.save_pretrained(tmp / "hf")
+        tokenizer.save_pretrained(tmp / "hf")
+    fault_point("kill_in_save", step)
+    _fsync_tree(tmp)
+    barrier()
+    if dist.is_main:
+        marker = {"step": step, "world_size": dist.world_size, "time": time.time(), **meta}
+        with open(tmp / COMPLETE, "w") as f:
+            json.dump(marker, f)
+            f.flush()
+            os.fsync(f.fileno())
+        if final.exists():  # the same step saved again (e.g. preempted right after a save)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+        if keep > 0:
+            for _, old in list_complete(run_dir)[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
+    barrier()
+    return final
+
+
+def load_checkpoint(engine, path: Path, dist: DistInfo) -> dict:
+    """Restore the engine from `path` and return this rank's trainer state."""
+    meta = read_marker(path)
+    if int(meta.get("world_size", dist.world_size)) != dist.world_size:
+        raise CheckpointError(
+            f"{path}: saved with {meta['world_size']} ranks, this run has {dist.world_size} "
+            f"(resume with the same number of processes, or export it and start a new run)"
+        )
+    state_file = path / f"trainer_state_rank{dist.rank:05d}.pt"
+    try:
+        state = torch.load(state_file, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise CheckpointError(f"{state_file}: cannot read ({_first_line(e)})") from None
+    try:
+        loaded, _ = engine.load_checkpoint(
+            str(path), tag=DS_TAG, load_module_strict=True, load_optimizer_states=True,
+            load_lr_scheduler_states=True,
+        )
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot load the DeepSpeed state ({_first_line(e)})") from None
+    if loaded is None:
+        raise CheckpointError(f"{path}: cannot load the DeepSpeed state (files missing)")
+    return state

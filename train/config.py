@@ -1,0 +1,451 @@
+"""The composed Hydra config as validated dataclasses.
+
+`python -m train` composes `conf/config.yaml`; :func:`from_hydra` turns the result into a
+:class:`RunConfig`. Every check runs before anything is built or written, and every error
+names the override path that fixes it (``train.max_steps: must be > 0, got 0``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A bad config value; the message starts with the override path."""
+
+
+def _timestamp() -> str:
+    # One timestamp per launch, shared by every rank: torchrun ranks start at slightly
+    # different times, and `${now:}` could then give each rank its own run directory.
+    # `train.__main__` agrees on it over the process group before Hydra composes.
+    ts = os.environ.get("L2A_RUN_TIMESTAMP")
+    if not ts:
+        ts = time.strftime("%Y-%m-%d_%H-%M-%S")
+        os.environ["L2A_RUN_TIMESTAMP"] = ts
+    return ts
+
+
+OmegaConf.register_new_resolver("l2a_timestamp", _timestamp, replace=True)
+
+
+# --------------------------------------------------------------------------- helpers
+def _fail(path: str, msg: str, value: Any = dataclasses.MISSING) -> typing.NoReturn:
+    if value is dataclasses.MISSING:
+        raise ConfigError(f"{path}: {msg}")
+    raise ConfigError(f"{path}: {msg}, got {value!r}")
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """Check `value` against a (simple) annotation; ints are accepted where floats are."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, path)
+            except ConfigError as e:
+                errors.append(e)
+        raise errors[0] if len(errors) == 1 else ConfigError(
+            f"{path}: expected {_type_name(tp)}, got {value!r}"
+        )
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            _fail(path, "expected true or false", value)
+        return value
+    if tp is int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            _fail(path, "expected an integer", value)
+        return value
+    if tp is float:
+        if not _is_num(value):
+            _fail(path, "expected a number", value)
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            _fail(path, "expected a string", value)
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            _fail(path, "expected a list", value)
+        (item,) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            _fail(path, "expected a mapping", value)
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, path)
+    return value
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def build(cls: type, raw: Any, path: str):
+    """Instantiate dataclass `cls` from a mapping; unknown or mistyped keys name their path."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        _fail(path, "expected a mapping", raw)
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        _fail(f"{path}.{unknown[0]}", f"unknown key (known: {', '.join(sorted(names))})")
+    kwargs = {k: _coerce(v, hints[k], f"{path}.{k}") for k, v in raw.items()}
+    return cls(**kwargs)
+
+
+def _positive(path: str, v: float | int, strict: bool = True) -> None:
+    if (v <= 0) if strict else (v < 0):
+        _fail(path, "must be > 0" if strict else "must be >= 0", v)
+
+
+def _choice(path: str, v: Any, choices: tuple) -> None:
+    if v not in choices:
+        _fail(path, f"must be one of {', '.join(map(str, choices))}", v)
+
+
+# --------------------------------------------------------------------------- groups
+@dataclass
+class ModelConfig:
+    """`model.*`: the dense base and how the L2A model is obtained from it."""
+
+    # Hub id or local directory of a dense Qwen2 / Qwen2.5 / Qwen3 causal LM.
+    base: str | None = None
+    # Instead of `base`: build a Qwen3-shaped base with random weights of this shape
+    # (keys of `transformers.Qwen3Config`; `vocab_size: null` fits the byte tokenizer).
+    random_base: dict | None = None
+    # Long-context settings applied to the base config before conversion.
+    rope_theta: float | None = None
+    max_position_embeddings: int | None = None
+    # Converted models are cached here (keyed by base + conversion settings), so a requeued
+    # or repeated run does not convert again. Relative paths are relative to the launch dir.
+    cache_dir: str = ".cache/l2a"
+    # Keep the converted model in memory only (benchmarks with random weights).
+    cache: bool = True
+    # Attention of the dense baseline (l2a.enabled=false): an HF attn_implementation.
+    dense_attn_implementation: str = "sdpa"
+
+    def __post_init__(self) -> None:
+        if (self.base is None) == (self.random_base is None):
+            _fail("model.base", "set exactly one of model.base and model.random_base")
+        if self.base is not None and not self.base.strip():
+            _fail("model.base", "must not be empty", self.base)
+        if self.rope_theta is not None:
+            _positive("model.rope_theta", self.rope_theta)
+        if self.max_position_embeddings is not None:
+            _positive("model.max_position_embeddings", self.max_position_embeddings)
+        if self.random_base is not None:
+            for k, v in self.random_base.items():
+                if k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                         "num_key_value_heads", "intermediate_size", "head_dim") and (
+                    not isinstance(v, int) or isinstance(v, bool) or v <= 0
+                ):
+                    _fail(f"model.random_base.{k}", "must be a positive integer", v)
+            h, kv = self.random_base.get("num_attention_heads"), self.random_base.get(
+                "num_key_value_heads"
+            )
+            if isinstance(h, int) and isinstance(kv, int) and h % kv:
+                _fail("model.random_base.num_key_value_heads",
+                      f"must divide num_attention_heads ({h})", kv)
+
+
+@dataclass
+class L2AConfig:
+    """`l2a.*`: conversion settings, trainable parameters and router sparsity control."""
+
+    # false: train the dense base (the baseline) with the same trainer and data.
+    enabled: bool = True
+    init: str = "paper"  # paper | identity (function-preserving)
+    window: int = 4095
+    router_tau: float = 0.1
+    router_threshold: float = 0.5
+    dense_prob: float = 0.1
+    layers: list[int] | None = None
+    attn_backend: str = "auto"
+    # Router sparsity (see train/sparsity.py: SparsityConfig holds the same keys).
+    sparsity_target: float | None = None
+    lambda_final: float = 1e-8
+    lambda_schedule: str = "linear"
+    multiplier_lr: float = 0.05
+    multiplier_init: float = 0.0
+    multiplier_max: float = 10.0
+    quadratic_weight: float = 1.0
+    target_ramp: float = 0.1
+    per_layer_target: bool = False
+    target_constraint: str = "equality"
+
+    def __post_init__(self) -> None:
+        _choice("l2a.init", self.init, ("paper", "identity"))
+        _choice("l2a.attn_backend", self.attn_backend, ("auto", "torch", "triton"))
+        _positive("l2a.window", self.window)
+        _positive("l2a.router_tau", self.router_tau)
+        if not 0.0 < self.router_threshold < 1.0:
+            _fail("l2a.router_threshold", "must be in (0, 1)", self.router_threshold)
+        if not 0.0 <= self.dense_prob <= 1.0:
+            _fail("l2a.dense_prob", "must be in [0, 1]", self.dense_prob)
+        if self.layers is not None:
+            for i, v in enumerate(self.layers):
+                if v < 0:
+                    _fail(f"l2a.layers[{i}]", "must be >= 0", v)
+        try:
+            self.sparsity()
+        except ValueError as e:  # the sparsity module's messages already name l2a.<key>
+            raise ConfigError(str(e)) from None
+
+    def sparsity(self):
+        from train.sparsity import SparsityConfig
+
+        names = {f.name for f in dataclasses.fields(SparsityConfig)}
+        return SparsityConfig(**{k: getattr(self, k) for k in names})
+
+
+@dataclass
+class OptimConfig:
+    """`optim.*`: AdamW over the trainable parameters, warm-up then decay."""
+
+    name: str = "adamw"
+    lr: float = 5e-5
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    # Warm-up length: `warmup_steps` if set, else `warmup_ratio * train.max_steps`.
+    warmup_ratio: float = 0.05
+    warmup_steps: int | None = None
+    schedule: str = "cosine"  # cosine | linear | constant (after the warm-up)
+    min_lr_ratio: float = 0.1  # final LR = min_lr_ratio * lr
+
+    def __post_init__(self) -> None:
+        _choice("optim.name", self.name, ("adamw",))
+        _positive("optim.lr", self.lr)
+        if not math.isfinite(self.lr):
+            _fail("optim.lr", "must be finite", self.lr)
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            _fail("optim.betas", "must be two numbers in [0, 1)", self.betas)
+        _positive("optim.eps", self.eps)
+        _positive("optim.weight_decay", self.weight_decay, strict=False)
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            _fail("optim.warmup_ratio", "must be in [0, 1)", self.warmup_ratio)
+        if self.warmup_steps is not None:
+            _positive("optim.warmup_steps", self.warmup_steps, strict=False)
+        _choice("optim.schedule", self.schedule, ("cosine", "linear", "constant"))
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            _fail("optim.min_lr_ratio", "must be in [0, 1]", self.min_lr_ratio)
+
+
+@dataclass
+class DeepSpeedConfig:
+    """`deepspeed.*`: the ZeRO part of the DeepSpeed config. Batch sizes, precision and
+    clipping come from `train.*` (train/deepspeed_config.py fills them in)."""
+
+    stage: int = 2
+    offload_optimizer: str = "none"  # none | cpu
+    offload_param: str = "none"  # none | cpu (ZeRO-3 only)
+    overlap_comm: bool = True
+    contiguous_gradients: bool = True
+    reduce_bucket_size: int = 500_000_000
+    allgather_bucket_size: int = 500_000_000
+    stage3_prefetch_bucket_size: int = 50_000_000
+    stage3_param_persistence_threshold: int = 100_000
+    stage3_max_live_parameters: int = 1_000_000_000
+    # Free-form keys merged last into the DeepSpeed dict (for options not modelled here).
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _choice("deepspeed.stage", self.stage, (0, 1, 2, 3))
+        _choice("deepspeed.offload_optimizer", self.offload_optimizer, ("none", "cpu"))
+        _choice("deepspeed.offload_param", self.offload_param, ("none", "cpu"))
+        if self.offload_param != "none" and self.stage != 3:
+            _fail("deepspeed.offload_param", "needs deepspeed.stage=3", self.offload_param)
+        if self.offload_optimizer != "none" and self.stage == 0:
+            _fail("deepspeed.offload_optimizer", "needs deepspeed.stage >= 1",
+                  self.offload_optimizer)
+        for name in ("reduce_bucket_size", "allgather_bucket_size", "stage3_prefetch_bucket_size",
+                     "stage3_max_live_parameters"):
+            _positive(f"deepspeed.{name}", getattr(self, name))
+        _positive("deepspeed.stage3_param_persistence_threshold",
+                  self.stage3_param_persistence_threshold, strict=False)
+        for k in ("train_batch_size", "train_micro_batch_size_per_gpu",
+                  "gradient_accumulation_steps", "gradient_clipping", "bf16", "fp16"):
+            if k in self.extra:
+                _fail(f"deepspeed.extra.{k}", "is set from train.* (one place only)")
+
+
+@dataclass
+class WandbConfig:
+    # null: offline unless WANDB_MODE or WANDB_API_KEY says otherwise; or online|offline|disabled
+    mode: str | None = None
+    project: str = "l2a"
+    entity: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.mode is not None:
+            _choice("train.wandb.mode", self.mode, ("online", "offline", "disabled"))
+
+
+@dataclass
+class TrainConfig:
+    """`train.*`: the loop, batch sizes, precision, checkpointing and logging."""
+
+    seed: int = 0
+    max_steps: int = 100
+    micro_batch_size: int = 1
+    # Accumulation: `grad_accum_steps`, or derived from `global_batch_size` (sequences per
+    # optimizer step over all ranks) = micro_batch_size * grad_accum_steps * world size.
+    grad_accum_steps: int = 1
+    global_batch_size: int | None = None
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
+    grad_clip: float = 1.0  # 0 disables
+    activation_checkpointing: bool = True  # per decoder layer
+    loss_chunk_size: int = 4096  # tokens per chunk of the LM-head + cross-entropy
+    ckpt_every: int = 500  # optimizer steps; 0: only at the end and on preemption
+    keep_checkpoints: int = 2  # most recent complete checkpoints kept (0: keep all)
+    resume: str = "auto"  # auto | never | <checkpoint dir>
+    requeue_exit_code: int = 75
+    on_nonfinite: str = "abort"  # abort | skip
+    max_consecutive_skips: int = 10
+    export: bool = True  # HF model under <run dir>/export at the end
+    export_dtype: str = "auto"  # auto (bf16 if trained in bf16) | bf16 | fp32
+    progress_bar: bool = True
+    plot: bool = True
+    dist_backend: str = "auto"  # auto (nccl on GPU, gloo on CPU) | nccl | gloo
+    dist_timeout_minutes: int = 30
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+    def __post_init__(self) -> None:
+        _positive("train.max_steps", self.max_steps)
+        _positive("train.micro_batch_size", self.micro_batch_size)
+        _positive("train.grad_accum_steps", self.grad_accum_steps)
+        if self.global_batch_size is not None:
+            _positive("train.global_batch_size", self.global_batch_size)
+            if self.global_batch_size % self.micro_batch_size:
+                _fail("train.global_batch_size",
+                      f"must be a multiple of train.micro_batch_size ({self.micro_batch_size})",
+                      self.global_batch_size)
+        _choice("train.precision", self.precision, ("auto", "bf16", "fp32"))
+        _positive("train.grad_clip", self.grad_clip, strict=False)
+        _positive("train.loss_chunk_size", self.loss_chunk_size)
+        _positive("train.ckpt_every", self.ckpt_every, strict=False)
+        _positive("train.keep_checkpoints", self.keep_checkpoints, strict=False)
+        if not self.resume:
+            _fail("train.resume", "must be auto, never or a checkpoint path", self.resume)
+        if not 1 <= self.requeue_exit_code <= 255:
+            _fail("train.requeue_exit_code", "must be in [1, 255]", self.requeue_exit_code)
+        _choice("train.on_nonfinite", self.on_nonfinite, ("abort", "skip"))
+        _positive("train.max_consecutive_skips", self.max_consecutive_skips)
+        _choice("train.export_dtype", self.export_dtype, ("auto", "bf16", "fp32"))
+        _choice("train.dist_backend", self.dist_backend, ("auto", "nccl", "gloo"))
+        _positive("train.dist_timeout_minutes", self.dist_timeout_minutes)
+
+    def grad_accum(self, world_size: int) -> int:
+        """Micro-batches per optimizer step on each rank."""
+        if self.global_batch_size is None:
+            return self.grad_accum_steps
+        per_pass = self.micro_batch_size * world_size
+        if self.global_batch_size % per_pass:
+            _fail("train.global_batch_size",
+                  f"must be a multiple of train.micro_batch_size * world size ({per_pass})",
+                  self.global_batch_size)
+        return self.global_batch_size // per_pass
+
+
+@dataclass
+class RunConfig:
+    name: str
+    model: ModelConfig
+    data: Any  # train.data.DataConfig
+    optim: OptimConfig
+    deepspeed: DeepSpeedConfig
+    l2a: L2AConfig
+    train: TrainConfig
+
+    def warmup_steps(self) -> int:
+        if self.optim.warmup_steps is not None:
+            return min(self.optim.warmup_steps, self.train.max_steps - 1)
+        return int(self.optim.warmup_ratio * self.train.max_steps)
+
+
+# Top-level keys owned by other parts (cluster settings for the launcher); passed through.
+_PASSTHROUGH = ("local", "launch", "hydra")
+
+
+def build_data_config(raw: dict):
+    """`data.*` is validated by the data pipeline's own dataclasses (errors name the path)."""
+    from train.data import DataConfig
+
+    if not isinstance(raw, dict):
+        _fail("data", "expected a mapping", raw)
+    try:
+        return DataConfig.from_dict(raw, path="data")
+    except (ValueError, TypeError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(msg if msg.startswith("data") else f"data: {msg}") from None
+
+
+def from_container(raw: dict) -> RunConfig:
+    """Validate a resolved config mapping (the composed Hydra config)."""
+    known = {"name", "model", "data", "optim", "deepspeed", "l2a", "train"}
+    unknown = sorted(set(raw) - known - set(_PASSTHROUGH))
+    if unknown:
+        _fail(unknown[0], f"unknown top-level key (known: {', '.join(sorted(known))})")
+    for k in known:
+        if k not in raw:
+            _fail(k, "missing (is its config group in conf/config.yaml's defaults?)")
+    name = raw["name"]
+    if not isinstance(name, str) or not name or "/" in name:
+        _fail("name", "must be a non-empty string without '/'", name)
+    return RunConfig(
+        name=name,
+        model=build(ModelConfig, raw["model"], "model"),
+        data=build_data_config(raw["data"]),
+        optim=build(OptimConfig, raw["optim"], "optim"),
+        deepspeed=build(DeepSpeedConfig, raw["deepspeed"], "deepspeed"),
+        l2a=build(L2AConfig, raw["l2a"], "l2a"),
+        train=build(TrainConfig, raw["train"], "train"),
+    )
+
+
+def from_hydra(cfg: DictConfig) -> RunConfig:
+    """Resolve and validate the composed Hydra config (interpolation errors name the key)."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        raw = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "config"
+        msg = str(e).splitlines()[0]
+        raise ConfigError(f"{key}: {msg}") from None
+    raw = {k: v for k, v in raw.items() if k != "hydra"}
+    return from_container(raw)
+
+
+def to_dict(cfg: RunConfig) -> dict:
+    """Plain dict of the validated config (for summary files and wandb)."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        out[f.name] = dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
+    return out

@@ -1,0 +1,98 @@
+"""Export any checkpoint (any ZeRO stage, any world size) as an HF model with safetensors.
+
+    python -m train.export <checkpoint dir | run dir> <out dir> [--dtype auto|bf16|fp32]
+
+A run directory means its latest complete checkpoint. The result reloads with
+`AutoModelForCausalLM.from_pretrained(out)` after `import l2a`. Runs on CPU, no process group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from train.checkpoint import DS_TAG, CheckpointError, latest_complete, read_marker
+
+WRAPPER_PREFIX = "lm."  # train.trainer.LossModule keeps the causal LM as `.lm`
+
+
+def _consolidated_state_dict(ckpt: Path) -> dict:
+    """fp32 weights from the (possibly partitioned) DeepSpeed state: trained parameters from
+    the optimizer's master copies, frozen ones from the module state."""
+    import logging
+
+    from deepspeed.utils import logger as ds_logger
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    level = ds_logger.level
+    ds_logger.setLevel(logging.WARNING)
+    try:
+        sd = get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag=DS_TAG)
+    except Exception as e:
+        raise CheckpointError(f"{ckpt}: cannot consolidate the DeepSpeed state ({type(e).__name__}: "
+                              f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})") from None
+    finally:
+        ds_logger.setLevel(level)
+    return {k[len(WRAPPER_PREFIX):] if k.startswith(WRAPPER_PREFIX) else k: v for k, v in sd.items()}
+
+
+def export_checkpoint(ckpt: str | os.PathLike, out: str | os.PathLike, dtype: str = "auto",
+                      overwrite: bool = False) -> Path:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    import l2a  # noqa: F401  (registers the L2A model types)
+    from l2a.convert import save_atomically
+
+    ckpt, out = Path(ckpt), Path(out)
+    if ckpt.is_dir() and (ckpt / "checkpoints").is_dir() and not (ckpt / DS_TAG).exists():
+        latest = latest_complete(ckpt)
+        if latest is None:
+            raise CheckpointError(f"{ckpt}: run directory without a complete checkpoint")
+        ckpt = latest
+    meta = read_marker(ckpt)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise CheckpointError(f"{out}: output directory exists and is not empty (pass --overwrite)")
+    if dtype == "auto":
+        dtype = meta.get("precision", "fp32")
+    torch_dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+
+    config = AutoConfig.from_pretrained(ckpt / "hf")
+    sd = _consolidated_state_dict(ckpt)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
+    if unexpected or set(missing) - tied:
+        raise CheckpointError(
+            f"{ckpt}: weights do not match the saved config "
+            f"(missing {sorted(set(missing) - tied)[:3]}, unexpected {sorted(unexpected)[:3]})"
+        )
+    model.tie_weights()
+    model.to(torch_dtype)
+    tokenizer = AutoTokenizer.from_pretrained(ckpt / "hf")
+
+    return save_atomically(model, tokenizer, out, overwrite=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train.export", description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", help="checkpoint directory (or a run directory: its latest)")
+    parser.add_argument("out", help="output directory for the HF model")
+    parser.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default="auto",
+                        help="auto: the training precision")
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        path = export_checkpoint(args.checkpoint, args.out, args.dtype, args.overwrite)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

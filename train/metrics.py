@@ -1,0 +1,170 @@
+"""Rank-0 logging: `metrics.jsonl`, a tqdm bar, wandb, and the per-layer sparsity plot.
+
+wandb is optional (imported lazily; a missing package only disables it) and offline unless
+`train.wandb.mode`, `WANDB_MODE` or `WANDB_API_KEY` say otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+METRICS_FILE = "metrics.jsonl"
+PLOT_FILE = "sparsity_per_layer.png"
+
+
+def run_name(name: str, overrides: list[str]) -> str:
+    """`tiny` + `l2a.sparsity_target=0.5` -> `tiny:l2a.sparsity_target=0.5`."""
+    extra = [o for o in overrides if not o.lstrip("+~").startswith(("experiment=", "hydra."))]
+    return name + (":" + ",".join(extra) if extra else "")
+
+
+def _plain(v):
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)  # JSON has no NaN / inf
+    return v
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def wandb_mode(configured: str | None) -> str:
+    if configured:
+        return configured
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+
+
+class MetricsLogger:
+    """Writes one JSON object per optimizer step; no-op on ranks other than 0."""
+
+    def __init__(self, run_dir: Path, enabled: bool, total_steps: int, start_step: int,
+                 progress_bar: bool = True, wandb_cfg=None, name: str = "run",
+                 overrides: list[str] | None = None, config: dict | None = None):
+        self.enabled = enabled
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / METRICS_FILE
+        self._bar = None
+        self._wandb = None
+        if not enabled:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._truncate_after(start_step)
+        self._file = open(self.path, "a")
+        if progress_bar:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total_steps, initial=start_step, desc=name, unit="step",
+                             dynamic_ncols=True, file=sys.stderr, mininterval=0.5)
+        if wandb_cfg is not None:
+            self._init_wandb(wandb_cfg, name, overrides or [], config or {})
+
+    def _truncate_after(self, step: int) -> None:
+        """A resumed run redoes the steps after its checkpoint: drop their old lines."""
+        if not self.path.exists():
+            return
+        keep = [m for m in read_metrics(self.run_dir) if m.get("step", 0) <= step]
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(m) + "\n" for m in keep))
+        os.replace(tmp, self.path)
+
+    def _init_wandb(self, cfg, name: str, overrides: list[str], config: dict) -> None:
+        mode = wandb_mode(cfg.mode)
+        if mode == "disabled":
+            return
+        try:
+            import wandb
+        except ImportError:
+            print("wandb is not installed: logging to metrics.jsonl only", file=sys.stderr)
+            return
+        id_file = self.run_dir / "wandb_id.txt"
+        run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+        id_file.write_text(run_id)
+        self._wandb = wandb.init(
+            project=cfg.project, entity=cfg.entity, name=run_name(name, overrides), group=name,
+            tags=list(cfg.tags), dir=str(self.run_dir), config=config, mode=mode, id=run_id,
+            resume="allow", settings=wandb.Settings(console="off", silent=True),
+        )
+
+    def log(self, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        row = {k: _plain(v) for k, v in metrics.items()}
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+        if self._bar is not None:
+            self._bar.update(1)
+            post = {"loss": f"{row['loss']:.4f}" if isinstance(row["loss"], float) else row["loss"],
+                    "sparsity": f"{row['sparsity']:.3f}"}
+            if "tokens_per_s" in row:
+                post["tok/s"] = f"{row['tokens_per_s']:.0f}"
+            self._bar.set_postfix(post, refresh=False)
+        if self._wandb is not None:
+            self._wandb.log({k: v for k, v in row.items() if isinstance(v, (int, float))},
+                            step=row["step"])
+
+    def write(self, text: str) -> None:
+        """Print without breaking the bar."""
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr)
+
+    def close(self, plot: bool = True, summary: dict | None = None) -> Path | None:
+        if not self.enabled:
+            return None
+        if self._bar is not None:
+            self._bar.close()
+        self._file.close()
+        png = plot_layer_sparsity(self.run_dir) if plot else None
+        if self._wandb is not None:
+            if summary:
+                self._wandb.summary.update({k: v for k, v in summary.items()
+                                            if isinstance(v, (int, float, str))})
+            self._wandb.finish()
+        return png
+
+
+def plot_layer_sparsity(run_dir: str | os.PathLike) -> Path | None:
+    """PNG of every layer's sparsity (and the mean) over training; None without data."""
+    rows = read_metrics(run_dir)
+    layers = sorted({k for r in rows for k in r if k.startswith("sparsity/layer_")},
+                    key=lambda k: int(k.rsplit("_", 1)[1]))
+    if not rows or not layers:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in rows]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    cmap = plt.get_cmap("viridis", max(len(layers), 2))
+    for i, key in enumerate(layers):
+        ax.plot(steps, [r.get(key, float("nan")) for r in rows], color=cmap(i), lw=1.2,
+                label=f"layer {key.rsplit('_', 1)[1]}")
+    ax.plot(steps, [r.get("sparsity", float("nan")) for r in rows], "k--", lw=2, label="mean")
+    if any("target" in r for r in rows):
+        ax.plot(steps, [r.get("target", float("nan")) for r in rows], "r:", lw=1.5, label="target")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("sparsity (fraction of tokens skipping global attention)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2 if len(layers) > 8 else 1, loc="best")
+    fig.tight_layout()
+    out = Path(run_dir) / PLOT_FILE
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

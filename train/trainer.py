@@ -1,0 +1,495 @@
+"""The L2A trainer: a DeepSpeed engine over the L2A-trainable parameters.
+
+One optimizer step (`Trainer.train_step`) = `grad_accum` micro-batches per rank:
+
+* the stochastic dense path is drawn once per step from a generator seeded by
+  (seed, step), so every rank (and a resumed run) draws the same;
+* the LM loss is the chunked cross-entropy of `train.losses` on the decoder's last hidden
+  state, normalised by the number of target tokens of the whole step on all ranks (so one
+  process with accumulation and N processes see the same loss and gradient);
+* the router term comes from the sparsity controller (paper regulariser or target mode);
+* a non-finite loss or gradient norm aborts (`train.on_nonfinite=abort`, before the
+  optimizer step when the loss is at fault) or skips the step (`skip`), naming the step.
+
+SIGUSR1 / SIGTERM: the step in flight finishes, a checkpoint is written and the process exits
+with `train.requeue_exit_code` (75), for the launcher to requeue with `train.resume=auto`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from train.checkpoint import (
+    CheckpointError,
+    fault_point,
+    latest_complete,
+    load_checkpoint,
+    resolve_resume,
+    save_checkpoint,
+)
+from train.config import ConfigError, RunConfig, to_dict
+from train.deepspeed_config import build_deepspeed_config, resolve_precision, torch_dtype
+from train.distributed import (
+    DistInfo,
+    all_reduce_mean,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    init_distributed,
+)
+from train.metrics import MetricsLogger, run_name
+
+PREEMPT_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+
+
+class NonFiniteError(RuntimeError):
+    """A non-finite loss or gradient norm under `train.on_nonfinite=abort`."""
+
+
+class LossModule(nn.Module):
+    """What DeepSpeed wraps: the causal LM plus the chunked LM loss on its hidden states
+    (the full logits are never materialised). The LM head weight is used outside the
+    head's own forward, so under ZeRO-3 it is registered as an external parameter of this
+    module and gathered for its forward and backward."""
+
+    def __init__(self, lm: nn.Module, chunk_size: int, l2a: bool):
+        super().__init__()
+        self.lm = lm
+        self.chunk_size = chunk_size
+        self.l2a = l2a
+
+    def forward(self, input_ids, position_ids, labels, dense: bool = False):
+        from train.losses import causal_lm_loss
+
+        kwargs = {"l2a_dense": dense} if self.l2a else {}
+        out = self.lm.model(input_ids=input_ids, position_ids=position_ids, use_cache=False, **kwargs)
+        loss = causal_lm_loss(out.last_hidden_state, self.lm.lm_head.weight, labels,
+                              chunk_size=self.chunk_size)
+        probs = getattr(out, "router_probs", None) or ()
+        routes = getattr(out, "routes", None) or ()
+        return loss, probs, routes
+
+
+def _rng_state(dense_gen: torch.Generator) -> dict:
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "dense_generator": dense_gen.get_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict, dense_gen: torch.Generator) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    dense_gen.set_state(state["dense_generator"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int, rank: int) -> None:
+    # Per-rank streams (dropout-like randomness must differ across ranks); the dense-path
+    # draw does not use these.
+    random.seed(seed + rank)
+    np.random.seed((seed + rank) % 2**32)
+    torch.manual_seed(seed + rank)
+
+
+class Trainer:
+    """Builds everything from a validated `RunConfig`; `fit()` runs to `train.max_steps`."""
+
+    def __init__(self, cfg: RunConfig, run_dir: str | os.PathLike, overrides: list[str] | None = None):
+        self.cfg = cfg
+        self.overrides = list(overrides or [])
+        self.dist: DistInfo = init_distributed(cfg.train.dist_backend, cfg.train.dist_timeout_minutes)
+        # Every rank writes into rank 0's run directory.
+        self.run_dir = Path(broadcast_object(str(Path(run_dir).resolve())))
+        self.precision = resolve_precision(cfg.train.precision, self.dist.device)
+        self.ds_config = build_deepspeed_config(cfg, self.dist.world_size, self.dist.device)
+        self.grad_accum = self.ds_config["gradient_accumulation_steps"]
+        if cfg.train.on_nonfinite == "skip" and cfg.deepspeed.stage == 3:
+            raise ConfigError(
+                "train.on_nonfinite: skip needs deepspeed.stage <= 2 (ZeRO-3 cannot discard a "
+                "bf16/fp32 step), got 'skip'"
+            )
+        self.step = 0  # completed optimizer steps
+        self.tokens_seen = 0
+        self.consecutive_skips = 0
+        self.train_time = 0.0
+        self._stop_signal: int | None = None
+        self.dense_gen = torch.Generator()
+
+        seed_everything(cfg.train.seed, self.dist.rank)
+        self._build_model()
+        self._build_data()
+        self._build_engine()
+        self._build_controller()
+
+    # ------------------------------------------------------------------ construction
+    def _build_model(self) -> None:
+        from train.build_model import build_model
+
+        model, self.tokenizer, self.model_dir = build_model(
+            self.cfg, self.dist, torch_dtype(self.precision)
+        )
+        if self.cfg.train.activation_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        from l2a.trainable import mark_trainable
+
+        self.n_trainable, self.n_params = mark_trainable(model)
+        if self.n_trainable == 0:
+            raise ConfigError("l2a: no trainable parameter found in the model")
+        self.model_config = model.config
+        self.module = LossModule(model, self.cfg.train.loss_chunk_size, self.cfg.l2a.enabled)
+
+    def _build_data(self) -> None:
+        from train.data import build_dataloader, prepare_data
+
+        cfg = self.cfg
+        if self.dist.is_main:
+            prepare_data(cfg.data, self.tokenizer)
+        barrier()
+        self.loader = build_dataloader(
+            cfg.data, self.tokenizer, micro_batch_size=cfg.train.micro_batch_size,
+            rank=self.dist.rank, world_size=self.dist.world_size, seed=cfg.train.seed,
+        )
+        self._batches = iter(self.loader)
+
+    def _param_groups(self) -> list[dict]:
+        # No weight decay on norms and biases (1-D tensors).
+        decay, no_decay = [], []
+        for _, p in self.module.named_parameters():
+            if p.requires_grad:
+                (decay if p.ndim >= 2 else no_decay).append(p)
+        groups = [{"params": decay, "weight_decay": self.cfg.optim.weight_decay}]
+        if no_decay:
+            groups.append({"params": no_decay, "weight_decay": 0.0})
+        return groups
+
+    def _build_engine(self) -> None:
+        import deepspeed
+
+        from train.lr_schedule import lr_scheduler_factory
+
+        cfg = self.cfg
+        if cfg.deepspeed.stage == 3:
+            # The LM head weight is read by the chunked loss outside lm_head.forward.
+            from deepspeed.zero import register_external_parameter
+
+            register_external_parameter(self.module, self.module.lm.lm_head.weight)
+        self.warmup = cfg.warmup_steps()
+        self.engine, self.optimizer, _, self.lr_scheduler = deepspeed.initialize(
+            model=self.module,
+            model_parameters=self._param_groups(),
+            config=self.ds_config,
+            lr_scheduler=lr_scheduler_factory(self.warmup, cfg.train.max_steps, cfg.optim.schedule,
+                                              cfg.optim.min_lr_ratio),
+            dist_init_required=False,
+        )
+
+    def _build_controller(self) -> None:
+        from train.sparsity import SparsityController
+
+        self.controller = None
+        if self.cfg.l2a.enabled:
+            self.controller = SparsityController(
+                self.cfg.l2a.sparsity(), start_step=min(self.warmup, self.cfg.train.max_steps - 1),
+                total_steps=self.cfg.train.max_steps, all_reduce_mean=all_reduce_mean,
+            )
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        """This rank's state outside the DeepSpeed engine (which saves its own)."""
+        return {
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "consecutive_skips": self.consecutive_skips,
+            "train_time": self.train_time,
+            "rng": _rng_state(self.dense_gen),
+            "data": self.loader.state_dict(),
+            "sparsity": None if self.controller is None else self.controller.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+        self.tokens_seen = int(state["tokens_seen"])
+        self.consecutive_skips = int(state["consecutive_skips"])
+        self.train_time = float(state["train_time"])
+        _set_rng_state(state["rng"], self.dense_gen)
+        self.loader.load_state_dict(state["data"])
+        self._batches = iter(self.loader)
+        if self.controller is not None and state.get("sparsity") is not None:
+            self.controller.load_state_dict(state["sparsity"])
+
+    def save(self) -> Path:
+        meta = {"name": self.cfg.name, "precision": self.precision,
+                "deepspeed_stage": self.cfg.deepspeed.stage, "overrides": self.overrides}
+        return save_checkpoint(self.engine, self.run_dir, self.step, self.state_dict(), meta,
+                               self.model_config, self.tokenizer, self.dist,
+                               self.cfg.train.keep_checkpoints)
+
+    def maybe_resume(self) -> Path | None:
+        path = resolve_resume(self.cfg.train.resume, self.run_dir)
+        if path is None:
+            return None
+        self.load_state_dict(load_checkpoint(self.engine, path, self.dist))
+        return path
+
+    # ------------------------------------------------------------------ one step
+    def _next_batch(self) -> dict:
+        try:
+            return next(self._batches)
+        except StopIteration:
+            self._batches = iter(self.loader)  # next epoch (the loader reshuffles)
+            return next(self._batches)
+
+    def draw_dense(self, step: int) -> bool:
+        p = self.cfg.l2a.dense_prob if self.cfg.l2a.enabled else 0.0
+        if p <= 0:
+            return False
+        self.dense_gen.manual_seed((self.cfg.train.seed * 1_000_003 + step) % 2**63)
+        return bool(torch.rand((), generator=self.dense_gen).item() < p)
+
+    def _micro_batch_loss(self, batch: dict, dense: bool):
+        """Forward of one micro-batch -> (lm_loss, router_probs, routes)."""
+        return self.engine(batch["input_ids"], batch["position_ids"], batch["labels"], dense=dense)
+
+    def train_step(self, batches: list[dict]) -> dict:
+        """One optimizer step over this rank's `grad_accum` micro-batches; returns metrics."""
+        step = self.step
+        dense = self.draw_dense(step)
+        dev = self.dist.device
+        batches = [{k: v.to(dev, non_blocking=True) for k, v in b.items()} for b in batches]
+        # Target tokens of the step over all ranks: the LM loss is their mean, whatever the
+        # split into micro-batches and ranks (DeepSpeed averages over both).
+        counts = torch.tensor([float((b["labels"][:, 1:] != -100).sum()) for b in batches],
+                              dtype=torch.float64)
+        total_targets = float(all_reduce_sum(counts.sum().clone()).item())
+        scale = self.grad_accum * self.dist.world_size / max(total_targets, 1.0)
+
+        lm_sum = torch.zeros((), dtype=torch.float64, device=dev)
+        term_sum = torch.zeros((), dtype=torch.float64, device=dev)
+        extra: dict = {}
+        n = len(batches)
+        for i, b in enumerate(batches):
+            lm_loss, probs, routes = self._micro_batch_loss(b, dense)
+            loss = lm_loss * (float(counts[i]) * scale)
+            if self.controller is not None and len(probs):
+                mask = b["labels"] != -100
+                term, extra = self.controller.penalty(probs, routes, mask, step)
+                loss = loss + term
+                term_sum += term.detach().double()
+            lm_sum += lm_loss.detach().double() * float(counts[i])
+            self.engine.backward(loss)
+            if i == n - 1:
+                # Before the optimizer step: a non-finite loss on any rank aborts with the
+                # parameters still intact.
+                stats = all_reduce_sum(torch.stack([lm_sum, term_sum]).cpu())
+                if not bool(torch.isfinite(stats).all()) and self.cfg.train.on_nonfinite == "abort":
+                    raise NonFiniteError(
+                        f"step {step + 1}: non-finite loss (lm_loss sum {stats[0].item()}, "
+                        f"router term sum {stats[1].item()}); set train.on_nonfinite=skip to skip "
+                        f"such steps"
+                    )
+            self.engine.step()
+
+        lm = stats[0].item() / max(total_targets, 1.0)
+        term = stats[1].item() / (n * self.dist.world_size)
+        grad_norm = self.engine.get_global_grad_norm()
+        grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
+        finite = math.isfinite(lm) and math.isfinite(term) and math.isfinite(grad_norm)
+        applied = self.engine.was_step_applied()
+        if not finite and self.cfg.train.on_nonfinite == "abort":
+            raise NonFiniteError(f"step {step + 1}: non-finite gradient norm ({grad_norm}); "
+                                 f"set train.on_nonfinite=skip to skip such steps")
+        metrics: dict = {"step": step + 1, "loss": lm + term, "lm_loss": lm}
+        if self.controller is not None:
+            if applied and finite:
+                metrics.update(self.controller.update(step))
+            else:
+                self.controller.discard_pending()
+                metrics.update({k: float(v) for k, v in extra.items() if k.startswith("sparsity")})
+            metrics["reg"] = float(extra.get("reg", 0.0))
+            if "multiplier" in extra and "multiplier" not in metrics:
+                metrics["multiplier"] = float(extra["multiplier"])
+        else:
+            metrics["sparsity"] = 0.0
+        metrics.update(lr=self.lr_scheduler.get_last_lr()[0] if applied else None,
+                       grad_norm=grad_norm, dense=dense)
+        if not applied or not finite:
+            self.consecutive_skips += 1
+            metrics["skipped"] = True
+            if self.consecutive_skips > self.cfg.train.max_consecutive_skips:
+                raise NonFiniteError(
+                    f"step {step + 1}: {self.consecutive_skips} consecutive non-finite steps "
+                    f"skipped (train.max_consecutive_skips={self.cfg.train.max_consecutive_skips})"
+                )
+        else:
+            self.consecutive_skips = 0
+        self.step += 1
+        return metrics
+
+    # ------------------------------------------------------------------ loop
+    def _on_signal(self, signum, _frame) -> None:
+        self._stop_signal = signum
+
+    def _install_signal_handlers(self) -> dict:
+        old = {}
+        for s in PREEMPT_SIGNALS:
+            try:
+                old[s] = signal.signal(s, self._on_signal)
+            except ValueError:  # not the main thread
+                pass
+        return old
+
+    def _stop_requested(self) -> bool:
+        flag = torch.tensor([1.0 if self._stop_signal is not None else 0.0])
+        return bool(all_reduce_sum(flag).item() > 0)
+
+    def fit(self) -> int:
+        """Train to `train.max_steps`; returns the process exit code (0, or the requeue code
+        after a preemption signal)."""
+        cfg = self.cfg
+        resumed = self.maybe_resume()
+        tokens_per_step = (cfg.data.seq_len * cfg.train.micro_batch_size * self.grad_accum
+                           * self.dist.world_size)
+        logger = MetricsLogger(
+            self.run_dir, self.dist.is_main, cfg.train.max_steps, self.step,
+            progress_bar=cfg.train.progress_bar, wandb_cfg=cfg.train.wandb, name=cfg.name,
+            overrides=self.overrides, config=to_dict(cfg),
+        )
+        if resumed is not None:
+            logger.write(f"resumed from {resumed} (step {self.step})")
+        logger.write(
+            f"{cfg.name}: {self.n_trainable / 1e6:.2f}M of {self.n_params / 1e6:.2f}M parameters "
+            f"trainable, {self.dist.world_size} rank(s) on {self.dist.device.type}, "
+            f"{self.precision}, ZeRO-{cfg.deepspeed.stage}, {self.grad_accum} micro-batch(es)/step, "
+            f"{tokens_per_step} tokens/step, run dir {self.run_dir}"
+        )
+        old_handlers = self._install_signal_handlers()
+        exit_code = 0
+        last_saved = self.step if resumed is not None else -1
+        try:
+            while self.step < cfg.train.max_steps:
+                t0 = time.perf_counter()
+                batches = [self._next_batch() for _ in range(self.grad_accum)]
+                metrics = self.train_step(batches)
+                dt = time.perf_counter() - t0
+                self.train_time += dt
+                self.tokens_seen += tokens_per_step
+                metrics.update(tokens_per_s=tokens_per_step / dt, tokens=self.tokens_seen,
+                               step_time_s=dt)
+                logger.log(metrics)
+                fault_point("kill_after_step", self.step)
+                stop = self._stop_requested()
+                if stop or (cfg.train.ckpt_every and self.step % cfg.train.ckpt_every == 0):
+                    self.save()
+                    last_saved = self.step
+                if stop:
+                    exit_code = cfg.train.requeue_exit_code
+                    logger.write(f"preempted (signal {self._stop_signal or 'on another rank'}): "
+                                 f"saved step {self.step}, exiting with {exit_code} to be requeued")
+                    break
+            if exit_code == 0 and last_saved != self.step:
+                self.save()
+        finally:
+            for s, h in old_handlers.items():
+                signal.signal(s, h)
+        if exit_code != 0:
+            logger.close(plot=False)
+            return exit_code
+        summary = self._finish(logger)
+        if self.dist.is_main:
+            self._print_summary(summary)
+        return 0
+
+    def _finish(self, logger: MetricsLogger) -> dict:
+        from train.metrics import read_metrics
+
+        cfg = self.cfg
+        export_dir = None
+        if cfg.train.export:
+            barrier()
+            if self.dist.is_main:
+                from train.export import export_checkpoint
+
+                export_dir = str(export_checkpoint(latest_complete(self.run_dir),
+                                                   self.run_dir / "export", cfg.train.export_dtype,
+                                                   overwrite=True))
+            barrier()
+        summary = {}
+        if self.dist.is_main:
+            rows = read_metrics(self.run_dir)
+            last = rows[-1] if rows else {}
+            layers = sorted((k for k in last if k.startswith("sparsity/layer_")),
+                            key=lambda k: int(k.rsplit("_", 1)[1]))
+            summary = {
+                "experiment": cfg.name,
+                "overrides": self.overrides,
+                "run_name": run_name(cfg.name, self.overrides),
+                "steps": self.step,
+                "final_loss": last.get("loss"),
+                "final_lm_loss": last.get("lm_loss"),
+                "sparsity": last.get("sparsity", 0.0),
+                "layer_sparsity": [last[k] for k in layers],
+                "sparsity_target": cfg.l2a.sparsity_target if cfg.l2a.enabled else None,
+                "tokens_per_s": self.tokens_seen / self.train_time if self.train_time else None,
+                "tokens": self.tokens_seen,
+                "world_size": self.dist.world_size,
+                "export_dir": export_dir,
+                "checkpoint": str(latest_complete(self.run_dir)),
+            }
+            png = logger.close(plot=cfg.train.plot, summary=summary)
+            summary["sparsity_plot"] = str(png) if png else None
+            tmp = self.run_dir / "summary.json.tmp"
+            tmp.write_text(json.dumps(summary, indent=2) + "\n")
+            os.replace(tmp, self.run_dir / "summary.json")
+        else:
+            logger.close()
+        return summary
+
+    @staticmethod
+    def _print_summary(s: dict) -> None:
+        layers = ", ".join(f"{v:.3f}" for v in s["layer_sparsity"])
+        lines = [
+            f"final loss {s['final_loss']:.4f} (lm {s['final_lm_loss']:.4f}) after {s['steps']} steps",
+            f"sparsity {s['sparsity']:.3f} (per layer: {layers or 'n/a'})"
+            + (f", target {s['sparsity_target']}" if s.get("sparsity_target") is not None else ""),
+            f"throughput {s['tokens_per_s']:.0f} tokens/s" if s["tokens_per_s"] else "",
+            f"export: {s['export_dir']}" if s["export_dir"] else "export: disabled",
+        ]
+        print("\n".join(line for line in lines if line), flush=True)
+
+    def close(self) -> None:
+        """Free the engine (several runs in one process: tests, Hydra's basic multirun)."""
+        self.engine.destroy() if hasattr(self.engine, "destroy") else None
+        del self.engine, self.optimizer, self.module
+
+
+def run(cfg: RunConfig, run_dir: str | os.PathLike, overrides: list[str] | None = None) -> int:
+    """Train and return the exit code; one-line errors for bad configs and checkpoints."""
+    trainer = None
+    try:
+        trainer = Trainer(cfg, run_dir, overrides)
+        return trainer.fit()
+    except (ConfigError, CheckpointError, NonFiniteError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2 if isinstance(e, ConfigError) else 1
+    finally:
+        if trainer is not None:
+            trainer.close()
