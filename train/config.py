@@ -185,17 +185,10 @@ class L2AConfig:
     dense_prob: float = 0.1
     layers: list[int] | None = None
     attn_backend: str = "auto"
-    # Router sparsity (see train/sparsity.py: SparsityConfig holds the same keys).
-    sparsity_target: float | None = None
-    lambda_final: float = 1e-8
-    lambda_schedule: str = "linear"
-    multiplier_lr: float = 0.05
-    multiplier_init: float = 0.0
-    multiplier_max: float = 10.0
-    quadratic_weight: float = 1.0
-    target_ramp: float = 0.1
-    per_layer_target: bool = False
-    target_constraint: str = "equality"
+    # Router sparsity: every other `l2a.*` key (sparsity_target, lambda_final,
+    # lambda_schedule, multiplier_*, ...) belongs to train.sparsity.SparsityConfig, which
+    # validates it; built by `build_l2a`.
+    sparsity: Any = None
 
     def __post_init__(self) -> None:
         _choice("l2a.init", self.init, ("paper", "identity"))
@@ -210,16 +203,35 @@ class L2AConfig:
             for i, v in enumerate(self.layers):
                 if v < 0:
                     _fail(f"l2a.layers[{i}]", "must be >= 0", v)
-        try:
-            self.sparsity()
-        except ValueError as e:  # the sparsity module's messages already name l2a.<key>
-            raise ConfigError(str(e)) from None
+        if self.sparsity is None:
+            self.sparsity = _sparsity_config({})
 
-    def sparsity(self):
-        from train.sparsity import SparsityConfig
+    @property
+    def sparsity_target(self) -> float | None:
+        return self.sparsity.sparsity_target
 
-        names = {f.name for f in dataclasses.fields(SparsityConfig)}
-        return SparsityConfig(**{k: getattr(self, k) for k in names})
+
+def _sparsity_config(raw: dict):
+    from train.sparsity import SparsityConfig
+
+    known = {f.name for f in dataclasses.fields(SparsityConfig) if f.init}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        _fail(f"l2a.{unknown[0]}", "unknown key")
+    try:
+        return SparsityConfig(**raw)
+    except (ValueError, TypeError) as e:  # its messages already name l2a.<key>
+        raise ConfigError(str(e).strip().splitlines()[0]) from None
+
+
+def build_l2a(raw: Any) -> L2AConfig:
+    """`l2a.*`: conversion keys here, sparsity keys to train.sparsity.SparsityConfig."""
+    if not isinstance(raw, dict):
+        _fail("l2a", "expected a mapping", raw)
+    own = {f.name for f in dataclasses.fields(L2AConfig)} - {"sparsity"}
+    cfg = build(L2AConfig, {k: v for k, v in raw.items() if k in own}, "l2a")
+    cfg.sparsity = _sparsity_config({k: v for k, v in raw.items() if k not in own})
+    return cfg
 
 
 @dataclass
@@ -423,7 +435,7 @@ def from_container(raw: dict) -> RunConfig:
         data=build_data_config(raw["data"]),
         optim=build(OptimConfig, raw["optim"], "optim"),
         deepspeed=build(DeepSpeedConfig, raw["deepspeed"], "deepspeed"),
-        l2a=build(L2AConfig, raw["l2a"], "l2a"),
+        l2a=build_l2a(raw["l2a"]),
         train=build(TrainConfig, raw["train"], "train"),
     )
 

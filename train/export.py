@@ -9,6 +9,8 @@ A run directory means its latest complete checkpoint. The result reloads with
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import sys
 from pathlib import Path
@@ -22,19 +24,27 @@ WRAPPER_PREFIX = "lm."  # train.trainer.LossModule keeps the causal LM as `.lm`
 
 def _consolidated_state_dict(ckpt: Path) -> dict:
     """fp32 weights from the (possibly partitioned) DeepSpeed state: trained parameters from
-    the optimizer's master copies, frozen ones from the module state."""
+    the optimizer's fp32 master copies; frozen ones from the module state (ZeRO 0-2 keep the
+    whole module there; ZeRO-3 keeps frozen fragments that zero_to_fp32 gathers)."""
     import logging
 
     from deepspeed.utils import logger as ds_logger
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
+    sd: dict = {}
+    module_file = ckpt / DS_TAG / "mp_rank_00_model_states.pt"
     level = ds_logger.level
     ds_logger.setLevel(logging.WARNING)
     try:
-        sd = get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag=DS_TAG)
+        if module_file.exists():
+            module = torch.load(module_file, map_location="cpu", weights_only=False)["module"]
+            sd.update({k: v.float() for k, v in module.items()})
+        with contextlib.redirect_stdout(io.StringIO()):  # zero_to_fp32 prints progress
+            sd.update(get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag=DS_TAG))
     except Exception as e:
-        raise CheckpointError(f"{ckpt}: cannot consolidate the DeepSpeed state ({type(e).__name__}: "
-                              f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})") from None
+        text = str(e).strip().splitlines()
+        raise CheckpointError(f"{ckpt}: cannot consolidate the DeepSpeed state "
+                              f"({type(e).__name__}: {text[0] if text else ''})") from None
     finally:
         ds_logger.setLevel(level)
     return {k[len(WRAPPER_PREFIX):] if k.startswith(WRAPPER_PREFIX) else k: v for k, v in sd.items()}

@@ -208,7 +208,7 @@ class Trainer:
         self.controller = None
         if self.cfg.l2a.enabled:
             self.controller = SparsityController(
-                self.cfg.l2a.sparsity(), start_step=min(self.warmup, self.cfg.train.max_steps - 1),
+                self.cfg.l2a.sparsity, start_step=min(self.warmup, self.cfg.train.max_steps - 1),
                 total_steps=self.cfg.train.max_steps, all_reduce_mean=all_reduce_mean,
             )
 
