@@ -1,0 +1,95 @@
+"""Long-context mixtures: token shares per source, a share of short data, and per-source
+upsampling of long documents (the per-source length upsampling of Fu et al. 2024, used by
+ProLong-style recipes): long documents are drawn ``factor`` times more often than short
+ones of the same source while the source keeps its token share.
+
+The plan is a seeded, shuffled list of ``(source, document)`` draws; a document may be
+drawn several times (upsampling or a source smaller than its share of ``num_tokens``) or
+not at all (subsampling).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from train.data.config import DataConfig
+from train.data.errors import DataError
+
+
+@dataclass
+class SourcePlan:
+    name: str
+    share: float  # target share of the mixture's tokens
+    docs_available: int
+    tokens_available: int  # including one EOS per document
+    draws: int = 0
+    unique_docs: int = 0
+    tokens: int = 0
+    long_docs_drawn: int = 0
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def target_shares(cfg: DataConfig, names: list[str]) -> dict[str, float]:
+    weights = cfg.source_weights()
+    short = cfg.source_short()
+    if cfg.short_share is None:
+        total = sum(weights[n] for n in names)
+        return {n: weights[n] / total for n in names}
+    groups = {True: cfg.short_share, False: 1.0 - cfg.short_share}
+    sums = {g: sum(weights[n] for n in names if short[n] == g) for g in groups}
+    return {
+        n: groups[short[n]] * weights[n] / sums[short[n]] if sums[short[n]] else 0.0 for n in names
+    }
+
+
+def plan_mixture(
+    cfg: DataConfig, lengths: dict[str, np.ndarray], seed: int
+) -> tuple[np.ndarray, np.ndarray, list[SourcePlan], int]:
+    """-> (source ids, doc ids) of every draw in training order, per-source plans, and the
+    token budget. ``lengths`` maps source name -> document lengths including EOS."""
+    names = list(lengths)
+    shares = target_shares(cfg, names)
+    plans = [SourcePlan(n, shares[n], len(lengths[n]), int(lengths[n].sum())) for n in names]
+    for p in plans:
+        if p.share > 0 and p.docs_available == 0:
+            raise DataError(f"data source '{p.name}': no usable documents (weight {p.share:.3g})")
+    up = cfg.upsample_long
+    doc_weights = {
+        n: np.where(lengths[n] >= up.min_tokens, up.factor, 1.0)
+        if up.active
+        else np.ones(len(lengths[n]))
+        for n in names
+    }
+    if cfg.num_tokens is not None:
+        budget = cfg.num_tokens
+    else:
+        # Largest mixture in which no source repeats as a whole.
+        budget = min(p.tokens_available / p.share for p in plans if p.share > 0)
+    rng = np.random.default_rng([seed, 0x6D6978])
+    src_ids, doc_ids = [], []
+    for si, p in enumerate(plans):
+        if p.share <= 0:
+            continue
+        lens, w = lengths[p.name], doc_weights[p.name]
+        target = budget * p.share
+        rate = target / float((w * lens).sum())
+        expected = rate * w
+        # Integer draws with the right expectation: floor plus a Bernoulli remainder.
+        whole = np.floor(expected)
+        draws = (whole + (rng.random(len(lens)) < expected - whole)).astype(np.int64)
+        docs = np.repeat(np.arange(len(lens)), draws)
+        src_ids.append(np.full(len(docs), si, dtype=np.int32))
+        doc_ids.append(docs)
+        p.draws = int(draws.sum())
+        p.unique_docs = int((draws > 0).sum())
+        p.tokens = int((draws * lens).sum())
+        if up.active:
+            p.long_docs_drawn = int(draws[lens >= up.min_tokens].sum())
+    src = np.concatenate(src_ids) if src_ids else np.zeros(0, dtype=np.int32)
+    doc = np.concatenate(doc_ids) if doc_ids else np.zeros(0, dtype=np.int64)
+    order = rng.permutation(len(src))
+    return src[order], doc[order], plans, int(round(budget))
