@@ -166,6 +166,7 @@ class SourceConfig(_FromDict):
     streaming: bool = False
     short: bool = False
     subset: str | None = None
+    data_dir: str | None = None
     revision: str | None = None
     sample_by: str = "document"
     max_docs: int | None = None

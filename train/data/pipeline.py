@@ -15,7 +15,7 @@ from filelock import FileLock
 from train.data import sources as src_mod
 from train.data.config import DataConfig
 from train.data.errors import BadRecordLog, ConfigError, DataError
-from train.data.mixture import plan_mixture
+from train.data.mixture import plan_mixture, target_shares
 from train.data.packing import Packer, PackStats
 from train.data.prepared import FORMAT_VERSION, PackedWriter, PreparedData, token_dtype, write_json
 from train.data.readers import file_signature, resolve_files
@@ -79,6 +79,8 @@ def _load_stores(
     say,
 ) -> list[TokenStore]:
     stores = []
+    names = [s.name for s in cfg.sources] + (["synthetic"] if cfg.synthetic.enabled else [])
+    shares = target_shares(cfg, names)
     entries = [(i, s) for i, s in enumerate(cfg.sources)]
     if cfg.synthetic.enabled:
         entries.append((len(cfg.sources), None))
@@ -95,6 +97,11 @@ def _load_stores(
                 s.max_tokens,
                 s.streaming,
             )
+            if streaming and cfg.num_tokens is not None:
+                # Read no more than this source's share of the budget (plus a margin for
+                # the random rounding of the draws).
+                need = int(shares[s.name] * cfg.num_tokens * 1.02) + 1
+                max_tokens = need if max_tokens is None else min(max_tokens, need)
         if streaming:
             store = store_from_stream(loaded, encoder, field, log, tmp, max_docs, max_tokens)
         else:

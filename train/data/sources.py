@@ -307,6 +307,7 @@ def _load_hub(src: SourceConfig, index: int, cfg: DataConfig) -> LoadedSource:
         ds = datasets.load_dataset(
             src.path,
             name=src.subset,
+            data_dir=src.data_dir,
             split=src.split,
             revision=src.revision,
             streaming=src.streaming,
@@ -328,6 +329,7 @@ def _load_hub(src: SourceConfig, index: int, cfg: DataConfig) -> LoadedSource:
         READER_VERSION,
         src.path,
         src.subset,
+        src.data_dir,
         src.split,
         src.revision,
         getattr(ds, "_fingerprint", None),
