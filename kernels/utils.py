@@ -8,9 +8,6 @@ import torch
 # bounds peak memory independently of the sequence length.
 SCORE_BUDGET = 1 << 24
 
-# Flipped once the GPU kernels are in place.
-GPU_KERNELS_READY = False
-
 
 def doc_ids_from_position_ids(position_ids: torch.Tensor) -> torch.Tensor:
     """Document ids `(B, T)` int32 from position ids that restart at every document.
@@ -105,7 +102,7 @@ def resolve_backend(backend: str, q: torch.Tensor) -> str:
     if backend not in ("auto", "torch", "triton"):
         raise ValueError(f"backend: expected 'auto', 'torch' or 'triton', got {backend!r}")
     if backend == "auto":
-        return "triton" if q.is_cuda and GPU_KERNELS_READY else "torch"
+        return "triton" if q.is_cuda else "torch"
     return backend
 
 

@@ -22,7 +22,6 @@ def token_sparse_attention(
     doc_ids: torch.Tensor | None = None,
     scale: float | None = None,
     backend: str = "auto",
-    deterministic: bool = False,
 ) -> torch.Tensor:
     """Causal attention computed only for routed queries, against every key.
 
@@ -35,11 +34,11 @@ def token_sparse_attention(
             sees key `j` iff `j <= i` and `doc_ids[j] == doc_ids[i]`. None: one document.
         scale: softmax scale, default `D ** -0.5`.
         backend: `auto` (Triton on CUDA, PyTorch elsewhere), `torch`, or `triton`.
-        deterministic: Triton backward without atomics (bitwise reproducible).
 
     Returns:
         `(B, Hq, T, D)` in q's dtype; rows of unrouted positions are exactly zero.
-        Gradients: dq (zero at unrouted positions), dk and dv for every key.
+        Gradients: dq (zero at unrouted positions), dk and dv for every key. The Triton
+        backward uses no atomics: it is bitwise deterministic.
     """
     B, Hq, Hkv, T, D = check_qkv(q, k, v)
     check_route(route, B, T, q.device)
@@ -52,4 +51,4 @@ def token_sparse_attention(
         raise ValueError("backend='triton': needs CUDA tensors (or TRITON_INTERPRET=1 on CPU)")
     from .triton_op import token_sparse_attention_triton
 
-    return token_sparse_attention_triton(q, k, v, route, doc_ids, scale, deterministic)
+    return token_sparse_attention_triton(q, k, v, route, doc_ids, scale)

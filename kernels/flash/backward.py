@@ -1,0 +1,600 @@
+"""Backward kernels: dQ per compacted query block, dK/dV per key block; no atomics.
+
+`attn_bwd_dq_kernel` mirrors the forward (same program layout and key ranges), computes
+`delta = rowsum(dO * O)` for its rows on the way and stores it for the dK/dV pass, and
+writes zeros at unrouted rows of dQ. `attn_bwd_dkdv_kernel` owns a key block and sums over
+all query heads of its KV group and every compacted query that can see the block; the
+queries are sorted by position, so those form one contiguous range of compacted indices,
+found from prefix counts (`cum`) and document ends without searching. Every dK/dV row is
+written by exactly one program: results are bitwise deterministic.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _load_rows(
+    base, pos, offs_d, mask_rows, D: tl.constexpr, EVEN_D: tl.constexpr, ROWMASK: tl.constexpr
+):
+    ptrs = base + offs_d[None, :]
+    if ROWMASK:
+        return tl.load(ptrs, mask=mask_rows[:, None] & (offs_d[None, :] < D), other=0.0)
+    elif EVEN_D:
+        return tl.load(ptrs)
+    else:
+        return tl.load(ptrs, mask=offs_d[None, :] < D, other=0.0)
+
+
+@triton.jit
+def _dq_inner(
+    dq,
+    q,
+    do,
+    lse,
+    delta,
+    k_base,
+    v_base,
+    skt,
+    svt,
+    pos,
+    row_lo,
+    n_lo,
+    n_hi,
+    T,
+    qk_scale,
+    offs_n,
+    offs_d,
+    D: tl.constexpr,
+    EVEN_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    MASK: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    for n in range(n_lo, n_hi, BLOCK_N):
+        kpos = n + offs_n
+        kp = k_base + kpos[:, None].to(tl.int64) * skt
+        vp = v_base + kpos[:, None].to(tl.int64) * svt
+        k = _load_rows(kp, kpos, offs_d, kpos < T, D, EVEN_D, MASK)
+        v = _load_rows(vp, kpos, offs_d, kpos < T, D, EVEN_D, MASK)
+        if UPCAST:
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+        s = tl.dot(q, tl.trans(k)) * qk_scale
+        p = tl.math.exp2(s - lse[:, None])
+        if MASK:
+            vis = (kpos[None, :] <= pos[:, None]) & (kpos[None, :] >= row_lo[:, None])
+            p = tl.where(vis, p, 0.0)
+        dp = tl.dot(do, tl.trans(v))
+        ds = p * (dp - delta[:, None])
+        dq = tl.dot(ds.to(k.dtype), k, dq)
+    return dq
+
+
+@triton.jit
+def attn_bwd_dq_kernel(
+    Q,
+    K,
+    V,
+    O,  # noqa: E741
+    DO,
+    DQ,
+    LSE,
+    DELTA,
+    ORDER,
+    COUNT,
+    START,
+    sqb,
+    sqh,
+    sqt,
+    skb,
+    skh,
+    skt,
+    svb,
+    svh,
+    svt,
+    sob,
+    soh,
+    sot,
+    sdob,
+    sdoh,
+    sdot,
+    sdqb,
+    sdqh,
+    sdqt,
+    T,
+    HQ,
+    HKV,
+    WINDOW,
+    qk_scale,
+    scale,
+    G: tl.constexpr,
+    GP: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    BMQ: tl.constexpr = BLOCK_M // GP
+    NCH: tl.constexpr = G // GP
+    EVEN_D: tl.constexpr = BLOCK_D == D
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    pid = tl.program_id(1)
+    hc = pid % NCH
+    hkv = (pid // NCH) % HKV
+    b = pid // (NCH * HKV)
+    cnt = tl.load(COUNT + b)
+    c0 = pid_m * BMQ
+
+    rows = tl.arange(0, BLOCK_M)
+    r_q = rows % BMQ
+    r_h = hkv * G + hc * GP + rows // BMQ
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    c_all = c0 + r_q
+    order_b = ORDER + b.to(tl.int64) * T
+    pos_out = tl.load(order_b + tl.minimum(c_all, T - 1))
+    dq_ptrs = (
+        DQ
+        + b.to(tl.int64) * sdqb
+        + r_h[:, None].to(tl.int64) * sdqh
+        + pos_out[:, None].to(tl.int64) * sdqt
+        + offs_d[None, :]
+    )
+    out_mask = (c_all[:, None] < T) & (offs_d[None, :] < D)
+
+    if c0 >= cnt:
+        tl.store(dq_ptrs, tl.zeros([BLOCK_M, BLOCK_D], dtype=DQ.dtype.element_ty), mask=out_mask)
+    else:
+        c = tl.minimum(c_all, cnt - 1)
+        valid = c_all < cnt
+        pos = tl.load(order_b + c)
+        start_b = START + b.to(tl.int64) * T
+        row_lo = tl.maximum(tl.load(start_b + pos), pos - WINDOW + 1)
+        pos_first = tl.load(order_b + c0)
+        pos_last = tl.load(order_b + tl.minimum(c0 + BMQ, cnt) - 1)
+        lo_first = tl.maximum(tl.load(start_b + pos_first), pos_first - WINDOW + 1)
+        lo_last = tl.maximum(tl.load(start_b + pos_last), pos_last - WINDOW + 1)
+
+        bh_off = b.to(tl.int64) * HQ + r_h
+        q = _load_rows(
+            Q
+            + b.to(tl.int64) * sqb
+            + r_h[:, None].to(tl.int64) * sqh
+            + pos[:, None].to(tl.int64) * sqt,
+            pos,
+            offs_d,
+            valid,
+            D,
+            EVEN_D,
+            False,
+        )
+        do = _load_rows(
+            DO
+            + b.to(tl.int64) * sdob
+            + r_h[:, None].to(tl.int64) * sdoh
+            + pos[:, None].to(tl.int64) * sdot,
+            pos,
+            offs_d,
+            valid,
+            D,
+            EVEN_D,
+            False,
+        )
+        o = _load_rows(
+            O
+            + b.to(tl.int64) * sob
+            + r_h[:, None].to(tl.int64) * soh
+            + pos[:, None].to(tl.int64) * sot,
+            pos,
+            offs_d,
+            valid,
+            D,
+            EVEN_D,
+            False,
+        )
+        delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+        tl.store(DELTA + bh_off * T + c_all, delta, mask=valid)
+        lse = tl.load(LSE + bh_off * T + c)
+        if UPCAST:
+            q = q.to(tl.float32)
+            do = do.to(tl.float32)
+        k_base = K + b.to(tl.int64) * skb + hkv.to(tl.int64) * skh
+        v_base = V + b.to(tl.int64) * svb + hkv.to(tl.int64) * svh
+        dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+        n_lo = (lo_first // BLOCK_N) * BLOCK_N
+        n_hi = tl.cdiv(pos_last + 1, BLOCK_N) * BLOCK_N
+        full_lo = tl.cdiv(lo_last, BLOCK_N) * BLOCK_N
+        full_hi = tl.maximum(((pos_first + 1) // BLOCK_N) * BLOCK_N, full_lo)
+        dq = _dq_inner(
+            dq,
+            q,
+            do,
+            lse,
+            delta,
+            k_base,
+            v_base,
+            skt,
+            svt,
+            pos,
+            row_lo,
+            n_lo,
+            tl.minimum(full_lo, n_hi),
+            T,
+            qk_scale,
+            offs_n,
+            offs_d,
+            D,
+            EVEN_D,
+            BLOCK_N,
+            True,
+            UPCAST,
+        )
+        dq = _dq_inner(
+            dq,
+            q,
+            do,
+            lse,
+            delta,
+            k_base,
+            v_base,
+            skt,
+            svt,
+            pos,
+            row_lo,
+            full_lo,
+            full_hi,
+            T,
+            qk_scale,
+            offs_n,
+            offs_d,
+            D,
+            EVEN_D,
+            BLOCK_N,
+            False,
+            UPCAST,
+        )
+        dq = _dq_inner(
+            dq,
+            q,
+            do,
+            lse,
+            delta,
+            k_base,
+            v_base,
+            skt,
+            svt,
+            pos,
+            row_lo,
+            full_hi,
+            n_hi,
+            T,
+            qk_scale,
+            offs_n,
+            offs_d,
+            D,
+            EVEN_D,
+            BLOCK_N,
+            True,
+            UPCAST,
+        )
+        dq = tl.where(valid[:, None], dq * scale, 0.0)
+        tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty), mask=out_mask)
+
+
+@triton.jit
+def _dkdv_inner(
+    dk,
+    dv,
+    k,
+    v,
+    Q,
+    DO,
+    LSE,
+    DELTA,
+    order_b,
+    start_b,
+    q_off,
+    do_off,
+    stat_off,
+    sqh,
+    sqt,
+    sdoh,
+    sdot,
+    r_q,
+    r_h,
+    kpos,
+    c_lo,
+    c_hi_blocks,
+    c_hi,
+    T,
+    WINDOW,
+    qk_scale,
+    offs_d,
+    D: tl.constexpr,
+    EVEN_D: tl.constexpr,
+    BMQ: tl.constexpr,
+    MASK: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    for cb in range(c_lo, c_hi_blocks, BMQ):
+        c = cb + r_q
+        if MASK:
+            valid = c < c_hi
+            c = tl.minimum(c, c_hi - 1)
+        pos = tl.load(order_b + c)
+        q = _load_rows(
+            Q + q_off + r_h[:, None].to(tl.int64) * sqh + pos[:, None].to(tl.int64) * sqt,
+            pos,
+            offs_d,
+            c < T,
+            D,
+            EVEN_D,
+            False,
+        )
+        do = _load_rows(
+            DO + do_off + r_h[:, None].to(tl.int64) * sdoh + pos[:, None].to(tl.int64) * sdot,
+            pos,
+            offs_d,
+            c < T,
+            D,
+            EVEN_D,
+            False,
+        )
+        stat = stat_off + r_h.to(tl.int64) * T + c
+        lse = tl.load(LSE + stat)
+        delta = tl.load(DELTA + stat)
+        if UPCAST:
+            q = q.to(tl.float32)
+            do = do.to(tl.float32)
+        st = tl.dot(k, tl.trans(q)) * qk_scale
+        pt = tl.math.exp2(st - lse[None, :])
+        if MASK:
+            row_lo = tl.maximum(tl.load(start_b + pos), pos - WINDOW + 1)
+            vis = (
+                (kpos[:, None] <= pos[None, :])
+                & (kpos[:, None] >= row_lo[None, :])
+                & valid[None, :]
+            )
+            pt = tl.where(vis, pt, 0.0)
+        dv = tl.dot(pt.to(do.dtype), do, dv)
+        dpt = tl.dot(v, tl.trans(do))
+        dst = pt * (dpt - delta[None, :])
+        dk = tl.dot(dst.to(q.dtype), q, dk)
+    return dk, dv
+
+
+@triton.jit
+def attn_bwd_dkdv_kernel(
+    Q,
+    K,
+    V,
+    DO,
+    DK,
+    DV,
+    LSE,
+    DELTA,
+    ORDER,
+    CUM,
+    START,
+    END,
+    sqb,
+    sqh,
+    sqt,
+    skb,
+    skh,
+    skt,
+    svb,
+    svh,
+    svt,
+    sdob,
+    sdoh,
+    sdot,
+    sdkb,
+    sdkh,
+    sdkt,
+    sdvb,
+    sdvh,
+    sdvt,
+    T,
+    HQ,
+    HKV,
+    WINDOW,
+    qk_scale,
+    scale,
+    G: tl.constexpr,
+    GP: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    BMQ: tl.constexpr = BLOCK_M // GP
+    NCH: tl.constexpr = G // GP
+    EVEN_D: tl.constexpr = BLOCK_D == D
+    pid_n = tl.program_id(0)
+    pid = tl.program_id(1)
+    hkv = pid % HKV
+    b = pid // HKV
+    ks = pid_n * BLOCK_N
+    kl = tl.minimum(ks + BLOCK_N, T) - 1
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    kpos = ks + offs_n
+    kvalid = kpos < T
+
+    k = _load_rows(
+        K + b.to(tl.int64) * skb + hkv.to(tl.int64) * skh + kpos[:, None].to(tl.int64) * skt,
+        kpos,
+        offs_d,
+        kvalid,
+        D,
+        EVEN_D,
+        True,
+    )
+    v = _load_rows(
+        V + b.to(tl.int64) * svb + hkv.to(tl.int64) * svh + kpos[:, None].to(tl.int64) * svt,
+        kpos,
+        offs_d,
+        kvalid,
+        D,
+        EVEN_D,
+        True,
+    )
+    if UPCAST:
+        k = k.to(tl.float32)
+        v = v.to(tl.float32)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+
+    # Compacted queries that see some key of [ks, kl]: positions in [ks, min(end(kl),
+    # kl + window - 1)]. Those with position >= kl and <= min(end(ks), ks + window - 1)
+    # see every key of the block (no mask).
+    cum_b = CUM + b.to(tl.int64) * (T + 1)
+    end_b = END + b.to(tl.int64) * T
+    c_lo = tl.load(cum_b + ks)
+    c_diag = tl.load(cum_b + kl)
+    c_hi = tl.load(cum_b + tl.minimum(tl.load(end_b + kl), tl.minimum(kl + WINDOW - 1, T - 1)) + 1)
+    c_full = tl.load(
+        cum_b + tl.minimum(tl.load(end_b + ks), tl.minimum(ks + WINDOW - 1, T - 1)) + 1
+    )
+    c1 = c_lo + tl.cdiv(c_diag - c_lo, BMQ) * BMQ
+    c2 = c1 + (tl.maximum(c_full - c1, 0) // BMQ) * BMQ
+
+    order_b = ORDER + b.to(tl.int64) * T
+    start_b = START + b.to(tl.int64) * T
+    rows = tl.arange(0, BLOCK_M)
+    r_q = rows % BMQ
+    q_off = b.to(tl.int64) * sqb
+    do_off = b.to(tl.int64) * sdob
+    stat_off = b.to(tl.int64) * HQ * T
+    for hc in range(NCH):
+        r_h = hkv * G + hc * GP + rows // BMQ
+        dk, dv = _dkdv_inner(
+            dk,
+            dv,
+            k,
+            v,
+            Q,
+            DO,
+            LSE,
+            DELTA,
+            order_b,
+            start_b,
+            q_off,
+            do_off,
+            stat_off,
+            sqh,
+            sqt,
+            sdoh,
+            sdot,
+            r_q,
+            r_h,
+            kpos,
+            c_lo,
+            tl.minimum(c1, c_hi),
+            c_hi,
+            T,
+            WINDOW,
+            qk_scale,
+            offs_d,
+            D,
+            EVEN_D,
+            BMQ,
+            True,
+            UPCAST,
+        )
+        dk, dv = _dkdv_inner(
+            dk,
+            dv,
+            k,
+            v,
+            Q,
+            DO,
+            LSE,
+            DELTA,
+            order_b,
+            start_b,
+            q_off,
+            do_off,
+            stat_off,
+            sqh,
+            sqt,
+            sdoh,
+            sdot,
+            r_q,
+            r_h,
+            kpos,
+            c1,
+            c2,
+            c_hi,
+            T,
+            WINDOW,
+            qk_scale,
+            offs_d,
+            D,
+            EVEN_D,
+            BMQ,
+            False,
+            UPCAST,
+        )
+        dk, dv = _dkdv_inner(
+            dk,
+            dv,
+            k,
+            v,
+            Q,
+            DO,
+            LSE,
+            DELTA,
+            order_b,
+            start_b,
+            q_off,
+            do_off,
+            stat_off,
+            sqh,
+            sqt,
+            sdoh,
+            sdot,
+            r_q,
+            r_h,
+            kpos,
+            c2,
+            c_hi,
+            c_hi,
+            T,
+            WINDOW,
+            qk_scale,
+            offs_d,
+            D,
+            EVEN_D,
+            BMQ,
+            True,
+            UPCAST,
+        )
+
+    dk = dk * scale
+    dmask = kvalid[:, None] & (offs_d[None, :] < D)
+    tl.store(
+        DK
+        + b.to(tl.int64) * sdkb
+        + hkv.to(tl.int64) * sdkh
+        + kpos[:, None].to(tl.int64) * sdkt
+        + offs_d[None, :],
+        dk.to(DK.dtype.element_ty),
+        mask=dmask,
+    )
+    tl.store(
+        DV
+        + b.to(tl.int64) * sdvb
+        + hkv.to(tl.int64) * sdvh
+        + kpos[:, None].to(tl.int64) * sdvt
+        + offs_d[None, :],
+        dv.to(DV.dtype.element_ty),
+        mask=dmask,
+    )

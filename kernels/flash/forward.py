@@ -1,0 +1,251 @@
+"""Forward kernel: attention of compacted query positions, GQA heads packed per program.
+
+A program owns `BLOCK_M` rows = `GP` query heads of one KV group x `BLOCK_M // GP`
+consecutive compacted queries, so each K/V tile it loads serves `GP` heads. Query `pos`
+sees keys `[row_lo, pos]` with `row_lo = max(doc start, pos - window + 1)`. Queries are
+sorted by position, so the key range of a program splits into a masked head, an unmasked
+middle (visible to every row) and a masked tail near the diagonal.
+
+Every output row is written: programs past the routed count write zeros at the unrouted
+positions (`order[count:]`), so the output needs no memset.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _fwd_inner(
+    acc,
+    m_i,
+    l_i,
+    q,
+    k_base,
+    v_base,
+    skt,
+    svt,
+    pos,
+    row_lo,
+    n_lo,
+    n_hi,
+    T,
+    qk_scale,
+    offs_n,
+    offs_d,
+    D: tl.constexpr,
+    EVEN_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    MASK: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    dmask = offs_d[None, :] < D
+    for n in range(n_lo, n_hi, BLOCK_N):
+        kpos = n + offs_n
+        kp = k_base + kpos[:, None].to(tl.int64) * skt + offs_d[None, :]
+        vp = v_base + kpos[:, None].to(tl.int64) * svt + offs_d[None, :]
+        if MASK:
+            lm = (kpos[:, None] < T) & dmask
+            k = tl.load(kp, mask=lm, other=0.0)
+            v = tl.load(vp, mask=lm, other=0.0)
+        elif EVEN_D:
+            k = tl.load(kp)
+            v = tl.load(vp)
+        else:
+            k = tl.load(kp, mask=dmask, other=0.0)
+            v = tl.load(vp, mask=dmask, other=0.0)
+        if UPCAST:
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+        s = tl.dot(q, tl.trans(k)) * qk_scale
+        if MASK:
+            vis = (kpos[None, :] <= pos[:, None]) & (kpos[None, :] >= row_lo[:, None])
+            s = tl.where(vis, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.math.exp2(s - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        acc = tl.dot(p.to(v.dtype), v, acc)
+        m_i = m_new
+    return acc, m_i, l_i
+
+
+@triton.jit
+def attn_fwd_kernel(
+    Q,
+    K,
+    V,
+    O,  # noqa: E741
+    LSE,
+    ORDER,
+    COUNT,
+    START,
+    sqb,
+    sqh,
+    sqt,
+    skb,
+    skh,
+    skt,
+    svb,
+    svh,
+    svt,
+    sob,
+    soh,
+    sot,
+    T,
+    HQ,
+    HKV,
+    WINDOW,
+    qk_scale,
+    G: tl.constexpr,
+    GP: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    BMQ: tl.constexpr = BLOCK_M // GP
+    NCH: tl.constexpr = G // GP
+    EVEN_D: tl.constexpr = BLOCK_D == D
+    # Later query blocks see more keys: launch them first.
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    pid = tl.program_id(1)
+    hc = pid % NCH
+    hkv = (pid // NCH) % HKV
+    b = pid // (NCH * HKV)
+    cnt = tl.load(COUNT + b)
+    c0 = pid_m * BMQ
+
+    rows = tl.arange(0, BLOCK_M)
+    r_q = rows % BMQ
+    r_h = hkv * G + hc * GP + rows // BMQ
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    c_all = c0 + r_q
+    order_b = ORDER + b.to(tl.int64) * T
+    pos_out = tl.load(order_b + tl.minimum(c_all, T - 1))
+    o_ptrs = (
+        O
+        + b.to(tl.int64) * sob
+        + r_h[:, None].to(tl.int64) * soh
+        + pos_out[:, None].to(tl.int64) * sot
+        + offs_d[None, :]
+    )
+    out_mask = (c_all[:, None] < T) & (offs_d[None, :] < D)
+
+    if c0 >= cnt:
+        tl.store(o_ptrs, tl.zeros([BLOCK_M, BLOCK_D], dtype=O.dtype.element_ty), mask=out_mask)
+    else:
+        c = tl.minimum(c_all, cnt - 1)
+        pos = tl.load(order_b + c)
+        start_b = START + b.to(tl.int64) * T
+        row_lo = tl.maximum(tl.load(start_b + pos), pos - WINDOW + 1)
+        pos_first = tl.load(order_b + c0)
+        pos_last = tl.load(order_b + tl.minimum(c0 + BMQ, cnt) - 1)
+        lo_first = tl.maximum(tl.load(start_b + pos_first), pos_first - WINDOW + 1)
+        lo_last = tl.maximum(tl.load(start_b + pos_last), pos_last - WINDOW + 1)
+
+        q_ptrs = (
+            Q
+            + b.to(tl.int64) * sqb
+            + r_h[:, None].to(tl.int64) * sqh
+            + pos[:, None].to(tl.int64) * sqt
+            + offs_d[None, :]
+        )
+        if EVEN_D:
+            q = tl.load(q_ptrs)
+        else:
+            q = tl.load(q_ptrs, mask=offs_d[None, :] < D, other=0.0)
+        if UPCAST:
+            q = q.to(tl.float32)
+        k_base = K + b.to(tl.int64) * skb + hkv.to(tl.int64) * skh
+        v_base = V + b.to(tl.int64) * svb + hkv.to(tl.int64) * svh
+
+        m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+        # Keys [lo_first, pos_last]; [lo_last, pos_first] is visible to every row.
+        n_lo = (lo_first // BLOCK_N) * BLOCK_N
+        n_hi = tl.cdiv(pos_last + 1, BLOCK_N) * BLOCK_N
+        full_lo = tl.cdiv(lo_last, BLOCK_N) * BLOCK_N
+        full_hi = tl.maximum(((pos_first + 1) // BLOCK_N) * BLOCK_N, full_lo)
+        acc, m_i, l_i = _fwd_inner(
+            acc,
+            m_i,
+            l_i,
+            q,
+            k_base,
+            v_base,
+            skt,
+            svt,
+            pos,
+            row_lo,
+            n_lo,
+            tl.minimum(full_lo, n_hi),
+            T,
+            qk_scale,
+            offs_n,
+            offs_d,
+            D,
+            EVEN_D,
+            BLOCK_N,
+            True,
+            UPCAST,
+        )
+        acc, m_i, l_i = _fwd_inner(
+            acc,
+            m_i,
+            l_i,
+            q,
+            k_base,
+            v_base,
+            skt,
+            svt,
+            pos,
+            row_lo,
+            full_lo,
+            full_hi,
+            T,
+            qk_scale,
+            offs_n,
+            offs_d,
+            D,
+            EVEN_D,
+            BLOCK_N,
+            False,
+            UPCAST,
+        )
+        acc, m_i, l_i = _fwd_inner(
+            acc,
+            m_i,
+            l_i,
+            q,
+            k_base,
+            v_base,
+            skt,
+            svt,
+            pos,
+            row_lo,
+            full_hi,
+            n_hi,
+            T,
+            qk_scale,
+            offs_n,
+            offs_d,
+            D,
+            EVEN_D,
+            BLOCK_N,
+            True,
+            UPCAST,
+        )
+
+        acc = acc / l_i[:, None]
+        valid = c_all < cnt
+        acc = tl.where(valid[:, None], acc, 0.0)
+        tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=out_mask)
+        lse_ptrs = LSE + (b.to(tl.int64) * HQ + r_h) * T + c_all
+        tl.store(lse_ptrs, m_i + tl.math.log2(l_i), mask=valid)

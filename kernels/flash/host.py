@@ -1,0 +1,201 @@
+"""Host-side forward and backward: allocation, launch grids, kernel arguments."""
+
+from __future__ import annotations
+
+import torch
+import triton
+
+from .backward import attn_bwd_dkdv_kernel, attn_bwd_dq_kernel
+from .config import get_config, packed_heads
+from .forward import attn_fwd_kernel
+from .routing import Routing
+
+LOG2E = 1.4426950408889634
+
+
+def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _common(q: torch.Tensor, k: torch.Tensor):
+    B, Hq, T, D = q.shape
+    Hkv = k.shape[1]
+    block_d = max(16, triton.next_power_of_2(D))
+    on_gpu = q.is_cuda
+    upcast = (not on_gpu) and q.dtype != torch.float32
+    return B, Hq, Hkv, T, D, block_d, on_gpu, upcast
+
+
+def attention_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    routing: Routing,
+    window: int,
+    scale: float,
+    out: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns `o (B, Hq, T, D)` (zero at unrouted rows) and `lse (B, Hq, T)` fp32 in log2
+    units, indexed by compacted query (valid for the first `count` entries)."""
+    q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+    B, Hq, Hkv, T, D, block_d, on_gpu, upcast = _common(q, k)
+    G = Hq // Hkv
+    cfg = get_config("fwd", block_d, on_gpu)
+    gp = packed_heads(G, cfg.block_m, cfg.max_packed_heads)
+    o = torch.empty_like(q) if out is None else out
+    lse = torch.empty(B, Hq, T, dtype=torch.float32, device=q.device)
+    grid = (triton.cdiv(T, cfg.block_m // gp), B * Hkv * (G // gp))
+    attn_fwd_kernel[grid](
+        q,
+        k,
+        v,
+        o,
+        lse,
+        routing.order,
+        routing.count,
+        routing.start,
+        *q.stride()[:3],
+        *k.stride()[:3],
+        *v.stride()[:3],
+        *o.stride()[:3],
+        T,
+        Hq,
+        Hkv,
+        min(window, T),
+        scale * LOG2E,
+        G=G,
+        GP=gp,
+        D=D,
+        BLOCK_D=block_d,
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n,
+        UPCAST=upcast,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )
+    return o, lse
+
+
+def attention_bwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    o: torch.Tensor,
+    lse: torch.Tensor,
+    do: torch.Tensor,
+    routing: Routing,
+    window: int,
+    scale: float,
+    dq: torch.Tensor | None = None,
+    dk: torch.Tensor | None = None,
+    dv: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dq (zero at unrouted rows), dk and dv for every key; no atomics (deterministic)."""
+    q, k, v, o, do = (_last_dim_contiguous(t) for t in (q, k, v, o, do))
+    B, Hq, Hkv, T, D, block_d, on_gpu, upcast = _common(q, k)
+    G = Hq // Hkv
+    window = min(window, T)
+    dq = torch.empty_like(q) if dq is None else dq
+    dk = torch.empty_like(k) if dk is None else dk
+    dv = torch.empty_like(v) if dv is None else dv
+    delta = torch.empty(B, Hq, T, dtype=torch.float32, device=q.device)
+
+    cfg = get_config("dq", block_d, on_gpu)
+    gp = packed_heads(G, cfg.block_m, cfg.max_packed_heads)
+    grid = (triton.cdiv(T, cfg.block_m // gp), B * Hkv * (G // gp))
+    attn_bwd_dq_kernel[grid](
+        q,
+        k,
+        v,
+        o,
+        do,
+        dq,
+        lse,
+        delta,
+        routing.order,
+        routing.count,
+        routing.start,
+        *q.stride()[:3],
+        *k.stride()[:3],
+        *v.stride()[:3],
+        *o.stride()[:3],
+        *do.stride()[:3],
+        *dq.stride()[:3],
+        T,
+        Hq,
+        Hkv,
+        window,
+        scale * LOG2E,
+        scale,
+        G=G,
+        GP=gp,
+        D=D,
+        BLOCK_D=block_d,
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n,
+        UPCAST=upcast,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )
+
+    cfg = get_config("dkdv", block_d, on_gpu)
+    gp = packed_heads(G, cfg.block_m, cfg.max_packed_heads)
+    grid = (triton.cdiv(T, cfg.block_n), B * Hkv)
+    attn_bwd_dkdv_kernel[grid](
+        q,
+        k,
+        v,
+        do,
+        dk,
+        dv,
+        lse,
+        delta,
+        routing.order,
+        routing.cum,
+        routing.start,
+        routing.end,
+        *q.stride()[:3],
+        *k.stride()[:3],
+        *v.stride()[:3],
+        *do.stride()[:3],
+        *dk.stride()[:3],
+        *dv.stride()[:3],
+        T,
+        Hq,
+        Hkv,
+        window,
+        scale * LOG2E,
+        scale,
+        G=G,
+        GP=gp,
+        D=D,
+        BLOCK_D=block_d,
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n,
+        UPCAST=upcast,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )
+    return dq, dk, dv
+
+
+class RoutedAttentionFunction(torch.autograd.Function):
+    """Autograd wrapper of the compacted-query attention kernels."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, routing: Routing, window: int, scale: float):
+        o, lse = attention_fwd(q, k, v, routing, window, scale)
+        ctx.save_for_backward(q, k, v, o, lse, *routing)
+        ctx.window, ctx.scale = window, scale
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, lse, *routing = ctx.saved_tensors
+        dq, dk, dv = attention_bwd(q, k, v, o, lse, do, Routing(*routing), ctx.window, ctx.scale)
+        return dq, dk, dv, None, None, None
+
+
+def routed_attention(q, k, v, routing: Routing, window: int | None, scale: float) -> torch.Tensor:
+    window = q.shape[2] if window is None else window
+    return RoutedAttentionFunction.apply(q, k, v, routing, window, scale)
