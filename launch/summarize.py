@@ -1,0 +1,265 @@
+"""Gather the runs of a sweep into one table and one plot.
+
+    python -m launch.summarize multirun/tiny/2025-01-01_12-00-00 [--out DIR] [--no-plot]
+
+A run is any directory below the sweep directory with a `summary.json` (finished) or a
+`metrics.jsonl` (still running, failed, or waiting to be requeued: its last logged step is
+used and its status says so). Writes `sweep_summary.md`, `sweep_summary.csv` and
+`sweep_summary.png` (final LM loss against achieved sparsity) into the sweep directory (or
+--out) and prints the markdown table.
+
+Columns: the overrides that differ between runs (the ones shared by all runs are listed
+above the table), final loss and LM loss, achieved sparsity and its target, steps,
+tokens/s, status and the run directory relative to the sweep directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Overrides that say how a run was launched, not what was trained.
+_BOOKKEEPING = ("hydra.", "train.resume=", "train.progress_bar=", "train.wandb.")
+
+METRIC_COLUMNS = ("final_loss", "final_lm_loss", "sparsity", "sparsity_target", "steps",
+                  "tokens_per_s")
+
+
+class SummaryError(Exception):
+    pass
+
+
+@dataclass
+class Run:
+    path: Path
+    overrides: dict[str, str]
+    metrics: dict[str, float | int | None]
+    status: str
+    notes: list[str] = field(default_factory=list)
+
+
+def _override_dict(items: list[str]) -> dict[str, str]:
+    """key -> value, the last occurrence winning (a requeue may repeat a key)."""
+    out: dict[str, str] = {}
+    for item in items:
+        if not isinstance(item, str) or item.startswith(_BOOKKEEPING):
+            continue
+        key, sep, value = item.lstrip("+~").partition("=")
+        out[key] = value if sep else ""
+    return out
+
+
+def _read_overrides(run_dir: Path, summary: dict) -> list[str]:
+    if isinstance(summary.get("overrides"), list):
+        return summary["overrides"]
+    path = run_dir / ".hydra" / "overrides.yaml"
+    if path.exists():
+        from omegaconf import OmegaConf
+
+        loaded = OmegaConf.to_container(OmegaConf.load(path))
+        if isinstance(loaded, list):
+            return [str(x) for x in loaded]
+    return []
+
+
+def _read_metrics_tail(path: Path) -> tuple[dict, list[float]]:
+    """Last row of metrics.jsonl and the tokens/s of every row (a torn last line, from a
+    run killed while writing, is skipped)."""
+    last: dict = {}
+    speeds: list[float] = []
+    with open(path) as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if not isinstance(row, dict) or "step" not in row:
+                continue
+            last = row
+            if isinstance(row.get("tokens_per_s"), (int, float)):
+                speeds.append(float(row["tokens_per_s"]))
+    return last, speeds
+
+
+def _number(x) -> float | int | None:
+    return x if isinstance(x, (int, float)) and not isinstance(x, bool) else None
+
+
+def load_run(run_dir: Path) -> Run | None:
+    summary_path = run_dir / "summary.json"
+    metrics_path = run_dir / "metrics.jsonl"
+    summary: dict = {}
+    notes = []
+    if summary_path.exists():
+        try:
+            summary = json.loads(summary_path.read_text())
+        except json.JSONDecodeError as e:
+            notes.append(f"unreadable summary.json ({e})")
+    if summary:
+        metrics = {k: _number(summary.get(k)) for k in METRIC_COLUMNS}
+        status = "done"
+    elif metrics_path.exists():
+        last, speeds = _read_metrics_tail(metrics_path)
+        if not last:
+            return None
+        metrics = {
+            "final_loss": _number(last.get("loss")),
+            "final_lm_loss": _number(last.get("lm_loss")),
+            "sparsity": _number(last.get("sparsity")),
+            "sparsity_target": None,
+            "steps": _number(last.get("step")),
+            "tokens_per_s": sum(speeds) / len(speeds) if speeds else None,
+        }
+        status = "incomplete"
+    else:
+        return None
+    overrides = _override_dict(_read_overrides(run_dir, summary))
+    if metrics.get("sparsity_target") is None and "l2a.sparsity_target" in overrides:
+        try:
+            metrics["sparsity_target"] = float(overrides["l2a.sparsity_target"])
+        except ValueError:
+            pass
+    return Run(run_dir, overrides, metrics, status, notes)
+
+
+def find_runs(sweep_dir: Path) -> list[Run]:
+    if not sweep_dir.is_dir():
+        raise SummaryError(f"{sweep_dir}: not a directory")
+    candidates = {p.parent for name in ("summary.json", "metrics.jsonl")
+                  for p in sweep_dir.rglob(name)}
+    # Hidden dirs (.submitit, .hydra) hold logs, not runs.
+    candidates = {c for c in candidates
+                  if not any(part.startswith(".") for part in c.relative_to(sweep_dir).parts)}
+    runs = [r for r in (load_run(c) for c in candidates) if r is not None]
+    if not runs:
+        raise SummaryError(f"{sweep_dir}: no runs found (no summary.json or metrics.jsonl below it)")
+
+    def order(run: Run):
+        rel = run.path.relative_to(sweep_dir).parts
+        return [(0, int(p)) if p.isdigit() else (1, p) for p in rel]
+
+    return sorted(runs, key=order)
+
+
+def _fmt(value, key: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if key == "tokens_per_s":
+        return f"{value:.0f}"
+    if key == "steps":
+        return str(int(value))
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def table(runs: list[Run], sweep_dir: Path) -> tuple[list[str], list[list[str]], dict[str, str]]:
+    """Header, rows (strings) and the overrides common to all runs."""
+    keys = sorted({k for r in runs for k in r.overrides})
+    common = {k: runs[0].overrides[k] for k in keys
+              if all(k in r.overrides and r.overrides[k] == runs[0].overrides[k] for r in runs)}
+    varying = [k for k in keys if k not in common] if len(runs) > 1 else []
+    header = [*varying, *METRIC_COLUMNS, "status", "run"]
+    rows = []
+    for r in runs:
+        rel = str(r.path.relative_to(sweep_dir)) if r.path != sweep_dir else "."
+        rows.append([r.overrides.get(k, "") for k in varying]
+                    + [_fmt(r.metrics.get(k), k) for k in METRIC_COLUMNS]
+                    + [r.status, rel])
+    return header, rows, common
+
+
+def to_markdown(header: list[str], rows: list[list[str]], common: dict[str, str], title: str) -> str:
+    out = io.StringIO()
+    out.write(f"# Sweep {title}\n\n")
+    if common:
+        out.write("Shared overrides: " + " ".join(f"`{k}={v}`" for k, v in common.items()) + "\n\n")
+    out.write("| " + " | ".join(header) + " |\n")
+    out.write("|" + "|".join("---" for _ in header) + "|\n")
+    for row in rows:
+        out.write("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |\n")
+    return out.getvalue()
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def plot(runs: list[Run], path: Path, title: str) -> Path | None:
+    points = []
+    for r in runs:
+        y = r.metrics.get("final_lm_loss")
+        if y is None:
+            y = r.metrics.get("final_loss")
+        x = r.metrics.get("sparsity")
+        if x is not None and y is not None:
+            points.append((x, y, r))
+    if not points:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for x, y, r in points:
+        marker = "o" if r.status == "done" else "x"
+        ax.scatter([x], [y], marker=marker, color="C0" if r.status == "done" else "C3")
+        target = r.metrics.get("sparsity_target")
+        label = f"target {target:g}" if target is not None else r.path.name
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel("achieved sparsity (fraction of tokens without global attention)")
+    ax.set_ylabel("final LM loss")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def summarize(sweep_dir: str | Path, out_dir: str | Path | None = None,
+              make_plot: bool = True) -> dict[str, Path]:
+    sweep_dir = Path(sweep_dir)
+    out = Path(out_dir) if out_dir else sweep_dir
+    runs = find_runs(sweep_dir)
+    header, rows, common = table(runs, sweep_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    md = to_markdown(header, rows, common, str(sweep_dir))
+    paths = {"markdown": out / "sweep_summary.md", "csv": out / "sweep_summary.csv"}
+    paths["markdown"].write_text(md)
+    write_csv(paths["csv"], header, rows)
+    if make_plot:
+        png = plot(runs, out / "sweep_summary.png", str(sweep_dir))
+        if png is not None:
+            paths["plot"] = png
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m launch.summarize", description=__doc__.split("\n")[0])
+    parser.add_argument("sweep_dir", help="a multirun directory (or any directory of runs)")
+    parser.add_argument("--out", help="where to write the files (default: the sweep directory)")
+    parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    args = parser.parse_args(argv)
+    try:
+        paths = summarize(args.sweep_dir, args.out, make_plot=not args.no_plot)
+    except SummaryError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(paths["markdown"].read_text(), end="")
+    print("\nwrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
