@@ -167,6 +167,8 @@ def _load_generated(src: SourceConfig, index: int, cfg: DataConfig, seed: int) -
 
 def _load_lines(src: SourceConfig, index: int, cfg: DataConfig, where: str) -> LoadedSource:
     files = readers.resolve_files(src.path, src.type, where)
+    if all(os.path.getsize(f) == 0 for f in files):
+        raise DataError(f"{src.path}: empty, no records ({where})")
     split = src.type == "jsonl" or src.sample_by == "line"
     shards = readers.plan_shards(files, split_files=split)
     if src.type == "jsonl":

@@ -55,7 +55,11 @@ def _tokenize_table(table: pa.Table, encoder: TextEncoder, field: str) -> pa.Tab
     offsets = np.zeros(len(texts) + 1, dtype=np.int32)
     np.cumsum(lengths, out=offsets[1:])
     ids = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=pa.int32()))
-    return pa.table({"input_ids": ids, "_error": pa.array(errors, type=pa.string())})
+    out = {"input_ids": ids, "_error": pa.array(errors, type=pa.string())}
+    for keep in ("_file", "_line"):  # an arrow-format map keeps only what it returns
+        if keep in table.column_names:
+            out[keep] = table.column(keep)
+    return pa.table(out)
 
 
 def tokenize_dataset(
