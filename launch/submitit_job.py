@@ -89,8 +89,9 @@ def run_preemptible(job: Callable[[], Any]) -> Any:
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 1
         if bridge.received and code != 0:
-            print(f"[l2a-submitit] trainer exited with {code} after the checkpoint request: "
-                  f"requeueing job {env.job_id}", file=sys.stderr, flush=True)
+            if env.global_rank == 0:
+                print(f"[l2a-submitit] trainer exited with {code} after the checkpoint request: "
+                      f"requeueing job {env.job_id}", file=sys.stderr, flush=True)
             # Rank 0: checkpoint() + scontrol requeue + exit; it raises UncompletedJobError
             # (recorded as the job's result) when max_num_timeout is used up. Other ranks
             # return and exit with the trainer's code.

@@ -28,7 +28,9 @@ class SlurmLauncher(_SubmititSlurmLauncher):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         from launch.submitit_job import run_preemptible
 
-        return run_preemptible(lambda: super(SlurmLauncher, self).__call__(*args, **kwargs))
+        # No super(): Hydra's plugin scan executes this module twice, so cloudpickle ships
+        # this class by value and the name SlurmLauncher may not be type(self) in the job.
+        return run_preemptible(lambda: _SubmititSlurmLauncher.__call__(self, *args, **kwargs))
 
 
 class LocalLauncher(_LocalLauncher):
