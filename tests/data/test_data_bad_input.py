@@ -189,3 +189,16 @@ def test_unreadable_prepared_dir(tmp_path):
 
     with pytest.raises(DataError, match="not prepared data"):
         PreparedData.load(tmp_path)
+
+
+def test_line_numbers_are_exact_across_parallel_shards(tmp_path, cache_dir, byte_tok):
+    lines = [f"document number {i}" for i in range(1, 3000)]
+    lines[2499] = b'{"text": 1'  # line 2500, in the second of two shards
+    path = write_jsonl(tmp_path / "big.jsonl", lines)
+    with pytest.raises(DataError, match=r"big.jsonl:2500: corrupt JSON"):
+        prepare_data(
+            data_config(cache_dir, [{"path": path}], num_proc=2),
+            byte_tok,
+            tmp_path / "o",
+            verbose=False,
+        )

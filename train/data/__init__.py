@@ -5,38 +5,44 @@ Public API:
     build_byte_tokenizer   offline byte-level tokenizer (tiny default)
     prepare_data           tokenize, mix and pack to disk (idempotent), print statistics
     build_dataloader       resumable, rank-disjoint iterator of packed batches
-See docs/DATA.md.
+See docs/DATA.md. Names are imported on first use, so ``import train.data`` stays cheap
+(no torch, transformers or datasets until needed).
 """
 
-from train.data.boundaries import (
-    cu_seqlens_from_position_ids,
-    doc_ids_from_position_ids,
-    document_causal_mask,
-)
-from train.data.config import DataConfig, SourceConfig, SyntheticConfig
-from train.data.errors import ConfigError, DataError
-from train.data.loader import PackedDataLoader, build_dataloader
-from train.data.pipeline import prepare_data
-from train.data.prepared import IGNORE_INDEX, PreparedData
-from train.data.synthetic import SyntheticSample, generate_sample
-from train.data.tokenizer import build_byte_tokenizer, load_tokenizer
+from __future__ import annotations
 
-__all__ = [
-    "ConfigError",
-    "DataConfig",
-    "DataError",
-    "IGNORE_INDEX",
-    "PackedDataLoader",
-    "PreparedData",
-    "SourceConfig",
-    "SyntheticConfig",
-    "SyntheticSample",
-    "build_byte_tokenizer",
-    "build_dataloader",
-    "cu_seqlens_from_position_ids",
-    "doc_ids_from_position_ids",
-    "document_causal_mask",
-    "generate_sample",
-    "load_tokenizer",
-    "prepare_data",
-]
+import importlib
+
+_EXPORTS = {
+    "ConfigError": "train.data.errors",
+    "DataError": "train.data.errors",
+    "DataConfig": "train.data.config",
+    "SourceConfig": "train.data.config",
+    "SyntheticConfig": "train.data.config",
+    "build_byte_tokenizer": "train.data.tokenizer",
+    "load_tokenizer": "train.data.tokenizer",
+    "prepare_data": "train.data.pipeline",
+    "PreparedData": "train.data.prepared",
+    "IGNORE_INDEX": "train.data.prepared",
+    "PackedDataLoader": "train.data.loader",
+    "build_dataloader": "train.data.loader",
+    "cu_seqlens_from_position_ids": "train.data.boundaries",
+    "doc_ids_from_position_ids": "train.data.boundaries",
+    "document_causal_mask": "train.data.boundaries",
+    "SyntheticSample": "train.data.synthetic",
+    "generate_sample": "train.data.synthetic",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'train.data' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

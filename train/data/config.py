@@ -24,6 +24,7 @@ LOCAL_SUFFIXES = {
     ".md": "text",
     ".arrow": "arrow",
 }
+BYTE_TOKENIZER_NAME = "byte"  # data.tokenizer / model value meaning build_byte_tokenizer()
 LONG_DOC_POLICIES = ("split", "truncate", "drop")
 PACKING_STRATEGIES = ("bfd", "greedy", "concat")
 SAMPLE_BY = ("document", "paragraph", "line")

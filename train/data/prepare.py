@@ -16,10 +16,8 @@ import sys
 
 from omegaconf import DictConfig, OmegaConf
 
-from train.data.config import DataConfig
+from train.data.config import BYTE_TOKENIZER_NAME, DataConfig
 from train.data.errors import ConfigError, DataError
-from train.data.pipeline import prepare_data
-from train.data.tokenizer import BYTE_TOKENIZER_NAME, load_tokenizer
 
 CONF_DIR = os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "conf"
@@ -56,7 +54,12 @@ def compose(config_name: str, overrides: list[str]) -> DictConfig:
 def run(cfg: DictConfig, force: bool = False):
     data = OmegaConf.to_container(cfg.data, resolve=True)
     data_cfg = DataConfig.from_dict(data, path="data")
-    tokenizer = load_tokenizer(tokenizer_spec(cfg))
+    spec = tokenizer_spec(cfg)
+    # Heavy imports only once the config is known to be valid.
+    from train.data.pipeline import prepare_data
+    from train.data.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(spec)
     # The trainer prepares with the default seed; data.seed overrides both the same way.
     return prepare_data(data_cfg, tokenizer, data_cfg.prepared_dir, force=force)
 

@@ -16,7 +16,8 @@ from collections.abc import Iterator
 from train.data.config import LOCAL_SUFFIXES
 from train.data.errors import DataError
 
-SHARD_BYTES = 64 << 20
+SHARD_BYTES = 64 << 20  # upper bound of a shard; smaller so that num_proc workers share a file
+MIN_SHARD_BYTES = 1 << 12
 
 RECORD_FEATURES = {"text": "string", "_error": "string", "_file": "int32", "_line": "int64"}
 
@@ -53,18 +54,22 @@ def file_signature(files: list[str]) -> list[tuple[str, int, int]]:
     return out
 
 
-def plan_shards(files: list[str], split_files: bool) -> list[tuple[int, int, int, int]]:
+def plan_shards(
+    files: list[str], split_files: bool, num_proc: int = 1
+) -> list[tuple[int, int, int, int]]:
     """(file index, start byte, end byte, line number of the first line) per shard."""
+    total = sum(os.path.getsize(f) for f in files)
+    shard_bytes = max(MIN_SHARD_BYTES, min(SHARD_BYTES, -(-total // max(1, num_proc))))
     shards = []
     for fi, f in enumerate(files):
         size = os.path.getsize(f)
-        if not split_files or size <= SHARD_BYTES:
+        if not split_files or size <= shard_bytes:
             shards.append((fi, 0, size, 1))
             continue
         with open(f, "rb") as fh:
             start, line = 0, 1
             while start < size:
-                fh.seek(min(start + SHARD_BYTES, size))
+                fh.seek(min(start + shard_bytes, size))
                 fh.readline()  # move to the next line start
                 end = min(fh.tell(), size)
                 shards.append((fi, start, end, line))

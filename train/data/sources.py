@@ -170,7 +170,7 @@ def _load_lines(src: SourceConfig, index: int, cfg: DataConfig, where: str) -> L
     if all(os.path.getsize(f) == 0 for f in files):
         raise DataError(f"{src.path}: empty, no records ({where})")
     split = src.type == "jsonl" or src.sample_by == "line"
-    shards = readers.plan_shards(files, split_files=split)
+    shards = readers.plan_shards(files, split_files=split, num_proc=cfg.num_proc)
     if src.type == "jsonl":
         gen, extra = _gen_jsonl, {"text_field": src.text_field}
     else:

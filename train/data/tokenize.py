@@ -71,6 +71,8 @@ def tokenize_dataset(
     batch_size: int = 1000,
 ) -> datasets.Dataset:
     ds = src.dataset
+    if num_proc > 1:  # every worker gets work, and batches stay whole
+        batch_size = max(1, min(batch_size, -(-len(ds) // num_proc)))
     fp = hashlib.sha256(
         "|".join(
             [
@@ -89,7 +91,7 @@ def tokenize_dataset(
         batch_size=batch_size,
         fn_kwargs={"encoder": encoder, "field": field},
         remove_columns=drop,
-        num_proc=num_proc if num_proc > 1 and len(ds) >= 2 * batch_size else None,
+        num_proc=num_proc if num_proc > 1 and len(ds) >= 2 * num_proc else None,
         new_fingerprint=fp,
         desc=f"tokenize {src.name}",
     )

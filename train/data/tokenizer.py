@@ -12,11 +12,11 @@ import numpy as np
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from train.data.config import BYTE_TOKENIZER_NAME
 from train.data.errors import DataError
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
-BYTE_TOKENIZER_NAME = "byte"
 
 
 def _bytes_to_unicode() -> dict[int, str]:
