@@ -50,7 +50,7 @@ def local_gpu_count() -> int:
 class LocalLauncher(Launcher):
     """Sequential sweep on this machine, one subprocess (or torchrun) per job."""
 
-    def __init__(self, nproc_per_node: int | str = "auto", module: str = "train",
+    def __init__(self, nproc_per_node: int | str = "auto", module: str | None = None,
                  python: str | None = None, **_: Any) -> None:
         if nproc_per_node != "auto" and (not str(nproc_per_node).isdigit() or int(nproc_per_node) < 1):
             raise ValueError(f"hydra.launcher.nproc_per_node: must be 'auto' or >= 1, got {nproc_per_node!r}")
@@ -71,12 +71,21 @@ class LocalLauncher(Launcher):
             return max(1, local_gpu_count())
         return int(self.nproc_per_node)
 
+    def program(self) -> list[str]:
+        """`-m <module>`, or the script: by default the program that started the sweep."""
+        if self.module:
+            return ["-m", self.module]
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        if spec is not None and spec.name:
+            return ["-m", spec.name.removesuffix(".__main__")]
+        return [os.path.abspath(sys.argv[0])]
+
     def command(self, overrides: Sequence[str]) -> list[str]:
         n = self.nproc()
         if n == 1:
-            return [self.python, "-m", self.module, *overrides]
+            return [self.python, *self.program(), *overrides]
         return [self.python, "-m", "torch.distributed.run", "--standalone",
-                f"--nproc-per-node={n}", "--max-restarts=0", "-m", self.module, *overrides]
+                f"--nproc-per-node={n}", "--max-restarts=0", *self.program(), *overrides]
 
     def _forward(self, signum: int, _frame: Any) -> None:
         self._interrupted = signum
