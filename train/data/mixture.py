@@ -33,6 +33,18 @@ class SourcePlan:
         return dict(self.__dict__)
 
 
+def _systematic_counts(expected: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Integer draws per document with the given expectations and (nearly) their exact total:
+    systematic sampling (one uniform offset) over a random order of the documents, so a
+    source's tokens land within about one document of its target."""
+    order = rng.permutation(len(expected))
+    cum = np.concatenate([[0.0], np.cumsum(expected[order])])
+    picks = np.floor(cum + rng.random())
+    counts = np.empty(len(expected), dtype=np.int64)
+    counts[order] = np.diff(picks).astype(np.int64)
+    return counts
+
+
 def target_shares(cfg: DataConfig, names: list[str]) -> dict[str, float]:
     weights = cfg.source_weights()
     short = cfg.source_short()
@@ -78,9 +90,7 @@ def plan_mixture(
         target = budget * p.share
         rate = target / float((w * lens).sum())
         expected = rate * w
-        # Integer draws with the right expectation: floor plus a Bernoulli remainder.
-        whole = np.floor(expected)
-        draws = (whole + (rng.random(len(lens)) < expected - whole)).astype(np.int64)
+        draws = _systematic_counts(expected, rng)
         docs = np.repeat(np.arange(len(lens)), draws)
         src_ids.append(np.full(len(docs), si, dtype=np.int32))
         doc_ids.append(docs)
