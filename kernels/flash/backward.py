@@ -121,8 +121,9 @@ def attn_bwd_dq_kernel(
     BMQ: tl.constexpr = BLOCK_M // GP
     NCH: tl.constexpr = G // GP
     EVEN_D: tl.constexpr = BLOCK_D == D
-    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
-    pid = tl.program_id(1)
+    n_heads = tl.num_programs(0) // tl.cdiv(T, BMQ)
+    pid = tl.program_id(0) % n_heads
+    pid_m = tl.cdiv(T, BMQ) - 1 - tl.program_id(0) // n_heads
     hc = pid % NCH
     hkv = (pid // NCH) % HKV
     b = pid // (NCH * HKV)
@@ -417,8 +418,8 @@ def attn_bwd_dkdv_kernel(
     BMQ: tl.constexpr = BLOCK_M // GP
     NCH: tl.constexpr = G // GP
     EVEN_D: tl.constexpr = BLOCK_D == D
-    pid_n = tl.program_id(0)
-    pid = tl.program_id(1)
+    pid = tl.program_id(0) % (tl.num_programs(0) // tl.cdiv(T, BLOCK_N))
+    pid_n = tl.program_id(0) // (tl.num_programs(0) // tl.cdiv(T, BLOCK_N))
     hkv = pid % HKV
     b = pid // HKV
     ks = pid_n * BLOCK_N

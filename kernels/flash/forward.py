@@ -110,9 +110,11 @@ def attn_fwd_kernel(
     BMQ: tl.constexpr = BLOCK_M // GP
     NCH: tl.constexpr = G // GP
     EVEN_D: tl.constexpr = BLOCK_D == D
-    # Later query blocks see more keys: launch them first.
-    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
-    pid = tl.program_id(1)
+    # Later query blocks see more keys: launch them first (heads vary fastest, so the
+    # heaviest blocks of every head go first).
+    n_heads = tl.num_programs(0) // tl.cdiv(T, BMQ)
+    pid = tl.program_id(0) % n_heads
+    pid_m = tl.cdiv(T, BMQ) - 1 - tl.program_id(0) // n_heads
     hc = pid % NCH
     hkv = (pid // NCH) % HKV
     b = pid // (NCH * HKV)

@@ -44,7 +44,7 @@ def attention_fwd(
     gp = packed_heads(G, cfg.block_m, cfg.max_packed_heads)
     o = torch.empty_like(q) if out is None else out
     lse = torch.empty(B, Hq, T, dtype=torch.float32, device=q.device)
-    grid = (triton.cdiv(T, cfg.block_m // gp), B * Hkv * (G // gp))
+    grid = (B * Hkv * (G // gp) * triton.cdiv(T, cfg.block_m // gp),)
     attn_fwd_kernel[grid](
         q,
         k,
@@ -89,20 +89,36 @@ def attention_bwd(
     dq: torch.Tensor | None = None,
     dk: torch.Tensor | None = None,
     dv: torch.Tensor | None = None,
+    passes: tuple[str, ...] = ("dq", "dkdv"),
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """dq (zero at unrouted rows), dk and dv for every key; no atomics (deterministic)."""
+    """dq (zero at unrouted rows), dk and dv for every key; no atomics (deterministic).
+
+    `passes` runs a subset of the two kernels (for timing them apart); the dkdv pass reads
+    the `delta` that the dq pass writes."""
     q, k, v, o, do = (_last_dim_contiguous(t) for t in (q, k, v, o, do))
     B, Hq, Hkv, T, D, block_d, on_gpu, upcast = _common(q, k)
-    G = Hq // Hkv
     window = min(window, T)
     dq = torch.empty_like(q) if dq is None else dq
     dk = torch.empty_like(k) if dk is None else dk
     dv = torch.empty_like(v) if dv is None else dv
     delta = torch.empty(B, Hq, T, dtype=torch.float32, device=q.device)
 
+    if "dq" in passes:
+        _launch_dq(q, k, v, o, do, dq, lse, delta, routing, window, scale, block_d, on_gpu, upcast)
+    if "dkdv" in passes:
+        _launch_dkdv(
+            q, k, v, do, dk, dv, lse, delta, routing, window, scale, block_d, on_gpu, upcast
+        )
+    return dq, dk, dv
+
+
+def _launch_dq(q, k, v, o, do, dq, lse, delta, routing, window, scale, block_d, on_gpu, upcast):
+    B, Hq, T, D = q.shape
+    Hkv = k.shape[1]
+    G = Hq // Hkv
     cfg = get_config("dq", block_d, on_gpu)
     gp = packed_heads(G, cfg.block_m, cfg.max_packed_heads)
-    grid = (triton.cdiv(T, cfg.block_m // gp), B * Hkv * (G // gp))
+    grid = (B * Hkv * (G // gp) * triton.cdiv(T, cfg.block_m // gp),)
     attn_bwd_dq_kernel[grid](
         q,
         k,
@@ -138,9 +154,14 @@ def attention_bwd(
         num_stages=cfg.num_stages,
     )
 
+
+def _launch_dkdv(q, k, v, do, dk, dv, lse, delta, routing, window, scale, block_d, on_gpu, upcast):
+    B, Hq, T, D = q.shape
+    Hkv = k.shape[1]
+    G = Hq // Hkv
     cfg = get_config("dkdv", block_d, on_gpu)
     gp = packed_heads(G, cfg.block_m, cfg.max_packed_heads)
-    grid = (triton.cdiv(T, cfg.block_n), B * Hkv)
+    grid = (B * Hkv * triton.cdiv(T, cfg.block_n),)
     attn_bwd_dkdv_kernel[grid](
         q,
         k,
@@ -176,7 +197,6 @@ def attention_bwd(
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )
-    return dq, dk, dv
 
 
 class RoutedAttentionFunction(torch.autograd.Function):

@@ -74,7 +74,7 @@ def _check_kernels(route_kind, T, Hq, Hkv, D, n_docs, gpu, seed=0, B=2):
     ref = reference_with_grads(token_sparse_reference, q, k, v, do, route, doc_ids)
     for name, got, want in zip(("o", "dq", "dk", "dv"), (o, dq, dk, dv), ref):
         assert torch.isfinite(got).all(), f"{name}: unwritten or non-finite entries"
-        err = rel_err(got, want.to(got.device))
+        err = rel_err(got, want, floor=1e-2 if gpu else 0.0)
         assert err < tol, f"{name}: relative error {err:.2e}"
     unrouted = ~route[:, None, :, None].expand_as(o)
     assert (o[unrouted] == 0).all() and (dq[unrouted] == 0).all()
@@ -118,7 +118,7 @@ def test_public_op_autograd_and_determinism(gpu):
     ref = reference_with_grads(token_sparse_reference, q, k, v, do, route, doc_ids)
     for a, b, want in zip(first, second, ref):
         assert torch.equal(a, b), "backward is not bitwise deterministic"
-        assert rel_err(a, want.to(a.device)) < (2e-2 if gpu else 1e-5)
+        assert rel_err(a, want, floor=1e-2 if gpu else 0.0) < (2e-2 if gpu else 1e-5)
     assert first[0].dtype == dtype
 
 
@@ -143,7 +143,7 @@ def test_fuzz_random_shapes_and_masks(n_draws, gpu):
         )
         ref = reference_with_grads(token_sparse_reference, q, k, v, do, route, doc_ids)
         for name, a, want in zip(("o", "dq", "dk", "dv"), got, ref):
-            err = rel_err(a, want.to(a.device))
+            err = rel_err(a, want, floor=1e-2 if gpu else 0.0)
             assert torch.isfinite(a).all() and err < (2e-2 if gpu else 1e-5), (
                 f"draw {draw} (B={B} T={T} G={G} Hkv={Hkv} D={D} docs={n_docs}): {name} {err:.2e}"
             )

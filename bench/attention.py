@@ -1,0 +1,352 @@
+"""Attention benchmark: token-sparse global branch and local branch against dense baselines.
+
+    python -m bench.attention                      # full table (Qwen3-8B heads, bf16, B=1)
+    python -m bench.attention --lengths 32768 --fractions 0.2 --quick
+    python -m bench.attention --sweep              # launch-config variants of our kernels
+
+All kernels of a table run in one process on one GPU, side by side:
+  sdpa_flash, sdpa_cudnn   dense causal SDPA; K/V expanded to Hq heads before timing
+                           (the expansion is not timed, which favours the baselines);
+  flex_token_sparse        FlexAttention on the compacted routed queries, a mask_mod on
+                           original positions, block mask built by create_block_mask
+                           (compiled); compaction, mask build and scatter-back timed;
+  triton_token_sparse      ours (kernels.token_sparse_attention), routing compaction timed;
+  local_triton, local_flex the local branch alone (window 4095), ours and FlexAttention.
+Useful TFLOP/s = causal dense FLOPs x routed fraction / time (fwd: 4 T^2/2 D Hq, fwd+bwd
+3.5x that); for the local branch, the FLOPs of the window band.
+Writes bench/results/<gpu>-<date>.json and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+import triton
+
+HQ, HKV, D = 32, 8, 128
+WINDOW = 4095
+
+
+def _time_ms(fn, target_ms: float = 600.0, min_reps: int = 3, max_reps: int = 30) -> float:
+    """Median of CUDA-event timings after a warm-up; repetitions sized by a first run."""
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    torch.cuda.synchronize()
+    est = start.elapsed_time(end)
+    reps = int(min(max_reps, max(min_reps, math.ceil(target_ms / max(est, 1e-3)))))
+    times = []
+    for _ in range(reps):
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def causal_flops(T: int, pass_name: str) -> float:
+    fwd = 4.0 * (T * T / 2) * D * HQ
+    return fwd if pass_name == "fwd" else 3.5 * fwd
+
+
+def window_flops(T: int, window: int, pass_name: str) -> float:
+    band = T * window - window * window / 2 if T > window else T * T / 2
+    fwd = 4.0 * band * D * HQ
+    return fwd if pass_name == "fwd" else 3.5 * fwd
+
+
+def make_route(T: int, fraction: float, device) -> torch.Tensor:
+    n = max(1, round(fraction * T))
+    route = torch.zeros(1, T, dtype=torch.bool, device=device)
+    route[0, torch.randperm(T, device=device)[:n]] = True
+    return route
+
+
+def _runner(fn, q, k, v, pass_name):
+    if pass_name == "fwd":
+
+        def run():
+            with torch.no_grad():
+                fn(q, k, v)
+
+        return run
+    do = torch.randn_like(q)
+
+    def run():
+        for t in (q, k, v):
+            t.grad = None
+        fn(q, k, v).backward(do)
+
+    return run
+
+
+def sdpa_dense(backend_name: str):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backend = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}[
+        backend_name
+    ]
+
+    def fn(q, k, v):
+        with sdpa_kernel(backend):
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    return fn
+
+
+def flex_token_sparse(route: torch.Tensor, dynamic: bool):
+    """What a PyTorch expert would write with FlexAttention (B = 1).
+
+    dynamic=True: one compile serves every routed count (Q_LEN changes with the fraction);
+    dynamic=False: compiled for this exact shape (the headline comparison)."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    flex = torch.compile(flex_attention, dynamic=dynamic)
+
+    def fn(q, k, v):
+        T = q.shape[2]
+        pos = route[0].nonzero().squeeze(1).to(torch.int32)  # host sync: flex needs Q_LEN
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            return kv_idx <= pos[q_idx]
+
+        mask = create_block_mask(mask_mod, 1, None, pos.numel(), T, device=q.device, _compile=True)
+        qc = q[:, :, pos.long()]
+        oc = flex(qc, k, v, block_mask=mask, enable_gqa=True)
+        out = torch.zeros_like(q)
+        return out.index_copy(2, pos.long(), oc)
+
+    return fn
+
+
+def ours_token_sparse(route: torch.Tensor):
+    from kernels import token_sparse_attention
+
+    return lambda q, k, v: token_sparse_attention(q, k, v, route, backend="triton")
+
+
+def local(impl: str):
+    if impl == "triton":
+        from kernels.sliding_window.gpu import sliding_window_attention_triton as f
+    else:
+        from kernels.sliding_window.flex import sliding_window_attention_flex as f
+    return lambda q, k, v: f(q, k, v, WINDOW, None, D**-0.5)
+
+
+def environment() -> dict:
+    props = torch.cuda.get_device_properties(0)
+    return {
+        "gpu": props.name,
+        "sm_count": props.multi_processor_count,
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "heads": {"q": HQ, "kv": HKV, "head_dim": D},
+        "dtype": "bfloat16",
+        "batch": 1,
+        "window": WINDOW,
+    }
+
+
+def run_table(lengths, fractions, passes, kernels_sel) -> list[dict]:
+    records = []
+    for T in lengths:
+        torch.manual_seed(T)
+        q = torch.randn(1, HQ, T, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        k = torch.randn(1, HKV, T, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        v = torch.randn(1, HKV, T, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        jobs = []
+        if "sdpa" in kernels_sel:
+            ke = k.detach().repeat_interleave(HQ // HKV, 1).requires_grad_(True)
+            ve = v.detach().repeat_interleave(HQ // HKV, 1).requires_grad_(True)
+            for name in ("flash", "cudnn"):
+                jobs.append((f"sdpa_{name}", 1.0, sdpa_dense(name), (q, ke, ve), "dense"))
+        for f in fractions:
+            route = make_route(T, f, "cuda")
+            if "ours" in kernels_sel:
+                jobs.append(
+                    ("triton_token_sparse", f, ours_token_sparse(route), (q, k, v), "sparse")
+                )
+            if "flex" in kernels_sel:
+                jobs.append(
+                    ("flex_token_sparse", f, flex_token_sparse(route, True), (q, k, v), "sparse")
+                )
+                if T == max(lengths) and abs(f - 0.2) < 1e-9:
+                    jobs.append(
+                        (
+                            "flex_token_sparse_static",
+                            f,
+                            flex_token_sparse(route, False),
+                            (q, k, v),
+                            "sparse",
+                        )
+                    )
+        if "local" in kernels_sel:
+            for impl in ("triton", "flex"):
+                jobs.append((f"local_{impl}", 1.0, local(impl), (q, k, v), "window"))
+        for name, f, fn, (qq, kk, vv), kind in jobs:
+            for p in passes:
+                try:
+                    ms = _time_ms(_runner(fn, qq, kk, vv, p))
+                except Exception as exc:  # a baseline that fails must not sink the table
+                    print(
+                        f"[bench] {name} T={T} f={f} {p}: {type(exc).__name__}: {exc}",
+                        file=sys.stderr,
+                    )
+                    torch.cuda.empty_cache()
+                    continue
+                flops = window_flops(T, WINDOW, p) if kind == "window" else causal_flops(T, p) * f
+                rec = {
+                    "kernel": name,
+                    "seq_len": T,
+                    "fraction": f,
+                    "pass": p,
+                    "ms": round(ms, 3),
+                    "useful_tflops": round(flops / ms / 1e9, 1),
+                }
+                records.append(rec)
+                print(json.dumps(rec), flush=True)
+        del q, k, v
+        torch.cuda.empty_cache()
+    return records
+
+
+def markdown(env: dict, records: list[dict]) -> str:
+    def find(kernel, T, f, p):
+        for r in records:
+            if (
+                r["kernel"] == kernel
+                and r["seq_len"] == T
+                and r["pass"] == p
+                and abs(r["fraction"] - f) < 1e-9
+            ):
+                return r
+        return None
+
+    lines = [
+        f"{env['gpu']}, torch {env['torch']}, triton {env['triton']}, bf16, B=1, "
+        f"Hq={HQ}, Hkv={HKV}, D={D} ({env['date'][:10]}). ms (useful TFLOP/s); "
+        "ratio = ours / SDPA-cuDNN dense in the same run.",
+        "",
+        "| T | pass | kernel | routed | ms | useful TFLOP/s | vs cuDNN | vs flex |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for T in sorted({r["seq_len"] for r in records}):
+        for p in ("fwd", "fwdbwd"):
+            cud = find("sdpa_cudnn", T, 1.0, p)
+            for r in [r for r in records if r["seq_len"] == T and r["pass"] == p]:
+                ratio = f"{r['ms'] / cud['ms']:.3f}x" if cud and r["kernel"] != "sdpa_cudnn" else ""
+                flex = find("flex_token_sparse_static", T, r["fraction"], p) or find(
+                    "flex_token_sparse", T, r["fraction"], p
+                )
+                vs_flex = (
+                    f"{r['ms'] / flex['ms']:.3f}x"
+                    if flex and r["kernel"] == "triton_token_sparse"
+                    else ""
+                )
+                lines.append(
+                    f"| {T // 1024}K | {p} | {r['kernel']} | {r['fraction']:.0%} | {r['ms']:.1f} "
+                    f"| {r['useful_tflops']:.0f} | {ratio} | {vs_flex} |"
+                )
+    return "\n".join(lines)
+
+
+def sweep(T: int, fraction: float, variants: list[str]) -> list[dict]:
+    """Time each kernel of ours alone under launch-config variants (`pass:bm,bn,warps,stages`)."""
+    from kernels.flash import config
+    from kernels.flash.host import attention_bwd, attention_fwd
+    from kernels.flash.routing import build_routing
+
+    torch.manual_seed(0)
+    q = torch.randn(1, HQ, T, D, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(1, HKV, T, D, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn(1, HKV, T, D, device="cuda", dtype=torch.bfloat16)
+    do = torch.randn_like(q)
+    route = make_route(T, fraction, "cuda")
+    routing = build_routing(route, None)
+    scale = D**-0.5
+    o, lse = attention_fwd(q, k, v, routing, T, scale)
+    out = []
+    for spec in ["default"] + variants:
+        saved = None
+        if spec != "default":
+            pass_name, vals = spec.split(":")
+            bm, bn, w, s = (int(x) for x in vals.split(","))
+            saved = config.set_config(
+                pass_name, D, block_m=bm, block_n=bn, num_warps=w, num_stages=s
+            )
+        try:
+            fwd = _time_ms(lambda: attention_fwd(q, k, v, routing, T, scale), 300)
+            dq = _time_ms(
+                lambda: attention_bwd(q, k, v, o, lse, do, routing, T, scale, passes=("dq",)), 300
+            )
+            dkdv = _time_ms(
+                lambda: attention_bwd(q, k, v, o, lse, do, routing, T, scale, passes=("dkdv",)),
+                300,
+            )
+            rec = {
+                "variant": spec,
+                "fwd_ms": round(fwd, 3),
+                "dq_ms": round(dq, 3),
+                "dkdv_ms": round(dkdv, 3),
+                "routing_ms": round(_time_ms(lambda: build_routing(route, None), 50), 3),
+            }
+        except Exception as exc:
+            rec = {"variant": spec, "error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+        if saved is not None:
+            config.GPU_CONFIGS[(pass_name, D)] = saved
+        print(json.dumps(rec), flush=True)
+        out.append(rec)
+    return out
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--lengths", type=int, nargs="+", default=[32768, 65536, 131072])
+    ap.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.2, 0.5])
+    ap.add_argument("--passes", nargs="+", default=["fwd", "fwdbwd"], choices=["fwd", "fwdbwd"])
+    ap.add_argument("--kernels", nargs="+", default=["sdpa", "flex", "ours", "local"])
+    ap.add_argument(
+        "--out", type=Path, default=None, help="JSON path (default bench/results/<gpu>-<date>.json)"
+    )
+    ap.add_argument(
+        "--sweep", nargs="*", default=None, help="config variants pass:bm,bn,warps,stages"
+    )
+    ap.add_argument("--sweep-len", type=int, default=131072)
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("bench.attention: needs a CUDA GPU")
+    env = environment()
+    if args.sweep is not None:
+        result = {"env": env, "sweep": sweep(args.sweep_len, 0.2, args.sweep)}
+    else:
+        records = run_table(args.lengths, args.fractions, args.passes, set(args.kernels))
+        result = {"env": env, "records": records}
+        print(markdown(env, records))
+    gpu = env["gpu"].replace("NVIDIA ", "").replace(" ", "-")
+    path = args.out or Path(__file__).parent / "results" / f"{gpu}-{env['date'][:10]}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"[bench] wrote {path}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "8")
+    main()

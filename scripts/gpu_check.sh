@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# One device call: GPU kernel tests, then (optionally) a tuning sweep and the benchmark.
+#   scripts/gpu_check.sh [tests] [sweep "<variants>"] [bench "<bench args>"]
+# Logs and JSON go to $OUT (default ./gpu_out).
+set -uo pipefail
+OUT=${OUT:-gpu_out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 TORCHINDUCTOR_COMPILE_THREADS=8
+PY=${PY:-python3}
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv | tee "$OUT/gpu.txt"
+$PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    tests)
+      timeout "${TEST_TIMEOUT:-400}" $PY -m pytest -q -m gpu -p no:warnings -x --durations=15 tests/kernels 2>&1 \
+        | tee "$OUT/tests.log" | tail -40
+      shift ;;
+    sweep)
+      $PY -m bench.attention --sweep $2 --out "$OUT/sweep.json" 2>&1 | tee "$OUT/sweep.log" | tail -40
+      shift 2 ;;
+    bench)
+      $PY -m bench.attention $2 --out "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" | tail -60
+      shift 2 ;;
+    *) echo "unknown step $1"; exit 2 ;;
+  esac
+done
