@@ -45,6 +45,10 @@ test: setup
 test-gpu: setup
 	$(PY) -m pytest -q -m gpu $(PYTEST_ARGS) tests
 
+# The launcher tests on a one-node Slurm they start (installs slurm-wlm/munge as root).
+test-slurm: setup
+	$(PY) -m pytest -q -m slurm $(PYTEST_ARGS) tests/launch
+
 bench: setup
 	$(PY) -m bench.attention $(ARGS)
 
