@@ -63,7 +63,7 @@ def test_qwen3_128k_matches_the_reference_recipe():
     assert run.train.precision == "bf16" and run.deepspeed.stage == 2
     assert run.train.activation_checkpointing
     assert run.optim.lr == 5e-5 and run.optim.schedule == "cosine" and run.optim.warmup_ratio == 0.05
-    assert run.l2a.lambda_final == 1e-8 and run.l2a.lambda_schedule == "linear"
+    assert run.l2a.sparsity.lambda_final == 1e-8 and run.l2a.sparsity.lambda_schedule == "linear"
     assert run.l2a.sparsity_target is None
     assert (run.l2a.window, run.l2a.router_tau, run.l2a.dense_prob) == (4095, 0.1, 0.1)
 

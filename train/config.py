@@ -340,6 +340,7 @@ class TrainConfig:
     on_nonfinite: str = "abort"  # abort | skip
     max_consecutive_skips: int = 10
     export: bool = True  # HF model under <run dir>/export at the end
+    save_final: bool = True  # checkpoint at the end (implied by export)
     export_dtype: str = "auto"  # auto (bf16 if trained in bf16) | bf16 | fp32
     progress_bar: bool = True
     plot: bool = True
@@ -417,8 +418,9 @@ def build_data_config(raw: dict):
         raise ConfigError(msg if msg.startswith("data") else f"data: {msg}") from None
 
 
-def from_container(raw: dict) -> RunConfig:
-    """Validate a resolved config mapping (the composed Hydra config)."""
+def from_container(raw: dict, data_builder=None) -> RunConfig:
+    """Validate a resolved config mapping (the composed Hydra config). `data_builder`
+    replaces the data pipeline's validation (benchmarks that feed synthetic batches)."""
     known = {"name", "model", "data", "optim", "deepspeed", "l2a", "train"}
     unknown = sorted(set(raw) - known - set(_PASSTHROUGH))
     if unknown:
@@ -432,7 +434,7 @@ def from_container(raw: dict) -> RunConfig:
     return RunConfig(
         name=name,
         model=build(ModelConfig, raw["model"], "model"),
-        data=build_data_config(raw["data"]),
+        data=(data_builder or build_data_config)(raw["data"]),
         optim=build(OptimConfig, raw["optim"], "optim"),
         deepspeed=build(DeepSpeedConfig, raw["deepspeed"], "deepspeed"),
         l2a=build_l2a(raw["l2a"]),
@@ -445,12 +447,12 @@ def from_hydra(cfg: DictConfig) -> RunConfig:
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        raw = OmegaConf.to_container(cfg, resolve=True)
+        keys = [k for k in cfg.keys() if k != "hydra"]
+        raw = OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=True)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "config"
         msg = str(e).splitlines()[0]
         raise ConfigError(f"{key}: {msg}") from None
-    raw = {k: v for k, v in raw.items() if k != "hydra"}
     return from_container(raw)
 
 

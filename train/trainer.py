@@ -113,8 +113,12 @@ def seed_everything(seed: int, rank: int) -> None:
 class Trainer:
     """Builds everything from a validated `RunConfig`; `fit()` runs to `train.max_steps`."""
 
-    def __init__(self, cfg: RunConfig, run_dir: str | os.PathLike, overrides: list[str] | None = None):
+    def __init__(self, cfg: RunConfig, run_dir: str | os.PathLike, overrides: list[str] | None = None,
+                 loader=None):
+        """`loader`: an iterator of batches with state_dict()/load_state_dict(), instead of
+        the `train.data` pipeline (benchmarks)."""
         self.cfg = cfg
+        self.loader = loader
         self.overrides = list(overrides or [])
         self.dist: DistInfo = init_distributed(cfg.train.dist_backend, cfg.train.dist_timeout_minutes)
         # Every rank writes into rank 0's run directory.
@@ -127,6 +131,8 @@ class Trainer:
                 "train.on_nonfinite: skip needs deepspeed.stage <= 2 (ZeRO-3 cannot discard a "
                 "bf16/fp32 step), got 'skip'"
             )
+        # An explicit checkpoint is checked before anything is built (one-line error).
+        self.resume_from = resolve_resume(cfg.train.resume, self.run_dir)
         self.step = 0  # completed optimizer steps
         self.tokens_seen = 0
         self.consecutive_skips = 0
@@ -158,16 +164,17 @@ class Trainer:
         self.module = LossModule(model, self.cfg.train.loss_chunk_size, self.cfg.l2a.enabled)
 
     def _build_data(self) -> None:
+        if self.loader is not None:  # injected (benchmarks with synthetic batches)
+            self._batches = iter(self.loader)
+            return
         from train.data import build_dataloader, prepare_data
 
         cfg = self.cfg
-        if self.dist.is_main:
-            prepare_data(cfg.data, self.tokenizer)
-        barrier()
-        self.loader = build_dataloader(
-            cfg.data, self.tokenizer, micro_batch_size=cfg.train.micro_batch_size,
-            rank=self.dist.rank, world_size=self.dist.world_size, seed=cfg.train.seed,
-        )
+        # Safe on every rank at once (the pipeline locks); only rank 0 prints statistics.
+        prepared = prepare_data(cfg.data, self.tokenizer, seed=cfg.train.seed,
+                                verbose=self.dist.is_main)
+        self.loader = build_dataloader(prepared, cfg.train.micro_batch_size, rank=self.dist.rank,
+                                       world_size=self.dist.world_size, seed=cfg.train.seed)
         self._batches = iter(self.loader)
 
     def _param_groups(self) -> list[dict]:
@@ -244,7 +251,7 @@ class Trainer:
                                self.cfg.train.keep_checkpoints)
 
     def maybe_resume(self) -> Path | None:
-        path = resolve_resume(self.cfg.train.resume, self.run_dir)
+        path = self.resume_from
         if path is None:
             return None
         self.load_state_dict(load_checkpoint(self.engine, path, self.dist))
@@ -405,7 +412,8 @@ class Trainer:
                     logger.write(f"preempted (signal {self._stop_signal or 'on another rank'}): "
                                  f"saved step {self.step}, exiting with {exit_code} to be requeued")
                     break
-            if exit_code == 0 and last_saved != self.step:
+            wants_final = cfg.train.save_final or cfg.train.export
+            if exit_code == 0 and last_saved != self.step and wants_final:
                 self.save()
         finally:
             for s, h in old_handlers.items():
@@ -452,7 +460,7 @@ class Trainer:
                 "tokens": self.tokens_seen,
                 "world_size": self.dist.world_size,
                 "export_dir": export_dir,
-                "checkpoint": str(latest_complete(self.run_dir)),
+                "checkpoint": str(latest_complete(self.run_dir) or "") or None,
             }
             png = logger.close(plot=cfg.train.plot, summary=summary)
             summary["sparsity_plot"] = str(png) if png else None
@@ -482,12 +490,14 @@ class Trainer:
 
 
 def run(cfg: RunConfig, run_dir: str | os.PathLike, overrides: list[str] | None = None) -> int:
-    """Train and return the exit code; one-line errors for bad configs and checkpoints."""
+    """Train and return the exit code; one-line errors for bad configs, data and checkpoints."""
+    from train.data import DataError
+
     trainer = None
     try:
         trainer = Trainer(cfg, run_dir, overrides)
         return trainer.fit()
-    except (ConfigError, CheckpointError, NonFiniteError) as e:
+    except (ConfigError, CheckpointError, NonFiniteError, DataError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2 if isinstance(e, ConfigError) else 1
     finally:

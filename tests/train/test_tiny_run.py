@@ -1,0 +1,101 @@
+"""The tiny experiment end to end, in-process: metrics, checkpoints, summary, sparsity plot,
+wandb (offline), export reload, and which parameters training changed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from train_helpers import read_metrics, run_in_process
+
+REQUIRED = {"step", "loss", "lm_loss", "sparsity", "sparsity/layer_0", "sparsity/layer_1",
+            "lambda", "reg", "lr", "grad_norm", "tokens_per_s"}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(base_overrides, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("tiny-run")
+    overrides = base_overrides + ["train.export=true", "train.plot=true",
+                                  "train.wandb.mode=offline"]
+    code, trainer = run_in_process(overrides, run_dir)
+    return code, run_dir, trainer
+
+
+def test_exits_cleanly_and_logs_every_step(tiny_run):
+    code, run_dir, _ = tiny_run
+    assert code == 0
+    rows = read_metrics(run_dir)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    for r in rows:
+        assert REQUIRED <= set(r), REQUIRED - set(r)
+        for k in REQUIRED:
+            assert isinstance(r[k], (int, float)) and torch.isfinite(torch.tensor(float(r[k])))
+        assert 0.0 <= r["sparsity"] <= 1.0
+    assert rows[0]["lm_loss"] > 4.0  # random init over a 320-token vocabulary
+    assert rows[0]["sparsity"] == 0.0  # paper init: every token routed at step 0
+
+
+def test_checkpoints_summary_and_plot(tiny_run):
+    _, run_dir, _ = tiny_run
+    ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert ckpts == ["step_00000003", "step_00000006"]
+    for name in ckpts:
+        assert (run_dir / "checkpoints" / name / "complete").is_file()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for key in ("experiment", "overrides", "steps", "final_loss", "final_lm_loss", "sparsity",
+                "layer_sparsity", "tokens_per_s", "export_dir"):
+        assert key in summary
+    assert summary["experiment"] == "tiny" and summary["steps"] == 6
+    assert "train.max_steps=6" in summary["overrides"]
+    last = read_metrics(run_dir)[-1]
+    assert summary["final_loss"] == last["loss"] and len(summary["layer_sparsity"]) == 2
+    assert (run_dir / "sparsity_per_layer.png").read_bytes()[:4] == b"\x89PNG"
+    assert any((run_dir / "wandb").glob("offline-run-*"))
+
+
+def test_export_reloads_and_only_trainable_params_changed(tiny_run):
+    from transformers import AutoModelForCausalLM
+
+    import l2a  # noqa: F401
+    from l2a.trainable import trainable_parameter_names
+    from train.build_model import cached_model_dir
+
+    _, run_dir, trainer = tiny_run
+    summary = json.loads((run_dir / "summary.json").read_text())
+    exported = AutoModelForCausalLM.from_pretrained(summary["export_dir"])
+    assert type(exported).__name__ == "L2AQwen3ForCausalLM"
+    initial = AutoModelForCausalLM.from_pretrained(cached_model_dir(trainer.cfg))
+    before, after = initial.state_dict(), exported.state_dict()
+    trainable = set(trainable_parameter_names(initial))
+    assert any("router" in n for n in trainable) and any("mlp" in n for n in before)
+    for name, tensor in before.items():
+        if name in trainable:
+            assert not torch.equal(tensor, after[name]), f"{name} did not train"
+        else:
+            assert torch.equal(tensor, after[name]), f"frozen {name} changed"
+    ids = torch.randint(0, 256, (1, 16))
+    with torch.no_grad():
+        out = exported(input_ids=ids)
+    assert out.logits.shape == (1, 16, exported.config.vocab_size)
+    assert torch.isfinite(out.logits).all()
+
+
+def test_export_cli_from_any_checkpoint(tiny_run, tmp_path):
+    import subprocess
+    import sys
+
+    from train_helpers import ROOT
+
+    _, run_dir, _ = tiny_run
+    ckpt = run_dir / "checkpoints" / "step_00000003"
+    proc = subprocess.run([sys.executable, "-m", "train.export", str(ckpt), str(tmp_path / "out")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+    bad = subprocess.run([sys.executable, "-m", "train.export", str(tmp_path / "nope"),
+                          str(tmp_path / "out2")], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert bad.returncode == 1 and not (tmp_path / "out2").exists()
+    lines = [line for line in bad.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: ") and "checkpoint not found" in lines[-1]

@@ -1,0 +1,91 @@
+"""Small pieces of the trainer: LR schedule, checkpoint discovery and errors, metrics files."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from train.checkpoint import (
+    COMPLETE,
+    CheckpointError,
+    latest_complete,
+    read_marker,
+    resolve_resume,
+    step_dir_name,
+)
+from train.lr_schedule import WarmupDecay
+from train.metrics import plot_layer_sparsity, read_metrics, run_name
+
+
+def test_warmup_then_cosine_to_min_ratio():
+    f = WarmupDecay(warmup=4, total=24, kind="cosine", min_ratio=0.1)
+    assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert f(4) == pytest.approx(1.0)
+    assert f(23) == pytest.approx(0.1)
+    mid = 4 + (23 - 4) / 2
+    assert f(int(mid)) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (int(mid) - 4) / 19)))
+    values = [f(s) for s in range(4, 24)]
+    assert all(a >= b for a, b in zip(values, values[1:]))  # monotone decay
+
+
+def test_linear_and_constant_decay():
+    assert WarmupDecay(0, 11, "linear", 0.0)(5) == pytest.approx(0.5)
+    assert WarmupDecay(2, 10, "constant", 0.0)(9) == 1.0
+
+
+def _fake_checkpoint(root, step, complete=True):
+    d = root / "checkpoints" / step_dir_name(step)
+    (d / "ds").mkdir(parents=True)
+    (d / "hf").mkdir()
+    (d / "hf" / "config.json").write_text("{}")
+    if complete:
+        (d / COMPLETE).write_text(json.dumps({"step": step, "world_size": 1}))
+    return d
+
+
+def test_latest_complete_skips_interrupted_saves(tmp_path):
+    assert latest_complete(tmp_path) is None
+    _fake_checkpoint(tmp_path, 2)
+    four = _fake_checkpoint(tmp_path, 4)
+    _fake_checkpoint(tmp_path, 6, complete=False)
+    (tmp_path / "checkpoints" / ".tmp-step_00000008").mkdir()
+    assert latest_complete(tmp_path) == four
+    assert resolve_resume("auto", tmp_path) == four
+    assert resolve_resume("never", tmp_path) is None
+
+
+@pytest.mark.parametrize("case", ["missing", "incomplete", "corrupt_marker", "no_ds"])
+def test_explicit_bad_checkpoint_is_one_line_error(tmp_path, case):
+    path = tmp_path / "checkpoints" / step_dir_name(3)
+    if case != "missing":
+        path = _fake_checkpoint(tmp_path, 3, complete=case != "incomplete")
+    if case == "corrupt_marker":
+        (path / COMPLETE).write_text("{not json")
+    if case == "no_ds":
+        (path / "ds").rmdir()
+    with pytest.raises(CheckpointError) as err:
+        resolve_resume(str(path), tmp_path)
+    msg = str(err.value)
+    assert msg.startswith("train.resume: ") and str(path) in msg and "\n" not in msg
+
+
+def test_read_marker_returns_metadata(tmp_path):
+    d = _fake_checkpoint(tmp_path, 5)
+    assert read_marker(d)["step"] == 5
+
+
+def test_run_name_drops_experiment_and_hydra_keys():
+    assert run_name("tiny", ["experiment=tiny", "l2a.sparsity_target=0.5",
+                             "hydra.run.dir=/x"]) == "tiny:l2a.sparsity_target=0.5"
+    assert run_name("tiny", []) == "tiny"
+
+
+def test_layer_sparsity_plot(tmp_path):
+    rows = [{"step": s, "loss": 1.0, "sparsity": s / 20, "sparsity/layer_0": s / 10,
+             "sparsity/layer_1": 0.0} for s in range(1, 11)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    png = plot_layer_sparsity(tmp_path)
+    assert png is not None and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(read_metrics(tmp_path)) == 10

@@ -1,0 +1,55 @@
+"""Helpers of the trainer tests: compose a run config, run the trainer in-process or as
+a subprocess (`python -m train`, or torchrun), read metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+CONF = ROOT / "conf"
+
+
+def compose_run(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    import train.config  # noqa: F401  (resolver)
+    from train.config import from_hydra
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    return from_hydra(cfg)
+
+
+def run_in_process(overrides: list[str], run_dir: Path, trainer_hook=None) -> tuple[int, object]:
+    """Build a Trainer and fit it here; `trainer_hook(trainer)` may patch it first."""
+    from train.trainer import Trainer
+
+    trainer = Trainer(compose_run(overrides), run_dir, overrides)
+    try:
+        if trainer_hook is not None:
+            trainer_hook(trainer)
+        return trainer.fit(), trainer
+    finally:
+        trainer.close()
+
+
+def run_cli(overrides: list[str], run_dir: Path, env: dict | None = None, timeout: int = 300,
+            nproc: int = 1) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env.pop("RANK", None)
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "train"]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={nproc}", "-m", "train"]
+    return subprocess.run(cmd + overrides + [f"hydra.run.dir={run_dir}"], cwd=ROOT,
+                          env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
