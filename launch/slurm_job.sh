@@ -91,10 +91,13 @@ _l2a_log "python -m ${L2A_MODULE} ${args[*]}"
 L2A_PREEMPTED=0
 L2A_SRUN_PID=
 _l2a_on_preempt() {
-    L2A_PREEMPTED=1
     _l2a_log "got $1 before the time limit: asking the trainer to checkpoint and exit"
+    (( L2A_PREEMPTED )) && return
+    L2A_PREEMPTED=1
+    [[ -z $L2A_SRUN_PID ]] && return
     # srun passes the signal on to every process of the step (the launchers ignore it).
-    [[ -n $L2A_SRUN_PID ]] && kill -USR1 "$L2A_SRUN_PID" 2>/dev/null
+    # Repeat it: a trainer still loading its model has no handler yet and would miss it.
+    ( while kill -USR1 "$L2A_SRUN_PID" 2>/dev/null; do sleep "${L2A_RESIGNAL_S:-30}"; done ) &
 }
 _l2a_on_term() {
     # scancel, the time limit or Slurm's own preemption: the step gets SIGTERM from Slurm

@@ -28,6 +28,8 @@ import random
 import shlex
 import signal
 import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -62,14 +64,22 @@ class PreemptionBridge:
         return self
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        self.received = True
         print(f"[l2a-submitit] got {signal.Signals(signum).name} before the time limit: "
               "asking the trainer to checkpoint and exit", file=sys.stderr, flush=True)
+        first = not self.received
+        self.received = True
         handler = signal.getsignal(signal.SIGUSR1)
         if callable(handler):
             handler(signal.SIGUSR1, frame)
-        # Else the trainer is not in its loop yet (or done): nothing to save; the exit code
-        # decides below.
+        elif first:
+            # The trainer is still loading and has no handler yet: ask it once it has one.
+            threading.Thread(target=self._deliver_when_ready, daemon=True).start()
+
+    @staticmethod
+    def _deliver_when_ready(poll_s: float = 1.0) -> None:
+        while not callable(signal.getsignal(signal.SIGUSR1)):
+            time.sleep(poll_s)
+        os.kill(os.getpid(), signal.SIGUSR1)
 
 
 def run_preemptible(job: Callable[[], Any]) -> Any:

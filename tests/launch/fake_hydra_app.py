@@ -19,7 +19,7 @@ from tests.launch.fake_trainer import main as train_loop
 def app(cfg) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     code = train_loop([f"run_dir={run_dir}", f"steps={cfg.steps}", f"step_s={cfg.step_s}",
-                       f"save_s={cfg.save_s}"])
+                       f"save_s={cfg.save_s}", f"start_s={cfg.start_s}"])
     if code != 0:
         sys.exit(code)  # inside the task function, as train/__main__.py does
     summary_path = run_dir / "summary.json"

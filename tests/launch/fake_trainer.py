@@ -2,7 +2,7 @@
 scripts can be tested in seconds: `key=value` arguments, a run directory, `resume=auto`,
 SIGUSR1/SIGTERM -> finish the step, write a checkpoint, exit 75; `summary.json` at the end.
 
-    python -m tests.launch.fake_trainer run_dir=DIR steps=20 step_s=0.2 [save_s=0] [resume=auto]
+    python -m tests.launch.fake_trainer run_dir=DIR steps=20 step_s=0.2 [save_s=0] [start_s=0] [resume=auto]
 
 Every rank records its distributed environment in DIR/ranks/<start>-<rank>.json.
 """
@@ -22,6 +22,7 @@ def main(argv: list[str]) -> int:
     run_dir = Path(args["run_dir"])
     steps, step_s = int(args.get("steps", 10)), float(args.get("step_s", 0.2))
     save_s = float(args.get("save_s", 0))
+    start_s = float(args.get("start_s", 0))  # "loading the model": no signal handler yet
     rank = int(os.environ.get("RANK", "0"))
     restart = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
     (run_dir / "ranks").mkdir(parents=True, exist_ok=True)
@@ -30,6 +31,7 @@ def main(argv: list[str]) -> int:
     info = {k: os.environ.get(k) for k in keys} | {"argv": argv, "pid": os.getpid()}
     (run_dir / "ranks" / f"{restart}-{rank}.json").write_text(json.dumps(info))
 
+    time.sleep(start_s)
     stop: list[int] = []
     for s in (signal.SIGUSR1, signal.SIGTERM):
         signal.signal(s, lambda signum, _f: stop.append(signum))

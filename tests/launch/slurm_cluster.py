@@ -192,11 +192,12 @@ class SlurmCluster:
             if self.accounting:
                 self._wait(lambda: self.run("sacct", "-n", "-X", check=False).returncode == 0,
                            "sacct to answer", timeout_s)
-        except BaseException:
+        except Exception as e:
             logs = self.logs()
             self.stop()
-            if isinstance(logs, str) and logs:
-                raise SlurmClusterError(f"the test Slurm cluster did not start; logs:\n{logs}") from None
+            raise SlurmClusterError(f"the test Slurm cluster did not start: {e}\n{logs}") from None
+        except BaseException:
+            self.stop()
             raise
         return self
 

@@ -81,16 +81,15 @@ def _job_id(sweep_dir: Path, timeout_s: float = 60) -> str:
     raise AssertionError("no submitit job folder appeared")
 
 
-def _wait_for_steps(run_dir: Path, n: int, proc: subprocess.Popen, timeout_s: float = 120) -> None:
+def _wait_for_ranks(run_dir: Path, n: int, proc: subprocess.Popen, timeout_s: float = 120) -> None:
     deadline = time.time() + timeout_s
-    metrics = run_dir / "metrics.jsonl"
     while time.time() < deadline:
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= n:
+        if len(list((run_dir / "ranks").glob("0-*.json"))) >= n:
             return
         if proc.poll() is not None:
-            raise AssertionError(f"sweep exited with {proc.returncode} before step {n}")
-        time.sleep(0.2)
-    raise AssertionError(f"{metrics} did not reach {n} steps in {timeout_s} s")
+            raise AssertionError(f"sweep exited with {proc.returncode} before {n} ranks started")
+        time.sleep(0.1)
+    raise AssertionError(f"{n} ranks did not start in {timeout_s} s")
 
 
 def test_pre_timeout_signal_checkpoints_and_requeues_through_submitit(slurm_cluster, tmp_path):
@@ -98,12 +97,14 @@ def test_pre_timeout_signal_checkpoints_and_requeues_through_submitit(slurm_clus
     log = open(tmp_path / "sweep.log", "w")
     proc = subprocess.Popen(
         _fake_sweep(sweep_dir, "hydra.launcher.tasks_per_node=2", "steps=30", "step_s=0.2",
-                    "save_s=1"),
+                    "save_s=1", "start_s=2"),
         cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
     try:
         job = _job_id(sweep_dir)
         run = sweep_dir / "0"
-        _wait_for_steps(run, 3, proc)
+        # Signal while the tasks are "loading" (start_s: no trainer handler yet): the
+        # request must wait for the trainer, not kill it or get lost.
+        _wait_for_ranks(run, 2, proc)
         # What Slurm does signal_delay_s before the time limit (submitit's --signal=USR2@...).
         slurm_cluster.run("scancel", "--signal=USR2", job)
         assert proc.wait(timeout=240) == 0, (tmp_path / "sweep.log").read_text() + _submitit_logs(sweep_dir)
