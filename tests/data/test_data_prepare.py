@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import data_config, segments, write_jsonl
 
-from train.data import PreparedData, prepare_data
+from train.data import DataError, PreparedData, prepare_data
 from train.data.textgen import generated_documents
 from train.data.tokenizer import TextEncoder
 
@@ -29,8 +29,9 @@ def _documents_in(prepared, byte_tok):
     return sorted(d for d in text.split("<|endoftext|>") if d)
 
 
+@pytest.mark.parametrize("streaming", [False, True])
 @pytest.mark.parametrize("kind", ["jsonl", "text", "parquet", "arrow_files", "save_to_disk"])
-def test_every_local_source_type_round_trips(tmp_path, cache_dir, byte_tok, kind):
+def test_every_local_source_type_round_trips(tmp_path, cache_dir, byte_tok, kind, streaming):
     d = tmp_path / "corpus"
     d.mkdir()
     source = {}
@@ -51,7 +52,7 @@ def test_every_local_source_type_round_trips(tmp_path, cache_dir, byte_tok, kind
     else:
         datasets.Dataset.from_dict({"text": DOCS}).save_to_disk(str(d / "saved"))
         source = {"path": str(d / "saved")}
-    cfg = data_config(cache_dir, [source], seq_len=512)
+    cfg = data_config(cache_dir, [{**source, "streaming": streaming}], seq_len=512)
     prepared = prepare_data(cfg, byte_tok, tmp_path / "out", verbose=False)
     assert _documents_in(prepared, byte_tok) == sorted(DOCS)
     assert prepared.stats["sources"][0]["docs_available"] == len(DOCS)
@@ -171,3 +172,16 @@ def test_make_data_entry_point(tmp_path):
     )
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines()[-1] == "error: data.seq_len: must be positive, got 0"
+
+
+def test_hub_source_failure_is_one_line(tmp_path, cache_dir, byte_tok, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    cfg = data_config(cache_dir, [{"path": "no-such-org/no-such-dataset", "subset": "en"}])
+    with pytest.raises(DataError) as err:
+        prepare_data(cfg, byte_tok, tmp_path / "o", verbose=False)
+    msg = str(err.value)
+    assert msg.startswith(
+        "data.sources[0]: cannot load hub dataset no-such-org/no-such-dataset/en[train]"
+    )
+    assert "\n" not in msg and not os.path.exists(tmp_path / "o")

@@ -189,7 +189,7 @@ class SourceConfig(_FromDict):
             if not self.path or not isinstance(self.path, str):
                 _fail(f"{p}.path", f"must be a hub dataset id or a local path, got {self.path!r}")
             if self.type == "auto":
-                self.type = infer_source_type(self.path)
+                self.type = infer_source_type(self.path, f"{p}.type")
             self.name = self.name or _default_name(self.path)
         if not isinstance(self.text_field, str) or not self.text_field:
             _fail(f"{p}.text_field", f"must be a non-empty string, got {self.text_field!r}")
@@ -203,7 +203,7 @@ class SourceConfig(_FromDict):
             _fail(f"{p}.streaming", "generated sources are made in memory; set streaming: false")
 
 
-def infer_source_type(path: str) -> str:
+def infer_source_type(path: str, where: str = "data.sources[].type") -> str:
     """``auto`` source type: by suffix for local files, a directory's files, else a hub id."""
     base = path.rstrip("/")
     for suffix, kind in LOCAL_SUFFIXES.items():
@@ -216,13 +216,11 @@ def infer_source_type(path: str) -> str:
         if len(kinds) == 1:
             return kinds.pop()
         raise ConfigError(
-            f"data.sources[].type: cannot infer the type of directory {path} "
+            f"{where}: cannot infer the type of directory {path} "
             f"(found {sorted(kinds) or 'no known files'}); set type explicitly"
         )
     if os.path.exists(path) or any(ch in path for ch in "*?["):
-        raise ConfigError(
-            f"data.sources[].type: cannot infer the type of {path}; set type explicitly"
-        )
+        raise ConfigError(f"{where}: cannot infer the type of {path}; set type explicitly")
     return "hub"
 
 

@@ -75,30 +75,28 @@ class PackedDataLoader:
     def __iter__(self):
         return self
 
-    def _permutation(self) -> np.ndarray:
-        if self._perm_epoch != self.epoch:
-            rng = np.random.default_rng([self.seed, self.epoch, 0x6C6F6164])
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if self._perm_epoch != epoch:
+            rng = np.random.default_rng([self.seed, epoch, 0x6C6F6164])
             self._perm = rng.permutation(len(self.rows))
-            self._perm_epoch = self.epoch
+            self._perm_epoch = epoch
         return self._perm
+
+    def _position(self) -> tuple[int, int]:
+        """(epoch, step) of the next micro-batch."""
+        if self.step >= self.steps_per_epoch:
+            return self.epoch + 1, 0
+        return self.epoch, self.step
 
     def indices(self) -> np.ndarray:
         """Row indices of this rank's next micro-batch (without advancing)."""
-        epoch, step = self.epoch, self.step
-        if step >= self.steps_per_epoch:
-            epoch, step = epoch + 1, 0
-        saved = self.epoch, self.step
-        self.epoch = epoch
-        perm = self._permutation()
-        self.epoch, self.step = saved
+        epoch, step = self._position()
         start = step * self.global_batch + self.rank * self.micro_batch_size
-        return self.rows[perm[start : start + self.micro_batch_size]]
+        return self.rows[self._permutation(epoch)[start : start + self.micro_batch_size]]
 
     def __next__(self) -> dict[str, torch.Tensor]:
-        if self.step >= self.steps_per_epoch:
-            self.epoch += 1
-            self.step = 0
         idx = self.indices()
+        self.epoch, self.step = self._position()
         self.step += 1
         examples = [self.prepared.example(int(i)) for i in idx]
         batch = {k: torch.from_numpy(np.stack([e[k] for e in examples])) for k in examples[0]}
