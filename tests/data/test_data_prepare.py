@@ -167,6 +167,20 @@ def test_make_data_entry_point(tmp_path):
     assert "sequences x 512 tokens" in done.stdout and "padding" in done.stdout
     prepared = PreparedData.load(out)
     assert set(prepared.source_names) == {"generated_text", "synthetic"}
+    # What the trainer then asks for is exactly what `make data` prepared.
+    from omegaconf import OmegaConf
+
+    from train.data import DataConfig, build_byte_tokenizer
+    from train.data.prepare import compose
+
+    cfg = compose("config", cmd[3:])
+    again = prepare_data(
+        DataConfig.from_dict(OmegaConf.to_container(cfg.data, resolve=True)),
+        build_byte_tokenizer(),
+        seed=cfg.train.seed,
+        verbose=False,
+    )
+    assert again.fingerprint == prepared.fingerprint
     bad = subprocess.run(
         [*cmd, "data.seq_len=0"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
     )

@@ -3,7 +3,7 @@ prepare the data of an experiment, exactly as the trainer will read it, and prin
 statistics.
 
 Composes ``conf/config.yaml`` (or ``--config-name NAME``) with the given overrides and
-uses ``data.*`` and the tokenizer: ``data.tokenizer`` if set, else the model's
+uses ``data.*``, the run's seed (``train.seed``, as the trainer does) and the tokenizer: ``data.tokenizer`` if set, else the model's
 (``model.base``, a hub id or local directory; ``byte`` or a random-weight base
 (``model.base: null``) means the offline byte-level tokenizer).
 """
@@ -39,6 +39,16 @@ def tokenizer_spec(cfg: DictConfig) -> str:
     raise ConfigError("data.tokenizer: not set, and the model config names no base model")
 
 
+def run_seed(cfg: DictConfig) -> int:
+    """The seed the trainer prepares with (``train.seed``; ``data.seed``, when set, wins
+    inside ``prepare_data``), so that `make data` prepares exactly what training reads."""
+    train = cfg.get("train") or {}
+    seed = train.get("seed") if hasattr(train, "get") else None
+    if seed is None:
+        seed = cfg.get("seed", 0)
+    return int(seed or 0)
+
+
 def compose(config_name: str, overrides: list[str]) -> DictConfig:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -60,8 +70,7 @@ def run(cfg: DictConfig, force: bool = False):
     from train.data.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(spec)
-    # The trainer prepares with the default seed; data.seed overrides both the same way.
-    return prepare_data(data_cfg, tokenizer, data_cfg.prepared_dir, force=force)
+    return prepare_data(data_cfg, tokenizer, data_cfg.prepared_dir, seed=run_seed(cfg), force=force)
 
 
 def main(argv: list[str] | None = None) -> int:
