@@ -286,9 +286,10 @@ def sweep(T: int, fraction: float, variants: list[str]) -> list[dict]:
         saved = None
         if spec != "default":
             pass_name, vals = spec.split(":")
-            bm, bn, w, s = (int(x) for x in vals.split(","))
+            bm, bn, w, s, *gp = (int(x) for x in vals.split(","))
+            extra = {"max_packed_heads": gp[0]} if gp else {}
             saved = config.set_config(
-                pass_name, D, block_m=bm, block_n=bn, num_warps=w, num_stages=s
+                pass_name, D, block_m=bm, block_n=bn, num_warps=w, num_stages=s, **extra
             )
         try:
             fwd = _time_ms(lambda: attention_fwd(q, k, v, routing, T, scale), 300)
@@ -327,7 +328,10 @@ def main(argv=None) -> None:
         "--out", type=Path, default=None, help="JSON path (default bench/results/<gpu>-<date>.json)"
     )
     ap.add_argument(
-        "--sweep", nargs="*", default=None, help="config variants pass:bm,bn,warps,stages"
+        "--sweep",
+        nargs="*",
+        default=None,
+        help="config variants pass:bm,bn,warps,stages[,max_packed_heads]",
     )
     ap.add_argument("--sweep-len", type=int, default=131072)
     args = ap.parse_args(argv)

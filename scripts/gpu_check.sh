@@ -12,7 +12,7 @@ $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton
 while [ $# -gt 0 ]; do
   case "$1" in
     tests)
-      timeout "${TEST_TIMEOUT:-400}" $PY -m pytest -q -m gpu -p no:warnings -x --durations=15 tests/kernels 2>&1 \
+      timeout "${TEST_TIMEOUT:-400}" $PY -m pytest -q -m gpu -p no:warnings --durations=10 tests/kernels 2>&1 \
         | tee "$OUT/tests.log" | tail -40
       shift ;;
     sweep)

@@ -62,8 +62,8 @@ def _dq_inner(
         if UPCAST:
             k = k.to(tl.float32)
             v = v.to(tl.float32)
-        s = tl.dot(q, tl.trans(k)) * qk_scale
-        p = tl.math.exp2(s - lse[:, None])
+        s = tl.dot(q, tl.trans(k))
+        p = tl.math.exp2(s * qk_scale - lse[:, None])
         if MASK:
             vis = (kpos[None, :] <= pos[:, None]) & (kpos[None, :] >= row_lo[:, None])
             p = tl.where(vis, p, 0.0)
@@ -352,8 +352,8 @@ def _dkdv_inner(
         if UPCAST:
             q = q.to(tl.float32)
             do = do.to(tl.float32)
-        st = tl.dot(k, tl.trans(q)) * qk_scale
-        pt = tl.math.exp2(st - lse[None, :])
+        st = tl.dot(k, tl.trans(q))
+        pt = tl.math.exp2(st * qk_scale - lse[None, :])
         if MASK:
             row_lo = tl.maximum(tl.load(start_b + pos), pos - WINDOW + 1)
             vis = (

@@ -23,9 +23,9 @@ from kernels.utils import doc_start_positions
 
 CPU_CASES = [(63, 4, 1, 16, 1, 7), (200, 4, 2, 32, 3, 50), (150, 6, 2, 24, 4, 1000)]
 GPU_CASES = [
-    (T, Hq, Hq // G, D, docs, w)
-    for T, (Hq, G), D, docs, w in itertools.product(
-        [63, 500, 1000], [(4, 1), (32, 8)], [64, 128], [1, 4], [1, 64, 300, 4095]
+    (T, Hq, Hq // G, D, 1 + 3 * (i % 2), w)
+    for i, (T, (Hq, G), D, w) in enumerate(
+        itertools.product([63, 500, 1000], [(4, 1), (32, 8)], [64, 128], [1, 64, 4095])
     )
 ]
 
@@ -68,7 +68,7 @@ def test_triton_window_gpu(case):
 # FlexAttention's compiled kernels reject GQA at sequences shorter than one block (T=63).
 @pytest.mark.gpu
 @pytest.mark.parametrize(
-    "case", [c for c in GPU_CASES if c[0] >= 500][::3], ids=lambda c: "-".join(map(str, c))
+    "case", [c for c in GPU_CASES if c[0] >= 500][::6], ids=lambda c: "-".join(map(str, c))
 )
 def test_flex_window_gpu(case):
     from kernels.sliding_window.flex import sliding_window_attention_flex

@@ -35,14 +35,13 @@ CPU_CASES = [
     ("random", 1000, 2, 1, 16, 6),
     ("random", 63, 4, 1, 128, 2),
 ]
+# Every route kind x length; (Hq, G, D) and documents cycle so each G, D and doc setting
+# meets every route kind.
+_GPU_HEADS = [(4, 1, 64), (16, 4, 128), (32, 8, 128), (32, 8, 64)]
 GPU_CASES = [
-    (route, T, Hq, Hq // G, D, docs)
-    for route, T, (Hq, G), D, docs in itertools.product(
-        ["none", "all", "single", "random", "mixed"],
-        [63, 500, 1000],
-        [(4, 1), (16, 4), (32, 8)],
-        [64, 128],
-        [1, 4],
+    (route, T, Hq, Hq // G, D, 1 + 3 * (i % 2))
+    for i, (route, T, (Hq, G, D)) in enumerate(
+        itertools.product(["none", "all", "single", "random", "mixed"], [63, 500, 1000], _GPU_HEADS)
     )
 ] + [("random", 4096, 12, 2, 128, 3), ("all", 3000, 28, 4, 128, 5)]
 
@@ -122,7 +121,7 @@ def test_public_op_autograd_and_determinism(gpu):
     assert first[0].dtype == dtype
 
 
-@pytest.mark.parametrize("n_draws,gpu", [(3, False), pytest.param(40, True, marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("n_draws,gpu", [(3, False), pytest.param(20, True, marks=pytest.mark.gpu)])
 def test_fuzz_random_shapes_and_masks(n_draws, gpu):
     g = torch.Generator().manual_seed(1234)
     pick = lambda xs: xs[int(torch.randint(len(xs), (1,), generator=g))]  # noqa: E731
