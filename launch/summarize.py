@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # Overrides that say how a run was launched, not what was trained.
-_BOOKKEEPING = ("hydra.", "train.resume=", "train.progress_bar=", "train.wandb.")
+_BOOKKEEPING = ("hydra.", "train.resume=", "train.progress_bar=", "train.wandb.", "local=",
+                "local.")
 
 METRIC_COLUMNS = ("final_loss", "final_lm_loss", "sparsity", "sparsity_target", "steps",
                   "tokens_per_s")
@@ -211,12 +212,20 @@ def plot(runs: list[Run], path: Path, title: str) -> Path | None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4.2))
+    done = sorted((x, y) for x, y, r in points if r.status == "done")
+    if len(done) > 1:  # the loss-sparsity trade-off, left to right
+        ax.plot(*zip(*done), color="C0", alpha=0.4, lw=1)
+    seen: dict[tuple[float, float], int] = {}
     for x, y, r in points:
         marker = "o" if r.status == "done" else "x"
         ax.scatter([x], [y], marker=marker, color="C0" if r.status == "done" else "C3")
         target = r.metrics.get("sparsity_target")
         label = f"target {target:g}" if target is not None else r.path.name
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        if r.status != "done":
+            label += " (incomplete)"
+        nth = seen.get((round(x, 4), round(y, 4)), 0)  # stack labels of coinciding points
+        seen[(round(x, 4), round(y, 4))] = nth + 1
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4 + 10 * nth), fontsize=8)
     ax.set_xlabel("achieved sparsity (fraction of tokens without global attention)")
     ax.set_ylabel("final LM loss")
     ax.set_title(title, fontsize=9)
