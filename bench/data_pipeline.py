@@ -223,6 +223,7 @@ def _run_variant(recipe, corpus, tokenizer, seq_len, num_proc, work) -> dict:
     line = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")][-1]
     result = json.loads(line[len("RESULT ") :])
     result["tokens_per_s"] = result["tokens"] / result["wall_s"]
+    result["load_avg_1m_after"] = os.getloadavg()[0]  # other work on the machine skews timings
     shutil.rmtree(work, ignore_errors=True)
     return result
 
