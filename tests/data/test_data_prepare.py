@@ -173,7 +173,7 @@ def test_make_data_entry_point(tmp_path):
     from train.data import DataConfig, build_byte_tokenizer
     from train.data.prepare import compose
 
-    cfg = compose("config", cmd[3:])
+    cfg = compose("config", [a for a in cmd[3:] if a != "--force"])
     again = prepare_data(
         DataConfig.from_dict(OmegaConf.to_container(cfg.data, resolve=True)),
         build_byte_tokenizer(),

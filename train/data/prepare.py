@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config-name", "-cn", default="config")
     parser.add_argument("--force", action="store_true", help="prepare again even if up to date")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=tiny")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # flags may sit among the overrides
     try:
         cfg = compose(args.config_name, args.overrides)
     except Exception as err:  # noqa: BLE001 - Hydra's composition errors have many types
