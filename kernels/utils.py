@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 # Elements of one fp32 score block in the chunked pure-PyTorch ops (~64 MiB per copy):
@@ -97,12 +99,29 @@ def check_route(route: torch.Tensor, B: int, T: int, device: torch.device) -> No
         raise ValueError(f"route: on {route.device}, expected {device} (the device of q)")
 
 
+KERNEL_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+KERNEL_MAX_HEAD_DIM = 256
+
+
 def resolve_backend(backend: str, q: torch.Tensor) -> str:
-    """`auto` -> `triton` on CUDA tensors, `torch` elsewhere; rejects unknown names."""
+    """`auto` -> `triton` on CUDA tensors the kernels support, `torch` otherwise.
+
+    Explicit `triton` with an unsupported dtype or head dim is a ValueError; fp32 inputs
+    run the kernels' matmuls in TF32.
+    """
     if backend not in ("auto", "torch", "triton"):
         raise ValueError(f"backend: expected 'auto', 'torch' or 'triton', got {backend!r}")
+    supported = q.dtype in KERNEL_DTYPES and q.shape[-1] <= KERNEL_MAX_HEAD_DIM
     if backend == "auto":
-        return "triton" if q.is_cuda else "torch"
+        return "triton" if q.is_cuda and supported else "torch"
+    if backend == "triton":
+        if not supported:
+            raise ValueError(
+                f"backend='triton': needs bf16/fp16/fp32 and head dim <= {KERNEL_MAX_HEAD_DIM}, "
+                f"got {q.dtype} and head dim {q.shape[-1]}"
+            )
+        if not (q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+            raise ValueError("backend='triton': needs CUDA tensors (or TRITON_INTERPRET=1 on CPU)")
     return backend
 
 

@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from ..utils import check_doc_ids, check_qkv, check_route, default_scale, resolve_backend
 from .naive import token_sparse_attention_naive
-
-
-def _triton_usable(q: torch.Tensor) -> bool:
-    return q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def token_sparse_attention(
@@ -47,8 +41,6 @@ def token_sparse_attention(
     backend = resolve_backend(backend, q)
     if backend == "torch":
         return token_sparse_attention_naive(q, k, v, route, doc_ids, scale)
-    if not _triton_usable(q):
-        raise ValueError("backend='triton': needs CUDA tensors (or TRITON_INTERPRET=1 on CPU)")
     from .triton_op import token_sparse_attention_triton
 
     return token_sparse_attention_triton(q, k, v, route, doc_ids, scale)

@@ -113,6 +113,11 @@ def test_doc_ids_from_position_ids():
         ({"doc_ids": torch.zeros(1, 8)}, "doc_ids: expected an integer tensor"),
         ({"backend": "cuda"}, "backend: expected"),
         ({"scale": -1.0}, "scale: expected a positive number"),
+        (
+            {k: torch.randn(1, 2, 8, 16, dtype=torch.float64) for k in "qkv"}
+            | {"backend": "triton"},
+            "backend='triton': needs bf16/fp16/fp32",
+        ),
     ],
 )
 def test_token_sparse_rejects_bad_input(kwargs, match):
