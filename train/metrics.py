@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
 import sys
 from pathlib import Path
 
@@ -88,7 +89,8 @@ class MetricsLogger:
             print("wandb is not installed: logging to metrics.jsonl only", file=sys.stderr)
             return
         id_file = self.run_dir / "wandb_id.txt"
-        run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+        # A requeued job continues the same wandb run.
+        run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(6)
         id_file.write_text(run_id)
         self._wandb = wandb.init(
             project=cfg.project, entity=cfg.entity, name=run_name(name, overrides), group=name,
