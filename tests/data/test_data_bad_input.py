@@ -202,3 +202,20 @@ def test_line_numbers_are_exact_across_parallel_shards(tmp_path, cache_dir, byte
             tmp_path / "o",
             verbose=False,
         )
+
+
+def test_streaming_bad_record_with_workers(tmp_path, cache_dir, byte_tok, monkeypatch):
+    import train.data.sources as sources
+
+    monkeypatch.setattr(sources, "STREAM_BATCH", 5)
+    lines = [f"document {i}" for i in range(1, 40)]
+    lines[26] = b"{nope"  # line 27
+    path = write_jsonl(tmp_path / "s.jsonl", lines)
+    cfg = data_config(cache_dir, [{"path": path, "streaming": True}], num_proc=2)
+    with pytest.raises(DataError, match=r"s.jsonl:27: corrupt JSON"):
+        prepare_data(cfg, byte_tok, tmp_path / "o", verbose=False)
+    cfg = data_config(cache_dir, [{"path": path, "streaming": True, "max_docs": 10}], num_proc=2)
+    assert (
+        prepare_data(cfg, byte_tok, tmp_path / "o", verbose=False).stats["bad_records"]["count"]
+        == 0
+    )

@@ -116,7 +116,10 @@ def _rows(prepared):
     return [prepared.row(i)[0].tolist() for i in range(prepared.num_sequences)]
 
 
-def test_streaming_and_parallel_give_identical_output(tmp_path, byte_tok):
+def test_streaming_and_parallel_give_identical_output(tmp_path, byte_tok, monkeypatch):
+    import train.data.sources as sources
+
+    monkeypatch.setattr(sources, "STREAM_BATCH", 7)  # many batches in flight
     path = write_jsonl(tmp_path / "a.jsonl", DOCS)
     base = dict(sources=[{"path": path}], seq_len=100)
     plain = prepare_data(
@@ -134,7 +137,15 @@ def test_streaming_and_parallel_give_identical_output(tmp_path, byte_tok):
         tmp_path / "o3",
         verbose=False,
     )
-    assert _rows(plain) == _rows(streamed) == _rows(parallel)
+    streamed_parallel = prepare_data(
+        data_config(
+            str(tmp_path / "c4"), [{"path": path, "streaming": True}], seq_len=100, num_proc=2
+        ),
+        byte_tok,
+        tmp_path / "o4",
+        verbose=False,
+    )
+    assert _rows(plain) == _rows(streamed) == _rows(parallel) == _rows(streamed_parallel)
     assert plain.fingerprint == parallel.fingerprint  # num_proc does not change the data
 
 

@@ -103,7 +103,9 @@ def _load_stores(
                 need = int(shares[s.name] * cfg.num_tokens * 1.02) + 1
                 max_tokens = need if max_tokens is None else min(max_tokens, need)
         if streaming:
-            store = store_from_stream(loaded, encoder, field, log, tmp, max_docs, max_tokens)
+            store = store_from_stream(
+                loaded, encoder, field, log, tmp, max_docs, max_tokens, cfg.num_proc
+            )
         else:
             tokenized = tokenize_dataset(loaded, encoder, tok_fp, field, cfg.num_proc)
             store = store_from_dataset(tokenized, loaded, log, max_docs, max_tokens)

@@ -100,7 +100,8 @@ def _ranges(n: int, parts: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
 
-def _batched(rows: Iterator[dict], size: int = STREAM_BATCH) -> Iterator[dict]:
+def _batched(rows: Iterator[dict], size: int | None = None) -> Iterator[dict]:
+    size = size or STREAM_BATCH
     batch: dict[str, list] = {}
     for row in rows:
         for k, v in row.items():

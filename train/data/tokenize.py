@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
+from collections import deque
 from dataclasses import dataclass
 
 import datasets
@@ -195,6 +197,40 @@ def store_from_dataset(
     )
 
 
+_WORKER: dict = {}
+
+
+def _worker_init(encoder: TextEncoder, field: str) -> None:
+    _WORKER["encoder"], _WORKER["field"] = encoder, field
+
+
+def _worker_tokenize(batch: dict):
+    return batch, tokenize_batch(
+        batch["text"], batch.get("_error"), _WORKER["encoder"], _WORKER["field"]
+    )
+
+
+def _tokenized_batches(src: LoadedSource, encoder: TextEncoder, field: str, num_proc: int):
+    """(batch, tokenize_batch result) in stream order; ``num_proc`` workers tokenize while
+    the stream is read, with a bounded number of batches in flight (the stream may be huge)."""
+    if num_proc <= 1:
+        for batch in src.stream():
+            yield batch, tokenize_batch(batch["text"], batch.get("_error"), encoder, field)
+        return
+    pool = multiprocessing.get_context("fork").Pool(num_proc, _worker_init, (encoder, field))
+    try:
+        pending: deque = deque()
+        for batch in src.stream():
+            pending.append(pool.apply_async(_worker_tokenize, (batch,)))
+            if len(pending) >= 2 * num_proc:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+    finally:
+        pool.terminate()  # also when the caller stops early at a cap
+        pool.join()
+
+
 def store_from_stream(
     src: LoadedSource,
     encoder: TextEncoder,
@@ -203,35 +239,39 @@ def store_from_stream(
     tmp_dir: str,
     max_docs: int | None,
     max_tokens: int | None,
+    num_proc: int = 1,
 ) -> TokenStore:
     """Tokenize a streaming source into a flat file under ``tmp_dir``, up to the caps."""
     path = os.path.join(tmp_dir, f"stream-{src.index}.int32")
     lengths: list[np.ndarray] = []
     rows = docs = tokens = bad = 0
-    with open(path, "wb") as fh:
-        for batch in src.stream():
-            texts = batch["text"]
-            values, lens, errors = tokenize_batch(texts, batch.get("_error"), encoder, field)
-            before = log.count
-            _log_errors(errors, rows, src, batch.get("_file"), batch.get("_line"), log)
-            bad += log.count - before
-            rows += len(texts)
-            lens = lens[lens > 0]
-            take = _limit(
-                lens,
-                None if max_docs is None else max_docs - docs,
-                None if max_tokens is None else max_tokens - tokens,
-            )
-            fh.write(values[: int(lens[:take].sum())].astype(np.int32).tobytes())
-            lengths.append(lens[:take])
-            docs += take
-            tokens += int(lens[:take].sum()) + take
-            if (
-                take < len(lens)
-                or (max_docs is not None and docs >= max_docs)
-                or (max_tokens is not None and tokens >= max_tokens)
-            ):
-                break
+    batches = _tokenized_batches(src, encoder, field, num_proc)
+    try:
+        with open(path, "wb") as fh:
+            for batch, (values, lens, errors) in batches:
+                texts = batch["text"]
+                before = log.count
+                _log_errors(errors, rows, src, batch.get("_file"), batch.get("_line"), log)
+                bad += log.count - before
+                rows += len(texts)
+                lens = lens[lens > 0]
+                take = _limit(
+                    lens,
+                    None if max_docs is None else max_docs - docs,
+                    None if max_tokens is None else max_tokens - tokens,
+                )
+                fh.write(values[: int(lens[:take].sum())].astype(np.int32).tobytes())
+                lengths.append(lens[:take])
+                docs += take
+                tokens += int(lens[:take].sum()) + take
+                if (
+                    take < len(lens)
+                    or (max_docs is not None and docs >= max_docs)
+                    or (max_tokens is not None and tokens >= max_tokens)
+                ):
+                    break
+    finally:
+        batches.close()  # stops the workers, also on errors and early stops
     lengths_all = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
     flat = (
         np.memmap(path, dtype=np.int32, mode="r")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
+import itertools
 import json
 import os
 
@@ -148,7 +149,9 @@ class TextEncoder:
                 texts, add_special_tokens=False, split_special_tokens=not self.parse_special_tokens
             )["input_ids"]
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-        values = np.fromiter((t for x in ids for t in x), dtype=np.int32, count=int(lengths.sum()))
+        values = np.fromiter(
+            itertools.chain.from_iterable(ids), dtype=np.int32, count=int(lengths.sum())
+        )
         return values, lengths
 
     def count(self, texts: list[str]) -> np.ndarray:
