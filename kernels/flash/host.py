@@ -216,6 +216,8 @@ class RoutedAttentionFunction(torch.autograd.Function):
         return dq, dk, dv, None, None, None
 
 
+# Dynamo would trace into the kernel launches; a graph break keeps compiled models correct.
+@torch.compiler.disable
 def routed_attention(q, k, v, routing: Routing, window: int | None, scale: float) -> torch.Tensor:
     window = q.shape[2] if window is None else window
     return RoutedAttentionFunction.apply(q, k, v, routing, window, scale)
