@@ -44,6 +44,8 @@ def attention_fwd(
     gp = packed_heads(G, cfg.block_m, cfg.max_packed_heads)
     o = torch.empty_like(q) if out is None else out
     lse = torch.empty(B, Hq, T, dtype=torch.float32, device=q.device)
+    if q.numel() == 0:
+        return o, lse
     grid = (B * Hkv * (G // gp) * triton.cdiv(T, cfg.block_m // gp),)
     attn_fwd_kernel[grid](
         q,
@@ -102,7 +104,8 @@ def attention_bwd(
     dk = torch.empty_like(k) if dk is None else dk
     dv = torch.empty_like(v) if dv is None else dv
     delta = torch.empty(B, Hq, T, dtype=torch.float32, device=q.device)
-
+    if q.numel() == 0:
+        return dq, dk.zero_(), dv.zero_()
     if "dq" in passes:
         _launch_dq(q, k, v, o, do, dq, lse, delta, routing, window, scale, block_d, on_gpu, upcast)
     if "dkdv" in passes:

@@ -146,3 +146,15 @@ def test_fuzz_random_shapes_and_masks(n_draws, gpu):
             assert torch.isfinite(a).all() and err < (2e-2 if gpu else 1e-5), (
                 f"draw {draw} (B={B} T={T} G={G} Hkv={Hkv} D={D} docs={n_docs}): {name} {err:.2e}"
             )
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_empty_sequence(backend):
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    q = torch.randn(2, 4, 0, 16, device=device, requires_grad=True)
+    k = torch.randn(2, 2, 0, 16, device=device, requires_grad=True)
+    route = torch.zeros(2, 0, dtype=torch.bool, device=device)
+    o = kernels.token_sparse_attention(q, k, k, route, backend=backend)
+    assert o.shape == q.shape
+    o.sum().backward()
+    assert q.grad.shape == q.shape and k.grad.shape == k.shape
