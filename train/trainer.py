@@ -196,7 +196,7 @@ class Trainer:
         cfg = self.cfg
         if cfg.deepspeed.stage == 3:
             # The LM head weight is read by the chunked loss outside lm_head.forward.
-            from deepspeed.zero import register_external_parameter
+            from deepspeed.runtime.zero import register_external_parameter
 
             register_external_parameter(self.module, self.module.lm.lm_head.weight)
         self.warmup = cfg.warmup_steps()

@@ -26,7 +26,8 @@ def test_two_process_zero_stages_match_one_process(base_overrides, tmp_path):
     assert code == 0 and trainer.grad_accum == 2
     reference = read_metrics(tmp_path / "single")
 
-    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          str(ROOT / "tests" / "train" / "parity_worker.py"), str(tmp_path / "multi"), *overrides],
