@@ -99,3 +99,26 @@ def test_export_cli_from_any_checkpoint(tiny_run, tmp_path):
     assert bad.returncode == 1 and not (tmp_path / "out2").exists()
     lines = [line for line in bad.stderr.splitlines() if line.strip()]
     assert lines[-1].startswith("error: ") and "checkpoint not found" in lines[-1]
+
+
+def test_activation_checkpointing_gives_the_same_steps(base_overrides, tmp_path):
+    short = base_overrides + ["train.max_steps=2", "train.ckpt_every=0", "train.save_final=false"]
+    code_a, _ = run_in_process(short + ["train.activation_checkpointing=false"], tmp_path / "a")
+    code_b, _ = run_in_process(short + ["train.activation_checkpointing=true"], tmp_path / "b")
+    assert code_a == code_b == 0
+    a, b = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
+    for x, y in zip(a, b):
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-6)
+        assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-5)
+
+
+def test_dense_baseline_trains_attention_only(shared_dirs, tmp_path):
+    overrides = ["experiment=tiny_dense", "train.max_steps=2", "train.ckpt_every=0",
+                 "train.save_final=false", "train.export=false", "train.progress_bar=false",
+                 "train.wandb.mode=disabled"] + [f"{k}={v}" for k, v in shared_dirs.items()]
+    code, trainer = run_in_process(overrides, tmp_path)
+    assert code == 0
+    assert type(trainer.model_config).__name__ == "Qwen3Config"
+    rows = read_metrics(tmp_path)
+    assert [r["sparsity"] for r in rows] == [0.0, 0.0] and rows[-1]["lm_loss"] > 0
+    assert 0 < trainer.n_trainable < trainer.n_params
