@@ -39,10 +39,10 @@ def init_distributed(backend: str = "auto", timeout_minutes: int = 30) -> DistIn
     DeepSpeed needs a process group even for one process; without torchrun's variables we
     make a single-rank group on a free local port.
     """
-    if "RANK" not in os.environ:
+    if "RANK" not in os.environ and not dist.is_initialized():
+        # A fresh port: an inherited MASTER_PORT may belong to a parent process's group.
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
-                          MASTER_ADDR="127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)

@@ -40,7 +40,8 @@ def run_in_process(overrides: list[str], run_dir: Path, trainer_hook=None) -> tu
 def run_cli(overrides: list[str], run_dir: Path, env: dict | None = None, timeout: int = 300,
             nproc: int = 1) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1", **(env or {})}
-    full_env.pop("RANK", None)
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        full_env.pop(var, None)  # set in this process by in-process trainer tests
     if nproc == 1:
         cmd = [sys.executable, "-m", "train"]
     else:
