@@ -42,8 +42,15 @@ class SyntheticPackedLoader:
     """Random-token rows of `seq_len` with `docs_per_row` documents each (position ids restart
     per document, labels -100 on document starts), deterministic per (seed, rank, step)."""
 
-    def __init__(self, seq_len: int, micro_batch_size: int, vocab_size: int, rank: int,
-                 seed: int = 0, docs_per_row: int = 1):
+    def __init__(
+        self,
+        seq_len: int,
+        micro_batch_size: int,
+        vocab_size: int,
+        rank: int,
+        seed: int = 0,
+        docs_per_row: int = 1,
+    ):
         self.seq_len, self.mb, self.vocab = seq_len, micro_batch_size, vocab_size
         self.rank, self.seed, self.docs = rank, seed, docs_per_row
         self.step = 0
@@ -128,7 +135,10 @@ def run_variant(args, variant: str) -> dict:
     if variant == "dense":
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        attn = sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION])
+        # cuDNN first; flash, then memory-efficient, where cuDNN cannot take the call
+        # (e.g. the block mask of --docs-per-row > 1).
+        attn = sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION,
+                            SDPBackend.EFFICIENT_ATTENTION], set_priority=True)
     trainer = Trainer(cfg, run_dir, overrides, loader=loader)
     t0 = time.perf_counter()
     with attn:
@@ -144,15 +154,21 @@ def run_variant(args, variant: str) -> dict:
     torch.cuda.empty_cache()
     if code != 0:
         raise SystemExit(f"{variant}: trainer exited with {code}")
-    result = {"variant": variant, "exit_code": code, "wall_s": wall,
-              "peak_memory_gib": round(float(peak.item()), 2)}
+    result = {
+        "variant": variant,
+        "exit_code": code,
+        "wall_s": wall,
+        "peak_memory_gib": round(float(peak.item()), 2),
+    }
     if rank == 0:
         rows = read_metrics(run_dir)
         timed = [r for r in rows if r["step"] > args.skip_steps]
         step_s = sum(r["step_time_s"] for r in timed) / max(len(timed), 1)
         tokens_per_step = args.seq_len * world
         result.update(
-            steps=len(rows), timed_steps=len(timed), mean_step_s=step_s,
+            steps=len(rows),
+            timed_steps=len(timed),
+            mean_step_s=step_s,
             tokens_per_s_per_gpu=tokens_per_step / step_s / world if timed else None,
             sparsity=sum(r["sparsity"] for r in timed) / max(len(timed), 1),
             final_sparsity=rows[-1]["sparsity"] if rows else None,
@@ -173,13 +189,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sparsity-target", type=float, default=0.8)
     p.add_argument("--window", type=int, default=4095)
     p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--docs-per-row", type=int, default=1,
-                   help="documents packed per sequence (1: plain causal attention for both)")
+    p.add_argument(
+        "--docs-per-row",
+        type=int,
+        default=1,
+        help="documents packed per sequence (1: plain causal attention for both)",
+    )
     p.add_argument("--no-activation-checkpointing", action="store_true")
     p.add_argument("--override", action="append", default=[], help="extra Hydra override")
     p.add_argument("--work-dir", default=None, help="run dirs (default: a temporary dir)")
-    p.add_argument("--out", default=None,
-                   help="result JSON (default: $OUT/train_throughput.json or bench/results/)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="result JSON (default: $OUT/train_throughput.json or bench/results/)",
+    )
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench.train_throughput needs CUDA GPUs", file=sys.stderr)
@@ -214,11 +237,15 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
     }
     if "l2a" in results and "dense" in results and results["dense"].get("tokens_per_s_per_gpu"):
-        report["l2a_speedup"] = (results["l2a"]["tokens_per_s_per_gpu"]
-                                 / results["dense"]["tokens_per_s_per_gpu"])
-    out = Path(args.out) if args.out else (
-        Path(os.environ["OUT"]) if os.environ.get("OUT") else ROOT / "bench" / "results"
-    ) / "train_throughput.json"
+        report["l2a_speedup"] = (
+            results["l2a"]["tokens_per_s_per_gpu"] / results["dense"]["tokens_per_s_per_gpu"]
+        )
+    out = (
+        Path(args.out)
+        if args.out
+        else (Path(os.environ["OUT"]) if os.environ.get("OUT") else ROOT / "bench" / "results")
+        / "train_throughput.json"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
