@@ -122,3 +122,23 @@ def test_dense_baseline_trains_attention_only(shared_dirs, tmp_path):
     rows = read_metrics(tmp_path)
     assert [r["sparsity"] for r in rows] == [0.0, 0.0] and rows[-1]["lm_loss"] > 0
     assert 0 < trainer.n_trainable < trainer.n_params
+
+
+def test_corrupt_checkpoint_given_explicitly_is_one_line_error(tiny_run, base_overrides, tmp_path,
+                                                               capsys):
+    import shutil
+
+    from train_helpers import compose_run
+
+    from train.trainer import run
+
+    _, run_dir, _ = tiny_run
+    ckpt = tmp_path / "step_00000003"
+    shutil.copytree(run_dir / "checkpoints" / "step_00000003", ckpt)
+    state = ckpt / "trainer_state_rank00000.pt"
+    state.write_bytes(state.read_bytes()[:100])  # truncated
+    code = run(compose_run(base_overrides + [f"train.resume={ckpt}"]), tmp_path / "run", [])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 1
+    assert err[-1].startswith(f"error: {state}: cannot read (")
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
