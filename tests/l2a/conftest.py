@@ -49,5 +49,11 @@ def family(request):
 
 
 @pytest.fixture
+def make_base():
+    """The factory itself, for tests that need other shapes."""
+    return tiny_base
+
+
+@pytest.fixture
 def base_model(family):
     return tiny_base(family)

@@ -7,15 +7,13 @@ import torch
 
 from l2a.convert import convert_model
 
-from .conftest import tiny_base
-
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
 
 
-def _pair(family, dtype):
+def _pair(tiny_base, family, dtype):
     kw = dict(hidden_size=256, num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=4096)
     if family == "qwen3":
         kw["head_dim"] = 64
@@ -33,8 +31,8 @@ def _pair(family, dtype):
 
 @pytest.mark.parametrize("family", ["qwen3", "qwen2"])
 @pytest.mark.parametrize("dense", [False, True])
-def test_gpu_backend_matches_torch_path(family, dense):
-    models = _pair(family, torch.bfloat16)
+def test_gpu_backend_matches_torch_path(make_base, family, dense):
+    models = _pair(make_base, family, torch.bfloat16)
     torch.manual_seed(1)
     lengths = [300, 1, 450, 249]  # packed documents, 1000 tokens
     ids = torch.randint(0, 301, (2, sum(lengths)), device="cuda")
