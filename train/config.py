@@ -248,6 +248,9 @@ class OptimConfig:
     warmup_steps: int | None = None
     schedule: str = "cosine"  # cosine | linear | constant (after the warm-up)
     min_lr_ratio: float = 0.1  # final LR = min_lr_ratio * lr
+    # DeepSpeed's fused Adam is a CUDA extension compiled on first use (about a minute per
+    # machine, and it needs nvcc matching torch); torch's AdamW is the default everywhere.
+    fused: bool = False
 
     def __post_init__(self) -> None:
         _choice("optim.name", self.name, ("adamw",))

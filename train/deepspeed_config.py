@@ -66,9 +66,9 @@ def build_deepspeed_config(cfg: RunConfig, world_size: int, device: torch.device
                 "betas": list(o.betas),
                 "eps": o.eps,
                 "weight_decay": o.weight_decay,
-                # On CPU the stock torch AdamW: DeepSpeed's fused Adam would compile a CUDA/CPU
-                # extension (~1 min) for nothing.
-                **({"torch_adam": True} if device.type == "cpu" else {}),
+                # The stock torch AdamW unless optim.fused on a GPU: DeepSpeed's fused Adam
+                # compiles an extension on first use (~1 min).
+                **({} if o.fused and device.type == "cuda" else {"torch_adam": True}),
             },
         },
         "bf16": {"enabled": precision == "bf16", "check_grad_overflow": True},

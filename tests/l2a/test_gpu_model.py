@@ -37,15 +37,24 @@ def test_gpu_backend_matches_torch_path(make_base, family, dense):
     lengths = [300, 1, 450, 249]  # packed documents, 1000 tokens
     ids = torch.randint(0, 301, (2, sum(lengths)), device="cuda")
     pos = torch.cat([torch.arange(n) for n in lengths]).to("cuda").expand(2, -1)
+    # Both paths get the same hard decisions (p still comes from the router, so the
+    # straight-through gradient is exercised): bf16 rounding differs between the paths and
+    # would otherwise flip the decision of tokens sitting on the threshold, which changes
+    # those tokens wholesale and says nothing about the kernels.
+    gen = torch.Generator(device="cuda").manual_seed(2)
+    masks = [torch.rand(ids.shape, device="cuda", generator=gen) < 0.3 for _ in range(2)]
     outs, grads = {}, {}
     for name, m in models.items():
+        for layer, mask in zip(m.model.layers, masks):
+            attn = layer.self_attn
+            attn.route = lambda g, route=attn.route, mask=mask: (route(g)[0], mask)
         out = m(ids, position_ids=pos, labels=ids, use_cache=False, l2a_dense=dense)
         out.loss.backward()
         outs[name] = out
         grads[name] = {n: p.grad.float() for n, p in m.named_parameters() if p.grad is not None}
     ref, got = outs["torch"], outs["auto"]
-    agree = torch.cat([(a == b).float().flatten() for a, b in zip(ref.routes, got.routes)]).mean()
-    assert agree > 0.99  # bf16 rounding may flip a token sitting on the threshold
+    for d, mask in zip(got.routes, masks):
+        assert torch.equal(d, mask)
     rel = (got.logits.float() - ref.logits.float()).norm() / ref.logits.float().norm()
     assert rel < 2e-2
     for n, g in grads["torch"].items():
