@@ -65,16 +65,26 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+def _all_reduce_(t: torch.Tensor) -> torch.Tensor:
+    """In-place SUM over ranks, for tensors on any device: NCCL only reduces CUDA tensors, so
+    host-side bookkeeping (token counts, flags) takes a round trip through the GPU."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return t
+    if t.device.type == "cpu" and dist.get_backend() == "nccl":
+        on_gpu = t.to(torch.device("cuda", torch.cuda.current_device()))
+        dist.all_reduce(on_gpu, op=dist.ReduceOp.SUM)
+        return t.copy_(on_gpu)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
 
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    return _all_reduce_(t)
+
+
 def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
-    t = t.clone()
+    t = _all_reduce_(t.clone())
     if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
         t /= dist.get_world_size()
     return t
 
