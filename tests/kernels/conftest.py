@@ -1,15 +1,8 @@
 """Kernel tests run the Triton kernels on the CPU through the interpreter when there is no
-GPU; TRITON_INTERPRET must be set before any kernel is defined, so it is set here."""
+GPU (TRITON_INTERPRET is set in tests/conftest.py, before any kernel is defined)."""
 
-import os
-
+import pytest
 import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-
-import pytest  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
