@@ -142,3 +142,17 @@ def test_corrupt_checkpoint_given_explicitly_is_one_line_error(tiny_run, base_ov
     assert code == 1
     assert err[-1].startswith(f"error: {state}: cannot read (")
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_zero3_offload_matches_zero1(base_overrides, tmp_path):
+    """`deepspeed=zero3_offload` (parameters and optimizer states in CPU memory, torch AdamW
+    on the host) takes the same steps as plain ZeRO-1."""
+    short = base_overrides + ["train.max_steps=2", "train.ckpt_every=0", "train.save_final=false"]
+    code_a, _ = run_in_process(short + ["deepspeed=zero1"], tmp_path / "zero1")
+    code_b, _ = run_in_process(short + ["deepspeed=zero3_offload"], tmp_path / "offload")
+    assert code_a == code_b == 0
+    a, b = read_metrics(tmp_path / "zero1"), read_metrics(tmp_path / "offload")
+    assert len(a) == len(b) == 2
+    for x, y in zip(a, b):
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-5)
+        assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-4)
