@@ -7,6 +7,7 @@ the base model's fields untouched and readable by anyone who knows the base conf
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from huggingface_hub.dataclasses import strict
 from transformers import Qwen2Config, Qwen3Config
@@ -39,8 +40,22 @@ def _validate_l2a_fields(cfg) -> None:
             )
 
 
+@dataclass
 class L2AConfigMixin:
-    """Accessors shared by the L2A configs of both families."""
+    """The L2A fields and accessors, shared by the configs of both families."""
+
+    l2a_window: int = 4095
+    l2a_router_tau: float = 0.1
+    l2a_router_threshold: float = 0.5
+    l2a_dense_prob: float = 0.1
+    l2a_layers: list[int] | None = None
+    l2a_init: str = "paper"
+    l2a_attn_backend: str = "auto"
+
+    def __post_init__(self, **kwargs):
+        # Runs the family config's own __post_init__ (next in the MRO) first.
+        super().__post_init__(**kwargs)
+        _validate_l2a_fields(self)
 
     def is_l2a_layer(self, layer_idx: int) -> bool:
         return self.l2a_layers is None or layer_idx in self.l2a_layers
@@ -59,33 +74,9 @@ class L2AQwen3Config(L2AConfigMixin, Qwen3Config):
 
     model_type = "l2a_qwen3"
 
-    l2a_window: int = 4095
-    l2a_router_tau: float = 0.1
-    l2a_router_threshold: float = 0.5
-    l2a_dense_prob: float = 0.1
-    l2a_layers: list[int] | None = None
-    l2a_init: str = "paper"
-    l2a_attn_backend: str = "auto"
-
-    def __post_init__(self, **kwargs):
-        super().__post_init__(**kwargs)
-        _validate_l2a_fields(self)
-
 
 @strict
 class L2AQwen2Config(L2AConfigMixin, Qwen2Config):
     """Qwen2 / Qwen2.5 (q/k/v bias, no QK-norm) with L2A layers."""
 
     model_type = "l2a_qwen2"
-
-    l2a_window: int = 4095
-    l2a_router_tau: float = 0.1
-    l2a_router_threshold: float = 0.5
-    l2a_dense_prob: float = 0.1
-    l2a_layers: list[int] | None = None
-    l2a_init: str = "paper"
-    l2a_attn_backend: str = "auto"
-
-    def __post_init__(self, **kwargs):
-        super().__post_init__(**kwargs)
-        _validate_l2a_fields(self)
