@@ -84,7 +84,8 @@ def convert_model(base_model: nn.Module, init: str = "paper", **l2a_fields) -> n
         model = model_cls(config)
     model = model.to_empty(device=param.device).to(param.dtype)
     model.load_state_dict(_l2a_state_dict(base_model.state_dict(), config, init), strict=True)
-    # Buffers (rotary inv_freq) are not in state dicts: recompute them for the new theta.
+    # Non-persistent buffers (rotary inv_freq) are neither in the state dict nor initialised
+    # by to_empty(): build them again, from the (possibly raised) theta.
     model.model.rotary_emb = type(model.model.rotary_emb)(config=config).to(param.device)
     if getattr(base_model, "generation_config", None) is not None:
         model.generation_config = base_model.generation_config

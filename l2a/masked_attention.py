@@ -8,7 +8,8 @@ computed, and the L2A KV cache that keeps only W local keys is a separate compon
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from kernels.masked_attention import attend_chunk
 
 
 def dense_masked_attention(
@@ -44,6 +45,7 @@ def dense_masked_attention(
         own = torch.zeros_like(mask)
         own[:, torch.arange(q_index.numel(), device=q.device), q_index] = True
         mask = mask | (own & ~mask.any(-1, keepdim=True))
-    return F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask.unsqueeze(1), scale=scale, enable_gqa=q.shape[1] != k.shape[1]
-    )
+    # The same masked core as the CPU ops (GQA without repeated K/V, fp32 softmax), so that
+    # decoding steps compute what the prefill did.
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    return attend_chunk(q, k, v, mask.expand(q.shape[0], -1, -1), scale)
