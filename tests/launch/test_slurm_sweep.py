@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -44,6 +45,18 @@ def _ranks(run_dir: Path) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in (run_dir / "ranks").glob("*.json")}
 
 
+# submitit's job folders are named by Slurm job id ("123", or "123_0" for an array task);
+# the same folder also holds its pickles ("<uuid>.pkl"), which may start with a digit.
+_JOB_FOLDER = re.compile(r"\d+(_\d+)?")
+
+
+def _job_folders(sweep_dir: Path) -> list[str]:
+    root = sweep_dir / ".submitit"
+    if not root.exists():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and _JOB_FOLDER.fullmatch(p.name))
+
+
 def _submitit_logs(sweep_dir: Path) -> str:
     return "\n".join(f"==> {p} <==\n{p.read_text()}" for p in sorted(sweep_dir.glob(".submitit/*/*.out"))
                      + sorted(sweep_dir.glob(".submitit/*/*.err")))
@@ -55,7 +68,7 @@ def test_sweep_submits_one_job_per_point(slurm_cluster, tmp_path):
                                      "step_s=0.05"),
                          cwd=REPO, capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stdout + out.stderr + _submitit_logs(sweep_dir)
-    tasks = sorted(p.name for p in (sweep_dir / ".submitit").glob("[0-9]*_*"))
+    tasks = [name for name in _job_folders(sweep_dir) if "_" in name]
     assert len(tasks) == 2 and tasks[0].endswith("_0") and tasks[1].endswith("_1")  # one array
     for num, target in (("0", 0.6), ("1", 0.8)):
         run = sweep_dir / num
@@ -74,9 +87,9 @@ def test_sweep_submits_one_job_per_point(slurm_cluster, tmp_path):
 def _job_id(sweep_dir: Path, timeout_s: float = 60) -> str:
     deadline = time.time() + timeout_s
     while time.time() < deadline:
-        jobs = list((sweep_dir / ".submitit").glob("[0-9]*")) if (sweep_dir / ".submitit").exists() else []
+        jobs = _job_folders(sweep_dir)
         if jobs:
-            return jobs[0].name
+            return jobs[0]
         time.sleep(0.2)
     raise AssertionError("no submitit job folder appeared")
 
