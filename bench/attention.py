@@ -266,8 +266,59 @@ def markdown(env: dict, records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def sweep(T: int, fraction: float, variants: list[str]) -> list[dict]:
-    """Time each kernel of ours alone under launch-config variants (`pass:bm,bn,warps,stages`)."""
+FLAGS = ("kv_desc", "fast_exp", "compact", "compact_desc")
+
+
+def parse_variant(spec: str) -> dict[str, dict]:
+    """`pass:bm,bn,warps,stages[,max_packed_heads][+flag...]`, several joined by `;`;
+    numbers may be left out (`fwd:+fast_exp`) to keep the current launch config."""
+    changes: dict[str, dict] = {}
+    for part in spec.split(";"):
+        pass_name, rest = part.split(":")
+        nums, *flags = rest.split("+")
+        ch: dict = {}
+        if nums:
+            bm, bn, w, st, *gp = (int(x) for x in nums.split(","))
+            ch.update(block_m=bm, block_n=bn, num_warps=w, num_stages=st)
+            if gp:
+                ch["max_packed_heads"] = gp[0]
+        for f in flags:
+            if f not in FLAGS:
+                raise ValueError(f"unknown flag {f!r} in {spec!r}; one of {FLAGS}")
+            ch[f] = True
+        changes[pass_name] = ch
+    return changes
+
+
+def accuracy(T: int = 8192, fraction: float = 0.2) -> dict:
+    """Max abs error of out, dq, dk, dv against the fp32 PyTorch reference (bf16 inputs,
+    three packed documents), each relative to the reference's max abs value."""
+    from kernels import token_sparse_attention
+
+    g = torch.Generator(device="cuda").manual_seed(1)
+    q = torch.randn(1, HQ, T, D, device="cuda", dtype=torch.bfloat16, generator=g)
+    k = torch.randn(1, HKV, T, D, device="cuda", dtype=torch.bfloat16, generator=g)
+    v = torch.randn(1, HKV, T, D, device="cuda", dtype=torch.bfloat16, generator=g)
+    do = torch.randn_like(q)
+    route = torch.rand(1, T, device="cuda", generator=g) < fraction
+    doc = torch.zeros(1, T, dtype=torch.int32, device="cuda")
+    doc[:, T // 3 :] = 1
+    doc[:, T // 2 :] = 2
+    errs = {}
+    outs = {}
+    for backend, dtype in (("torch", torch.float32), ("triton", torch.bfloat16)):
+        leaves = [t.to(dtype).requires_grad_(True) for t in (q, k, v)]
+        o = token_sparse_attention(*leaves, route, doc, backend=backend)
+        o.backward(do.to(dtype))
+        outs[backend] = [o.detach().float()] + [t.grad.float() for t in leaves]
+    for name, ref, got in zip(("out", "dq", "dk", "dv"), outs["torch"], outs["triton"]):
+        errs[f"err_{name}"] = float((got - ref).abs().max() / ref.abs().max())
+    return errs
+
+
+def sweep(T: int, fraction: float, variants: list[str], check: bool = True) -> list[dict]:
+    """Time each kernel of ours alone under variants of the launch configs (parse_variant),
+    and (check) their error against the fp32 reference."""
     from kernels.flash import config
     from kernels.flash.host import attention_bwd, attention_fwd
     from kernels.flash.routing import build_routing
@@ -283,15 +334,10 @@ def sweep(T: int, fraction: float, variants: list[str]) -> list[dict]:
     o, lse = attention_fwd(q, k, v, routing, T, scale)
     out = []
     for spec in ["default"] + variants:
-        saved = None
-        if spec != "default":
-            pass_name, vals = spec.split(":")
-            bm, bn, w, s, *gp = (int(x) for x in vals.split(","))
-            extra = {"max_packed_heads": gp[0]} if gp else {}
-            saved = config.set_config(
-                pass_name, D, block_m=bm, block_n=bn, num_warps=w, num_stages=s, **extra
-            )
+        saved = {}
         try:
+            for pass_name, ch in ({} if spec == "default" else parse_variant(spec)).items():
+                saved[pass_name] = config.set_config(pass_name, D, **ch)
             fwd = _time_ms(lambda: attention_fwd(q, k, v, routing, T, scale), 300)
             dq = _time_ms(
                 lambda: attention_bwd(q, k, v, o, lse, do, routing, T, scale, passes=("dq",)), 300
@@ -307,10 +353,12 @@ def sweep(T: int, fraction: float, variants: list[str]) -> list[dict]:
                 "dkdv_ms": round(dkdv, 3),
                 "routing_ms": round(_time_ms(lambda: build_routing(route, None), 50), 3),
             }
+            if check:
+                rec.update({k_: round(e, 5) for k_, e in accuracy().items()})
         except Exception as exc:
-            rec = {"variant": spec, "error": f"{type(exc).__name__}: {str(exc)[:200]}"}
-        if saved is not None:
-            config.GPU_CONFIGS[(pass_name, D)] = saved
+            rec = {"variant": spec, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        for pass_name, old in saved.items():
+            config.GPU_CONFIGS[(pass_name, D)] = old
         print(json.dumps(rec), flush=True)
         out.append(rec)
     return out
@@ -331,7 +379,7 @@ def main(argv=None) -> None:
         "--sweep",
         nargs="*",
         default=None,
-        help="config variants pass:bm,bn,warps,stages[,max_packed_heads]",
+        help="config variants pass:bm,bn,warps,stages[,max_packed_heads][+flag...], ';'-joined",
     )
     ap.add_argument("--sweep-len", type=int, default=131072)
     args = ap.parse_args(argv)

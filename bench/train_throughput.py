@@ -137,8 +137,14 @@ def run_variant(args, variant: str) -> dict:
 
         # cuDNN first; flash, then memory-efficient, where cuDNN cannot take the call
         # (e.g. the block mask of --docs-per-row > 1).
-        attn = sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION,
-                            SDPBackend.EFFICIENT_ATTENTION], set_priority=True)
+        attn = sdpa_kernel(
+            [
+                SDPBackend.CUDNN_ATTENTION,
+                SDPBackend.FLASH_ATTENTION,
+                SDPBackend.EFFICIENT_ATTENTION,
+            ],
+            set_priority=True,
+        )
     trainer = Trainer(cfg, run_dir, overrides, loader=loader)
     t0 = time.perf_counter()
     with attn:

@@ -14,18 +14,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def _load_rows(
-    base, pos, offs_d, mask_rows, D: tl.constexpr, EVEN_D: tl.constexpr, ROWMASK: tl.constexpr
-):
-    ptrs = base + offs_d[None, :]
-    if ROWMASK:
-        return tl.load(ptrs, mask=mask_rows[:, None] & (offs_d[None, :] < D), other=0.0)
-    elif EVEN_D:
-        return tl.load(ptrs)
-    else:
-        return tl.load(ptrs, mask=offs_d[None, :] < D, other=0.0)
+from .tiles import exp2_tile, load_kv_tile, load_rows
 
 
 @triton.jit
@@ -35,8 +24,12 @@ def _dq_inner(
     do,
     lse,
     delta,
+    K,
+    V,
     k_base,
     v_base,
+    b,
+    hkv,
     skt,
     svt,
     pos,
@@ -50,21 +43,26 @@ def _dq_inner(
     D: tl.constexpr,
     EVEN_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
     MASK: tl.constexpr,
     UPCAST: tl.constexpr,
+    KV_DESC: tl.constexpr,
+    FAST_EXP: tl.constexpr,
 ):
     for n in range(n_lo, n_hi, BLOCK_N):
-        kpos = n + offs_n
-        kp = k_base + kpos[:, None].to(tl.int64) * skt
-        vp = v_base + kpos[:, None].to(tl.int64) * svt
-        k = _load_rows(kp, kpos, offs_d, kpos < T, D, EVEN_D, MASK)
-        v = _load_rows(vp, kpos, offs_d, kpos < T, D, EVEN_D, MASK)
+        k = load_kv_tile(
+            K, k_base, b, hkv, n, skt, T, offs_n, offs_d, D, EVEN_D, BLOCK_N, BLOCK_D, MASK, KV_DESC
+        )
+        v = load_kv_tile(
+            V, v_base, b, hkv, n, svt, T, offs_n, offs_d, D, EVEN_D, BLOCK_N, BLOCK_D, MASK, KV_DESC
+        )
         if UPCAST:
             k = k.to(tl.float32)
             v = v.to(tl.float32)
         s = tl.dot(q, tl.trans(k))
-        p = tl.math.exp2(s * qk_scale - lse[:, None])
+        p = exp2_tile(s * qk_scale - lse[:, None], k.dtype, FAST_EXP).to(tl.float32)
         if MASK:
+            kpos = n + offs_n
             vis = (kpos[None, :] <= pos[:, None]) & (kpos[None, :] >= row_lo[:, None])
             p = tl.where(vis, p, 0.0)
         dp = tl.dot(do, tl.trans(v))
@@ -81,6 +79,8 @@ def attn_bwd_dq_kernel(
     O,  # noqa: E741
     DO,
     DQ,
+    QC,
+    DOC,
     LSE,
     DELTA,
     ORDER,
@@ -117,6 +117,9 @@ def attn_bwd_dq_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     UPCAST: tl.constexpr,
+    KV_DESC: tl.constexpr,
+    FAST_EXP: tl.constexpr,
+    WRITE_COMPACT: tl.constexpr,
 ):
     BMQ: tl.constexpr = BLOCK_M // GP
     NCH: tl.constexpr = G // GP
@@ -146,9 +149,20 @@ def attn_bwd_dq_kernel(
         + offs_d[None, :]
     )
     out_mask = (c_all[:, None] < T) & (offs_d[None, :] < D)
+    # WRITE_COMPACT: q and dO rows are also stored by compacted index (QC, DOC: (B, Hq,
+    # T, D) contiguous) so the dK/dV pass streams them without a gather; rows past the
+    # routed count get zeros, so every row it may read is finite.
+    qc_ptrs = QC + ((b.to(tl.int64) * HQ + r_h[:, None]) * T + c_all[:, None]) * D + offs_d[None, :]
+    doc_ptrs = (
+        DOC + ((b.to(tl.int64) * HQ + r_h[:, None]) * T + c_all[:, None]) * D + offs_d[None, :]
+    )
 
     if c0 >= cnt:
         tl.store(dq_ptrs, tl.zeros([BLOCK_M, BLOCK_D], dtype=DQ.dtype.element_ty), mask=out_mask)
+        if WRITE_COMPACT:
+            zeros = tl.zeros([BLOCK_M, BLOCK_D], dtype=QC.dtype.element_ty)
+            tl.store(qc_ptrs, zeros, mask=out_mask)
+            tl.store(doc_ptrs, zeros, mask=out_mask)
     else:
         c = tl.minimum(c_all, cnt - 1)
         valid = c_all < cnt
@@ -161,7 +175,7 @@ def attn_bwd_dq_kernel(
         lo_last = tl.maximum(tl.load(start_b + pos_last), pos_last - WINDOW + 1)
 
         bh_off = b.to(tl.int64) * HQ + r_h
-        q = _load_rows(
+        q = load_rows(
             Q
             + b.to(tl.int64) * sqb
             + r_h[:, None].to(tl.int64) * sqh
@@ -173,7 +187,7 @@ def attn_bwd_dq_kernel(
             EVEN_D,
             False,
         )
-        do = _load_rows(
+        do = load_rows(
             DO
             + b.to(tl.int64) * sdob
             + r_h[:, None].to(tl.int64) * sdoh
@@ -185,7 +199,7 @@ def attn_bwd_dq_kernel(
             EVEN_D,
             False,
         )
-        o = _load_rows(
+        o = load_rows(
             O
             + b.to(tl.int64) * sob
             + r_h[:, None].to(tl.int64) * soh
@@ -199,12 +213,19 @@ def attn_bwd_dq_kernel(
         )
         delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
         tl.store(DELTA + bh_off * T + c_all, delta, mask=valid)
+        if WRITE_COMPACT:
+            tl.store(qc_ptrs, q, mask=out_mask)
+            tl.store(doc_ptrs, do, mask=out_mask)
         lse = tl.load(LSE + bh_off * T + c)
         if UPCAST:
             q = q.to(tl.float32)
             do = do.to(tl.float32)
-        k_base = K + b.to(tl.int64) * skb + hkv.to(tl.int64) * skh
-        v_base = V + b.to(tl.int64) * svb + hkv.to(tl.int64) * svh
+        if KV_DESC:
+            k_base = K
+            v_base = V
+        else:
+            k_base = K + b.to(tl.int64) * skb + hkv.to(tl.int64) * skh
+            v_base = V + b.to(tl.int64) * svb + hkv.to(tl.int64) * svh
         dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
         n_lo = (lo_first // BLOCK_N) * BLOCK_N
@@ -217,8 +238,12 @@ def attn_bwd_dq_kernel(
             do,
             lse,
             delta,
+            K,
+            V,
             k_base,
             v_base,
+            b,
+            hkv,
             skt,
             svt,
             pos,
@@ -232,8 +257,11 @@ def attn_bwd_dq_kernel(
             D,
             EVEN_D,
             BLOCK_N,
+            BLOCK_D,
             True,
             UPCAST,
+            KV_DESC,
+            FAST_EXP,
         )
         dq = _dq_inner(
             dq,
@@ -241,8 +269,12 @@ def attn_bwd_dq_kernel(
             do,
             lse,
             delta,
+            K,
+            V,
             k_base,
             v_base,
+            b,
+            hkv,
             skt,
             svt,
             pos,
@@ -256,8 +288,11 @@ def attn_bwd_dq_kernel(
             D,
             EVEN_D,
             BLOCK_N,
+            BLOCK_D,
             False,
             UPCAST,
+            KV_DESC,
+            FAST_EXP,
         )
         dq = _dq_inner(
             dq,
@@ -265,8 +300,12 @@ def attn_bwd_dq_kernel(
             do,
             lse,
             delta,
+            K,
+            V,
             k_base,
             v_base,
+            b,
+            hkv,
             skt,
             svt,
             pos,
@@ -280,8 +319,11 @@ def attn_bwd_dq_kernel(
             D,
             EVEN_D,
             BLOCK_N,
+            BLOCK_D,
             True,
             UPCAST,
+            KV_DESC,
+            FAST_EXP,
         )
         dq = tl.where(valid[:, None], dq * scale, 0.0)
         tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty), mask=out_mask)
@@ -299,6 +341,8 @@ def _dkdv_inner(
     DELTA,
     order_b,
     start_b,
+    b,
+    h0,
     q_off,
     do_off,
     stat_off,
@@ -319,33 +363,49 @@ def _dkdv_inner(
     D: tl.constexpr,
     EVEN_D: tl.constexpr,
     BMQ: tl.constexpr,
+    GP: tl.constexpr,
+    BLOCK_D: tl.constexpr,
     MASK: tl.constexpr,
     UPCAST: tl.constexpr,
+    COMPACT: tl.constexpr,
+    COMPACT_DESC: tl.constexpr,
+    FAST_EXP: tl.constexpr,
 ):
     for cb in range(c_lo, c_hi_blocks, BMQ):
         c = cb + r_q
         if MASK:
             valid = c < c_hi
             c = tl.minimum(c, c_hi - 1)
-        pos = tl.load(order_b + c)
-        q = _load_rows(
-            Q + q_off + r_h[:, None].to(tl.int64) * sqh + pos[:, None].to(tl.int64) * sqt,
-            pos,
-            offs_d,
-            c < T,
-            D,
-            EVEN_D,
-            False,
-        )
-        do = _load_rows(
-            DO + do_off + r_h[:, None].to(tl.int64) * sdoh + pos[:, None].to(tl.int64) * sdot,
-            pos,
-            offs_d,
-            c < T,
-            D,
-            EVEN_D,
-            False,
-        )
+        if MASK or not COMPACT:
+            pos = tl.load(order_b + c)
+        if COMPACT_DESC:
+            # Q, DO: descriptors over the compacted (B, Hq, T, D) copies; rows past T
+            # are zero-filled, rows past c_hi are finite and masked below.
+            q = Q.load([b, h0, cb, 0]).reshape(GP * BMQ, BLOCK_D)
+            do = DO.load([b, h0, cb, 0]).reshape(GP * BMQ, BLOCK_D)
+        elif COMPACT:
+            row = (stat_off + r_h.to(tl.int64) * T + c) * D
+            q = load_rows(Q + row[:, None], c, offs_d, c < T, D, EVEN_D, False)
+            do = load_rows(DO + row[:, None], c, offs_d, c < T, D, EVEN_D, False)
+        else:
+            q = load_rows(
+                Q + q_off + r_h[:, None].to(tl.int64) * sqh + pos[:, None].to(tl.int64) * sqt,
+                pos,
+                offs_d,
+                c < T,
+                D,
+                EVEN_D,
+                False,
+            )
+            do = load_rows(
+                DO + do_off + r_h[:, None].to(tl.int64) * sdoh + pos[:, None].to(tl.int64) * sdot,
+                pos,
+                offs_d,
+                c < T,
+                D,
+                EVEN_D,
+                False,
+            )
         stat = stat_off + r_h.to(tl.int64) * T + c
         lse = tl.load(LSE + stat)
         delta = tl.load(DELTA + stat)
@@ -353,7 +413,7 @@ def _dkdv_inner(
             q = q.to(tl.float32)
             do = do.to(tl.float32)
         st = tl.dot(k, tl.trans(q))
-        pt = tl.math.exp2(st * qk_scale - lse[None, :])
+        pt = exp2_tile(st * qk_scale - lse[None, :], do.dtype, FAST_EXP)
         if MASK:
             row_lo = tl.maximum(tl.load(start_b + pos), pos - WINDOW + 1)
             vis = (
@@ -364,7 +424,7 @@ def _dkdv_inner(
             pt = tl.where(vis, pt, 0.0)
         dv = tl.dot(pt.to(do.dtype), do, dv)
         dpt = tl.dot(v, tl.trans(do))
-        dst = pt * (dpt - delta[None, :])
+        dst = pt.to(tl.float32) * (dpt - delta[None, :])
         dk = tl.dot(dst.to(q.dtype), q, dk)
     return dk, dv
 
@@ -414,7 +474,12 @@ def attn_bwd_dkdv_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     UPCAST: tl.constexpr,
+    COMPACT: tl.constexpr,
+    COMPACT_DESC: tl.constexpr,
+    FAST_EXP: tl.constexpr,
 ):
+    """COMPACT: Q and DO are the compacted copies the dQ pass wrote ((B, Hq, T, D)
+    contiguous, by compacted index), as pointers or (COMPACT_DESC) tensor descriptors."""
     BMQ: tl.constexpr = BLOCK_M // GP
     NCH: tl.constexpr = G // GP
     EVEN_D: tl.constexpr = BLOCK_D == D
@@ -429,7 +494,7 @@ def attn_bwd_dkdv_kernel(
     kpos = ks + offs_n
     kvalid = kpos < T
 
-    k = _load_rows(
+    k = load_rows(
         K + b.to(tl.int64) * skb + hkv.to(tl.int64) * skh + kpos[:, None].to(tl.int64) * skt,
         kpos,
         offs_d,
@@ -438,7 +503,7 @@ def attn_bwd_dkdv_kernel(
         EVEN_D,
         True,
     )
-    v = _load_rows(
+    v = load_rows(
         V + b.to(tl.int64) * svb + hkv.to(tl.int64) * svh + kpos[:, None].to(tl.int64) * svt,
         kpos,
         offs_d,
@@ -487,6 +552,8 @@ def attn_bwd_dkdv_kernel(
             DELTA,
             order_b,
             start_b,
+            b,
+            hkv * G + hc * GP,
             q_off,
             do_off,
             stat_off,
@@ -507,8 +574,13 @@ def attn_bwd_dkdv_kernel(
             D,
             EVEN_D,
             BMQ,
+            GP,
+            BLOCK_D,
             True,
             UPCAST,
+            COMPACT,
+            COMPACT_DESC,
+            FAST_EXP,
         )
         dk, dv = _dkdv_inner(
             dk,
@@ -521,6 +593,8 @@ def attn_bwd_dkdv_kernel(
             DELTA,
             order_b,
             start_b,
+            b,
+            hkv * G + hc * GP,
             q_off,
             do_off,
             stat_off,
@@ -541,8 +615,13 @@ def attn_bwd_dkdv_kernel(
             D,
             EVEN_D,
             BMQ,
+            GP,
+            BLOCK_D,
             False,
             UPCAST,
+            COMPACT,
+            COMPACT_DESC,
+            FAST_EXP,
         )
         dk, dv = _dkdv_inner(
             dk,
@@ -555,6 +634,8 @@ def attn_bwd_dkdv_kernel(
             DELTA,
             order_b,
             start_b,
+            b,
+            hkv * G + hc * GP,
             q_off,
             do_off,
             stat_off,
@@ -575,8 +656,13 @@ def attn_bwd_dkdv_kernel(
             D,
             EVEN_D,
             BMQ,
+            GP,
+            BLOCK_D,
             True,
             UPCAST,
+            COMPACT,
+            COMPACT_DESC,
+            FAST_EXP,
         )
 
     dk = dk * scale

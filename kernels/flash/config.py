@@ -18,6 +18,14 @@ class LaunchConfig:
     num_warps: int
     num_stages: int
     max_packed_heads: int = 8
+    # Load K/V tiles through TMA tensor descriptors (fwd, dq) instead of pointers.
+    kv_desc: bool = False
+    # Exponentials as bf16x2/f16x2 `ex2.approx` pairs (see tiles.exp2_tile).
+    fast_exp: bool = False
+    # dkdv: stream compacted copies of q and dO written by the dq pass, not a gather;
+    # compact_desc loads them through tensor descriptors.
+    compact: bool = False
+    compact_desc: bool = False
 
 
 # (pass, head dim bucket) -> config; the bucket is the padded head dim (power of two).

@@ -15,6 +15,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .tiles import exp2_tile, load_kv_tile
+
 
 @triton.jit
 def _fwd_inner(
@@ -22,8 +24,12 @@ def _fwd_inner(
     m_i,
     l_i,
     q,
+    K,
+    V,
     k_base,
     v_base,
+    b,
+    hkv,
     skt,
     svt,
     pos,
@@ -37,36 +43,32 @@ def _fwd_inner(
     D: tl.constexpr,
     EVEN_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
     MASK: tl.constexpr,
     UPCAST: tl.constexpr,
+    KV_DESC: tl.constexpr,
+    FAST_EXP: tl.constexpr,
 ):
-    dmask = offs_d[None, :] < D
     for n in range(n_lo, n_hi, BLOCK_N):
-        kpos = n + offs_n
-        kp = k_base + kpos[:, None].to(tl.int64) * skt + offs_d[None, :]
-        vp = v_base + kpos[:, None].to(tl.int64) * svt + offs_d[None, :]
-        if MASK:
-            lm = (kpos[:, None] < T) & dmask
-            k = tl.load(kp, mask=lm, other=0.0)
-            v = tl.load(vp, mask=lm, other=0.0)
-        elif EVEN_D:
-            k = tl.load(kp)
-            v = tl.load(vp)
-        else:
-            k = tl.load(kp, mask=dmask, other=0.0)
-            v = tl.load(vp, mask=dmask, other=0.0)
+        k = load_kv_tile(
+            K, k_base, b, hkv, n, skt, T, offs_n, offs_d, D, EVEN_D, BLOCK_N, BLOCK_D, MASK, KV_DESC
+        )
+        v = load_kv_tile(
+            V, v_base, b, hkv, n, svt, T, offs_n, offs_d, D, EVEN_D, BLOCK_N, BLOCK_D, MASK, KV_DESC
+        )
         if UPCAST:
             k = k.to(tl.float32)
             v = v.to(tl.float32)
         # The softmax scale is folded into the exponent (one FMA per score).
         s = tl.dot(q, tl.trans(k))
         if MASK:
+            kpos = n + offs_n
             vis = (kpos[None, :] <= pos[:, None]) & (kpos[None, :] >= row_lo[:, None])
             s = tl.where(vis, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
-        p = tl.math.exp2(s * qk_scale - m_new[:, None])
+        p = exp2_tile(s * qk_scale - m_new[:, None], v.dtype, FAST_EXP)
         alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
+        l_i = l_i * alpha + tl.sum(p.to(tl.float32), 1)
         acc = acc * alpha[:, None]
         acc = tl.dot(p.to(v.dtype), v, acc)
         m_i = m_new
@@ -107,6 +109,8 @@ def attn_fwd_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     UPCAST: tl.constexpr,
+    KV_DESC: tl.constexpr,
+    FAST_EXP: tl.constexpr,
 ):
     BMQ: tl.constexpr = BLOCK_M // GP
     NCH: tl.constexpr = G // GP
@@ -164,8 +168,12 @@ def attn_fwd_kernel(
             q = tl.load(q_ptrs, mask=offs_d[None, :] < D, other=0.0)
         if UPCAST:
             q = q.to(tl.float32)
-        k_base = K + b.to(tl.int64) * skb + hkv.to(tl.int64) * skh
-        v_base = V + b.to(tl.int64) * svb + hkv.to(tl.int64) * svh
+        if KV_DESC:
+            k_base = K
+            v_base = V
+        else:
+            k_base = K + b.to(tl.int64) * skb + hkv.to(tl.int64) * skh
+            v_base = V + b.to(tl.int64) * svb + hkv.to(tl.int64) * svh
 
         m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -181,8 +189,12 @@ def attn_fwd_kernel(
             m_i,
             l_i,
             q,
+            K,
+            V,
             k_base,
             v_base,
+            b,
+            hkv,
             skt,
             svt,
             pos,
@@ -196,16 +208,23 @@ def attn_fwd_kernel(
             D,
             EVEN_D,
             BLOCK_N,
+            BLOCK_D,
             True,
             UPCAST,
+            KV_DESC,
+            FAST_EXP,
         )
         acc, m_i, l_i = _fwd_inner(
             acc,
             m_i,
             l_i,
             q,
+            K,
+            V,
             k_base,
             v_base,
+            b,
+            hkv,
             skt,
             svt,
             pos,
@@ -219,16 +238,23 @@ def attn_fwd_kernel(
             D,
             EVEN_D,
             BLOCK_N,
+            BLOCK_D,
             False,
             UPCAST,
+            KV_DESC,
+            FAST_EXP,
         )
         acc, m_i, l_i = _fwd_inner(
             acc,
             m_i,
             l_i,
             q,
+            K,
+            V,
             k_base,
             v_base,
+            b,
+            hkv,
             skt,
             svt,
             pos,
@@ -242,8 +268,11 @@ def attn_fwd_kernel(
             D,
             EVEN_D,
             BLOCK_N,
+            BLOCK_D,
             True,
             UPCAST,
+            KV_DESC,
+            FAST_EXP,
         )
 
         acc = acc / l_i[:, None]

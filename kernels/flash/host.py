@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 import triton
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from .backward import attn_bwd_dkdv_kernel, attn_bwd_dq_kernel
-from .config import get_config, packed_heads
+from .config import get_config, interpreting, packed_heads
 from .forward import attn_fwd_kernel
 from .routing import Routing
 
@@ -15,6 +16,38 @@ LOG2E = 1.4426950408889634
 
 def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _tma_capable(device: torch.device) -> bool:
+    if interpreting():
+        return True
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
+
+
+def _descriptor(t: torch.Tensor, block_shape: list[int]) -> TensorDescriptor | None:
+    """A TMA descriptor over a 4-D (B, H, T, D) view, or None where the copy engine can't
+    address it (base or a row stride not 16-byte aligned, or no TMA on this device)."""
+    es = t.element_size()
+    if not _tma_capable(t.device) or t.data_ptr() % 16 or t.stride(-1) != 1:
+        return None
+    if any((st * es) % 16 for st in t.stride()[:-1]):
+        return None
+    return TensorDescriptor(t, list(t.shape), list(t.stride()), block_shape)
+
+
+def _kv_args(k, v, cfg, block_d):
+    """K and V kernel arguments: descriptors if the config asks and both qualify."""
+    if cfg.kv_desc:
+        block = [1, 1, cfg.block_n, block_d]
+        kd, vd = _descriptor(k, block), _descriptor(v, block)
+        if kd is not None and vd is not None:
+            return kd, vd, True
+    return k, v, False
+
+
+def _fast_exp(cfg, q: torch.Tensor) -> bool:
+    # inline PTX: not in the interpreter; pairs need a 16-bit input dtype.
+    return cfg.fast_exp and q.is_cuda and not interpreting() and q.dtype != torch.float32
 
 
 def _common(q: torch.Tensor, k: torch.Tensor):
@@ -47,10 +80,11 @@ def attention_fwd(
     if q.numel() == 0:
         return o, lse
     grid = (B * Hkv * (G // gp) * triton.cdiv(T, cfg.block_m // gp),)
+    k_arg, v_arg, kv_desc = _kv_args(k, v, cfg, block_d)
     attn_fwd_kernel[grid](
         q,
-        k,
-        v,
+        k_arg,
+        v_arg,
         o,
         lse,
         routing.order,
@@ -72,6 +106,8 @@ def attention_fwd(
         BLOCK_M=cfg.block_m,
         BLOCK_N=cfg.block_n,
         UPCAST=upcast,
+        KV_DESC=kv_desc,
+        FAST_EXP=_fast_exp(cfg, q),
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )
@@ -106,29 +142,87 @@ def attention_bwd(
     delta = torch.empty(B, Hq, T, dtype=torch.float32, device=q.device)
     if q.numel() == 0:
         return dq, dk.zero_(), dv.zero_()
+    # The dkdv pass may stream compacted copies of q and dO that the dq pass writes:
+    # (B, Hq, T, D) each, since the routed count is not known on the host.
+    compact = get_config("dkdv", block_d, on_gpu).compact
+    qc = torch.empty(B, Hq, T, D, dtype=q.dtype, device=q.device) if compact else q
+    doc = torch.empty(B, Hq, T, D, dtype=do.dtype, device=q.device) if compact else do
     if "dq" in passes:
-        _launch_dq(q, k, v, o, do, dq, lse, delta, routing, window, scale, block_d, on_gpu, upcast)
+        _launch_dq(
+            q,
+            k,
+            v,
+            o,
+            do,
+            dq,
+            qc,
+            doc,
+            lse,
+            delta,
+            routing,
+            window,
+            scale,
+            block_d,
+            on_gpu,
+            upcast,
+            compact,
+        )
     if "dkdv" in passes:
         _launch_dkdv(
-            q, k, v, do, dk, dv, lse, delta, routing, window, scale, block_d, on_gpu, upcast
+            qc if compact else q,
+            k,
+            v,
+            doc if compact else do,
+            dk,
+            dv,
+            lse,
+            delta,
+            routing,
+            window,
+            scale,
+            block_d,
+            on_gpu,
+            upcast,
+            compact,
         )
     return dq, dk, dv
 
 
-def _launch_dq(q, k, v, o, do, dq, lse, delta, routing, window, scale, block_d, on_gpu, upcast):
+def _launch_dq(
+    q,
+    k,
+    v,
+    o,
+    do,
+    dq,
+    qc,
+    doc,
+    lse,
+    delta,
+    routing,
+    window,
+    scale,
+    block_d,
+    on_gpu,
+    upcast,
+    compact,
+):
     B, Hq, T, D = q.shape
     Hkv = k.shape[1]
     G = Hq // Hkv
     cfg = get_config("dq", block_d, on_gpu)
     gp = packed_heads(G, cfg.block_m, cfg.max_packed_heads)
     grid = (B * Hkv * (G // gp) * triton.cdiv(T, cfg.block_m // gp),)
+    k_arg, v_arg, kv_desc = _kv_args(k, v, cfg, block_d)
     attn_bwd_dq_kernel[grid](
         q,
-        k,
-        v,
+        k_arg,
+        v_arg,
         o,
         do,
         dq,
+        qc,
+        doc,
         lse,
         delta,
         routing.order,
@@ -153,23 +247,35 @@ def _launch_dq(q, k, v, o, do, dq, lse, delta, routing, window, scale, block_d, 
         BLOCK_M=cfg.block_m,
         BLOCK_N=cfg.block_n,
         UPCAST=upcast,
+        KV_DESC=kv_desc,
+        FAST_EXP=_fast_exp(cfg, q),
+        WRITE_COMPACT=compact,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )
 
 
-def _launch_dkdv(q, k, v, do, dk, dv, lse, delta, routing, window, scale, block_d, on_gpu, upcast):
+def _launch_dkdv(
+    q, k, v, do, dk, dv, lse, delta, routing, window, scale, block_d, on_gpu, upcast, compact
+):
+    """With `compact`, q and do are the compacted (B, Hq, T, D) copies."""
     B, Hq, T, D = q.shape
     Hkv = k.shape[1]
     G = Hq // Hkv
     cfg = get_config("dkdv", block_d, on_gpu)
     gp = packed_heads(G, cfg.block_m, cfg.max_packed_heads)
     grid = (B * Hkv * triton.cdiv(T, cfg.block_n),)
+    q_arg, do_arg, compact_desc = q, do, False
+    if compact and cfg.compact_desc:
+        block = [1, gp, cfg.block_m // gp, block_d]
+        qd, dod = _descriptor(q, block), _descriptor(do, block)
+        if qd is not None and dod is not None:
+            q_arg, do_arg, compact_desc = qd, dod, True
     attn_bwd_dkdv_kernel[grid](
-        q,
+        q_arg,
         k,
         v,
-        do,
+        do_arg,
         dk,
         dv,
         lse,
@@ -197,6 +303,9 @@ def _launch_dkdv(q, k, v, do, dk, dv, lse, delta, routing, window, scale, block_
         BLOCK_M=cfg.block_m,
         BLOCK_N=cfg.block_n,
         UPCAST=upcast,
+        COMPACT=compact,
+        COMPACT_DESC=compact_desc,
+        FAST_EXP=_fast_exp(cfg, q),
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )
