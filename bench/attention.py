@@ -27,6 +27,7 @@ import os
 import platform
 import statistics
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -147,6 +148,8 @@ def local(impl: str):
 
 
 def environment() -> dict:
+    from kernels.flash import config as flash_config
+
     props = torch.cuda.get_device_properties(0)
     return {
         "gpu": props.name,
@@ -160,6 +163,8 @@ def environment() -> dict:
         "dtype": "bfloat16",
         "batch": 1,
         "window": WINDOW,
+        # What our kernels ran with (after any L2A_KERNEL_CONFIGS overrides).
+        "kernel_configs": {f"{p}/{b}": asdict(c) for (p, b), c in flash_config.GPU_CONFIGS.items()},
     }
 
 
@@ -266,12 +271,12 @@ def markdown(env: dict, records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-FLAGS = ("kv_desc", "fast_exp", "compact", "compact_desc")
+FLAGS = ("kv_desc", "compact", "compact_desc")
 
 
 def parse_variant(spec: str) -> dict[str, dict]:
     """`pass:bm,bn,warps,stages[,max_packed_heads][+flag...]`, several joined by `;`;
-    numbers may be left out (`fwd:+fast_exp`) to keep the current launch config."""
+    numbers may be left out (`fwd:+kv_desc`) to keep the current launch config."""
     changes: dict[str, dict] = {}
     for part in spec.split(";"):
         pass_name, rest = part.split(":")

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # One device call: GPU kernel tests, then (optionally) a tuning sweep and the benchmark.
-#   scripts/gpu_check.sh [tests] [sweep "<variants>"] [bench "<bench args>"]
+#   scripts/gpu_check.sh [tests] [sweep "<variants>"] [tune "<variants>"] [bench "<bench args>"]
+# tune = sweep, then bench.pick_configs, then L2A_KERNEL_CONFIGS set for the later steps
+# (so `tune "..." bench "..."` measures the table with the sweep's winners).
 # Logs and JSON go to $OUT (default ./gpu_out).
 set -uo pipefail
 OUT=${OUT:-gpu_out}
@@ -17,6 +19,11 @@ while [ $# -gt 0 ]; do
       shift ;;
     sweep)
       $PY -m bench.attention --sweep $2 --out "$OUT/sweep.json" 2>&1 | tee "$OUT/sweep.log" | tail -40
+      shift 2 ;;
+    tune)
+      $PY -m bench.attention --sweep $2 --out "$OUT/sweep.json" 2>&1 | tee "$OUT/sweep.log" | tail -40
+      $PY -m bench.pick_configs "$OUT/sweep.json" --out "$OUT/tuned.json" 2>&1 | tee "$OUT/tuned.log" \
+        && export L2A_KERNEL_CONFIGS="$OUT/tuned.json"
       shift 2 ;;
     bench)
       $PY -m bench.attention $2 --out "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" | tail -60

@@ -14,7 +14,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .tiles import exp2_tile, load_kv_tile, load_rows
+from .tiles import load_kv_tile, load_rows
 
 
 @triton.jit
@@ -47,7 +47,6 @@ def _dq_inner(
     MASK: tl.constexpr,
     UPCAST: tl.constexpr,
     KV_DESC: tl.constexpr,
-    FAST_EXP: tl.constexpr,
 ):
     for n in range(n_lo, n_hi, BLOCK_N):
         k = load_kv_tile(
@@ -60,7 +59,7 @@ def _dq_inner(
             k = k.to(tl.float32)
             v = v.to(tl.float32)
         s = tl.dot(q, tl.trans(k))
-        p = exp2_tile(s * qk_scale - lse[:, None], k.dtype, FAST_EXP).to(tl.float32)
+        p = tl.math.exp2(s * qk_scale - lse[:, None])
         if MASK:
             kpos = n + offs_n
             vis = (kpos[None, :] <= pos[:, None]) & (kpos[None, :] >= row_lo[:, None])
@@ -118,7 +117,6 @@ def attn_bwd_dq_kernel(
     BLOCK_N: tl.constexpr,
     UPCAST: tl.constexpr,
     KV_DESC: tl.constexpr,
-    FAST_EXP: tl.constexpr,
     WRITE_COMPACT: tl.constexpr,
 ):
     BMQ: tl.constexpr = BLOCK_M // GP
@@ -261,7 +259,6 @@ def attn_bwd_dq_kernel(
             True,
             UPCAST,
             KV_DESC,
-            FAST_EXP,
         )
         dq = _dq_inner(
             dq,
@@ -292,7 +289,6 @@ def attn_bwd_dq_kernel(
             False,
             UPCAST,
             KV_DESC,
-            FAST_EXP,
         )
         dq = _dq_inner(
             dq,
@@ -323,7 +319,6 @@ def attn_bwd_dq_kernel(
             True,
             UPCAST,
             KV_DESC,
-            FAST_EXP,
         )
         dq = tl.where(valid[:, None], dq * scale, 0.0)
         tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty), mask=out_mask)
@@ -369,7 +364,6 @@ def _dkdv_inner(
     UPCAST: tl.constexpr,
     COMPACT: tl.constexpr,
     COMPACT_DESC: tl.constexpr,
-    FAST_EXP: tl.constexpr,
 ):
     for cb in range(c_lo, c_hi_blocks, BMQ):
         c = cb + r_q
@@ -413,7 +407,7 @@ def _dkdv_inner(
             q = q.to(tl.float32)
             do = do.to(tl.float32)
         st = tl.dot(k, tl.trans(q))
-        pt = exp2_tile(st * qk_scale - lse[None, :], do.dtype, FAST_EXP)
+        pt = tl.math.exp2(st * qk_scale - lse[None, :])
         if MASK:
             row_lo = tl.maximum(tl.load(start_b + pos), pos - WINDOW + 1)
             vis = (
@@ -424,7 +418,7 @@ def _dkdv_inner(
             pt = tl.where(vis, pt, 0.0)
         dv = tl.dot(pt.to(do.dtype), do, dv)
         dpt = tl.dot(v, tl.trans(do))
-        dst = pt.to(tl.float32) * (dpt - delta[None, :])
+        dst = pt * (dpt - delta[None, :])
         dk = tl.dot(dst.to(q.dtype), q, dk)
     return dk, dv
 
@@ -476,7 +470,6 @@ def attn_bwd_dkdv_kernel(
     UPCAST: tl.constexpr,
     COMPACT: tl.constexpr,
     COMPACT_DESC: tl.constexpr,
-    FAST_EXP: tl.constexpr,
 ):
     """COMPACT: Q and DO are the compacted copies the dQ pass wrote ((B, Hq, T, D)
     contiguous, by compacted index), as pointers or (COMPACT_DESC) tensor descriptors."""
@@ -580,7 +573,6 @@ def attn_bwd_dkdv_kernel(
             UPCAST,
             COMPACT,
             COMPACT_DESC,
-            FAST_EXP,
         )
         dk, dv = _dkdv_inner(
             dk,
@@ -621,7 +613,6 @@ def attn_bwd_dkdv_kernel(
             UPCAST,
             COMPACT,
             COMPACT_DESC,
-            FAST_EXP,
         )
         dk, dv = _dkdv_inner(
             dk,
@@ -662,7 +653,6 @@ def attn_bwd_dkdv_kernel(
             UPCAST,
             COMPACT,
             COMPACT_DESC,
-            FAST_EXP,
         )
 
     dk = dk * scale

@@ -3,12 +3,19 @@
 Chosen by measurement on an H100 (bench/attention.py --sweep; variants and timings in
 docs/KERNELS.md). Keys never include the sequence length. `block_m` counts rows of a
 program: packed query heads x compacted queries.
+
+A JSON file named by `L2A_KERNEL_CONFIGS` overrides entries at import, for a GPU the
+table was not tuned on: `{"fwd/128": {"block_n": 64, "kv_desc": true}, ...}` (keys
+`pass/head-dim bucket`, values LaunchConfig fields); `python -m bench.pick_configs` writes
+one from a sweep.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -20,8 +27,6 @@ class LaunchConfig:
     max_packed_heads: int = 8
     # Load K/V tiles through TMA tensor descriptors (fwd, dq) instead of pointers.
     kv_desc: bool = False
-    # Exponentials as bf16x2/f16x2 `ex2.approx` pairs (see tiles.exp2_tile).
-    fast_exp: bool = False
     # dkdv: stream compacted copies of q and dO written by the dq pass, not a gather;
     # compact_desc loads them through tensor descriptors.
     compact: bool = False
@@ -72,3 +77,33 @@ def packed_heads(group: int, block_m: int, max_packed: int) -> int:
     so a program still holds at least two compacted queries."""
     gp = group & (-group)
     return max(1, min(gp, max_packed, block_m // 2))
+
+
+ENV_OVERRIDES = "L2A_KERNEL_CONFIGS"
+
+
+def apply_overrides(path: str | os.PathLike) -> None:
+    """Replace fields of GPU_CONFIGS entries from a JSON file (format in the module doc)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{ENV_OVERRIDES}={path}: cannot read kernel configs ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{ENV_OVERRIDES}={path}: expected an object of 'pass/bucket' keys")
+    names = {f.name for f in fields(LaunchConfig)}
+    updated = {}
+    for key, changes in data.items():
+        pass_name, _, bucket = str(key).partition("/")
+        entry = (pass_name, int(bucket)) if bucket.isdigit() else None
+        if entry not in GPU_CONFIGS:
+            known = ", ".join(f"{p}/{b}" for p, b in GPU_CONFIGS)
+            raise ValueError(f"{ENV_OVERRIDES}={path}: unknown kernel config {key!r} ({known})")
+        if not isinstance(changes, dict) or set(changes) - names:
+            bad = sorted(set(changes) - names) if isinstance(changes, dict) else changes
+            raise ValueError(f"{ENV_OVERRIDES}={path}: {key}: unknown fields {bad}")
+        updated[entry] = replace(GPU_CONFIGS[entry], **changes)
+    GPU_CONFIGS.update(updated)  # all or nothing
+
+
+if os.environ.get(ENV_OVERRIDES):
+    apply_overrides(os.environ[ENV_OVERRIDES])

@@ -15,7 +15,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .tiles import exp2_tile, load_kv_tile
+from .tiles import load_kv_tile
 
 
 @triton.jit
@@ -47,7 +47,6 @@ def _fwd_inner(
     MASK: tl.constexpr,
     UPCAST: tl.constexpr,
     KV_DESC: tl.constexpr,
-    FAST_EXP: tl.constexpr,
 ):
     for n in range(n_lo, n_hi, BLOCK_N):
         k = load_kv_tile(
@@ -66,9 +65,9 @@ def _fwd_inner(
             vis = (kpos[None, :] <= pos[:, None]) & (kpos[None, :] >= row_lo[:, None])
             s = tl.where(vis, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
-        p = exp2_tile(s * qk_scale - m_new[:, None], v.dtype, FAST_EXP)
+        p = tl.math.exp2(s * qk_scale - m_new[:, None])
         alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p.to(tl.float32), 1)
+        l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
         acc = tl.dot(p.to(v.dtype), v, acc)
         m_i = m_new
@@ -110,7 +109,6 @@ def attn_fwd_kernel(
     BLOCK_N: tl.constexpr,
     UPCAST: tl.constexpr,
     KV_DESC: tl.constexpr,
-    FAST_EXP: tl.constexpr,
 ):
     BMQ: tl.constexpr = BLOCK_M // GP
     NCH: tl.constexpr = G // GP
@@ -212,7 +210,6 @@ def attn_fwd_kernel(
             True,
             UPCAST,
             KV_DESC,
-            FAST_EXP,
         )
         acc, m_i, l_i = _fwd_inner(
             acc,
@@ -242,7 +239,6 @@ def attn_fwd_kernel(
             False,
             UPCAST,
             KV_DESC,
-            FAST_EXP,
         )
         acc, m_i, l_i = _fwd_inner(
             acc,
@@ -272,7 +268,6 @@ def attn_fwd_kernel(
             True,
             UPCAST,
             KV_DESC,
-            FAST_EXP,
         )
 
         acc = acc / l_i[:, None]

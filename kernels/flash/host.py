@@ -18,6 +18,12 @@ def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
+def _on_gpu(t: torch.Tensor) -> bool:
+    # One place that decides "compiled for a GPU" (bench/kernel_resources.py compiles the
+    # GPU kernels from CPU tensors by overriding this and _tma_capable).
+    return t.is_cuda
+
+
 def _tma_capable(device: torch.device) -> bool:
     if interpreting():
         return True
@@ -45,16 +51,11 @@ def _kv_args(k, v, cfg, block_d):
     return k, v, False
 
 
-def _fast_exp(cfg, q: torch.Tensor) -> bool:
-    # inline PTX: not in the interpreter; pairs need a 16-bit input dtype.
-    return cfg.fast_exp and q.is_cuda and not interpreting() and q.dtype != torch.float32
-
-
 def _common(q: torch.Tensor, k: torch.Tensor):
     B, Hq, T, D = q.shape
     Hkv = k.shape[1]
     block_d = max(16, triton.next_power_of_2(D))
-    on_gpu = q.is_cuda
+    on_gpu = _on_gpu(q)
     upcast = (not on_gpu) and q.dtype != torch.float32
     return B, Hq, Hkv, T, D, block_d, on_gpu, upcast
 
@@ -107,7 +108,6 @@ def attention_fwd(
         BLOCK_N=cfg.block_n,
         UPCAST=upcast,
         KV_DESC=kv_desc,
-        FAST_EXP=_fast_exp(cfg, q),
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )
@@ -248,7 +248,6 @@ def _launch_dq(
         BLOCK_N=cfg.block_n,
         UPCAST=upcast,
         KV_DESC=kv_desc,
-        FAST_EXP=_fast_exp(cfg, q),
         WRITE_COMPACT=compact,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
@@ -305,7 +304,6 @@ def _launch_dkdv(
         UPCAST=upcast,
         COMPACT=compact,
         COMPACT_DESC=compact_desc,
-        FAST_EXP=_fast_exp(cfg, q),
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )

@@ -7,38 +7,6 @@ import triton.language as tl
 
 
 @triton.jit
-def exp2_tile(x, dtype: tl.constexpr, FAST: tl.constexpr):
-    """`2 ** x` of a score tile, in fp32, or (FAST) in `dtype` (bf16/fp16).
-
-    FAST rounds `x` to `dtype` and runs `ex2.approx` on register pairs: one MUFU
-    instruction gives two exponentials, where the fp32 path spends one per score; on
-    Hopper the exponentials, not the matmuls, bound the inner loops. The result is the
-    probability tile the P @ V (or P^T @ dO) matmul consumes anyway, so it is rounded to
-    `dtype` in both paths; FAST adds the rounding of `x` (relative error <= 2^-9 |x|)."""
-    if FAST:
-        if dtype == tl.bfloat16:
-            return tl.inline_asm_elementwise(
-                "ex2.approx.ftz.bf16x2 $0, $1;",
-                "=r,r",
-                [x.to(tl.bfloat16)],
-                dtype=tl.bfloat16,
-                is_pure=True,
-                pack=2,
-            )
-        else:
-            return tl.inline_asm_elementwise(
-                "ex2.approx.f16x2 $0, $1;",
-                "=r,r",
-                [x.to(tl.float16)],
-                dtype=tl.float16,
-                is_pure=True,
-                pack=2,
-            )
-    else:
-        return tl.math.exp2(x)
-
-
-@triton.jit
 def load_rows(
     base, pos, offs_d, mask_rows, D: tl.constexpr, EVEN_D: tl.constexpr, ROWMASK: tl.constexpr
 ):

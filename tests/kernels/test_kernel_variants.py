@@ -1,6 +1,6 @@
 """The optional kernel paths of `kernels.flash.config.LaunchConfig` against the reference:
-K/V through TMA tensor descriptors, compacted q/dO copies for the dK/dV pass (through
-pointers or descriptors), and the paired bf16/fp16 exponentials (GPU only: inline PTX).
+K/V through TMA tensor descriptors, and compacted q/dO copies for the dK/dV pass (through
+pointers or descriptors).
 
 On CPU the interpreter runs them with its small tiles; the `gpu` cases patch the GPU
 launch configs of all three passes."""
@@ -21,11 +21,6 @@ VARIANTS = {
     "compact": {"compact": True},
     "compact_desc": {"compact": True, "compact_desc": True},
     "all": {"kv_desc": True, "compact": True, "compact_desc": True},
-}
-GPU_VARIANTS = {
-    **VARIANTS,
-    "fast_exp": {"fast_exp": True},
-    "all_fast": {"kv_desc": True, "compact": True, "compact_desc": True, "fast_exp": True},
 }
 
 # (route kind, T, Hq, Hkv, D, documents per row): odd lengths, GQA, a head dim below its
@@ -58,10 +53,10 @@ def test_variant_matches_reference_interpreted(variant, case, monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("variant", list(GPU_VARIANTS))
+@pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: "-".join(map(str, c)))
 def test_variant_matches_reference_gpu(variant, case, monkeypatch):
-    _patch(monkeypatch, GPU_VARIANTS[variant], gpu=True)
+    _patch(monkeypatch, VARIANTS[variant], gpu=True)
     _check_kernels(*case, gpu=True)
 
 

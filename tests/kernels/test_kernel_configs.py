@@ -1,0 +1,82 @@
+"""Launch-config overrides (L2A_KERNEL_CONFIGS) and picking them from a sweep."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.pick_configs import pick
+from kernels.flash import config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_overrides_replace_fields_all_or_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(config, "GPU_CONFIGS", dict(config.GPU_CONFIGS))
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"fwd/128": {"block_n": 64, "kv_desc": True}}))
+    config.apply_overrides(good)
+    assert config.GPU_CONFIGS[("fwd", 128)].block_n == 64
+    assert config.GPU_CONFIGS[("fwd", 128)].kv_desc is True
+    assert config.GPU_CONFIGS[("fwd", 128)].num_warps == 8  # untouched fields kept
+    before = dict(config.GPU_CONFIGS)
+    for data, words in [
+        ({"dq/128": {"num_warps": 4}, "fwd/96": {"block_n": 32}}, "unknown kernel config 'fwd/96'"),
+        ({"dq/128": {"num_warps": 4}, "dkdv/128": {"warps": 4}}, "unknown fields ['warps']"),
+        ([1, 2], "expected an object"),
+    ]:
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps(data))
+        with pytest.raises(ValueError, match=r"L2A_KERNEL_CONFIGS=.*bad\.json") as e:
+            config.apply_overrides(bad)
+        assert words in str(e.value)
+        assert config.GPU_CONFIGS == before  # nothing half-applied
+    with pytest.raises(ValueError, match="cannot read"):
+        config.apply_overrides(tmp_path / "missing.json")
+
+
+def test_env_var_applies_at_import(tmp_path):
+    path = tmp_path / "tuned.json"
+    path.write_text(json.dumps({"dkdv/128": {"compact": True}}))
+    code = "from kernels.flash.config import GPU_CONFIGS as c; print(c[('dkdv', 128)].compact)"
+    env = {**os.environ, "L2A_KERNEL_CONFIGS": str(path)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "True"
+
+
+def _rec(spec, fwd, dq, dkdv, err=0.004, **extra):
+    return {
+        "variant": spec,
+        "fwd_ms": fwd,
+        "dq_ms": dq,
+        "dkdv_ms": dkdv,
+        "err_out": err,
+        "err_dq": err,
+        "err_dk": err,
+        "err_dv": err,
+        **extra,
+    }
+
+
+def test_pick_takes_the_fastest_accurate_variant_per_pass():
+    records = [
+        _rec("default", 60.0, 70.0, 124.0),
+        _rec("fwd:+kv_desc", 50.0, 69.0, 125.0),  # fwd: 17% faster -> taken
+        _rec("fwd:128,64,8,3+kv_desc", 52.0, 70.0, 124.0),  # slower than the one above
+        _rec("dq:+kv_desc", 68.0, 67.5, 123.0),  # dq: 3.6% faster -> under min_gain
+        _rec("dkdv:+compact", 60.0, 72.0, 100.0, err=0.05),  # fast but inaccurate
+        {"variant": "dkdv:+compact+compact_desc", "error": "OutOfResources: shared memory"},
+    ]
+    overrides, notes = pick(records, min_gain=0.05)
+    assert overrides == {"fwd/128": {"kv_desc": True}}
+    assert any("dkdv:+compact rejected" in n for n in notes)
+    assert any(n.startswith("dq: default kept") for n in notes)
+    with pytest.raises(ValueError, match="default"):
+        pick(records[1:])
