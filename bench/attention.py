@@ -271,7 +271,7 @@ def markdown(env: dict, records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-FLAGS = ("kv_desc", "compact", "compact_desc")
+FLAGS = ("kv_desc", "kv_reload", "compact", "compact_desc", "atomic_dq")
 
 
 def parse_variant(spec: str) -> dict[str, dict]:

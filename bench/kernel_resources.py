@@ -8,7 +8,8 @@ Qwen3-8B heads (Hq=32, Hkv=8, D=128, bf16), through Triton's own JIT path, again
 compile-only driver; nothing runs. Per kernel and variant (see bench.attention.parse_variant)
 it reports what ptxas allocated (registers per thread, spill stores/loads, shared memory)
 and SASS instruction counts that matter here: HGMMA (tensor-core matmuls), MUFU.EX2
-(exponentials), LDGSTS/UTMALDG (pointer vs TMA tile copies), STL/LDL (spill traffic).
+(exponentials), LDGSTS/UTMALDG (pointer vs TMA tile copies), STL/LDL (spill traffic),
+REDG (global reductions: the atomic-dQ adds).
 Counts are static (instructions in the binary, each inner loop once per specialisation:
 masked head, unmasked middle, masked tail), so they compare variants, not run time.
 Writes bench/results/kernel-resources-sm<arch>.json.
@@ -32,7 +33,7 @@ from triton.runtime import driver as triton_driver
 from triton.runtime.jit import JITFunction
 
 HQ, HKV, D, T = 32, 8, 128, 4096  # T only sets launch sizes; the code is the same at 128K
-OPCODES = ("HGMMA", "MUFU.EX2", "LDGSTS", "UTMALDG", "STL", "LDL", "BAR.SYNC", "SHFL.BFLY")
+OPCODES = ("HGMMA", "MUFU.EX2", "LDGSTS", "UTMALDG", "STL", "LDL", "REDG", "BAR.SYNC", "SHFL.BFLY")
 
 
 class _CompileOnlyDriver:
@@ -138,7 +139,12 @@ def profile_variant(spec: str, target: GPUTarget) -> list[dict]:
     finally:
         for pass_name, old in saved.items():
             config.GPU_CONFIGS[(pass_name, D)] = old
-    return [{"variant": spec, "kernel": name, **cubin_profile(kern)} for name, kern in compiled]
+    # `launch`: order within the pass sequence (the atomic-dQ backward runs the dq kernel
+    # twice: prologue and epilogue).
+    return [
+        {"variant": spec, "kernel": name, "launch": i, **cubin_profile(kern)}
+        for i, (name, kern) in enumerate(compiled)
+    ]
 
 
 def main(argv=None) -> None:

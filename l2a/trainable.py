@@ -22,6 +22,7 @@ def mark_trainable(model: nn.Module) -> tuple[int, int]:
     trainable = total = 0
     for name, param in model.named_parameters():
         param.requires_grad_(name in keep)
-        total += param.numel()
-        trainable += param.numel() if name in keep else 0
+        n = getattr(param, "ds_numel", param.numel())  # full size of a ZeRO-3 partitioned one
+        total += n
+        trainable += n if name in keep else 0
     return trainable, total

@@ -18,6 +18,8 @@ WHEELS=(
   typing-extensions==4.16.0 tqdm==4.70.1
   # hydra and omegaconf (antlr4-python3-runtime is built below: PyPI has only its sdist)
   hydra-core==1.3.8 omegaconf==2.3.1 PyYAML==6.0.3
+  # ZeRO-3 partitioned loading (transformers' DeepSpeed integration imports it)
+  accelerate==1.15.0
 )
 PLATFORMS=()
 for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 \

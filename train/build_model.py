@@ -108,13 +108,27 @@ def _create(cfg: RunConfig, dtype: torch.dtype, device: torch.device):
     return model, tokenizer
 
 
-def build_model(cfg: RunConfig, dist: DistInfo, dtype: torch.dtype):
-    """Returns (model in train mode, tokenizer, directory it was loaded from or None)."""
+def zero3_partitioned_loading(cfg: RunConfig, ds_config: dict | None):
+    """The object that makes transformers' from_pretrained build the model under
+    deepspeed.zero.Init (it must stay alive until the DeepSpeed engine exists), or None."""
+    if ds_config is None or cfg.deepspeed.stage != 3 or not cfg.deepspeed.zero3_init:
+        return None
+    if not cfg.model.cache:
+        return None  # built in memory and converted: needs the full weights on each rank
+    from transformers.integrations.deepspeed import HfDeepSpeedConfig
+
+    return HfDeepSpeedConfig(ds_config)
+
+
+def build_model(cfg: RunConfig, dist: DistInfo, dtype: torch.dtype, ds_config: dict | None = None):
+    """Returns (model in train mode, tokenizer, directory it was loaded from or None, and
+    the ZeRO-3 loading handle or None: see zero3_partitioned_loading)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import l2a  # noqa: F401  (registers the L2A classes with the Auto* factories)
     from l2a.convert import save_atomically
 
+    zero3 = None
     if not cfg.model.cache:
         model, tokenizer = _create(cfg, dtype, dist.device)
         path = None
@@ -128,8 +142,10 @@ def build_model(cfg: RunConfig, dist: DistInfo, dtype: torch.dtype):
             del model
         barrier()
         kwargs = {} if cfg.l2a.enabled else {"attn_implementation": cfg.model.dense_attn_implementation}
+        # Created before from_pretrained: transformers looks it up to partition on load.
+        zero3 = zero3_partitioned_loading(cfg, ds_config)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(path)
     model.config.use_cache = False
     model.train()
-    return model, tokenizer, path
+    return model, tokenizer, path, zero3

@@ -285,6 +285,11 @@ class DeepSpeedConfig:
     stage3_prefetch_bucket_size: int = 50_000_000
     stage3_param_persistence_threshold: int = 100_000
     stage3_max_live_parameters: int = 1_000_000_000
+    # ZeRO-3: build the model under deepspeed.zero.Init (transformers' from_pretrained
+    # integration), so each rank holds only its shard of the weights from the start
+    # instead of a full copy per process. Applies where the model is loaded from a
+    # directory (model.cache=true, the default).
+    zero3_init: bool = True
     # Free-form keys merged last into the DeepSpeed dict (for options not modelled here).
     extra: dict = field(default_factory=dict)
 

@@ -141,6 +141,7 @@ class Trainer:
         self.dense_gen = torch.Generator()
 
         seed_everything(cfg.train.seed, self.dist.rank)
+        self._zero3_loading = None
         self._build_model()
         self._build_data()
         self._build_engine()
@@ -150,9 +151,11 @@ class Trainer:
     def _build_model(self) -> None:
         from train.build_model import build_model
 
-        model, self.tokenizer, self.model_dir = build_model(
-            self.cfg, self.dist, torch_dtype(self.precision)
+        model, self.tokenizer, self.model_dir, self._zero3_loading = build_model(
+            self.cfg, self.dist, torch_dtype(self.precision), self.ds_config
         )
+        # True when every rank loaded only its shard (ZeRO-3 partitioned loading).
+        self.loaded_partitioned = self._zero3_loading is not None
         if self.cfg.train.activation_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         from l2a.trainable import mark_trainable
@@ -182,7 +185,9 @@ class Trainer:
         decay, no_decay = [], []
         for _, p in self.module.named_parameters():
             if p.requires_grad:
-                (decay if p.ndim >= 2 else no_decay).append(p)
+                # A ZeRO-3 partitioned parameter is an empty stand-in; ds_shape is its shape.
+                ndim = len(getattr(p, "ds_shape", p.shape))
+                (decay if ndim >= 2 else no_decay).append(p)
         groups = [{"params": decay, "weight_decay": self.cfg.optim.weight_decay}]
         if no_decay:
             groups.append({"params": no_decay, "weight_decay": 0.0})
@@ -385,7 +390,9 @@ class Trainer:
         logger.write(
             f"{cfg.name}: {self.n_trainable / 1e6:.2f}M of {self.n_params / 1e6:.2f}M parameters "
             f"trainable, {self.dist.world_size} rank(s) on {self.dist.device.type}, "
-            f"{self.precision}, ZeRO-{cfg.deepspeed.stage}, {self.grad_accum} micro-batch(es)/step, "
+            f"{self.precision}, ZeRO-{cfg.deepspeed.stage}"
+            f"{' (weights loaded partitioned)' if self.loaded_partitioned else ''}, "
+            f"{self.grad_accum} micro-batch(es)/step, "
             f"{tokens_per_step} tokens/step, run dir {self.run_dir}"
         )
         old_handlers = self._install_signal_handlers()
@@ -487,6 +494,11 @@ class Trainer:
         """Free the engine (several runs in one process: tests, Hydra's basic multirun)."""
         self.engine.destroy() if hasattr(self.engine, "destroy") else None
         del self.engine, self.optimizer, self.module
+        if self._zero3_loading is not None:
+            from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+            unset_hf_deepspeed_config()  # a later run in this process must not see ZeRO-3
+            self._zero3_loading = None
 
 
 def run(cfg: RunConfig, run_dir: str | os.PathLike, overrides: list[str] | None = None) -> int:

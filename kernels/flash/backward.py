@@ -14,7 +14,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .tiles import load_kv_tile, load_rows
+from .tiles import load_kv_tiles, load_rows
 
 
 @triton.jit
@@ -49,15 +49,27 @@ def _dq_inner(
     KV_DESC: tl.constexpr,
 ):
     for n in range(n_lo, n_hi, BLOCK_N):
-        k = load_kv_tile(
-            K, k_base, b, hkv, n, skt, T, offs_n, offs_d, D, EVEN_D, BLOCK_N, BLOCK_D, MASK, KV_DESC
+        k, v = load_kv_tiles(
+            K,
+            V,
+            k_base,
+            v_base,
+            b,
+            hkv,
+            n,
+            skt,
+            svt,
+            T,
+            offs_n,
+            offs_d,
+            D,
+            EVEN_D,
+            BLOCK_N,
+            BLOCK_D,
+            MASK,
+            KV_DESC,
+            UPCAST,
         )
-        v = load_kv_tile(
-            V, v_base, b, hkv, n, svt, T, offs_n, offs_d, D, EVEN_D, BLOCK_N, BLOCK_D, MASK, KV_DESC
-        )
-        if UPCAST:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
         s = tl.dot(q, tl.trans(k))
         p = tl.math.exp2(s * qk_scale - lse[:, None])
         if MASK:
@@ -80,6 +92,7 @@ def attn_bwd_dq_kernel(
     DQ,
     QC,
     DOC,
+    DQACC,
     LSE,
     DELTA,
     ORDER,
@@ -118,7 +131,11 @@ def attn_bwd_dq_kernel(
     UPCAST: tl.constexpr,
     KV_DESC: tl.constexpr,
     WRITE_COMPACT: tl.constexpr,
+    MODE: tl.constexpr,
 ):
+    """MODE 0: dQ itself (the deterministic backward). With the atomic-dQ dK/dV pass,
+    MODE 1 runs before it (delta, compacted copies, zeroed fp32 accumulator rows DQACC)
+    and MODE 2 after it (DQACC rows, scaled, scattered to dQ by position)."""
     BMQ: tl.constexpr = BLOCK_M // GP
     NCH: tl.constexpr = G // GP
     EVEN_D: tl.constexpr = BLOCK_D == D
@@ -155,12 +172,23 @@ def attn_bwd_dq_kernel(
         DOC + ((b.to(tl.int64) * HQ + r_h[:, None]) * T + c_all[:, None]) * D + offs_d[None, :]
     )
 
+    acc_ptrs = (
+        DQACC + ((b.to(tl.int64) * HQ + r_h[:, None]) * T + c_all[:, None]) * D + offs_d[None, :]
+    )
+
     if c0 >= cnt:
-        tl.store(dq_ptrs, tl.zeros([BLOCK_M, BLOCK_D], dtype=DQ.dtype.element_ty), mask=out_mask)
-        if WRITE_COMPACT:
+        if MODE != 1:
+            zeros = tl.zeros([BLOCK_M, BLOCK_D], dtype=DQ.dtype.element_ty)
+            tl.store(dq_ptrs, zeros, mask=out_mask)
+        if WRITE_COMPACT and MODE != 2:
             zeros = tl.zeros([BLOCK_M, BLOCK_D], dtype=QC.dtype.element_ty)
             tl.store(qc_ptrs, zeros, mask=out_mask)
             tl.store(doc_ptrs, zeros, mask=out_mask)
+    elif MODE == 2:
+        valid = c_all < cnt
+        acc = tl.load(acc_ptrs, mask=out_mask & valid[:, None], other=0.0)
+        acc = tl.where(valid[:, None], acc * scale, 0.0)
+        tl.store(dq_ptrs, acc.to(DQ.dtype.element_ty), mask=out_mask)
     else:
         c = tl.minimum(c_all, cnt - 1)
         valid = c_all < cnt
@@ -214,22 +242,120 @@ def attn_bwd_dq_kernel(
         if WRITE_COMPACT:
             tl.store(qc_ptrs, q, mask=out_mask)
             tl.store(doc_ptrs, do, mask=out_mask)
-        lse = tl.load(LSE + bh_off * T + c)
-        if UPCAST:
-            q = q.to(tl.float32)
-            do = do.to(tl.float32)
-        if KV_DESC:
-            k_base = K
-            v_base = V
+        if MODE == 1:
+            tl.store(acc_ptrs, tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32), mask=out_mask)
         else:
-            k_base = K + b.to(tl.int64) * skb + hkv.to(tl.int64) * skh
-            v_base = V + b.to(tl.int64) * svb + hkv.to(tl.int64) * svh
-        dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+            _dq_rows(
+                DQ,
+                K,
+                V,
+                q,
+                do,
+                delta,
+                LSE,
+                bh_off,
+                c,
+                valid,
+                dq_ptrs,
+                out_mask,
+                b,
+                hkv,
+                skb,
+                skh,
+                skt,
+                svb,
+                svh,
+                svt,
+                pos,
+                row_lo,
+                lo_first,
+                lo_last,
+                pos_first,
+                pos_last,
+                T,
+                qk_scale,
+                scale,
+                offs_n,
+                offs_d,
+                D,
+                EVEN_D,
+                BLOCK_M,
+                BLOCK_N,
+                BLOCK_D,
+                UPCAST,
+                KV_DESC,
+            )
 
-        n_lo = (lo_first // BLOCK_N) * BLOCK_N
-        n_hi = tl.cdiv(pos_last + 1, BLOCK_N) * BLOCK_N
-        full_lo = tl.cdiv(lo_last, BLOCK_N) * BLOCK_N
-        full_hi = tl.maximum(((pos_first + 1) // BLOCK_N) * BLOCK_N, full_lo)
+
+@triton.jit
+def _dq_rows(
+    DQ,
+    K,
+    V,
+    q,
+    do,
+    delta,
+    LSE,
+    bh_off,
+    c,
+    valid,
+    dq_ptrs,
+    out_mask,
+    b,
+    hkv,
+    skb,
+    skh,
+    skt,
+    svb,
+    svh,
+    svt,
+    pos,
+    row_lo,
+    lo_first,
+    lo_last,
+    pos_first,
+    pos_last,
+    T,
+    qk_scale,
+    scale,
+    offs_n,
+    offs_d,
+    D: tl.constexpr,
+    EVEN_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    UPCAST: tl.constexpr,
+    KV_DESC: tl.constexpr,
+):
+    """MODE 0 of the dQ kernel: the key loop for the program's rows, then the store."""
+    lse = tl.load(LSE + bh_off * T + c)
+    if UPCAST:
+        q = q.to(tl.float32)
+        do = do.to(tl.float32)
+    if KV_DESC:
+        k_base = K
+        v_base = V
+    else:
+        k_base = K + b.to(tl.int64) * skb + hkv.to(tl.int64) * skh
+        v_base = V + b.to(tl.int64) * svb + hkv.to(tl.int64) * svh
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+    n_lo = (lo_first // BLOCK_N) * BLOCK_N
+    n_hi = tl.cdiv(pos_last + 1, BLOCK_N) * BLOCK_N
+    full_lo = tl.cdiv(lo_last, BLOCK_N) * BLOCK_N
+    full_hi = tl.maximum(((pos_first + 1) // BLOCK_N) * BLOCK_N, full_lo)
+    # Masked head, unmasked middle, masked tail (unrolled).
+    for part in tl.static_range(3):
+        if part == 0:
+            lo = n_lo
+            hi = tl.minimum(full_lo, n_hi)
+        elif part == 1:
+            lo = full_lo
+            hi = full_hi
+        else:
+            lo = full_hi
+            hi = n_hi
         dq = _dq_inner(
             dq,
             q,
@@ -246,8 +372,8 @@ def attn_bwd_dq_kernel(
             svt,
             pos,
             row_lo,
-            n_lo,
-            tl.minimum(full_lo, n_hi),
+            lo,
+            hi,
             T,
             qk_scale,
             offs_n,
@@ -256,72 +382,12 @@ def attn_bwd_dq_kernel(
             EVEN_D,
             BLOCK_N,
             BLOCK_D,
-            True,
+            part != 1,
             UPCAST,
             KV_DESC,
         )
-        dq = _dq_inner(
-            dq,
-            q,
-            do,
-            lse,
-            delta,
-            K,
-            V,
-            k_base,
-            v_base,
-            b,
-            hkv,
-            skt,
-            svt,
-            pos,
-            row_lo,
-            full_lo,
-            full_hi,
-            T,
-            qk_scale,
-            offs_n,
-            offs_d,
-            D,
-            EVEN_D,
-            BLOCK_N,
-            BLOCK_D,
-            False,
-            UPCAST,
-            KV_DESC,
-        )
-        dq = _dq_inner(
-            dq,
-            q,
-            do,
-            lse,
-            delta,
-            K,
-            V,
-            k_base,
-            v_base,
-            b,
-            hkv,
-            skt,
-            svt,
-            pos,
-            row_lo,
-            full_hi,
-            n_hi,
-            T,
-            qk_scale,
-            offs_n,
-            offs_d,
-            D,
-            EVEN_D,
-            BLOCK_N,
-            BLOCK_D,
-            True,
-            UPCAST,
-            KV_DESC,
-        )
-        dq = tl.where(valid[:, None], dq * scale, 0.0)
-        tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty), mask=out_mask)
+    dq = tl.where(valid[:, None], dq * scale, 0.0)
+    tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty), mask=out_mask)
 
 
 @triton.jit
@@ -330,8 +396,18 @@ def _dkdv_inner(
     dv,
     k,
     v,
+    K,
+    V,
+    k_base,
+    v_base,
+    hkv,
+    ks,
+    skt,
+    svt,
+    offs_n,
     Q,
     DO,
+    DQACC,
     LSE,
     DELTA,
     order_b,
@@ -364,8 +440,37 @@ def _dkdv_inner(
     UPCAST: tl.constexpr,
     COMPACT: tl.constexpr,
     COMPACT_DESC: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    KV_RELOAD: tl.constexpr,
+    KV_DESC: tl.constexpr,
+    ATOMIC_DQ: tl.constexpr,
 ):
     for cb in range(c_lo, c_hi_blocks, BMQ):
+        if KV_RELOAD:
+            # The key block again each iteration (an L2 hit): loaded inside the loop, the
+            # tiles are pipelined through shared memory and feed the matmuls from there
+            # instead of holding 2 x BLOCK_N x D operands in registers across the loop.
+            k, v = load_kv_tiles(
+                K,
+                V,
+                k_base,
+                v_base,
+                b,
+                hkv,
+                ks,
+                skt,
+                svt,
+                T,
+                offs_n,
+                offs_d,
+                D,
+                EVEN_D,
+                BLOCK_N,
+                BLOCK_D,
+                True,
+                KV_DESC,
+                UPCAST,
+            )
         c = cb + r_q
         if MASK:
             valid = c < c_hi
@@ -420,6 +525,16 @@ def _dkdv_inner(
         dpt = tl.dot(v, tl.trans(do))
         dst = pt * (dpt - delta[None, :])
         dk = tl.dot(dst.to(q.dtype), q, dk)
+        if ATOMIC_DQ:
+            # This block's share of dQ = dS K, added to the fp32 rows of the compacted
+            # queries (unscaled; the MODE 2 dQ pass scales and scatters them).
+            dq = tl.dot(tl.trans(dst.to(k.dtype)), k)
+            amask = (c < T)[:, None] & (offs_d[None, :] < D)
+            if MASK:
+                amask = amask & valid[:, None]
+            tl.atomic_add(
+                DQACC + stat[:, None] * D + offs_d[None, :], dq, mask=amask, sem="relaxed"
+            )
     return dk, dv
 
 
@@ -431,6 +546,7 @@ def attn_bwd_dkdv_kernel(
     DO,
     DK,
     DV,
+    DQACC,
     LSE,
     DELTA,
     ORDER,
@@ -470,6 +586,9 @@ def attn_bwd_dkdv_kernel(
     UPCAST: tl.constexpr,
     COMPACT: tl.constexpr,
     COMPACT_DESC: tl.constexpr,
+    KV_RELOAD: tl.constexpr,
+    KV_DESC: tl.constexpr,
+    ATOMIC_DQ: tl.constexpr,
 ):
     """COMPACT: Q and DO are the compacted copies the dQ pass wrote ((B, Hq, T, D)
     contiguous, by compacted index), as pointers or (COMPACT_DESC) tensor descriptors."""
@@ -487,27 +606,41 @@ def attn_bwd_dkdv_kernel(
     kpos = ks + offs_n
     kvalid = kpos < T
 
-    k = load_rows(
-        K + b.to(tl.int64) * skb + hkv.to(tl.int64) * skh + kpos[:, None].to(tl.int64) * skt,
-        kpos,
-        offs_d,
-        kvalid,
-        D,
-        EVEN_D,
-        True,
-    )
-    v = load_rows(
-        V + b.to(tl.int64) * svb + hkv.to(tl.int64) * svh + kpos[:, None].to(tl.int64) * svt,
-        kpos,
-        offs_d,
-        kvalid,
-        D,
-        EVEN_D,
-        True,
-    )
-    if UPCAST:
-        k = k.to(tl.float32)
-        v = v.to(tl.float32)
+    if KV_DESC:
+        k_base = K
+        v_base = V
+    else:
+        k_base = K + b.to(tl.int64) * skb + hkv.to(tl.int64) * skh
+        v_base = V + b.to(tl.int64) * svb + hkv.to(tl.int64) * svh
+    if KV_RELOAD:
+        # Placeholders of the tiles' type (loop-carried); reloaded in every iteration.
+        if UPCAST:
+            k = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+        else:
+            k = tl.zeros([BLOCK_N, BLOCK_D], dtype=DK.dtype.element_ty)
+        v = k
+    else:
+        k, v = load_kv_tiles(
+            K,
+            V,
+            k_base,
+            v_base,
+            b,
+            hkv,
+            ks,
+            skt,
+            svt,
+            T,
+            offs_n,
+            offs_d,
+            D,
+            EVEN_D,
+            BLOCK_N,
+            BLOCK_D,
+            True,
+            KV_DESC,
+            UPCAST,
+        )
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
 
@@ -534,126 +667,71 @@ def attn_bwd_dkdv_kernel(
     stat_off = b.to(tl.int64) * HQ * T
     for hc in range(NCH):
         r_h = hkv * G + hc * GP + rows // BMQ
-        dk, dv = _dkdv_inner(
-            dk,
-            dv,
-            k,
-            v,
-            Q,
-            DO,
-            LSE,
-            DELTA,
-            order_b,
-            start_b,
-            b,
-            hkv * G + hc * GP,
-            q_off,
-            do_off,
-            stat_off,
-            sqh,
-            sqt,
-            sdoh,
-            sdot,
-            r_q,
-            r_h,
-            kpos,
-            c_lo,
-            tl.minimum(c1, c_hi),
-            c_hi,
-            T,
-            WINDOW,
-            qk_scale,
-            offs_d,
-            D,
-            EVEN_D,
-            BMQ,
-            GP,
-            BLOCK_D,
-            True,
-            UPCAST,
-            COMPACT,
-            COMPACT_DESC,
-        )
-        dk, dv = _dkdv_inner(
-            dk,
-            dv,
-            k,
-            v,
-            Q,
-            DO,
-            LSE,
-            DELTA,
-            order_b,
-            start_b,
-            b,
-            hkv * G + hc * GP,
-            q_off,
-            do_off,
-            stat_off,
-            sqh,
-            sqt,
-            sdoh,
-            sdot,
-            r_q,
-            r_h,
-            kpos,
-            c1,
-            c2,
-            c_hi,
-            T,
-            WINDOW,
-            qk_scale,
-            offs_d,
-            D,
-            EVEN_D,
-            BMQ,
-            GP,
-            BLOCK_D,
-            False,
-            UPCAST,
-            COMPACT,
-            COMPACT_DESC,
-        )
-        dk, dv = _dkdv_inner(
-            dk,
-            dv,
-            k,
-            v,
-            Q,
-            DO,
-            LSE,
-            DELTA,
-            order_b,
-            start_b,
-            b,
-            hkv * G + hc * GP,
-            q_off,
-            do_off,
-            stat_off,
-            sqh,
-            sqt,
-            sdoh,
-            sdot,
-            r_q,
-            r_h,
-            kpos,
-            c2,
-            c_hi,
-            c_hi,
-            T,
-            WINDOW,
-            qk_scale,
-            offs_d,
-            D,
-            EVEN_D,
-            BMQ,
-            GP,
-            BLOCK_D,
-            True,
-            UPCAST,
-            COMPACT,
-            COMPACT_DESC,
-        )
+        # Masked head, unmasked middle (every query sees the whole block), masked tail.
+        for part in tl.static_range(3):
+            if part == 0:
+                lo = c_lo
+                hi = tl.minimum(c1, c_hi)
+            elif part == 1:
+                lo = c1
+                hi = c2
+            else:
+                lo = c2
+                hi = c_hi
+            dk, dv = _dkdv_inner(
+                dk,
+                dv,
+                k,
+                v,
+                K,
+                V,
+                k_base,
+                v_base,
+                hkv,
+                ks,
+                skt,
+                svt,
+                offs_n,
+                Q,
+                DO,
+                DQACC,
+                LSE,
+                DELTA,
+                order_b,
+                start_b,
+                b,
+                hkv * G + hc * GP,
+                q_off,
+                do_off,
+                stat_off,
+                sqh,
+                sqt,
+                sdoh,
+                sdot,
+                r_q,
+                r_h,
+                kpos,
+                lo,
+                hi,
+                c_hi,
+                T,
+                WINDOW,
+                qk_scale,
+                offs_d,
+                D,
+                EVEN_D,
+                BMQ,
+                GP,
+                BLOCK_D,
+                part != 1,
+                UPCAST,
+                COMPACT,
+                COMPACT_DESC,
+                BLOCK_N,
+                KV_RELOAD,
+                KV_DESC,
+                ATOMIC_DQ,
+            )
 
     dk = dk * scale
     dmask = kvalid[:, None] & (offs_d[None, :] < D)

@@ -25,12 +25,19 @@ class LaunchConfig:
     num_warps: int
     num_stages: int
     max_packed_heads: int = 8
-    # Load K/V tiles through TMA tensor descriptors (fwd, dq) instead of pointers.
+    # Load K/V tiles through TMA tensor descriptors instead of pointers.
     kv_desc: bool = False
+    # dkdv: reload the key block's K/V tiles every iteration (operands from shared
+    # memory) instead of holding them in registers across the loop.
+    kv_reload: bool = False
     # dkdv: stream compacted copies of q and dO written by the dq pass, not a gather;
     # compact_desc loads them through tensor descriptors.
     compact: bool = False
     compact_desc: bool = False
+    # dkdv: also compute dQ there (one matmul more per tile) and add it to fp32 rows with
+    # atomics, instead of the dq pass recomputing S and dP (two matmuls); not bitwise
+    # deterministic.
+    atomic_dq: bool = False
 
 
 # (pass, head dim bucket) -> config; the bucket is the padded head dim (power of two).

@@ -15,7 +15,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .tiles import load_kv_tile
+from .tiles import load_kv_tiles
 
 
 @triton.jit
@@ -49,15 +49,27 @@ def _fwd_inner(
     KV_DESC: tl.constexpr,
 ):
     for n in range(n_lo, n_hi, BLOCK_N):
-        k = load_kv_tile(
-            K, k_base, b, hkv, n, skt, T, offs_n, offs_d, D, EVEN_D, BLOCK_N, BLOCK_D, MASK, KV_DESC
+        k, v = load_kv_tiles(
+            K,
+            V,
+            k_base,
+            v_base,
+            b,
+            hkv,
+            n,
+            skt,
+            svt,
+            T,
+            offs_n,
+            offs_d,
+            D,
+            EVEN_D,
+            BLOCK_N,
+            BLOCK_D,
+            MASK,
+            KV_DESC,
+            UPCAST,
         )
-        v = load_kv_tile(
-            V, v_base, b, hkv, n, svt, T, offs_n, offs_d, D, EVEN_D, BLOCK_N, BLOCK_D, MASK, KV_DESC
-        )
-        if UPCAST:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
         # The softmax scale is folded into the exponent (one FMA per score).
         s = tl.dot(q, tl.trans(k))
         if MASK:
@@ -182,93 +194,46 @@ def attn_fwd_kernel(
         n_hi = tl.cdiv(pos_last + 1, BLOCK_N) * BLOCK_N
         full_lo = tl.cdiv(lo_last, BLOCK_N) * BLOCK_N
         full_hi = tl.maximum(((pos_first + 1) // BLOCK_N) * BLOCK_N, full_lo)
-        acc, m_i, l_i = _fwd_inner(
-            acc,
-            m_i,
-            l_i,
-            q,
-            K,
-            V,
-            k_base,
-            v_base,
-            b,
-            hkv,
-            skt,
-            svt,
-            pos,
-            row_lo,
-            n_lo,
-            tl.minimum(full_lo, n_hi),
-            T,
-            qk_scale,
-            offs_n,
-            offs_d,
-            D,
-            EVEN_D,
-            BLOCK_N,
-            BLOCK_D,
-            True,
-            UPCAST,
-            KV_DESC,
-        )
-        acc, m_i, l_i = _fwd_inner(
-            acc,
-            m_i,
-            l_i,
-            q,
-            K,
-            V,
-            k_base,
-            v_base,
-            b,
-            hkv,
-            skt,
-            svt,
-            pos,
-            row_lo,
-            full_lo,
-            full_hi,
-            T,
-            qk_scale,
-            offs_n,
-            offs_d,
-            D,
-            EVEN_D,
-            BLOCK_N,
-            BLOCK_D,
-            False,
-            UPCAST,
-            KV_DESC,
-        )
-        acc, m_i, l_i = _fwd_inner(
-            acc,
-            m_i,
-            l_i,
-            q,
-            K,
-            V,
-            k_base,
-            v_base,
-            b,
-            hkv,
-            skt,
-            svt,
-            pos,
-            row_lo,
-            full_hi,
-            n_hi,
-            T,
-            qk_scale,
-            offs_n,
-            offs_d,
-            D,
-            EVEN_D,
-            BLOCK_N,
-            BLOCK_D,
-            True,
-            UPCAST,
-            KV_DESC,
-        )
+        # Masked head, unmasked middle, masked tail (unrolled).
+        for part in tl.static_range(3):
+            if part == 0:
+                lo = n_lo
+                hi = tl.minimum(full_lo, n_hi)
+            elif part == 1:
+                lo = full_lo
+                hi = full_hi
+            else:
+                lo = full_hi
+                hi = n_hi
+            acc, m_i, l_i = _fwd_inner(
+                acc,
+                m_i,
+                l_i,
+                q,
+                K,
+                V,
+                k_base,
+                v_base,
+                b,
+                hkv,
+                skt,
+                svt,
+                pos,
+                row_lo,
+                lo,
+                hi,
+                T,
+                qk_scale,
+                offs_n,
+                offs_d,
+                D,
+                EVEN_D,
+                BLOCK_N,
+                BLOCK_D,
+                part != 1,
+                UPCAST,
+                KV_DESC,
+            )
 
         acc = acc / l_i[:, None]
         valid = c_all < cnt

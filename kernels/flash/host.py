@@ -129,10 +129,13 @@ def attention_bwd(
     dv: torch.Tensor | None = None,
     passes: tuple[str, ...] = ("dq", "dkdv"),
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """dq (zero at unrouted rows), dk and dv for every key; no atomics (deterministic).
+    """dq (zero at unrouted rows), dk and dv for every key; bitwise deterministic unless
+    the dkdv config sets `atomic_dq`.
 
-    `passes` runs a subset of the two kernels (for timing them apart); the dkdv pass reads
-    the `delta` that the dq pass writes."""
+    `passes` runs a subset of the kernels (for timing them apart); the dkdv pass reads
+    the `delta` that the dq pass writes. With `atomic_dq` the dk/dv pass also computes dq
+    into fp32 rows by atomic adds, between a dq-pass prologue (delta, zeroed rows) and
+    epilogue (scale and scatter): "dq" times those two."""
     q, k, v, o, do = (_last_dim_contiguous(t) for t in (q, k, v, o, do))
     B, Hq, Hkv, T, D, block_d, on_gpu, upcast = _common(q, k)
     window = min(window, T)
@@ -144,29 +147,34 @@ def attention_bwd(
         return dq, dk.zero_(), dv.zero_()
     # The dkdv pass may stream compacted copies of q and dO that the dq pass writes:
     # (B, Hq, T, D) each, since the routed count is not known on the host.
-    compact = get_config("dkdv", block_d, on_gpu).compact
+    dkdv_cfg = get_config("dkdv", block_d, on_gpu)
+    compact, atomic = dkdv_cfg.compact, dkdv_cfg.atomic_dq
     qc = torch.empty(B, Hq, T, D, dtype=q.dtype, device=q.device) if compact else q
     doc = torch.empty(B, Hq, T, D, dtype=do.dtype, device=q.device) if compact else do
+    # fp32 dq rows by compacted index, zeroed by the dq prologue (rows < T: no host sync).
+    dq_acc = torch.empty(B, Hq, T, D, dtype=torch.float32, device=q.device) if atomic else delta
+    dq_args = (
+        q,
+        k,
+        v,
+        o,
+        do,
+        dq,
+        qc,
+        doc,
+        dq_acc,
+        lse,
+        delta,
+        routing,
+        window,
+        scale,
+        block_d,
+        on_gpu,
+        upcast,
+        compact,
+    )
     if "dq" in passes:
-        _launch_dq(
-            q,
-            k,
-            v,
-            o,
-            do,
-            dq,
-            qc,
-            doc,
-            lse,
-            delta,
-            routing,
-            window,
-            scale,
-            block_d,
-            on_gpu,
-            upcast,
-            compact,
-        )
+        _launch_dq(*dq_args, mode=1 if atomic else 0)
     if "dkdv" in passes:
         _launch_dkdv(
             qc if compact else q,
@@ -175,6 +183,7 @@ def attention_bwd(
             doc if compact else do,
             dk,
             dv,
+            dq_acc,
             lse,
             delta,
             routing,
@@ -184,7 +193,10 @@ def attention_bwd(
             on_gpu,
             upcast,
             compact,
+            atomic,
         )
+    if atomic and "dq" in passes:
+        _launch_dq(*dq_args, mode=2)
     return dq, dk, dv
 
 
@@ -197,6 +209,7 @@ def _launch_dq(
     dq,
     qc,
     doc,
+    dq_acc,
     lse,
     delta,
     routing,
@@ -206,6 +219,7 @@ def _launch_dq(
     on_gpu,
     upcast,
     compact,
+    mode,
 ):
     B, Hq, T, D = q.shape
     Hkv = k.shape[1]
@@ -223,6 +237,7 @@ def _launch_dq(
         dq,
         qc,
         doc,
+        dq_acc,
         lse,
         delta,
         routing.order,
@@ -249,13 +264,30 @@ def _launch_dq(
         UPCAST=upcast,
         KV_DESC=kv_desc,
         WRITE_COMPACT=compact,
+        MODE=mode,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )
 
 
 def _launch_dkdv(
-    q, k, v, do, dk, dv, lse, delta, routing, window, scale, block_d, on_gpu, upcast, compact
+    q,
+    k,
+    v,
+    do,
+    dk,
+    dv,
+    dq_acc,
+    lse,
+    delta,
+    routing,
+    window,
+    scale,
+    block_d,
+    on_gpu,
+    upcast,
+    compact,
+    atomic,
 ):
     """With `compact`, q and do are the compacted (B, Hq, T, D) copies."""
     B, Hq, T, D = q.shape
@@ -270,13 +302,15 @@ def _launch_dkdv(
         qd, dod = _descriptor(q, block), _descriptor(do, block)
         if qd is not None and dod is not None:
             q_arg, do_arg, compact_desc = qd, dod, True
+    k_arg, v_arg, kv_desc = _kv_args(k, v, cfg, block_d)
     attn_bwd_dkdv_kernel[grid](
         q_arg,
-        k,
-        v,
+        k_arg,
+        v_arg,
         do_arg,
         dk,
         dv,
+        dq_acc,
         lse,
         delta,
         routing.order,
@@ -304,6 +338,9 @@ def _launch_dkdv(
         UPCAST=upcast,
         COMPACT=compact,
         COMPACT_DESC=compact_desc,
+        KV_RELOAD=cfg.kv_reload,
+        KV_DESC=kv_desc,
+        ATOMIC_DQ=atomic,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )

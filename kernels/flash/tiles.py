@@ -50,3 +50,39 @@ def load_kv_tile(
         kpos = n + offs_n
         rows = base + kpos[:, None].to(tl.int64) * stride_t
         return load_rows(rows, kpos, offs_d, kpos < T, D, EVEN_D, MASK)
+
+
+@triton.jit
+def load_kv_tiles(
+    K,
+    V,
+    k_base,
+    v_base,
+    b,
+    h,
+    n,
+    skt,
+    svt,
+    T,
+    offs_n,
+    offs_d,
+    D: tl.constexpr,
+    EVEN_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    MASK: tl.constexpr,
+    DESC: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """The K and V tiles of rows `[n, n + BLOCK_N)` (load_kv_tile), upcast to fp32 in the
+    interpreter (its bf16 dot is wrong)."""
+    k = load_kv_tile(
+        K, k_base, b, h, n, skt, T, offs_n, offs_d, D, EVEN_D, BLOCK_N, BLOCK_D, MASK, DESC
+    )
+    v = load_kv_tile(
+        V, v_base, b, h, n, svt, T, offs_n, offs_d, D, EVEN_D, BLOCK_N, BLOCK_D, MASK, DESC
+    )
+    if UPCAST:
+        k = k.to(tl.float32)
+        v = v.to(tl.float32)
+    return k, v

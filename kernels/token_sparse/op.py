@@ -32,7 +32,8 @@ def token_sparse_attention(
     Returns:
         `(B, Hq, T, D)` in q's dtype; rows of unrouted positions are exactly zero.
         Gradients: dq (zero at unrouted positions), dk and dv for every key. The Triton
-        backward uses no atomics: it is bitwise deterministic.
+        backward uses no atomics: it is bitwise deterministic (unless the launch config
+        opts into `atomic_dq`, kernels/flash/config.py).
     """
     B, Hq, Hkv, T, D = check_qkv(q, k, v)
     check_route(route, B, T, q.device)

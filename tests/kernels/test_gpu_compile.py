@@ -54,7 +54,7 @@ def _by_kernel(records: list[dict], spec: str) -> dict[str, dict]:
     return by
 
 
-TMA = "fwd:+kv_desc;dq:+kv_desc;dkdv:+compact+compact_desc"
+TMA = "fwd:+kv_desc;dq:+kv_desc;dkdv:+kv_reload+kv_desc+compact+compact_desc"
 
 
 def test_kernels_compile_for_sm90_and_flags_change_the_loads(tmp_path):

@@ -20,7 +20,11 @@ VARIANTS = {
     "kv_desc": {"kv_desc": True},
     "compact": {"compact": True},
     "compact_desc": {"compact": True, "compact_desc": True},
+    "kv_reload": {"kv_reload": True},
+    "kv_reload_desc": {"kv_reload": True, "kv_desc": True, "compact": True},
     "all": {"kv_desc": True, "compact": True, "compact_desc": True},
+    "atomic_dq": {"atomic_dq": True},
+    "atomic_dq_all": {"atomic_dq": True, "kv_reload": True, "kv_desc": True, "compact": True},
 }
 
 # (route kind, T, Hq, Hkv, D, documents per row): odd lengths, GQA, a head dim below its

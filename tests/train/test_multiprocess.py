@@ -1,9 +1,11 @@
 """torchrun, 2 processes on gloo, ZeRO 1, 2 and 3: the same global batch gives the same
 per-step losses, gradient norms and sparsity as one process with gradient accumulation, and
-a 2-rank ZeRO-3 checkpoint exports to the same weights."""
+a 2-rank ZeRO-3 checkpoint exports to the same weights. ZeRO-3 runs with the weights loaded
+partitioned (deepspeed.zero3_init, the default) and fully on every rank."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -37,7 +39,9 @@ def test_two_process_zero_stages_match_one_process(base_overrides, tmp_path):
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    for stage in (1, 2, 3):
+    for stage in (1, 2, 3, "3_full_load"):
+        loading = json.loads((tmp_path / "multi" / f"zero{stage}" / "loading.json").read_text())
+        assert loading["loaded_partitioned"] == (stage == 3), stage
         rows = read_metrics(tmp_path / "multi" / f"zero{stage}")
         assert [r["step"] for r in rows] == [1, 2, 3]
         for got, want in zip(rows, reference):
