@@ -1,7 +1,7 @@
 """Attention benchmark: token-sparse global branch and local branch against dense baselines.
 
     python -m bench.attention                      # full table (Qwen3-8B heads, bf16, B=1)
-    python -m bench.attention --lengths 32768 --fractions 0.2 --quick
+    python -m bench.attention --lengths 32768 --fractions 0.2 --passes fwd
     python -m bench.attention --sweep              # launch-config variants of our kernels
 
 All kernels of a table run in one process on one GPU, side by side:
@@ -11,7 +11,9 @@ All kernels of a table run in one process on one GPU, side by side:
                            original positions, block mask built by create_block_mask
                            (compiled); compaction, mask build and scatter-back timed;
   triton_token_sparse      ours (kernels.token_sparse_attention), routing compaction timed;
-  local_triton, local_flex the local branch alone (window 4095), ours and FlexAttention.
+  local_triton, local_flex the local branch alone (window 4095), ours and FlexAttention;
+  flash_attn, local_flash_attn  flash-attn's kernel, dense causal and windowed (native
+                           GQA), where the flash-attn package is installed.
 Useful TFLOP/s = causal dense FLOPs x routed fraction / time (fwd: 4 T^2/2 D Hq, fwd+bwd
 3.5x that); for the local branch, the FLOPs of the window band.
 Writes bench/results/<gpu>-<date>.json and prints a markdown table.
@@ -108,6 +110,31 @@ def sdpa_dense(backend_name: str):
     return fn
 
 
+def flash_attn_available() -> bool:
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def flash_attn_dense(window: int | None = None):
+    """flash-attn's kernel (when installed): dense causal, or causal with a sliding window
+    of `window` keys (the local branch). Native GQA: K/V are not expanded. Its layout is
+    (B, T, H, D), so the transposes are part of what is timed, as in a model using it."""
+    from flash_attn import flash_attn_func
+
+    win = (-1, -1) if window is None else (window - 1, 0)
+
+    def fn(q, k, v):
+        o = flash_attn_func(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True, window_size=win
+        )
+        return o.transpose(1, 2)
+
+    return fn
+
+
 def flex_token_sparse(route: torch.Tensor, dynamic: bool):
     """What a PyTorch expert would write with FlexAttention (B = 1).
 
@@ -181,6 +208,8 @@ def run_table(lengths, fractions, passes, kernels_sel) -> list[dict]:
             ve = v.detach().repeat_interleave(HQ // HKV, 1).requires_grad_(True)
             for name in ("flash", "cudnn"):
                 jobs.append((f"sdpa_{name}", 1.0, sdpa_dense(name), (q, ke, ve), "dense"))
+        if "flash_attn" in kernels_sel and flash_attn_available():
+            jobs.append(("flash_attn", 1.0, flash_attn_dense(), (q, k, v), "dense"))
         for f in fractions:
             route = make_route(T, f, "cuda")
             if "ours" in kernels_sel:
@@ -204,6 +233,10 @@ def run_table(lengths, fractions, passes, kernels_sel) -> list[dict]:
         if "local" in kernels_sel:
             for impl in ("triton", "flex"):
                 jobs.append((f"local_{impl}", 1.0, local(impl), (q, k, v), "window"))
+            if "flash_attn" in kernels_sel and flash_attn_available():
+                jobs.append(
+                    ("local_flash_attn", 1.0, flash_attn_dense(WINDOW), (q, k, v), "window")
+                )
         for name, f, fn, (qq, kk, vv), kind in jobs:
             for p in passes:
                 try:
@@ -376,7 +409,12 @@ def main(argv=None) -> None:
     ap.add_argument("--lengths", type=int, nargs="+", default=[32768, 65536, 131072])
     ap.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.2, 0.5])
     ap.add_argument("--passes", nargs="+", default=["fwd", "fwdbwd"], choices=["fwd", "fwdbwd"])
-    ap.add_argument("--kernels", nargs="+", default=["sdpa", "flex", "ours", "local"])
+    ap.add_argument(
+        "--kernels",
+        nargs="+",
+        default=["sdpa", "flash_attn", "flex", "ours", "local"],
+        help="flash_attn runs only where the flash-attn package is installed",
+    )
     ap.add_argument(
         "--out", type=Path, default=None, help="JSON path (default bench/results/<gpu>-<date>.json)"
     )

@@ -1,0 +1,52 @@
+"""The flash-attn baseline of bench/attention.py, checked on CPU against our reference ops
+through a stand-in `flash_attn` module that follows flash-attn's documented contract:
+(B, T, H, D) tensors, GQA by head groups, `causal=True` with `window_size=(left, right)`
+meaning query i sees keys [i - left, i + right] (-1: unbounded)."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import torch
+
+from bench.attention import flash_attn_available, flash_attn_dense
+from kernels import sliding_window_attention_naive
+
+
+def _flash_attn_func(q, k, v, causal=False, window_size=(-1, -1)):
+    B, T, Hq, D = q.shape
+    k = k.repeat_interleave(Hq // k.shape[2], dim=2)
+    v = v.repeat_interleave(Hq // v.shape[2], dim=2)
+    s = torch.einsum("bihd,bjhd->bhij", q, k) * D**-0.5
+    i = torch.arange(T)[:, None]
+    j = torch.arange(T)[None, :]
+    left, right = window_size
+    allowed = torch.ones(T, T, dtype=torch.bool)
+    if causal:
+        allowed &= j <= i
+    if left >= 0:
+        allowed &= j >= i - left
+    if right >= 0:
+        allowed &= j <= i + right
+    p = torch.softmax(s.masked_fill(~allowed, float("-inf")), dim=-1)
+    return torch.einsum("bhij,bjhd->bihd", p, v)
+
+
+def test_flash_attn_baseline_layout_window_and_gqa(monkeypatch):
+    monkeypatch.setitem(
+        sys.modules, "flash_attn", types.SimpleNamespace(flash_attn_func=_flash_attn_func)
+    )
+    assert flash_attn_available()
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 8, 50, 16, generator=g)
+    k, v = (torch.randn(2, 2, 50, 16, generator=g) for _ in range(2))
+    for window in (7, None):
+        got = flash_attn_dense(window)(q, k, v)
+        want = sliding_window_attention_naive(q, k, v, window or 50)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_flash_attn_absent_is_skipped_not_an_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "flash_attn", None)  # import raises ImportError
+    assert not flash_attn_available()
