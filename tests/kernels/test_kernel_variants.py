@@ -2,6 +2,7 @@
 K/V through TMA tensor descriptors, and compacted q/dO copies for the dK/dV pass (through
 pointers or descriptors).
 
+Both ops that use the kernels are checked: token-sparse attention and the sliding window.
 On CPU the interpreter runs them with its small tiles; the `gpu` cases patch the GPU
 launch configs of all three passes."""
 
@@ -11,6 +12,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from test_sliding_window import _check_triton as _check_window
 from test_token_sparse_triton import _check_kernels
 
 from kernels.flash import config as flash_config
@@ -76,3 +78,23 @@ def test_descriptor_only_where_the_copy_engine_can_address_it():
     assert (
         _descriptor(torch.randn(2 * 3 * 50 * 24 + 1)[1:].view(2, 3, 50, 24), [1, 1, 16, 32]) is None
     )
+
+
+# The local branch runs the same kernels with a finite window: (T, Hq, Hkv, D, docs, window).
+WINDOW_CPU_CASES = [(90, 4, 1, 16, 3, 20), (70, 4, 2, 24, 1, 7)]
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("case", WINDOW_CPU_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_variant_sliding_window_interpreted(variant, case, monkeypatch):
+    if torch.cuda.is_available():
+        pytest.skip("interpreter variant")
+    _patch(monkeypatch, VARIANTS[variant], gpu=False)
+    _check_window(*case, gpu=False)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_variant_sliding_window_gpu(variant, monkeypatch):
+    _patch(monkeypatch, VARIANTS[variant], gpu=True)
+    _check_window(1000, 32, 8, 128, 3, 64, gpu=True)
