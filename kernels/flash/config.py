@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -77,6 +78,54 @@ def set_config(pass_name: str, block_d: int, **changes) -> LaunchConfig:
     old = GPU_CONFIGS[key]
     GPU_CONFIGS[key] = replace(old, **changes)
     return old
+
+
+def smaller_configs(cfg: LaunchConfig):
+    """`cfg`, then versions needing less shared memory: fewer pipeline stages, then
+    narrower key tiles, then fewer rows (for GPUs with less shared memory per block than
+    the H100 the table was tuned on, e.g. 99 KB on sm_86/sm_89)."""
+    yield cfg
+    while cfg.num_stages > 1:
+        cfg = replace(cfg, num_stages=cfg.num_stages - 1)
+        yield cfg
+    while cfg.block_n > 16:
+        cfg = replace(cfg, block_n=cfg.block_n // 2)
+        yield cfg
+    while cfg.block_m > 16:
+        cfg = replace(cfg, block_m=cfg.block_m // 2)
+        yield cfg
+
+
+# (pass, head-dim bucket, device, configured entry) -> the config that launched there.
+_WORKING: dict[tuple, LaunchConfig] = {}
+
+
+def run_with_fallback(pass_name: str, block_d: int, on_gpu: bool, device, launch) -> None:
+    """`launch(cfg)` with this pass's config, or the first smaller one (smaller_configs)
+    the device has the resources for; remembered per device, announced once."""
+    from triton.runtime.errors import OutOfResources
+
+    base = get_config(pass_name, block_d, on_gpu)
+    key = (pass_name, block_d, str(device), base)
+    if key in _WORKING:
+        launch(_WORKING[key])
+        return
+    error = None
+    for cfg in smaller_configs(base):
+        try:
+            launch(cfg)
+        except OutOfResources as e:
+            error = e
+            continue
+        if cfg != base:
+            warnings.warn(
+                f"kernels: the {pass_name} launch config {base} needs more than {device} "
+                f"offers ({error}); using {cfg}. Tune one for this GPU: docs/KERNELS.md.",
+                stacklevel=3,
+            )
+        _WORKING[key] = cfg
+        return
+    raise error
 
 
 def packed_heads(group: int, block_m: int, max_packed: int) -> int:

@@ -7,7 +7,7 @@ import triton
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from .backward import attn_bwd_dkdv_kernel, attn_bwd_dq_kernel
-from .config import get_config, interpreting, packed_heads
+from .config import get_config, interpreting, packed_heads, run_with_fallback
 from .forward import attn_fwd_kernel
 from .routing import Routing
 
@@ -74,12 +74,24 @@ def attention_fwd(
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
     B, Hq, Hkv, T, D, block_d, on_gpu, upcast = _common(q, k)
     G = Hq // Hkv
-    cfg = get_config("fwd", block_d, on_gpu)
-    gp = packed_heads(G, cfg.block_m, cfg.max_packed_heads)
     o = torch.empty_like(q) if out is None else out
     lse = torch.empty(B, Hq, T, dtype=torch.float32, device=q.device)
     if q.numel() == 0:
         return o, lse
+    run_with_fallback(
+        "fwd",
+        block_d,
+        on_gpu,
+        q.device,
+        lambda cfg: _launch_fwd(cfg, q, k, v, o, lse, routing, window, scale, G, block_d, upcast),
+    )
+    return o, lse
+
+
+def _launch_fwd(cfg, q, k, v, o, lse, routing, window, scale, G, block_d, upcast):
+    B, Hq, T, D = q.shape
+    Hkv = k.shape[1]
+    gp = packed_heads(G, cfg.block_m, cfg.max_packed_heads)
     grid = (B * Hkv * (G // gp) * triton.cdiv(T, cfg.block_m // gp),)
     k_arg, v_arg, kv_desc = _kv_args(k, v, cfg, block_d)
     attn_fwd_kernel[grid](
@@ -111,7 +123,6 @@ def attention_fwd(
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )
-    return o, lse
 
 
 def attention_bwd(
@@ -221,10 +232,59 @@ def _launch_dq(
     compact,
     mode,
 ):
+    run_with_fallback(
+        "dq",
+        block_d,
+        on_gpu,
+        q.device,
+        lambda cfg: _launch_dq_cfg(
+            cfg,
+            q,
+            k,
+            v,
+            o,
+            do,
+            dq,
+            qc,
+            doc,
+            dq_acc,
+            lse,
+            delta,
+            routing,
+            window,
+            scale,
+            block_d,
+            upcast,
+            compact,
+            mode,
+        ),
+    )
+
+
+def _launch_dq_cfg(
+    cfg,
+    q,
+    k,
+    v,
+    o,
+    do,
+    dq,
+    qc,
+    doc,
+    dq_acc,
+    lse,
+    delta,
+    routing,
+    window,
+    scale,
+    block_d,
+    upcast,
+    compact,
+    mode,
+):
     B, Hq, T, D = q.shape
     Hkv = k.shape[1]
     G = Hq // Hkv
-    cfg = get_config("dq", block_d, on_gpu)
     gp = packed_heads(G, cfg.block_m, cfg.max_packed_heads)
     grid = (B * Hkv * (G // gp) * triton.cdiv(T, cfg.block_m // gp),)
     k_arg, v_arg, kv_desc = _kv_args(k, v, cfg, block_d)
@@ -290,10 +350,55 @@ def _launch_dkdv(
     atomic,
 ):
     """With `compact`, q and do are the compacted (B, Hq, T, D) copies."""
+    run_with_fallback(
+        "dkdv",
+        block_d,
+        on_gpu,
+        q.device,
+        lambda cfg: _launch_dkdv_cfg(
+            cfg,
+            q,
+            k,
+            v,
+            do,
+            dk,
+            dv,
+            dq_acc,
+            lse,
+            delta,
+            routing,
+            window,
+            scale,
+            block_d,
+            upcast,
+            compact,
+            atomic,
+        ),
+    )
+
+
+def _launch_dkdv_cfg(
+    cfg,
+    q,
+    k,
+    v,
+    do,
+    dk,
+    dv,
+    dq_acc,
+    lse,
+    delta,
+    routing,
+    window,
+    scale,
+    block_d,
+    upcast,
+    compact,
+    atomic,
+):
     B, Hq, T, D = q.shape
     Hkv = k.shape[1]
     G = Hq // Hkv
-    cfg = get_config("dkdv", block_d, on_gpu)
     gp = packed_heads(G, cfg.block_m, cfg.max_packed_heads)
     grid = (B * Hkv * triton.cdiv(T, cfg.block_n),)
     q_arg, do_arg, compact_desc = q, do, False

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from bench.pick_configs import pick
 from kernels.flash import config
@@ -80,3 +81,44 @@ def test_pick_takes_the_fastest_accurate_variant_per_pass():
     assert any(n.startswith("dq: default kept") for n in notes)
     with pytest.raises(ValueError, match="default"):
         pick(records[1:])
+
+
+def test_launch_falls_back_to_smaller_configs_when_out_of_resources(monkeypatch):
+    """A GPU with less shared memory than the tuned config needs: the launch retries with
+    fewer stages / narrower tiles, warns once, remembers the config, and stays correct."""
+    from test_token_sparse_triton import _check_kernels
+    from triton.runtime.errors import OutOfResources
+
+    from kernels.flash import host
+
+    if torch.cuda.is_available():
+        pytest.skip("interpreter: simulated resource limit")
+    real = host.attn_fwd_kernel
+    tried = []
+
+    class SmallGPU:  # launches only with key tiles of at most 16 rows
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                tried.append(kwargs["BLOCK_N"])
+                if kwargs["BLOCK_N"] > 16:
+                    raise OutOfResources(kwargs["BLOCK_N"] * 1024, 16 * 1024, "shared memory")
+                return real[grid](*args, **kwargs)
+
+            return launch
+
+    monkeypatch.setattr(host, "attn_fwd_kernel", SmallGPU())
+    monkeypatch.setattr(config, "_WORKING", {})
+    with pytest.warns(UserWarning, match="needs more than"):
+        _check_kernels("random", 63, 4, 1, 16, 2, gpu=False)
+    assert tried == [32, 16]  # interpreter config: 1 stage, block_n 32 -> 16
+    assert [c.block_n for k, c in config._WORKING.items() if k[0] == "fwd"] == [16]
+    tried.clear()
+    _check_kernels("random", 63, 4, 1, 16, 2, gpu=False)
+    assert tried == [16]  # remembered: no second failure
+
+
+def test_smaller_configs_order():
+    base = config.LaunchConfig(128, 64, 8, 3)
+    seq = [(c.block_m, c.block_n, c.num_stages) for c in config.smaller_configs(base)]
+    assert seq[:4] == [(128, 64, 3), (128, 64, 2), (128, 64, 1), (128, 32, 1)]
+    assert seq[-1] == (16, 16, 1)
