@@ -180,14 +180,19 @@ def attention_bwd(
         window,
         scale,
         block_d,
-        on_gpu,
         upcast,
         compact,
     )
+
+    def run(pass_name, launch, *args):
+        run_with_fallback(pass_name, block_d, on_gpu, q.device, lambda cfg: launch(cfg, *args))
+
     if "dq" in passes:
-        _launch_dq(*dq_args, mode=1 if atomic else 0)
+        run("dq", _launch_dq, *dq_args, 1 if atomic else 0)
     if "dkdv" in passes:
-        _launch_dkdv(
+        run(
+            "dkdv",
+            _launch_dkdv,
             qc if compact else q,
             k,
             v,
@@ -201,67 +206,16 @@ def attention_bwd(
             window,
             scale,
             block_d,
-            on_gpu,
             upcast,
             compact,
             atomic,
         )
     if atomic and "dq" in passes:
-        _launch_dq(*dq_args, mode=2)
+        run("dq", _launch_dq, *dq_args, 2)
     return dq, dk, dv
 
 
 def _launch_dq(
-    q,
-    k,
-    v,
-    o,
-    do,
-    dq,
-    qc,
-    doc,
-    dq_acc,
-    lse,
-    delta,
-    routing,
-    window,
-    scale,
-    block_d,
-    on_gpu,
-    upcast,
-    compact,
-    mode,
-):
-    run_with_fallback(
-        "dq",
-        block_d,
-        on_gpu,
-        q.device,
-        lambda cfg: _launch_dq_cfg(
-            cfg,
-            q,
-            k,
-            v,
-            o,
-            do,
-            dq,
-            qc,
-            doc,
-            dq_acc,
-            lse,
-            delta,
-            routing,
-            window,
-            scale,
-            block_d,
-            upcast,
-            compact,
-            mode,
-        ),
-    )
-
-
-def _launch_dq_cfg(
     cfg,
     q,
     k,
@@ -331,53 +285,6 @@ def _launch_dq_cfg(
 
 
 def _launch_dkdv(
-    q,
-    k,
-    v,
-    do,
-    dk,
-    dv,
-    dq_acc,
-    lse,
-    delta,
-    routing,
-    window,
-    scale,
-    block_d,
-    on_gpu,
-    upcast,
-    compact,
-    atomic,
-):
-    """With `compact`, q and do are the compacted (B, Hq, T, D) copies."""
-    run_with_fallback(
-        "dkdv",
-        block_d,
-        on_gpu,
-        q.device,
-        lambda cfg: _launch_dkdv_cfg(
-            cfg,
-            q,
-            k,
-            v,
-            do,
-            dk,
-            dv,
-            dq_acc,
-            lse,
-            delta,
-            routing,
-            window,
-            scale,
-            block_d,
-            upcast,
-            compact,
-            atomic,
-        ),
-    )
-
-
-def _launch_dkdv_cfg(
     cfg,
     q,
     k,
