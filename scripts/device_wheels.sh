@@ -20,6 +20,8 @@ WHEELS=(
   hydra-core==1.3.8 omegaconf==2.3.1 PyYAML==6.0.3
   # ZeRO-3 partitioned loading (transformers' DeepSpeed integration imports it)
   accelerate==1.15.0
+  # GPU tests in parallel workers (kernel compilation is CPU-bound; one GPU serves them)
+  pytest-xdist==3.8.0 execnet==2.1.2
 )
 PLATFORMS=()
 for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 \

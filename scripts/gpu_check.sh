@@ -9,13 +9,23 @@ OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TORCHINDUCTOR_COMPILE_THREADS=8
 PY=${PY:-python3}
+# The wheels of scripts/device_wheels.sh (carried as .whl/): DeepSpeed, Hydra, accelerate,
+# pytest-xdist, which the GPU image lacks.
+if ls .whl/*.whl >/dev/null 2>&1; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl >/dev/null 2>&1 || echo "wheel install failed" >&2
+  export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
+fi
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv | tee "$OUT/gpu.txt"
 $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
 while [ $# -gt 0 ]; do
   case "$1" in
     tests)
-      timeout "${TEST_TIMEOUT:-400}" $PY -m pytest -q -m gpu -p no:warnings --durations=10 tests/kernels 2>&1 \
-        | tee "$OUT/tests.log" | tail -40
+      # Parallel workers where pytest-xdist is installed (.whl/): most of the time is
+      # Triton compiling kernels on the CPU, and the GPU has room for several small cases.
+      XDIST=$($PY -c "import xdist" 2>/dev/null && echo "-n ${TEST_WORKERS:-8}")
+      timeout "${TEST_TIMEOUT:-400}" $PY -m pytest -q -m gpu -p no:warnings --durations=10 $XDIST \
+        tests/kernels tests/l2a/test_gpu_model.py 2>&1 | tee "$OUT/tests.log" | tail -40
       shift ;;
     sweep)
       $PY -m bench.attention --sweep $2 --out "$OUT/sweep.json" 2>&1 | tee "$OUT/sweep.log" | tail -40
