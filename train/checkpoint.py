@@ -3,6 +3,8 @@
 Layout of `<run dir>/checkpoints/step_<N>/` (N = completed optimizer steps):
 
     ds/                         DeepSpeed engine state: module, optimizer, LR schedule (per rank)
+    ds_universal/               (made on a resume with another number of ranks) the same
+                                state in DeepSpeed's rank-independent universal form
     trainer_state_rank<r>.pt    per rank: data loader, RNG (python, numpy, torch, cuda,
                                 dense-path generator), sparsity controller, counters
     hf/                         config + tokenizer of the model (what `train.export` rebuilds)
@@ -30,6 +32,7 @@ from train.distributed import DistInfo, barrier
 
 CKPT_SUBDIR = "checkpoints"
 DS_TAG = "ds"
+UNIVERSAL_TAG = "ds_universal"
 COMPLETE = "complete"
 _STEP_RE = re.compile(r"^step_(\d+)$")
 
@@ -166,22 +169,65 @@ def save_checkpoint(engine, run_dir: Path, step: int, trainer_state: dict, meta:
     return final
 
 
-def load_checkpoint(engine, path: Path, dist: DistInfo) -> dict:
-    """Restore the engine from `path` and return this rank's trainer state."""
+def saved_world_size(path: Path) -> int:
+    return int(read_marker(path).get("world_size", 1))
+
+
+def to_universal(path: Path, dist: DistInfo) -> str:
+    """Collective. DeepSpeed's universal form of `path/ds` (per-parameter fp32 weights and
+    optimizer moments, independent of the number of ranks) in `path/ds_universal`,
+    converted once by rank 0 (into a temporary directory, then renamed); returns the tag."""
+    out = path / UNIVERSAL_TAG
+    if dist.is_main and not out.is_dir():
+        import subprocess
+        import sys
+
+        tmp = path / f".tmp-{UNIVERSAL_TAG}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        # Its own process: the converter uses worker pools and prints a lot.
+        proc = subprocess.run(
+            [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal",
+             "--input_folder", str(path / DS_TAG), "--output_folder", str(tmp),
+             # A plain HF model (no Megatron tensor-parallel layout) has no client metadata.
+             "--inject_missing_state"],
+            capture_output=True, text=True,
+        )
+        if proc.returncode != 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise CheckpointError(f"{path}: cannot convert to DeepSpeed's universal form ({tail})")
+        os.replace(tmp, out)
+    barrier()
+    return UNIVERSAL_TAG
+
+
+def load_checkpoint(engine, path: Path, dist: DistInfo, universal: bool = False) -> dict:
+    """Restore the engine from `path` and return this rank's trainer state.
+
+    `universal`: the checkpoint was saved by a different number of ranks; the engine (built
+    with `checkpoint.load_universal`) loads the universal form (to_universal), and every
+    rank takes the rank-independent trainer state of rank 0 (step, data position, sparsity
+    controller); per-rank random streams are re-seeded, so the resumed run continues the
+    same data and schedule but is not bit-identical to an uninterrupted one."""
     meta = read_marker(path)
-    if int(meta.get("world_size", dist.world_size)) != dist.world_size:
+    saved = int(meta.get("world_size", dist.world_size))
+    if saved != dist.world_size and not universal:
         raise CheckpointError(
-            f"{path}: saved with {meta['world_size']} ranks, this run has {dist.world_size} "
+            f"{path}: saved with {saved} ranks, this run has {dist.world_size} "
             f"(resume with the same number of processes, or export it and start a new run)"
         )
-    state_file = path / f"trainer_state_rank{dist.rank:05d}.pt"
+    rank_file = 0 if universal else dist.rank
+    state_file = path / f"trainer_state_rank{rank_file:05d}.pt"
     try:
         state = torch.load(state_file, map_location="cpu", weights_only=False)
     except Exception as e:
         raise CheckpointError(f"{state_file}: cannot read ({_first_line(e)})") from None
+    if universal:
+        state["rng"] = None  # the caller re-seeds this rank's streams
+    tag = to_universal(path, dist) if universal else DS_TAG
     try:
         loaded, _ = engine.load_checkpoint(
-            str(path), tag=DS_TAG, load_module_strict=True, load_optimizer_states=True,
+            str(path), tag=tag, load_module_strict=True, load_optimizer_states=True,
             load_lr_scheduler_states=True,
         )
     except Exception as e:

@@ -37,6 +37,7 @@ from train.checkpoint import (
     load_checkpoint,
     resolve_resume,
     save_checkpoint,
+    saved_world_size,
 )
 from train.config import ConfigError, RunConfig, to_dict
 from train.deepspeed_config import build_deepspeed_config, resolve_precision, torch_dtype
@@ -133,6 +134,14 @@ class Trainer:
             )
         # An explicit checkpoint is checked before anything is built (one-line error).
         self.resume_from = resolve_resume(cfg.train.resume, self.run_dir)
+        # Saved by another number of ranks: the engine must be built to load DeepSpeed's
+        # universal checkpoint form (checkpoint.to_universal converts it on resume).
+        self.resume_universal = (
+            self.resume_from is not None
+            and saved_world_size(self.resume_from) != self.dist.world_size
+        )
+        if self.resume_universal:
+            self.ds_config["checkpoint"] = {"load_universal": True}
         self.step = 0  # completed optimizer steps
         self.tokens_seen = 0
         self.consecutive_skips = 0
@@ -242,7 +251,10 @@ class Trainer:
         self.tokens_seen = int(state["tokens_seen"])
         self.consecutive_skips = int(state["consecutive_skips"])
         self.train_time = float(state["train_time"])
-        _set_rng_state(state["rng"], self.dense_gen)
+        if state["rng"] is None:  # resumed with another number of ranks
+            seed_everything(self.cfg.train.seed + self.step, self.dist.rank)
+        else:
+            _set_rng_state(state["rng"], self.dense_gen)
         self.loader.load_state_dict(state["data"])
         self._batches = iter(self.loader)
         if self.controller is not None and state.get("sparsity") is not None:
@@ -259,7 +271,9 @@ class Trainer:
         path = self.resume_from
         if path is None:
             return None
-        self.load_state_dict(load_checkpoint(self.engine, path, self.dist))
+        self.load_state_dict(
+            load_checkpoint(self.engine, path, self.dist, universal=self.resume_universal)
+        )
         return path
 
     # ------------------------------------------------------------------ one step
