@@ -49,20 +49,34 @@ def _by_kernel(records: list[dict], spec: str) -> dict[str, dict]:
     by = {r["kernel"]: r for r in records}
     assert set(by) == KERNELS, f"{spec}: compiled {sorted(by)}"
     for r in records:
-        assert 0 < r["registers"] <= 255 and r["n_hgmma"] > 0, r  # wgmma matmuls on Hopper
+        assert 0 < r["registers"] <= 255, r
+        if "atomic_dq" not in spec or r["kernel"] != "attn_bwd_dq_kernel":
+            assert r["n_hgmma"] > 0, r  # wgmma matmuls on Hopper
         assert r["shared_bytes"] <= 227 * 1024, r  # the sm_90 per-block limit
     return by
 
 
 TMA = "fwd:+kv_desc;dq:+kv_desc;dkdv:+kv_reload+kv_desc+compact+compact_desc"
+ATOMIC = "dkdv:+atomic_dq"
 
 
-def test_kernels_compile_for_sm90_and_flags_change_the_loads(tmp_path):
-    compiled = _compile(tmp_path, TMA)
+def test_kernels_compile_for_sm90_and_flags_change_the_code(tmp_path):
+    compiled = _compile(tmp_path, TMA, ATOMIC)
     by = _by_kernel(compiled["default"], "default")
-    assert all(r["n_utmaldg"] == 0 for r in by.values())
+    assert all(r["n_utmaldg"] == 0 and r["n_redg"] == 0 for r in by.values())
     assert by["attn_fwd_kernel"]["n_ldgsts"] > 0  # cp.async K/V pipeline
     by = _by_kernel(compiled[TMA], TMA)
     for name in KERNELS:
         assert by[name]["n_utmaldg"] > 0, f"{name}: no TMA load"
     assert by["attn_fwd_kernel"]["n_ldgsts"] == 0  # K/V no longer through cp.async
+    # atomic_dq: dK/dV adds dQ with global reductions and one matmul more per tile; the
+    # dq kernel runs twice (prologue, epilogue) without matmuls.
+    atomic = compiled[ATOMIC]
+    dkdv = _by_kernel(atomic, ATOMIC)["attn_bwd_dkdv_kernel"]
+    assert dkdv["n_redg"] > 0
+    assert (
+        dkdv["n_hgmma"]
+        > _by_kernel(compiled["default"], "default")["attn_bwd_dkdv_kernel"]["n_hgmma"]
+    )
+    dq_launches = [r for r in atomic if r["kernel"] == "attn_bwd_dq_kernel"]
+    assert len(dq_launches) == 2 and all(r["n_hgmma"] == 0 for r in dq_launches)
