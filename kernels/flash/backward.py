@@ -1,4 +1,4 @@
-"""Backward kernels: dQ per compacted query block, dK/dV per key block; no atomics.
+"""Backward kernels: dQ per compacted query block, dK/dV per key block.
 
 `attn_bwd_dq_kernel` mirrors the forward (same program layout and key ranges), computes
 `delta = rowsum(dO * O)` for its rows on the way and stores it for the dK/dV pass, and
@@ -6,7 +6,13 @@ writes zeros at unrouted rows of dQ. `attn_bwd_dkdv_kernel` owns a key block and
 all query heads of its KV group and every compacted query that can see the block; the
 queries are sorted by position, so those form one contiguous range of compacted indices,
 found from prefix counts (`cum`) and document ends without searching. Every dK/dV row is
-written by exactly one program: results are bitwise deterministic.
+written by exactly one program: with the shipped configs (no atomics) results are bitwise
+deterministic.
+
+Opt-in variants (kernels/flash/config.py): compacted q/dO copies written by the dQ pass
+(COMPACT, COMPACT_DESC), K/V reloaded per iteration (KV_RELOAD), TMA descriptors for K/V
+(KV_DESC), and ATOMIC_DQ, where dK/dV also accumulates dQ with fp32 atomics and the dQ
+kernel only prepares (MODE 1) and finishes (MODE 2).
 """
 
 from __future__ import annotations
