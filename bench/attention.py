@@ -429,6 +429,12 @@ def main(argv=None) -> None:
     if not torch.cuda.is_available():
         raise SystemExit("bench.attention: needs a CUDA GPU")
     env = environment()
+    # The table compiles FlexAttention once per length and routed count; past dynamo's
+    # recompile limit (8 per code object) later calls would run eagerly and materialise the
+    # (B, H, T, T) scores (the likely cause of the 2 TiB allocation of local_flex at 128K in
+    # the first H100 run). Fail loudly instead of measuring a fallback.
+    torch._dynamo.config.recompile_limit = 64
+    torch._dynamo.config.fail_on_recompile_limit_hit = True
     if args.sweep is not None:
         result = {"env": env, "sweep": sweep(args.sweep_len, 0.2, args.sweep)}
     else:

@@ -18,11 +18,20 @@ from ..utils import doc_start_positions
 BLOCK = 128
 
 
-@functools.cache
-def _compiled_flex():
+def _flex_call(q, k, v, block_mask, scale, enable_gqa):
     from torch.nn.attention.flex_attention import flex_attention
 
-    return torch.compile(flex_attention, dynamic=False)
+    return flex_attention(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=enable_gqa)
+
+
+@functools.cache
+def _compiled_flex():
+    # Compiled through our own function: dynamo's recompile limit counts cache entries per
+    # code object, so compiling `flex_attention` itself shares that budget with every other
+    # caller that compiles it (a benchmark, a user's model); past the limit dynamo runs it
+    # eagerly, which materialises the (B, H, T, T) scores: 2 TiB at 128K for 32 heads.
+    # fullgraph: a graph break must fail loudly rather than fall back to that.
+    return torch.compile(_flex_call, dynamic=False, fullgraph=True)
 
 
 def _dense_to_ordered(dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,4 +86,4 @@ def sliding_window_attention_flex(q, k, v, window: int, doc_ids, scale: float) -
         starts = doc_start_positions(doc_ids)
     mask = sliding_window_block_mask(starts, min(window, T))
     enable_gqa = q.shape[1] != k.shape[1]
-    return _compiled_flex()(q, k, v, block_mask=mask, scale=scale, enable_gqa=enable_gqa)
+    return _compiled_flex()(q, k, v, mask, scale, enable_gqa)

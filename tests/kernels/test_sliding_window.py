@@ -84,6 +84,22 @@ def test_flex_window_gpu(case):
         assert rel_err(a, want, floor=1e-2) < 2e-2, name
 
 
+def test_flex_window_compiled_on_cpu():
+    """The FlexAttention path compiled (inductor's CPU backend, fullgraph) with GQA,
+    documents and a window; forward only (FlexAttention has no CPU backward)."""
+    if torch.cuda.is_available():
+        pytest.skip("the gpu cases cover it")
+    from kernels.sliding_window.flex import sliding_window_attention_flex
+
+    T, Hq, Hkv, D, window = 300, 4, 2, 16, 50
+    q, k, v, _, g = _inputs(2, Hq, Hkv, T, D, "cpu", torch.float32, seed=11)
+    doc_ids = random_doc_ids(2, T, 3, g)
+    with torch.no_grad():
+        got = sliding_window_attention_flex(q, k, v, window, doc_ids, D**-0.5)
+        want = sliding_window_reference(q, k, v, window, doc_ids)
+    assert rel_err(got, want) < 1e-4
+
+
 @pytest.mark.gpu
 def test_public_op_gpu_default_path():
     q, k, v, do, g = _inputs(2, 8, 2, 777, 128, "cuda", torch.bfloat16, seed=5)
