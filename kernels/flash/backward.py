@@ -20,6 +20,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .layout import compacted_rows, head_bases, key_ranges, query_program, split_range
 from .tiles import load_kv_tiles, load_rows
 
 
@@ -143,23 +144,11 @@ def attn_bwd_dq_kernel(
     MODE 1 runs before it (delta, compacted copies, zeroed fp32 accumulator rows DQACC)
     and MODE 2 after it (DQACC rows, scaled, scattered to dQ by position)."""
     BMQ: tl.constexpr = BLOCK_M // GP
-    NCH: tl.constexpr = G // GP
     EVEN_D: tl.constexpr = BLOCK_D == D
-    n_heads = tl.num_programs(0) // tl.cdiv(T, BMQ)
-    pid = tl.program_id(0) % n_heads
-    pid_m = tl.cdiv(T, BMQ) - 1 - tl.program_id(0) // n_heads
-    hc = pid % NCH
-    hkv = (pid // NCH) % HKV
-    b = pid // (NCH * HKV)
+    b, hkv, c0, r_h, c_all = query_program(T, HKV, G, GP, BLOCK_M)
     cnt = tl.load(COUNT + b)
-    c0 = pid_m * BMQ
-
-    rows = tl.arange(0, BLOCK_M)
-    r_q = rows % BMQ
-    r_h = hkv * G + hc * GP + rows // BMQ
     offs_d = tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
-    c_all = c0 + r_q
     order_b = ORDER + b.to(tl.int64) * T
     pos_out = tl.load(order_b + tl.minimum(c_all, T - 1))
     dq_ptrs = (
@@ -173,14 +162,9 @@ def attn_bwd_dq_kernel(
     # WRITE_COMPACT: q and dO rows are also stored by compacted index (QC, DOC: (B, Hq,
     # T, D) contiguous) so the dK/dV pass streams them without a gather; rows past the
     # routed count get zeros, so every row it may read is finite.
-    qc_ptrs = QC + ((b.to(tl.int64) * HQ + r_h[:, None]) * T + c_all[:, None]) * D + offs_d[None, :]
-    doc_ptrs = (
-        DOC + ((b.to(tl.int64) * HQ + r_h[:, None]) * T + c_all[:, None]) * D + offs_d[None, :]
-    )
-
-    acc_ptrs = (
-        DQACC + ((b.to(tl.int64) * HQ + r_h[:, None]) * T + c_all[:, None]) * D + offs_d[None, :]
-    )
+    qc_ptrs = compacted_rows(QC, b, HQ, r_h, T, c_all, D, offs_d)
+    doc_ptrs = compacted_rows(DOC, b, HQ, r_h, T, c_all, D, offs_d)
+    acc_ptrs = compacted_rows(DQACC, b, HQ, r_h, T, c_all, D, offs_d)
 
     if c0 >= cnt:
         if MODE != 1:
@@ -198,13 +182,9 @@ def attn_bwd_dq_kernel(
     else:
         c = tl.minimum(c_all, cnt - 1)
         valid = c_all < cnt
-        pos = tl.load(order_b + c)
-        start_b = START + b.to(tl.int64) * T
-        row_lo = tl.maximum(tl.load(start_b + pos), pos - WINDOW + 1)
-        pos_first = tl.load(order_b + c0)
-        pos_last = tl.load(order_b + tl.minimum(c0 + BMQ, cnt) - 1)
-        lo_first = tl.maximum(tl.load(start_b + pos_first), pos_first - WINDOW + 1)
-        lo_last = tl.maximum(tl.load(start_b + pos_last), pos_last - WINDOW + 1)
+        pos, row_lo, n_lo, full_lo, full_hi, n_hi = key_ranges(
+            order_b, START + b.to(tl.int64) * T, c, c0, cnt, WINDOW, BMQ, BLOCK_N
+        )
 
         bh_off = b.to(tl.int64) * HQ + r_h
         q = load_rows(
@@ -274,10 +254,10 @@ def attn_bwd_dq_kernel(
                 svt,
                 pos,
                 row_lo,
-                lo_first,
-                lo_last,
-                pos_first,
-                pos_last,
+                n_lo,
+                full_lo,
+                full_hi,
+                n_hi,
                 T,
                 qk_scale,
                 scale,
@@ -317,10 +297,10 @@ def _dq_rows(
     svt,
     pos,
     row_lo,
-    lo_first,
-    lo_last,
-    pos_first,
-    pos_last,
+    n_lo,
+    full_lo,
+    full_hi,
+    n_hi,
     T,
     qk_scale,
     scale,
@@ -339,29 +319,11 @@ def _dq_rows(
     if UPCAST:
         q = q.to(tl.float32)
         do = do.to(tl.float32)
-    if KV_DESC:
-        k_base = K
-        v_base = V
-    else:
-        k_base = K + b.to(tl.int64) * skb + hkv.to(tl.int64) * skh
-        v_base = V + b.to(tl.int64) * svb + hkv.to(tl.int64) * svh
+    k_base, v_base = head_bases(K, V, b, hkv, skb, skh, svb, svh, KV_DESC)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-
-    n_lo = (lo_first // BLOCK_N) * BLOCK_N
-    n_hi = tl.cdiv(pos_last + 1, BLOCK_N) * BLOCK_N
-    full_lo = tl.cdiv(lo_last, BLOCK_N) * BLOCK_N
-    full_hi = tl.maximum(((pos_first + 1) // BLOCK_N) * BLOCK_N, full_lo)
     # Masked head, unmasked middle, masked tail (unrolled).
     for part in tl.static_range(3):
-        if part == 0:
-            lo = n_lo
-            hi = tl.minimum(full_lo, n_hi)
-        elif part == 1:
-            lo = full_lo
-            hi = full_hi
-        else:
-            lo = full_hi
-            hi = n_hi
+        lo, hi = split_range(part, n_lo, full_lo, full_hi, n_hi)
         dq = _dq_inner(
             dq,
             q,
@@ -612,12 +574,7 @@ def attn_bwd_dkdv_kernel(
     kpos = ks + offs_n
     kvalid = kpos < T
 
-    if KV_DESC:
-        k_base = K
-        v_base = V
-    else:
-        k_base = K + b.to(tl.int64) * skb + hkv.to(tl.int64) * skh
-        v_base = V + b.to(tl.int64) * svb + hkv.to(tl.int64) * svh
+    k_base, v_base = head_bases(K, V, b, hkv, skb, skh, svb, svh, KV_DESC)
     if KV_RELOAD:
         # Placeholders of the tiles' type (loop-carried); reloaded in every iteration.
         if UPCAST:
@@ -675,15 +632,7 @@ def attn_bwd_dkdv_kernel(
         r_h = hkv * G + hc * GP + rows // BMQ
         # Masked head, unmasked middle (every query sees the whole block), masked tail.
         for part in tl.static_range(3):
-            if part == 0:
-                lo = c_lo
-                hi = tl.minimum(c1, c_hi)
-            elif part == 1:
-                lo = c1
-                hi = c2
-            else:
-                lo = c2
-                hi = c_hi
+            lo, hi = split_range(part, c_lo, c1, c2, c_hi)
             dk, dv = _dkdv_inner(
                 dk,
                 dv,

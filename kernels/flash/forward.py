@@ -15,6 +15,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .layout import head_bases, key_ranges, query_program, split_range
 from .tiles import load_kv_tiles
 
 
@@ -123,25 +124,11 @@ def attn_fwd_kernel(
     KV_DESC: tl.constexpr,
 ):
     BMQ: tl.constexpr = BLOCK_M // GP
-    NCH: tl.constexpr = G // GP
     EVEN_D: tl.constexpr = BLOCK_D == D
-    # Later query blocks see more keys: launch them first (heads vary fastest, so the
-    # heaviest blocks of every head go first).
-    n_heads = tl.num_programs(0) // tl.cdiv(T, BMQ)
-    pid = tl.program_id(0) % n_heads
-    pid_m = tl.cdiv(T, BMQ) - 1 - tl.program_id(0) // n_heads
-    hc = pid % NCH
-    hkv = (pid // NCH) % HKV
-    b = pid // (NCH * HKV)
+    b, hkv, c0, r_h, c_all = query_program(T, HKV, G, GP, BLOCK_M)
     cnt = tl.load(COUNT + b)
-    c0 = pid_m * BMQ
-
-    rows = tl.arange(0, BLOCK_M)
-    r_q = rows % BMQ
-    r_h = hkv * G + hc * GP + rows // BMQ
     offs_d = tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
-    c_all = c0 + r_q
     order_b = ORDER + b.to(tl.int64) * T
     pos_out = tl.load(order_b + tl.minimum(c_all, T - 1))
     o_ptrs = (
@@ -157,14 +144,9 @@ def attn_fwd_kernel(
         tl.store(o_ptrs, tl.zeros([BLOCK_M, BLOCK_D], dtype=O.dtype.element_ty), mask=out_mask)
     else:
         c = tl.minimum(c_all, cnt - 1)
-        pos = tl.load(order_b + c)
-        start_b = START + b.to(tl.int64) * T
-        row_lo = tl.maximum(tl.load(start_b + pos), pos - WINDOW + 1)
-        pos_first = tl.load(order_b + c0)
-        pos_last = tl.load(order_b + tl.minimum(c0 + BMQ, cnt) - 1)
-        lo_first = tl.maximum(tl.load(start_b + pos_first), pos_first - WINDOW + 1)
-        lo_last = tl.maximum(tl.load(start_b + pos_last), pos_last - WINDOW + 1)
-
+        pos, row_lo, n_lo, full_lo, full_hi, n_hi = key_ranges(
+            order_b, START + b.to(tl.int64) * T, c, c0, cnt, WINDOW, BMQ, BLOCK_N
+        )
         q_ptrs = (
             Q
             + b.to(tl.int64) * sqb
@@ -178,33 +160,15 @@ def attn_fwd_kernel(
             q = tl.load(q_ptrs, mask=offs_d[None, :] < D, other=0.0)
         if UPCAST:
             q = q.to(tl.float32)
-        if KV_DESC:
-            k_base = K
-            v_base = V
-        else:
-            k_base = K + b.to(tl.int64) * skb + hkv.to(tl.int64) * skh
-            v_base = V + b.to(tl.int64) * svb + hkv.to(tl.int64) * svh
+        k_base, v_base = head_bases(K, V, b, hkv, skb, skh, svb, svh, KV_DESC)
 
         m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
-        # Keys [lo_first, pos_last]; [lo_last, pos_first] is visible to every row.
-        n_lo = (lo_first // BLOCK_N) * BLOCK_N
-        n_hi = tl.cdiv(pos_last + 1, BLOCK_N) * BLOCK_N
-        full_lo = tl.cdiv(lo_last, BLOCK_N) * BLOCK_N
-        full_hi = tl.maximum(((pos_first + 1) // BLOCK_N) * BLOCK_N, full_lo)
         # Masked head, unmasked middle, masked tail (unrolled).
         for part in tl.static_range(3):
-            if part == 0:
-                lo = n_lo
-                hi = tl.minimum(full_lo, n_hi)
-            elif part == 1:
-                lo = full_lo
-                hi = full_hi
-            else:
-                lo = full_hi
-                hi = n_hi
+            lo, hi = split_range(part, n_lo, full_lo, full_hi, n_hi)
             acc, m_i, l_i = _fwd_inner(
                 acc,
                 m_i,
