@@ -23,6 +23,8 @@ import os
 import re
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -179,9 +181,6 @@ def to_universal(path: Path, dist: DistInfo) -> str:
     converted once by rank 0 (into a temporary directory, then renamed); returns the tag."""
     out = path / UNIVERSAL_TAG
     if dist.is_main and not out.is_dir():
-        import subprocess
-        import sys
-
         tmp = path / f".tmp-{UNIVERSAL_TAG}"
         shutil.rmtree(tmp, ignore_errors=True)
         # Its own process: the converter uses worker pools and prints a lot.

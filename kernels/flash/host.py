@@ -51,6 +51,21 @@ def _kv_args(k, v, cfg, block_d):
     return k, v, False
 
 
+def _meta(cfg, G, gp, D, block_d, upcast) -> dict:
+    """Compile-time arguments every kernel takes, from the launch config."""
+    return dict(
+        G=G,
+        GP=gp,
+        D=D,
+        BLOCK_D=block_d,
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n,
+        UPCAST=upcast,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )
+
+
 def _common(q: torch.Tensor, k: torch.Tensor):
     B, Hq, T, D = q.shape
     Hkv = k.shape[1]
@@ -112,16 +127,8 @@ def _launch_fwd(cfg, q, k, v, o, lse, routing, window, scale, G, block_d, upcast
         Hkv,
         min(window, T),
         scale * LOG2E,
-        G=G,
-        GP=gp,
-        D=D,
-        BLOCK_D=block_d,
-        BLOCK_M=cfg.block_m,
-        BLOCK_N=cfg.block_n,
-        UPCAST=upcast,
+        **_meta(cfg, G, gp, D, block_d, upcast),
         KV_DESC=kv_desc,
-        num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
     )
 
 
@@ -162,7 +169,8 @@ def attention_bwd(
     compact, atomic = dkdv_cfg.compact, dkdv_cfg.atomic_dq
     qc = torch.empty(B, Hq, T, D, dtype=q.dtype, device=q.device) if compact else q
     doc = torch.empty(B, Hq, T, D, dtype=do.dtype, device=q.device) if compact else do
-    # fp32 dq rows by compacted index, zeroed by the dq prologue (rows < T: no host sync).
+    # fp32 dq rows by compacted index, zeroed by the dq prologue (rows < T: no host sync);
+    # without atomic_dq the kernels never touch it, and any fp32 tensor stands in.
     dq_acc = torch.empty(B, Hq, T, D, dtype=torch.float32, device=q.device) if atomic else delta
     dq_args = (
         q,
@@ -269,18 +277,10 @@ def _launch_dq(
         window,
         scale * LOG2E,
         scale,
-        G=G,
-        GP=gp,
-        D=D,
-        BLOCK_D=block_d,
-        BLOCK_M=cfg.block_m,
-        BLOCK_N=cfg.block_n,
-        UPCAST=upcast,
+        **_meta(cfg, G, gp, D, block_d, upcast),
         KV_DESC=kv_desc,
         WRITE_COMPACT=compact,
         MODE=mode,
-        num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
     )
 
 
@@ -341,20 +341,12 @@ def _launch_dkdv(
         window,
         scale * LOG2E,
         scale,
-        G=G,
-        GP=gp,
-        D=D,
-        BLOCK_D=block_d,
-        BLOCK_M=cfg.block_m,
-        BLOCK_N=cfg.block_n,
-        UPCAST=upcast,
+        **_meta(cfg, G, gp, D, block_d, upcast),
         COMPACT=compact,
         COMPACT_DESC=compact_desc,
         KV_RELOAD=cfg.kv_reload,
         KV_DESC=kv_desc,
         ATOMIC_DQ=atomic,
-        num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
     )
 
 
