@@ -328,30 +328,38 @@ def parse_variant(spec: str) -> dict[str, dict]:
     return changes
 
 
-def accuracy(T: int = 8192, fraction: float = 0.2) -> dict:
-    """Max abs error of out, dq, dk, dv against the fp32 PyTorch reference (bf16 inputs,
-    three packed documents), each relative to the reference's max abs value."""
-    from kernels import token_sparse_attention
+class Accuracy:
+    """Max abs error of out, dq, dk, dv of our Triton op against the fp32 PyTorch
+    reference (bf16 inputs, three packed documents), each relative to the reference's max
+    abs value. The reference is computed once; `errors()` runs ours under the current
+    launch configs."""
 
-    g = torch.Generator(device="cuda").manual_seed(1)
-    q = torch.randn(1, HQ, T, D, device="cuda", dtype=torch.bfloat16, generator=g)
-    k = torch.randn(1, HKV, T, D, device="cuda", dtype=torch.bfloat16, generator=g)
-    v = torch.randn(1, HKV, T, D, device="cuda", dtype=torch.bfloat16, generator=g)
-    do = torch.randn_like(q)
-    route = torch.rand(1, T, device="cuda", generator=g) < fraction
-    doc = torch.zeros(1, T, dtype=torch.int32, device="cuda")
-    doc[:, T // 3 :] = 1
-    doc[:, T // 2 :] = 2
-    errs = {}
-    outs = {}
-    for backend, dtype in (("torch", torch.float32), ("triton", torch.bfloat16)):
-        leaves = [t.to(dtype).requires_grad_(True) for t in (q, k, v)]
-        o = token_sparse_attention(*leaves, route, doc, backend=backend)
-        o.backward(do.to(dtype))
-        outs[backend] = [o.detach().float()] + [t.grad.float() for t in leaves]
-    for name, ref, got in zip(("out", "dq", "dk", "dv"), outs["torch"], outs["triton"]):
-        errs[f"err_{name}"] = float((got - ref).abs().max() / ref.abs().max())
-    return errs
+    def __init__(self, T: int = 8192, fraction: float = 0.2):
+        g = torch.Generator(device="cuda").manual_seed(1)
+        self.q = torch.randn(1, HQ, T, D, device="cuda", dtype=torch.bfloat16, generator=g)
+        self.k = torch.randn(1, HKV, T, D, device="cuda", dtype=torch.bfloat16, generator=g)
+        self.v = torch.randn(1, HKV, T, D, device="cuda", dtype=torch.bfloat16, generator=g)
+        self.do = torch.randn_like(self.q)
+        self.route = torch.rand(1, T, device="cuda", generator=g) < fraction
+        self.doc = torch.zeros(1, T, dtype=torch.int32, device="cuda")
+        self.doc[:, T // 3 :] = 1
+        self.doc[:, T // 2 :] = 2
+        self.reference = self._run("torch", torch.float32)
+
+    def _run(self, backend: str, dtype: torch.dtype) -> list[torch.Tensor]:
+        from kernels import token_sparse_attention
+
+        leaves = [t.to(dtype).requires_grad_(True) for t in (self.q, self.k, self.v)]
+        o = token_sparse_attention(*leaves, self.route, self.doc, backend=backend)
+        o.backward(self.do.to(dtype))
+        return [o.detach().float()] + [t.grad.float() for t in leaves]
+
+    def errors(self) -> dict:
+        got = self._run("triton", torch.bfloat16)
+        return {
+            f"err_{name}": float((g - r).abs().max() / r.abs().max())
+            for name, r, g in zip(("out", "dq", "dk", "dv"), self.reference, got)
+        }
 
 
 def sweep(T: int, fraction: float, variants: list[str], check: bool = True) -> list[dict]:
@@ -370,6 +378,7 @@ def sweep(T: int, fraction: float, variants: list[str], check: bool = True) -> l
     routing = build_routing(route, None)
     scale = D**-0.5
     o, lse = attention_fwd(q, k, v, routing, T, scale)
+    checker = Accuracy() if check else None
     out = []
     for spec in ["default"] + variants:
         saved = {}
@@ -392,7 +401,7 @@ def sweep(T: int, fraction: float, variants: list[str], check: bool = True) -> l
                 "routing_ms": round(_time_ms(lambda: build_routing(route, None), 50), 3),
             }
             if check:
-                rec.update({k_: round(e, 5) for k_, e in accuracy().items()})
+                rec.update({k_: round(e, 5) for k_, e in checker.errors().items()})
         except Exception as exc:
             rec = {"variant": spec, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
         for pass_name, old in saved.items():
