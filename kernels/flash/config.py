@@ -18,6 +18,8 @@ import warnings
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+from triton.runtime.errors import OutOfResources
+
 
 @dataclass(frozen=True)
 class LaunchConfig:
@@ -103,8 +105,6 @@ _WORKING: dict[tuple, LaunchConfig] = {}
 def run_with_fallback(pass_name: str, block_d: int, on_gpu: bool, device, launch) -> None:
     """`launch(cfg)` with this pass's config, or the first smaller one (smaller_configs)
     the device has the resources for; remembered per device, announced once."""
-    from triton.runtime.errors import OutOfResources
-
     base = get_config(pass_name, block_d, on_gpu)
     key = (pass_name, block_d, str(device), base)
     if key in _WORKING:
