@@ -118,6 +118,26 @@ def _config(args, variant: str, run_dir: Path):
     return from_container(raw, data_builder=lambda d: d), overrides
 
 
+def profile_step(trainer, loader, variant: str, rank: int) -> None:
+    """One more step under torch.profiler; rank 0 writes the GPU time per kernel (top 40)
+    to `$OUT/profile_<variant>.txt`: what the step's time goes to (GEMMs, our attention
+    kernels, the local branch, ZeRO-3 collectives)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        trainer.train_step([next(loader)])
+        torch.cuda.synchronize()
+    if rank != 0:
+        return
+    table = prof.key_averages().table(sort_by="self_device_time_total", row_limit=40,
+                                      max_name_column_width=90)
+    out_dir = Path(os.environ.get("OUT") or ROOT / "bench" / "results")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"profile_{variant}.txt").write_text(table + "\n")
+    print(f"[{variant}] profile of one step:\n{table[:6000]}", flush=True)
+
+
 def run_variant(args, variant: str) -> dict:
     import torch.distributed as dist
 
@@ -149,7 +169,9 @@ def run_variant(args, variant: str) -> dict:
     t0 = time.perf_counter()
     with attn:
         code = trainer.fit()
-    wall = time.perf_counter() - t0
+        wall = time.perf_counter() - t0
+        if args.profile and code == 0:
+            profile_step(trainer, loader, variant, rank)
     peak = torch.tensor([torch.cuda.max_memory_allocated() / 2**30], device="cuda")
     if dist.is_initialized():
         dist.all_reduce(peak, op=dist.ReduceOp.MAX)
@@ -202,6 +224,11 @@ def main(argv: list[str] | None = None) -> int:
         help="documents packed per sequence (1: plain causal attention for both)",
     )
     p.add_argument("--no-activation-checkpointing", action="store_true")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="after the timed steps, profile one more step; kernel table to $OUT/profile_*.txt",
+    )
     p.add_argument("--override", action="append", default=[], help="extra Hydra override")
     p.add_argument("--work-dir", default=None, help="run dirs (default: a temporary dir)")
     p.add_argument(

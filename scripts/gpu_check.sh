@@ -10,8 +10,9 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TORCHINDUCTOR_COMPILE_THREADS=8
 PY=${PY:-python3}
 # The wheels of scripts/device_wheels.sh (carried as .whl/): DeepSpeed, Hydra, accelerate,
-# pytest-xdist, which the GPU image lacks.
-if ls .whl/*.whl >/dev/null 2>&1; then
+# pytest-xdist, which the GPU image lacks. SKIP_WHEELS=1 where the caller installed them
+# (two instances started side by side must not install into /tmp/site at once).
+if [ "${SKIP_WHEELS:-0}" != 1 ] && ls .whl/*.whl >/dev/null 2>&1; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl >/dev/null 2>&1 || echo "wheel install failed" >&2
   export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}

@@ -71,16 +71,37 @@ def test_pick_takes_the_fastest_accurate_variant_per_pass():
         _rec("default", 60.0, 70.0, 124.0),
         _rec("fwd:+kv_desc", 50.0, 69.0, 125.0),  # fwd: 17% faster -> taken
         _rec("fwd:128,64,8,3+kv_desc", 52.0, 70.0, 124.0),  # slower than the one above
-        _rec("dq:+kv_desc", 68.0, 67.5, 123.0),  # dq: 3.6% faster -> under min_gain
+        _rec("dq:+kv_desc", 68.0, 67.5, 123.0),  # bwd: 1.8% faster -> under min_gain
         _rec("dkdv:+compact", 60.0, 72.0, 100.0, err=0.05),  # fast but inaccurate
         {"variant": "dkdv:+compact+compact_desc", "error": "OutOfResources: shared memory"},
     ]
     overrides, notes = pick(records, min_gain=0.05)
     assert overrides == {"fwd/128": {"kv_desc": True}}
     assert any("dkdv:+compact rejected" in n for n in notes)
-    assert any(n.startswith("dq: default kept") for n in notes)
+    assert any(n.startswith("bwd: default kept") for n in notes)
     with pytest.raises(ValueError, match="default"):
         pick(records[1:])
+
+
+def test_pick_judges_the_backward_by_dq_plus_dkdv():
+    """atomic_dq moves dq into the dk/dv kernel: its dk/dv time is worse than the default's,
+    its dq time far better. Only the sum decides; a dk/dv-only view would reject it, and a
+    dk/dv variant that slows the dq pass (compact) more than it saves loses."""
+    records = [
+        _rec("default", 60.0, 70.0, 124.0),
+        _rec("dkdv:+atomic_dq+kv_reload", 60.0, 4.0, 150.0),  # bwd 154 vs 194 -> taken
+        _rec("dkdv:+compact", 60.0, 110.0, 100.0),  # dk/dv faster, bwd 210: slower
+        _rec("dq:+kv_desc;dkdv:+compact", 60.0, 100.0, 99.0),  # bwd 199: slower
+    ]
+    overrides, notes = pick(records, min_gain=0.05)
+    assert overrides == {"dkdv/128": {"atomic_dq": True, "kv_reload": True}}
+    assert any(n.startswith("bwd: dkdv:+atomic_dq+kv_reload 154.0 ms") for n in notes), notes
+    records.append(_rec("dq:64,64,4,2;dkdv:+atomic_dq+kv_reload", 60.0, 3.0, 140.0))
+    overrides, _ = pick(records, min_gain=0.05)
+    assert overrides == {
+        "dq/128": {"block_m": 64, "block_n": 64, "num_warps": 4, "num_stages": 2},
+        "dkdv/128": {"atomic_dq": True, "kv_reload": True},
+    }
 
 
 def test_launch_falls_back_to_smaller_configs_when_out_of_resources(monkeypatch):
