@@ -27,6 +27,7 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
 import sys
 from dataclasses import asdict
@@ -308,22 +309,23 @@ FLAGS = ("kv_desc", "kv_reload", "compact", "compact_desc", "atomic_dq")
 
 
 def parse_variant(spec: str) -> dict[str, dict]:
-    """`pass:bm,bn,warps,stages[,max_packed_heads][+flag...]`, several joined by `;`;
-    numbers may be left out (`fwd:+kv_desc`) to keep the current launch config."""
+    """`pass:bm,bn,warps,stages[,max_packed_heads][+flag|-flag...]`, several joined by `;`;
+    numbers may be left out (`fwd:+kv_desc`) to keep the current launch config; `-flag`
+    turns a flag of the current config off (`fwd:-kv_desc` times the config without it)."""
     changes: dict[str, dict] = {}
     for part in spec.split(";"):
         pass_name, rest = part.split(":")
-        nums, *flags = rest.split("+")
+        nums, *signed = re.split(r"([+-])", rest)
         ch: dict = {}
         if nums:
             bm, bn, w, st, *gp = (int(x) for x in nums.split(","))
             ch.update(block_m=bm, block_n=bn, num_warps=w, num_stages=st)
             if gp:
                 ch["max_packed_heads"] = gp[0]
-        for f in flags:
+        for sign, f in zip(signed[::2], signed[1::2]):
             if f not in FLAGS:
                 raise ValueError(f"unknown flag {f!r} in {spec!r}; one of {FLAGS}")
-            ch[f] = True
+            ch[f] = sign == "+"
         changes[pass_name] = ch
     return changes
 
@@ -334,14 +336,14 @@ class Accuracy:
     abs value. The reference is computed once; `errors()` runs ours under the current
     launch configs."""
 
-    def __init__(self, T: int = 8192, fraction: float = 0.2):
-        g = torch.Generator(device="cuda").manual_seed(1)
-        self.q = torch.randn(1, HQ, T, D, device="cuda", dtype=torch.bfloat16, generator=g)
-        self.k = torch.randn(1, HKV, T, D, device="cuda", dtype=torch.bfloat16, generator=g)
-        self.v = torch.randn(1, HKV, T, D, device="cuda", dtype=torch.bfloat16, generator=g)
+    def __init__(self, T: int = 8192, fraction: float = 0.2, device: str = "cuda"):
+        g = torch.Generator(device=device).manual_seed(1)
+        self.q = torch.randn(1, HQ, T, D, device=device, dtype=torch.bfloat16, generator=g)
+        self.k = torch.randn(1, HKV, T, D, device=device, dtype=torch.bfloat16, generator=g)
+        self.v = torch.randn(1, HKV, T, D, device=device, dtype=torch.bfloat16, generator=g)
         self.do = torch.randn_like(self.q)
-        self.route = torch.rand(1, T, device="cuda", generator=g) < fraction
-        self.doc = torch.zeros(1, T, dtype=torch.int32, device="cuda")
+        self.route = torch.rand(1, T, device=device, generator=g) < fraction
+        self.doc = torch.zeros(1, T, dtype=torch.int32, device=device)
         self.doc[:, T // 3 :] = 1
         self.doc[:, T // 2 :] = 2
         self.reference = self._run("torch", torch.float32)
@@ -349,7 +351,9 @@ class Accuracy:
     def _run(self, backend: str, dtype: torch.dtype) -> list[torch.Tensor]:
         from kernels import token_sparse_attention
 
-        leaves = [t.to(dtype).requires_grad_(True) for t in (self.q, self.k, self.v)]
+        # Fresh leaves every run: `.to(dtype)` of a tensor already in `dtype` returns the
+        # tensor itself, whose .grad would then accumulate over the sweep's variants.
+        leaves = [t.to(dtype, copy=True).requires_grad_(True) for t in (self.q, self.k, self.v)]
         o = token_sparse_attention(*leaves, self.route, self.doc, backend=backend)
         o.backward(self.do.to(dtype))
         return [o.detach().float()] + [t.grad.float() for t in leaves]

@@ -46,13 +46,13 @@ class LaunchConfig:
 # (pass, head dim bucket) -> config; the bucket is the padded head dim (power of two).
 GPU_CONFIGS: dict[tuple[str, int], LaunchConfig] = {
     ("fwd", 64): LaunchConfig(128, 64, 4, 3),
-    ("fwd", 128): LaunchConfig(128, 128, 8, 3),
+    ("fwd", 128): LaunchConfig(128, 128, 8, 3, kv_desc=True),
     ("fwd", 256): LaunchConfig(64, 32, 8, 2),
     ("dq", 64): LaunchConfig(128, 64, 8, 2),
-    ("dq", 128): LaunchConfig(128, 64, 8, 3),
+    ("dq", 128): LaunchConfig(128, 64, 8, 3, kv_desc=True),
     ("dq", 256): LaunchConfig(64, 32, 8, 1),
     ("dkdv", 64): LaunchConfig(64, 128, 8, 2),
-    ("dkdv", 128): LaunchConfig(64, 128, 8, 2),
+    ("dkdv", 128): LaunchConfig(64, 128, 8, 2, compact=True),
     ("dkdv", 256): LaunchConfig(32, 64, 8, 1),
 }
 

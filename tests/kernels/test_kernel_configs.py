@@ -143,3 +143,29 @@ def test_smaller_configs_order():
     seq = [(c.block_m, c.block_n, c.num_stages) for c in config.smaller_configs(base)]
     assert seq[:4] == [(128, 64, 3), (128, 64, 2), (128, 64, 1), (128, 32, 1)]
     assert seq[-1] == (16, 16, 1)
+
+
+def test_sweep_accuracy_check_is_the_same_on_every_run():
+    """The sweep calls `errors()` once per variant: each call must start from fresh leaves
+    (gradients accumulating across calls made every later variant look inaccurate)."""
+    if torch.cuda.is_available():
+        pytest.skip("interpreter run")
+    from bench.attention import Accuracy
+
+    acc = Accuracy(T=48, fraction=0.3, device="cpu")
+    first, second = acc.errors(), acc.errors()
+    assert first == second
+    assert all(0.0 <= e < 0.05 for e in first.values()), first
+
+
+def test_parse_variant_sets_and_clears_flags():
+    from bench.attention import parse_variant
+
+    assert parse_variant("fwd:+kv_desc") == {"fwd": {"kv_desc": True}}
+    assert parse_variant("fwd:128,64,8,4,4-kv_desc;dkdv:+compact-atomic_dq") == {
+        "fwd": dict(block_m=128, block_n=64, num_warps=8, num_stages=4, max_packed_heads=4,
+                    kv_desc=False),
+        "dkdv": {"compact": True, "atomic_dq": False},
+    }
+    with pytest.raises(ValueError, match="unknown flag 'tma'"):
+        parse_variant("dq:+tma")
