@@ -52,7 +52,7 @@ GPU_CONFIGS: dict[tuple[str, int], LaunchConfig] = {
     ("dq", 128): LaunchConfig(128, 64, 8, 3, kv_desc=True),
     ("dq", 256): LaunchConfig(64, 32, 8, 1),
     ("dkdv", 64): LaunchConfig(64, 128, 8, 2),
-    ("dkdv", 128): LaunchConfig(64, 128, 8, 2, compact=True),
+    ("dkdv", 128): LaunchConfig(64, 128, 8, 3, compact=True),
     ("dkdv", 256): LaunchConfig(32, 64, 8, 1),
 }
 
