@@ -130,8 +130,9 @@ def profile_step(trainer, loader, variant: str, rank: int) -> None:
         torch.cuda.synchronize()
     if rank != 0:
         return
-    table = prof.key_averages().table(sort_by="self_device_time_total", row_limit=40,
-                                      max_name_column_width=90)
+    table = prof.key_averages().table(
+        sort_by="self_device_time_total", row_limit=40, max_name_column_width=90
+    )
     out_dir = Path(os.environ.get("OUT") or ROOT / "bench" / "results")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"profile_{variant}.txt").write_text(table + "\n")

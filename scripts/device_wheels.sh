@@ -20,6 +20,9 @@ WHEELS=(
   hydra-core==1.3.8 omegaconf==2.3.1 PyYAML==6.0.3
   # ZeRO-3 partitioned loading (transformers' DeepSpeed integration imports it)
   accelerate==1.15.0
+  # our Hydra launcher plugin builds on the submitit launcher; without it Hydra prints an
+  # import error for hydra_plugins.l2a_launchers on every run
+  hydra-submitit-launcher==1.2.0 submitit==1.5.4 cloudpickle==3.1.3
   # GPU tests in parallel workers (kernel compilation is CPU-bound; one GPU serves them)
   pytest-xdist==3.8.0 execnet==2.1.2
 )

@@ -1,7 +1,7 @@
 """Launch configurations of the attention kernels, per pass and head dim.
 
-Chosen by measurement on an H100 (bench/attention.py --sweep; variants and timings in
-docs/KERNELS.md). Keys never include the sequence length. `block_m` counts rows of a
+Chosen by measurement on an H100 and an H200 (bench/attention.py --sweep; variants and
+timings in docs/KERNELS.md). Keys never include the sequence length. `block_m` counts rows of a
 program: packed query heads x compacted queries.
 
 A JSON file named by `L2A_KERNEL_CONFIGS` overrides entries at import, for a GPU the

@@ -56,13 +56,19 @@ def _by_kernel(records: list[dict], spec: str) -> dict[str, dict]:
     return by
 
 
-TMA = "fwd:+kv_desc;dq:+kv_desc;dkdv:+kv_reload+kv_desc+compact+compact_desc"
-ATOMIC = "dkdv:+atomic_dq"
+PLAIN = "fwd:-kv_desc;dq:-kv_desc;dkdv:-compact"
+TMA = "fwd:+kv_desc;dq:+kv_desc;dkdv:64,128,8,2+kv_reload+kv_desc+compact+compact_desc"
+ATOMIC = "dkdv:64,128,8,2+atomic_dq"
 
 
 def test_kernels_compile_for_sm90_and_flags_change_the_code(tmp_path):
-    compiled = _compile(tmp_path, TMA, ATOMIC)
+    compiled = _compile(tmp_path, PLAIN, TMA, ATOMIC)
+    # Shipped configs: K/V through TMA in the forward and dQ kernels, not in dK/dV.
     by = _by_kernel(compiled["default"], "default")
+    assert by["attn_fwd_kernel"]["n_utmaldg"] > 0 and by["attn_bwd_dq_kernel"]["n_utmaldg"] > 0
+    assert by["attn_bwd_dkdv_kernel"]["n_utmaldg"] == 0
+    assert all(r["n_redg"] == 0 for r in by.values())
+    by = _by_kernel(compiled[PLAIN], PLAIN)
     assert all(r["n_utmaldg"] == 0 and r["n_redg"] == 0 for r in by.values())
     assert by["attn_fwd_kernel"]["n_ldgsts"] > 0  # cp.async K/V pipeline
     by = _by_kernel(compiled[TMA], TMA)

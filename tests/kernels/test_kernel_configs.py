@@ -163,8 +163,9 @@ def test_parse_variant_sets_and_clears_flags():
 
     assert parse_variant("fwd:+kv_desc") == {"fwd": {"kv_desc": True}}
     assert parse_variant("fwd:128,64,8,4,4-kv_desc;dkdv:+compact-atomic_dq") == {
-        "fwd": dict(block_m=128, block_n=64, num_warps=8, num_stages=4, max_packed_heads=4,
-                    kv_desc=False),
+        "fwd": dict(
+            block_m=128, block_n=64, num_warps=8, num_stages=4, max_packed_heads=4, kv_desc=False
+        ),
         "dkdv": {"compact": True, "atomic_dq": False},
     }
     with pytest.raises(ValueError, match="unknown flag 'tma'"):
