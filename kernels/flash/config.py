@@ -44,6 +44,9 @@ class LaunchConfig:
 
 
 # (pass, head dim bucket) -> config; the bucket is the padded head dim (power of two).
+# Head dim 128 (Qwen3/Qwen2.5 7-8B): K/V through TMA descriptors in fwd and dq and dK/dV
+# streaming the compacted q/dO with 3 stages measured fastest on an H200 (docs/KERNELS.md);
+# the other buckets keep pointer loads (not measured with the flags).
 GPU_CONFIGS: dict[tuple[str, int], LaunchConfig] = {
     ("fwd", 64): LaunchConfig(128, 64, 4, 3),
     ("fwd", 128): LaunchConfig(128, 128, 8, 3, kv_desc=True),
