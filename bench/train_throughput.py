@@ -118,25 +118,49 @@ def _config(args, variant: str, run_dir: Path):
     return from_container(raw, data_builder=lambda d: d), overrides
 
 
-def profile_step(trainer, loader, variant: str, rank: int) -> None:
-    """One more step under torch.profiler; rank 0 writes the GPU time per kernel (top 40)
-    to `$OUT/profile_<variant>.txt`: what the step's time goes to (GEMMs, our attention
-    kernels, the local branch, ZeRO-3 collectives)."""
+def kernel_category(name: str) -> str:
+    """Coarse class of a GPU kernel by its name, for the per-step breakdown."""
+    n = name.lower()
+    if n.startswith("nccl"):
+        return "nccl"
+    if n.startswith("attn_") or any(k in n for k in ("sdpa", "fmha", "flash", "flex")):
+        return "attention"
+    if n.startswith(("nvjet", "cutlass")) or "gemm" in n or "xmma" in n:
+        return "matmul"
+    return "other"  # elementwise ops, copies, reductions, norms
+
+
+def profile_step(trainer, loader, variant: str, rank: int, out_dir: Path) -> dict:
+    """One more step under torch.profiler. Rank 0 writes the GPU time per kernel (top 40)
+    to `out_dir/profile_<variant>.txt` and returns the step's kernel time per category
+    (attention, matmul, nccl, other) in ms: what the step's time goes to."""
     from torch.profiler import ProfilerActivity, profile
 
     torch.cuda.synchronize()
+    t0 = time.perf_counter()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         trainer.train_step([next(loader)])
         torch.cuda.synchronize()
+    wall_ms = (time.perf_counter() - t0) * 1e3
     if rank != 0:
-        return
-    table = prof.key_averages().table(
-        sort_by="self_device_time_total", row_limit=40, max_name_column_width=90
-    )
-    out_dir = Path(os.environ.get("OUT") or ROOT / "bench" / "results")
+        return {}
+    events = prof.key_averages()
+    by_cat: dict[str, float] = {}
+    for e in events:
+        cat = kernel_category(e.key)
+        by_cat[cat] = by_cat.get(cat, 0.0) + e.self_device_time_total / 1e3
+    table = events.table(sort_by="self_device_time_total", row_limit=40, max_name_column_width=90)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"profile_{variant}.txt").write_text(table + "\n")
     print(f"[{variant}] profile of one step:\n{table[:6000]}", flush=True)
+    return {"step_wall_ms": round(wall_ms, 1), **{k: round(v, 1) for k, v in by_cat.items()}}
+
+
+def _out_path(args) -> Path:
+    if args.out:
+        return Path(args.out)
+    base = Path(os.environ["OUT"]) if os.environ.get("OUT") else ROOT / "bench" / "results"
+    return base / "train_throughput.json"
 
 
 def run_variant(args, variant: str) -> dict:
@@ -171,8 +195,9 @@ def run_variant(args, variant: str) -> dict:
     with attn:
         code = trainer.fit()
         wall = time.perf_counter() - t0
+        profile = None
         if args.profile and code == 0:
-            profile_step(trainer, loader, variant, rank)
+            profile = profile_step(trainer, loader, variant, rank, _out_path(args).parent)
     peak = torch.tensor([torch.cuda.max_memory_allocated() / 2**30], device="cuda")
     if dist.is_initialized():
         dist.all_reduce(peak, op=dist.ReduceOp.MAX)
@@ -204,6 +229,8 @@ def run_variant(args, variant: str) -> dict:
             final_lm_loss=rows[-1]["lm_loss"] if rows else None,
             overrides=overrides,
         )
+        if profile:
+            result["profile_kernel_ms"] = profile
     return result
 
 
@@ -228,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--profile",
         action="store_true",
-        help="after the timed steps, profile one more step; kernel table to $OUT/profile_*.txt",
+        help="after the timed steps, profile one more step: kernel time per category in the "
+        "JSON, the top kernels in profile_<variant>.txt beside it",
     )
     p.add_argument("--override", action="append", default=[], help="extra Hydra override")
     p.add_argument("--work-dir", default=None, help="run dirs (default: a temporary dir)")
@@ -274,12 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         report["l2a_speedup"] = (
             results["l2a"]["tokens_per_s_per_gpu"] / results["dense"]["tokens_per_s_per_gpu"]
         )
-    out = (
-        Path(args.out)
-        if args.out
-        else (Path(os.environ["OUT"]) if os.environ.get("OUT") else ROOT / "bench" / "results")
-        / "train_throughput.json"
-    )
+    out = _out_path(args)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
