@@ -84,6 +84,11 @@ def convert_model(base_model: nn.Module, init: str = "paper", **l2a_fields) -> n
         model = model_cls(config)
     model = model.to_empty(device=param.device).to(param.dtype)
     model.load_state_dict(_l2a_state_dict(base_model.state_dict(), config, init), strict=True)
+    # to_empty() gave lm_head its own storage: tie it to the embeddings again where the base
+    # ties them (Qwen3 up to 4B, Qwen2.5 up to 3B), or the model carries a second copy of the
+    # largest matrix (311M parameters at Qwen3-1.7B) that ZeRO-3 gathers every step.
+    if config.tie_word_embeddings:
+        model.tie_weights()
     # Non-persistent buffers (rotary inv_freq) are neither in the state dict nor initialised
     # by to_empty(): build them again, from the (possibly raised) theta.
     model.model.rotary_emb = type(model.model.rotary_emb)(config=config).to(param.device)

@@ -97,3 +97,28 @@ def test_bad_l2a_value_and_existing_output(base_dir, tmp_path, capsys):
     assert main(["--base", str(base_dir), "--out", str(out)]) == 2
     assert "not empty" in capsys.readouterr().err
     assert (out / "keep.txt").read_text() == "x"
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_conversion_keeps_tied_embeddings_tied(make_base, family, tied, tmp_path):
+    """A base that ties lm_head to the embeddings (small Qwen models) gives an L2A model
+    that ties them too, in memory and after save/load: no second copy of the vocabulary
+    matrix. An untied base stays untied."""
+    from l2a.convert import convert_model, save_atomically
+
+    base = make_base(family, tie_word_embeddings=tied)
+    if not tied:
+        with torch.no_grad():
+            base.lm_head.weight.normal_()
+    model = convert_model(base)
+    assert (model.lm_head.weight is model.model.embed_tokens.weight) == tied
+    assert torch.equal(model.lm_head.weight, base.lm_head.weight)
+    added = sum(p.numel() for n, p in model.named_parameters() if "global_" in n or "router" in n)
+    assert (
+        sum(p.numel() for p in model.parameters())
+        == sum(p.numel() for p in base.parameters()) + added
+    )
+    save_atomically(model, None, tmp_path / "l2a")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "l2a")
+    assert (loaded.lm_head.weight is loaded.model.embed_tokens.weight) == tied
+    assert torch.equal(loaded.lm_head.weight, base.lm_head.weight)
