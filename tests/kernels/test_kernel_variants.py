@@ -1,6 +1,6 @@
 """The optional kernel paths of `kernels.flash.config.LaunchConfig` against the reference:
 K/V through TMA tensor descriptors, and compacted q/dO copies for the dK/dV pass (through
-pointers or descriptors).
+pointers or descriptors), and the plain pointer path with every flag off.
 
 Both ops that use the kernels are checked: token-sparse attention and the sliding window.
 On CPU the interpreter runs them with its small tiles; the `gpu` cases patch the GPU
@@ -19,6 +19,10 @@ from kernels.flash import config as flash_config
 from kernels.flash.host import _descriptor
 
 VARIANTS = {
+    # Every flag off: the pointer path. The shipped head-dim-128 configs use descriptors
+    # and compacted copies, so without this case no GPU test would run that path at
+    # D=128 (which GPUs without TMA, and unaligned K/V, take).
+    "plain": {f: False for f in ("kv_desc", "kv_reload", "compact", "compact_desc", "atomic_dq")},
     "kv_desc": {"kv_desc": True},
     "compact": {"compact": True},
     "compact_desc": {"compact": True, "compact_desc": True},
