@@ -47,7 +47,9 @@ def doc_start_positions(doc_ids: torch.Tensor) -> torch.Tensor:
 
 
 def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[int, int, int, int, int]:
-    """Validate `(B, H, T, D)` q/k/v with GQA; returns `(B, Hq, Hkv, T, D)`."""
+    """Validate `(B, H, T, D)` q/k/v with GQA; returns `(B, Hq, Hkv, T, D)` with T the number
+    of queries. k/v may be longer than q (`Tk >= Tq`): the queries are then the last `Tq`
+    positions of the key sequence (a chunk or decoding step against a KV cache)."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"{name}: expected a tensor, got {type(t).__name__}")
@@ -60,10 +62,10 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[int, i
         raise ValueError(
             f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}"
         )
-    if k.shape[0] != B or k.shape[2] != T or k.shape[3] != D:
+    if k.shape[0] != B or k.shape[2] < T or k.shape[3] != D:
         raise ValueError(
             f"k/v shape {tuple(k.shape)} does not match q shape {tuple(q.shape)} "
-            "in batch, sequence length or head dim"
+            "in batch or head dim, or has fewer keys than queries"
         )
     Hkv = k.shape[1]
     if Hkv == 0 or Hq % Hkv != 0:
@@ -76,6 +78,7 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[int, i
 
 
 def check_doc_ids(doc_ids: torch.Tensor | None, B: int, T: int, device: torch.device) -> None:
+    """`doc_ids` label the keys: `(B, Tk)`, also when the queries are only the last ones."""
     if doc_ids is None:
         return
     if not isinstance(doc_ids, torch.Tensor) or doc_ids.shape != (B, T):

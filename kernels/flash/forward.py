@@ -8,6 +8,10 @@ middle (visible to every row) and a masked tail near the diagonal.
 
 Every output row is written: programs past the routed count write zeros at the unrouted
 positions (`order[count:]`), so the output needs no memset.
+
+Queries may be the last `T` of `TK` keys (a prefill chunk against a KV cache): `order`
+then holds key positions, query row = position - `Q_OFF` with `Q_OFF = TK - T`. Training
+calls have `TK == T` and `Q_OFF == 0`.
 """
 
 from __future__ import annotations
@@ -110,6 +114,8 @@ def attn_fwd_kernel(
     soh,
     sot,
     T,
+    TK,
+    Q_OFF,
     HQ,
     HKV,
     WINDOW,
@@ -135,7 +141,7 @@ def attn_fwd_kernel(
         O
         + b.to(tl.int64) * sob
         + r_h[:, None].to(tl.int64) * soh
-        + pos_out[:, None].to(tl.int64) * sot
+        + (pos_out - Q_OFF)[:, None].to(tl.int64) * sot
         + offs_d[None, :]
     )
     out_mask = (c_all[:, None] < T) & (offs_d[None, :] < D)
@@ -145,13 +151,13 @@ def attn_fwd_kernel(
     else:
         c = tl.minimum(c_all, cnt - 1)
         pos, row_lo, n_lo, full_lo, full_hi, n_hi = key_ranges(
-            order_b, START + b.to(tl.int64) * T, c, c0, cnt, WINDOW, BMQ, BLOCK_N
+            order_b, START + b.to(tl.int64) * TK, c, c0, cnt, WINDOW, BMQ, BLOCK_N
         )
         q_ptrs = (
             Q
             + b.to(tl.int64) * sqb
             + r_h[:, None].to(tl.int64) * sqh
-            + pos[:, None].to(tl.int64) * sqt
+            + (pos - Q_OFF)[:, None].to(tl.int64) * sqt
             + offs_d[None, :]
         )
         if EVEN_D:
@@ -186,7 +192,7 @@ def attn_fwd_kernel(
                 row_lo,
                 lo,
                 hi,
-                T,
+                TK,
                 qk_scale,
                 offs_n,
                 offs_d,

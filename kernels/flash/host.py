@@ -85,7 +85,9 @@ def attention_fwd(
     out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns `o (B, Hq, T, D)` (zero at unrouted rows) and `lse (B, Hq, T)` fp32 in log2
-    units, indexed by compacted query (valid for the first `count` entries)."""
+    units, indexed by compacted query (valid for the first `count` entries). k/v may be
+    longer than q (queries = the last T key positions; `routing` built with the keys'
+    length)."""
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
     B, Hq, Hkv, T, D, block_d, on_gpu, upcast = _common(q, k)
     G = Hq // Hkv
@@ -105,7 +107,7 @@ def attention_fwd(
 
 def _launch_fwd(cfg, q, k, v, o, lse, routing, window, scale, G, block_d, upcast):
     B, Hq, T, D = q.shape
-    Hkv = k.shape[1]
+    Hkv, TK = k.shape[1], k.shape[2]
     gp = packed_heads(G, cfg.block_m, cfg.max_packed_heads)
     grid = (B * Hkv * (G // gp) * triton.cdiv(T, cfg.block_m // gp),)
     k_arg, v_arg, kv_desc = _kv_args(k, v, cfg, block_d)
@@ -123,9 +125,11 @@ def _launch_fwd(cfg, q, k, v, o, lse, routing, window, scale, G, block_d, upcast
         *v.stride()[:3],
         *o.stride()[:3],
         T,
+        TK,
+        TK - T,
         Hq,
         Hkv,
-        min(window, T),
+        min(window, TK),
         scale * LOG2E,
         **_meta(cfg, G, gp, D, block_d, upcast),
         KV_DESC=kv_desc,
@@ -363,6 +367,8 @@ class RoutedAttentionFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, lse, *routing = ctx.saved_tensors
+        if q.shape[2] != k.shape[2]:
+            raise RuntimeError("routed attention: no backward for queries shorter than the keys")
         dq, dk, dv = attention_bwd(q, k, v, o, lse, do, Routing(*routing), ctx.window, ctx.scale)
         return dq, dk, dv, None, None, None
 
@@ -370,5 +376,5 @@ class RoutedAttentionFunction(torch.autograd.Function):
 # Dynamo would trace into the kernel launches; a graph break keeps compiled models correct.
 @torch.compiler.disable
 def routed_attention(q, k, v, routing: Routing, window: int | None, scale: float) -> torch.Tensor:
-    window = q.shape[2] if window is None else window
+    window = k.shape[2] if window is None else window
     return RoutedAttentionFunction.apply(q, k, v, routing, window, scale)

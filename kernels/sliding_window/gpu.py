@@ -16,7 +16,7 @@ from ..flash.routing import build_routing
 def sliding_window_attention_triton(q, k, v, window: int, doc_ids, scale: float) -> torch.Tensor:
     B, _, T, _ = q.shape
     route = torch.ones(B, T, dtype=torch.bool, device=q.device)
-    return routed_attention(q, k, v, build_routing(route, doc_ids), window, scale)
+    return routed_attention(q, k, v, build_routing(route, doc_ids, k.shape[2]), window, scale)
 
 
 def sliding_window_attention_gpu(q, k, v, window: int, doc_ids, scale: float) -> torch.Tensor:

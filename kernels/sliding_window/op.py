@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..decode import DECODE_MAX_QUERIES, decode_attention
 from ..utils import check_doc_ids, check_qkv, default_scale, resolve_backend
 from .naive import sliding_window_attention_naive
 
@@ -26,9 +27,12 @@ def sliding_window_attention(
     """Causal sliding-window attention with document masking (the L2A local branch).
 
     Args:
-        q: `(B, Hq, T, D)`; k, v: `(B, Hkv, T, D)` with `Hq % Hkv == 0` (never expanded).
+        q: `(B, Hq, T, D)`; k, v: `(B, Hkv, Tk, D)` with `Hq % Hkv == 0` (never expanded),
+            `Tk >= T`: with `Tk > T` the queries are the last T key positions (a chunk or
+            decoding step against a KV cache; forward only on the Triton path).
         window: query `i` sees keys `max(i - window + 1, doc start) .. i`.
-        doc_ids: optional `(B, T)` int ids of contiguous packed documents (None: one doc).
+        doc_ids: optional `(B, Tk)` int ids of contiguous packed documents over the keys
+            (None: one doc); padding is one more document.
         scale: softmax scale, default `D ** -0.5`.
         backend: `auto` (GPU kernel on CUDA, PyTorch elsewhere), `torch`, or `triton`.
 
@@ -37,11 +41,13 @@ def sliding_window_attention(
     """
     B, Hq, Hkv, T, D = check_qkv(q, k, v)
     window = check_window(window)
-    check_doc_ids(doc_ids, B, T, q.device)
+    check_doc_ids(doc_ids, B, k.shape[2], q.device)
     scale = default_scale(scale, D)
     backend = resolve_backend(backend, q)
     if backend == "torch":
         return sliding_window_attention_naive(q, k, v, window, doc_ids, scale)
+    if T < k.shape[2] and T <= DECODE_MAX_QUERIES:
+        return decode_attention(q, k, v, window, doc_ids, scale)
     from .gpu import sliding_window_attention_gpu
 
     return sliding_window_attention_gpu(q, k, v, window, doc_ids, scale)

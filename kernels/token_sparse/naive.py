@@ -28,12 +28,14 @@ def token_sparse_attention_naive(
     Only routed queries are computed (gathered per batch row, in position order, in chunks
     of bounded score memory); each chunk reads keys from its first query's document start
     to its last query. Unrouted rows of the output are exact zeros and get zero gradient.
+    k/v may be longer than q: query `i` is then key position `Tk - Tq + i`.
     """
     B, Hq, T, D = q.shape
+    off = k.shape[2] - T
     if scale is None:
         scale = D**-0.5
     starts = doc_start_positions(doc_ids) if doc_ids is not None else None
-    n_chunk = query_chunk_size(Hq, 1, T, keys_grow=False)
+    n_chunk = query_chunk_size(Hq, 1, k.shape[2], keys_grow=False)
     rows = []
     for b in range(B):
         idx = torch.nonzero(route[b], as_tuple=False).squeeze(1)
@@ -44,7 +46,8 @@ def token_sparse_attention_naive(
             rows.append(torch.zeros_like(q[b]).index_copy(1, idx, empty))
             continue
         pieces = []
-        for qpos in idx.split(n_chunk):
+        for qidx in idx.split(n_chunk):
+            qpos = qidx + off
             first, last = int(qpos[0]), int(qpos[-1])
             lo = int(starts[b, first]) if starts is not None else 0
             kpos = torch.arange(lo, last + 1, device=q.device)
@@ -52,7 +55,7 @@ def token_sparse_attention_naive(
             kdoc = doc_ids[b, lo : last + 1] if doc_ids is not None else None
             o = maybe_checkpointed(
                 _routed_chunk,
-                q[b : b + 1, :, qpos],
+                q[b : b + 1, :, qidx],
                 k[b : b + 1, :, lo : last + 1],
                 v[b : b + 1, :, lo : last + 1],
                 qpos,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..decode import DECODE_MAX_QUERIES, decode_attention
 from ..utils import check_doc_ids, check_qkv, check_route, default_scale, resolve_backend
 from .naive import token_sparse_attention_naive
 
@@ -21,11 +22,14 @@ def token_sparse_attention(
 
     Args:
         q: `(B, Hq, T, D)` queries.
-        k, v: `(B, Hkv, T, D)` keys / values, `Hq % Hkv == 0`; query head `h` reads KV head
-            `h // (Hq // Hkv)`. K/V are never expanded.
+        k, v: `(B, Hkv, Tk, D)` keys / values, `Hq % Hkv == 0`; query head `h` reads KV head
+            `h // (Hq // Hkv)`. K/V are never expanded. `Tk >= T`: with `Tk > T` the queries
+            are the last T key positions (a chunk or decoding step against a KV cache;
+            forward only on the Triton path).
         route: `(B, T)` bool, the router decision per token (shared by all heads).
-        doc_ids: optional `(B, T)` int ids of contiguous packed documents; a query at `i`
-            sees key `j` iff `j <= i` and `doc_ids[j] == doc_ids[i]`. None: one document.
+        doc_ids: optional `(B, Tk)` int ids of contiguous packed documents over the keys; a
+            query at `i` sees key `j` iff `j <= i` and `doc_ids[j] == doc_ids[i]`. None: one
+            document. Padding is one more document.
         scale: softmax scale, default `D ** -0.5`.
         backend: `auto` (Triton on CUDA, PyTorch elsewhere), `torch`, or `triton`.
 
@@ -37,11 +41,13 @@ def token_sparse_attention(
     """
     B, Hq, Hkv, T, D = check_qkv(q, k, v)
     check_route(route, B, T, q.device)
-    check_doc_ids(doc_ids, B, T, q.device)
+    check_doc_ids(doc_ids, B, k.shape[2], q.device)
     scale = default_scale(scale, D)
     backend = resolve_backend(backend, q)
     if backend == "torch":
         return token_sparse_attention_naive(q, k, v, route, doc_ids, scale)
+    if T < k.shape[2] and T <= DECODE_MAX_QUERIES:
+        return decode_attention(q, k, v, None, doc_ids, scale, route)
     from .triton_op import token_sparse_attention_triton
 
     return token_sparse_attention_triton(q, k, v, route, doc_ids, scale)

@@ -19,4 +19,4 @@ def token_sparse_attention_triton(
     """Routing compaction and the kernels run on q's device with no host synchronisation:
     grids are sized by the sequence length and programs past the routed count only write
     the zero rows."""
-    return routed_attention(q, k, v, build_routing(route, doc_ids), None, scale)
+    return routed_attention(q, k, v, build_routing(route, doc_ids, k.shape[2]), None, scale)

@@ -1,0 +1,62 @@
+"""Attention of a few queries at the end of a long key sequence (decoding against a KV cache).
+
+The compacted-query kernels give each program a block of queries of one KV head and walk
+the keys one tile at a time: with one query per row they would run `B * Hkv` programs over
+the whole cache and leave most of the GPU idle. Here the query heads of a KV group are
+folded into the query axis (`(B, Hkv, G * Tq, D)`, K/V never expanded) and SDPA does the
+rest (flash decoding when no mask is needed, the memory-efficient kernel with a `Tq x Tk`
+boolean mask otherwise). Memory: O(Tq x Tk) for the mask, no score matrix of the context.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# Up to this many queries per row a call against a longer key sequence takes this path on
+# CUDA; longer chunks go through the kernels with a query offset.
+DECODE_MAX_QUERIES = 16
+
+
+def visible_keys(
+    tq: int, tk: int, window: int | None, doc_ids: torch.Tensor | None, device
+) -> torch.Tensor | None:
+    """`(B or 1, Tq, Tk)` bool: query `i` (key position `tk - tq + i`) sees key `j`; None when
+    every query sees every key (one query, no document boundary, window not binding)."""
+    if tq == 1 and doc_ids is None and (window is None or window >= tk):
+        return None
+    qpos = torch.arange(tk - tq, tk, device=device)
+    kpos = torch.arange(tk, device=device)
+    mask = kpos[None, :] <= qpos[:, None]
+    if window is not None:
+        mask = mask & (qpos[:, None] - kpos[None, :] < window)
+    mask = mask[None]
+    if doc_ids is not None:
+        mask = mask & (doc_ids[:, None, :] == doc_ids[:, tk - tq :, None])
+    return mask
+
+
+def decode_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    window: int | None,
+    doc_ids: torch.Tensor | None,
+    scale: float,
+    route: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """q `(B, Hq, Tq, D)` at the last Tq of the `Tk` key positions of k/v `(B, Hkv, Tk, D)`;
+    `window` None: causal over all keys. `route (B, Tq)`: rows of unrouted queries are zero.
+    Returns `(B, Hq, Tq, D)` in q's dtype."""
+    B, Hq, tq, D = q.shape
+    Hkv, tk = k.shape[1], k.shape[2]
+    G = Hq // Hkv
+    mask = visible_keys(tq, tk, window, doc_ids, q.device)
+    qf = q.reshape(B, Hkv, G * tq, D)  # rows ordered (head in group, query)
+    if mask is not None:
+        mask = mask[:, None, None].expand(mask.shape[0], 1, G, tq, tk).reshape(-1, 1, G * tq, tk)
+    o = F.scaled_dot_product_attention(qf, k, v, attn_mask=mask, scale=scale)
+    o = o.reshape(B, Hq, tq, D)
+    if route is not None:
+        o = o * route[:, None, :, None].to(o.dtype)
+    return o
