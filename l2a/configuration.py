@@ -38,6 +38,13 @@ def _validate_l2a_fields(cfg) -> None:
             raise ValueError(
                 f"l2a_layers: indices {bad} out of range for {cfg.num_hidden_layers} layers"
             )
+    if cfg.l2a_global_layers is not None:
+        bad = [i for i in cfg.l2a_global_layers if not cfg.is_l2a_layer(i)]
+        if bad:
+            raise ValueError(
+                f"l2a_global_layers: {bad} are not L2A layers (l2a_layers={cfg.l2a_layers}, "
+                f"{cfg.num_hidden_layers} layers)"
+            )
 
 
 @dataclass
@@ -49,6 +56,9 @@ class L2AConfigMixin:
     l2a_router_threshold: float = 0.5
     l2a_dense_prob: float = 0.1
     l2a_layers: list[int] | None = None
+    # L2A layers that keep a global branch (router, global projections, global KV cache);
+    # the other L2A layers are local-only (pruned, `python -m l2a.prune`). None: all of them.
+    l2a_global_layers: list[int] | None = None
     l2a_init: str = "paper"
     l2a_attn_backend: str = "auto"
 
@@ -58,7 +68,15 @@ class L2AConfigMixin:
         _validate_l2a_fields(self)
 
     def is_l2a_layer(self, layer_idx: int) -> bool:
+        """The layer has the L2A block (local branch, and a global branch unless pruned);
+        layers outside ``l2a_layers`` keep the base model's full attention."""
         return self.l2a_layers is None or layer_idx in self.l2a_layers
+
+    def has_global_branch(self, layer_idx: int) -> bool:
+        """An L2A layer with router and global branch (not pruned to local-only)."""
+        return self.is_l2a_layer(layer_idx) and (
+            self.l2a_global_layers is None or layer_idx in self.l2a_global_layers
+        )
 
     @property
     def l2a_logit_threshold(self) -> float:

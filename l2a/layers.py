@@ -22,11 +22,12 @@ from transformers.models.qwen3.modeling_qwen3 import (
     Qwen3RMSNorm,
     Qwen3RotaryEmbedding,
     apply_rotary_pos_emb,
+    rotate_half,
 )
 
 from kernels import sliding_window_attention, token_sparse_attention
 
-from .masked_attention import dense_masked_attention
+from .cache import cache_slots
 
 
 @dataclass(frozen=True)
@@ -54,20 +55,19 @@ QWEN2 = Family("qwen2", Qwen2RMSNorm, Qwen2MLP, Qwen2RotaryEmbedding, qk_norm=Fa
 class AttentionContext:
     """Per-forward facts every layer needs, computed once by the decoder stack.
 
-    ``doc_ids`` drives the sequence kernels (packed documents). The cached / padded case
-    (generation, left padding) goes through an explicit mask instead: ``q_index`` places the
-    new queries inside the cached key sequence and ``key_valid`` marks padding keys.
+    ``doc_ids`` label every key position a layer may see, cached ones included (``(B,
+    past + T)``; padding is one more document): the kernels' document masking does the
+    rest. A cache slot that keeps fewer keys (the local window) uses the last columns.
     """
 
     doc_ids: torch.Tensor | None = None
     cache: Any | None = None
-    q_index: torch.Tensor | None = None
-    key_valid: torch.Tensor | None = None
     backend: str = "auto"
 
-    @property
-    def masked(self) -> bool:
-        return self.q_index is not None
+    def doc_ids_for(self, num_keys: int) -> torch.Tensor | None:
+        if self.doc_ids is None or self.doc_ids.shape[1] == num_keys:
+            return self.doc_ids
+        return self.doc_ids[:, -num_keys:]
 
 
 class L2ABranchAttention(nn.Module):
@@ -116,19 +116,30 @@ class L2ABranchAttention(nn.Module):
         cos, sin = position_embeddings
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
         if ctx.cache is not None:
+            # With a cache, k/v hold the cached keys too and q the last T of them.
             k, v = ctx.cache.update(k, v, cache_slot)
+        doc_ids = ctx.doc_ids_for(k.shape[2])
 
-        if ctx.masked:
-            o = dense_masked_attention(q, k, v, ctx.q_index, ctx.key_valid, window, self.scaling)
-            if route is not None:
-                o = o * route[:, None, :, None].to(o.dtype)
-        elif route is not None:
-            o = token_sparse_attention(q, k, v, route, ctx.doc_ids, self.scaling, backend=ctx.backend)
+        if route is not None:
+            o = token_sparse_attention(q, k, v, route, doc_ids, self.scaling, backend=ctx.backend)
         else:
-            o = sliding_window_attention(
-                q, k, v, window if window is not None else seq, ctx.doc_ids, self.scaling, backend=ctx.backend
-            )
+            window = window if window is not None else k.shape[2]
+            o = sliding_window_attention(q, k, v, window, doc_ids, self.scaling, backend=ctx.backend)
         return self.o_proj(o.transpose(1, 2).reshape(bsz, seq, -1))
+
+    def cache_keys(
+        self, x: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor], ctx, cache_slot: int
+    ) -> None:
+        """Only the keys and values into the cache (a step whose tokens all skip this branch:
+        later routed queries still attend to them)."""
+        bsz, seq, _ = x.shape
+        k = self.k_proj(x).view(bsz, seq, -1, self.head_dim)
+        v = self.v_proj(x).view(bsz, seq, -1, self.head_dim).transpose(1, 2)
+        if self.k_norm is not None:
+            k = self.k_norm(k)
+        cos, sin = (t.unsqueeze(1) for t in position_embeddings)
+        k = k.transpose(1, 2)
+        ctx.cache.update((k * cos) + (rotate_half(k) * sin), v, cache_slot)
 
 
 class L2AAttention(nn.Module):
@@ -143,10 +154,14 @@ class L2AAttention(nn.Module):
         self.window = config.l2a_window
         self.tau = config.l2a_router_tau
         self.logit_threshold = config.l2a_logit_threshold
+        self.local_slot, self.global_slot = cache_slots(config)[layer_idx]
         self.local_attn = L2ABranchAttention(config, family)
-        self.global_norm = family.rmsnorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.router = nn.Linear(config.hidden_size, 1, bias=False)
-        self.global_attn = L2ABranchAttention(config, family)
+        # A pruned (local-only) layer has no router and no global branch at all.
+        self.has_global = config.has_global_branch(layer_idx)
+        if self.has_global:
+            self.global_norm = family.rmsnorm(config.hidden_size, eps=config.rms_norm_eps)
+            self.router = nn.Linear(config.hidden_size, 1, bias=False)
+            self.global_attn = L2ABranchAttention(config, family)
 
     def route(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Router on the normed stream g (B, T, hidden) -> (soft p, hard d), both (B, T).
@@ -163,17 +178,25 @@ class L2AAttention(nn.Module):
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
         ctx: AttentionContext,
         dense: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns the updated residual stream, router probabilities p and decisions d."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Returns the updated residual stream, router probabilities p and decisions d
+        (None, None for a local-only layer)."""
         hidden = hidden + self.local_attn(
-            local_input, position_embeddings, ctx, 2 * self.layer_idx, window=self.window
+            local_input, position_embeddings, ctx, self.local_slot, window=self.window
         )
+        if not self.has_global:
+            return hidden, None, None
         g = self.global_norm(hidden)
         p, d = self.route(g)
+        if ctx.cache is not None and not dense and not bool(d.any()):
+            # Generation: no token of this call is routed, so the global branch adds nothing;
+            # only its keys and values are computed, for the cache.
+            self.global_attn.cache_keys(g, position_embeddings, ctx, self.global_slot)
+            return hidden, p, d
         # Stochastic dense path: the global branch runs for every token and is still gated
         # by d~, so the router gets a gradient for tokens it has switched off.
         attn_route = torch.ones_like(d) if dense else d
-        a = self.global_attn(g, position_embeddings, ctx, 2 * self.layer_idx + 1, route=attn_route)
+        a = self.global_attn(g, position_embeddings, ctx, self.global_slot, route=attn_route)
         gate = d.to(p.dtype) + p - p.detach()  # straight-through: forward d, gradient of p
         hidden = hidden + gate.unsqueeze(-1).to(a.dtype) * a
         return hidden, p, d
@@ -191,6 +214,7 @@ class L2ADecoderLayer(GradientCheckpointingLayer):
             self.self_attn = L2AAttention(config, layer_idx, family)
         else:
             self.self_attn = L2ABranchAttention(config, family)
+            self.cache_slot = cache_slots(config)[layer_idx][0]
         self.mlp = family.mlp(config)
         self.input_layernorm = family.rmsnorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = family.rmsnorm(config.hidden_size, eps=config.rms_norm_eps)
@@ -206,7 +230,7 @@ class L2ADecoderLayer(GradientCheckpointingLayer):
         if self.is_l2a:
             hidden, p, d = self.self_attn(hidden, h, position_embeddings, ctx, dense)
         else:
-            hidden = hidden + self.self_attn(h, position_embeddings, ctx, 2 * self.layer_idx)
+            hidden = hidden + self.self_attn(h, position_embeddings, ctx, self.cache_slot)
             p = d = None
         hidden = hidden + self.mlp(self.post_attention_layernorm(hidden))
         return hidden, p, d

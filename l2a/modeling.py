@@ -13,11 +13,12 @@ import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
-from transformers.cache_utils import Cache, DynamicCache
+from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from kernels.utils import doc_ids_from_position_ids
 
+from .cache import L2ACache
 from .configuration import L2AQwen2Config, L2AQwen3Config
 from .layers import QWEN2, QWEN3, AttentionContext, Family, L2AAttention, L2ADecoderLayer
 
@@ -48,7 +49,7 @@ class L2APreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module):
         super()._init_weights(module)
-        if isinstance(module, L2AAttention):
+        if isinstance(module, L2AAttention) and module.has_global:
             # p = 0.5 and d = 1 at step 0: every token starts on the global branch.
             init.zeros_(module.router.weight)
 
@@ -96,23 +97,12 @@ class _L2AModelBase(L2APreTrainedModel):
         if use_cache is None:
             use_cache = self.config.use_cache and not self.training
         if use_cache and past_key_values is None:
-            # No config: layers are created lazily, two per decoder layer (local, global).
-            past_key_values = DynamicCache()
+            past_key_values = L2ACache(self.config)
         past = past_key_values.get_seq_length() if past_key_values is not None else 0
         if position_ids is None:
             position_ids = torch.arange(past, past + seq, device=device).unsqueeze(0).expand(bsz, -1)
-
         ctx = AttentionContext(backend=self.config.l2a_attn_backend, cache=past_key_values)
-        padded = attention_mask is not None and not bool(attention_mask.all())
-        if past > 0 or padded:
-            # Decoding steps and padded batches: explicit mask over the cached keys. Packed
-            # documents are not tracked across decoding steps (a prompt is one document).
-            ctx.q_index = torch.arange(past, past + seq, device=device)
-            if padded:
-                ctx.key_valid = attention_mask[:, -(past + seq) :].bool()
-        else:
-            # Training and prefill: the sequence kernels, with document boundaries.
-            ctx.doc_ids = doc_ids if doc_ids is not None else doc_ids_from_position_ids(position_ids)
+        ctx.doc_ids = key_doc_ids(attention_mask, position_ids, doc_ids, past, seq)
 
         hidden = inputs_embeds
         position_embeddings = self.rotary_emb(hidden, position_ids)
@@ -129,6 +119,41 @@ class _L2AModelBase(L2APreTrainedModel):
             router_probs=tuple(probs),
             routes=tuple(routes),
         )
+
+
+def key_doc_ids(attention_mask, position_ids, doc_ids, past: int, seq: int) -> torch.Tensor | None:
+    """Document ids of every key position a layer sees in this call (``(B, past + seq)``).
+
+    Padding (``attention_mask == 0``) is one more document, so the kernels' document masking
+    keeps real tokens off it; a padded query sees only padding (its output is never used).
+    Without a cache, packed documents (``doc_ids`` or position ids that restart) count as
+    well, as in training. With a cache, documents are the attention mask's segments: a
+    prompt's packed documents are not tracked across calls.
+    """
+    mask_docs = None
+    if attention_mask is not None:
+        if attention_mask.dim() != 2 or attention_mask.shape[1] != past + seq:
+            raise ValueError(
+                f"attention_mask: expected shape (batch, {past + seq}) = (batch, cached + new "
+                f"tokens), got {tuple(attention_mask.shape)}"
+            )
+        if not bool(attention_mask.all()):
+            mask_docs = segment_ids(attention_mask.bool())
+    if past > 0:
+        return mask_docs
+    docs = doc_ids if doc_ids is not None else doc_ids_from_position_ids(position_ids)
+    if mask_docs is None:
+        return docs
+    return segment_ids(docs.expand(mask_docs.shape[0], -1), mask_docs)
+
+
+def segment_ids(*labels: torch.Tensor) -> torch.Tensor:
+    """int32 ids of the runs of equal values along dim 1: a new run wherever any of the
+    ``(B, T)`` label tensors changes."""
+    change = torch.zeros_like(labels[0], dtype=torch.int32)
+    for x in labels:
+        change[:, 1:] |= (x[:, 1:] != x[:, :-1]).to(torch.int32)
+    return torch.cumsum(change, dim=1, dtype=torch.int32)
 
 
 class _L2AForCausalLMBase(L2APreTrainedModel, GenerationMixin):
@@ -155,10 +180,14 @@ class _L2AForCausalLMBase(L2APreTrainedModel, GenerationMixin):
         self.lm_head = value
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
-        # Two cache slots per decoder layer (local and global branch): a config-shaped
-        # DynamicCache has one, so let the cache grow its layers lazily instead.
-        if model_kwargs.get("past_key_values") is None and generation_config.use_cache is not False:
-            model_kwargs["past_key_values"] = DynamicCache()
+        # The L2A cache (l2a/cache.py): a window for the local branch, all keys for the
+        # global one. A cache passed by the caller (any Cache, e.g. DynamicCache) is used as is.
+        if (
+            model_kwargs.get("past_key_values") is None
+            and generation_config.use_cache is not False
+            and generation_config.cache_implementation in (None, "dynamic")
+        ):
+            model_kwargs["past_key_values"] = L2ACache(self.config)
             return
         return super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
 
