@@ -1,0 +1,378 @@
+"""Inference benchmark: time to first token, decode speed, KV cache bytes and peak memory of
+the dense base model, its L2A model and the L2A model with half of its global branches
+pruned (local-only layers).
+
+    python -m bench.inference                       # Qwen3-8B shape, 32K/64K/128K, one GPU
+    python -m bench.inference --lengths 131072 --decode-steps 16
+    python -m bench.inference --tiny                # tiny shape on CPU: a smoke run
+
+Models have random weights (bf16, built on the GPU directly). The L2A routers are biased
+to a stated routed fraction (``--routed``): each layer's routing threshold is set, in one
+calibration pass of ``--calib-len`` tokens, to the quantile of its router logits that routes
+that fraction; the timed runs record the fraction actually routed. Batch 1, one document.
+
+- dense: the base model through HF's SDPA path, prefill with cuDNN first (K/V expanded to
+  the query heads so that cuDNN takes it; flash, then memory-efficient as fallbacks),
+  decoding with HF's default SDPA call (native GQA), and through
+  FlashAttention-4 (``flash_attention_4``) where ``flash_attn.cute`` is installed.
+- l2a: the converted model (window ``--window``), Triton kernels for prefill; decoding
+  steps skip the global branch of layers that route nothing.
+- l2a_pruned: the same model with the global branch kept in half of the layers (the most
+  used ones on the calibration pass, ``l2a.prune``).
+
+All variants use caches of the same growing buffers (``l2a.cache``), so no variant pays a
+``torch.cat`` of its whole cache per generated token. TTFT = one prefill forward of the
+prompt with ``logits_to_keep=1`` (CUDA-synchronised wall time, the cache built inside it);
+decode = ``--decode-steps`` greedy single-token forwards after it. Results go to
+``$OUT/inference.json`` if ``OUT`` is set, else ``bench/results/<gpu>-inference-<date>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+QWEN3_8B = dict(
+    hidden_size=4096,
+    intermediate_size=12288,
+    num_hidden_layers=36,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=128,
+    vocab_size=151936,
+    tie_word_embeddings=False,
+    rms_norm_eps=1e-6,
+    max_position_embeddings=131072,
+    rope_parameters={"rope_type": "default", "rope_theta": 5e6},
+)
+TINY = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    vocab_size=512,
+    tie_word_embeddings=False,
+    rms_norm_eps=1e-6,
+    max_position_embeddings=4096,
+    rope_parameters={"rope_type": "default", "rope_theta": 5e6},
+)
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _free(device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def build_base(shape: dict, device, dtype, seed: int = 0):
+    """The dense base with random weights, created on ``device`` in ``dtype`` directly."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(seed)
+    config = Qwen3Config(**shape, attn_implementation="sdpa")
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = Qwen3ForCausalLM(config)
+    finally:
+        torch.set_default_dtype(previous)
+    return model.eval()
+
+
+@torch.no_grad()
+def calibrate_routers(model, fraction: float, length: int, device, seed: int = 0) -> None:
+    """Random router weights, then per layer (in order, in one pass) the routing threshold
+    at the quantile of its logits that routes ``fraction`` of the tokens."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    attns = [layer.self_attn for layer in model.model.layers if getattr(layer.self_attn, "has_global", False)]
+    for attn in attns:
+        w = torch.randn(attn.router.weight.shape, generator=gen) / attn.router.weight.shape[1] ** 0.5
+        attn.router.weight.copy_(w.to(attn.router.weight))
+
+        def calibrating(g, attn=attn):
+            logit = torch.nn.functional.linear(g.float(), attn.router.weight.float()).squeeze(-1)
+            attn.logit_threshold = float(torch.quantile(logit.flatten().float(), 1.0 - fraction))
+            del attn.route  # back to the class method
+            return attn.route(g)
+
+        attn.route = calibrating
+    ids = torch.randint(0, model.config.vocab_size, (1, length), generator=gen).to(device)
+    model(ids, use_cache=False, logits_to_keep=1)
+
+
+def _dense_cache(model):
+    from l2a.cache import DenseCache
+
+    return DenseCache(model.config.num_hidden_layers)
+
+
+def _l2a_cache(model):
+    from l2a.cache import L2ACache
+
+    return L2ACache(model.config)
+
+
+@torch.no_grad()
+def measure(model, make_cache, length: int, decode_steps: int, device, prefill_context=None, seed: int = 0) -> dict:
+    """TTFT of a ``length``-token prompt, then ``decode_steps`` greedy decoding steps;
+    ``prefill_context`` (a context-manager factory) wraps the prefill only."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    ids = torch.randint(0, model.config.vocab_size, (1, length), generator=gen).to(device)
+    _free(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    base_mem = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+    cache = make_cache(model)
+    _sync(device)
+    t0 = time.perf_counter()
+    with prefill_context() if prefill_context else _nullcontext():
+        out = model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    _sync(device)
+    ttft = time.perf_counter() - t0
+    routes = getattr(out, "routes", None)
+    routed = float(torch.stack([r.float().mean() for r in routes]).mean()) if routes else None
+    kv_prefill = cache.kv_bytes()
+    nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+    del out
+    _sync(device)
+    t0 = time.perf_counter()
+    decode_routed = []
+    for _ in range(decode_steps):
+        out = model(nxt, past_key_values=cache, use_cache=True)
+        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        if getattr(out, "routes", None):
+            decode_routed.append(torch.stack([r.float().mean() for r in out.routes]).mean())
+    _sync(device)
+    decode_s = time.perf_counter() - t0
+    result = {
+        "length": length,
+        "ttft_s": round(ttft, 4),
+        "prefill_tokens_per_s": round(length / ttft, 1),
+        "decode_steps": decode_steps,
+        "decode_tokens_per_s": round(decode_steps / decode_s, 2) if decode_steps else None,
+        "decode_ms_per_token": round(1000 * decode_s / decode_steps, 3) if decode_steps else None,
+        "kv_bytes_after_prefill": kv_prefill,
+        "kv_bytes": cache.kv_bytes(),
+        "kv_allocated_bytes": cache.allocated_bytes(),
+        "routed_fraction_prefill": routed,
+        "routed_fraction_decode": float(torch.stack(decode_routed).mean()) if decode_routed else None,
+    }
+    if device.type == "cuda":
+        result["peak_memory_bytes"] = torch.cuda.max_memory_allocated(device)
+        result["peak_memory_above_weights_bytes"] = result["peak_memory_bytes"] - base_mem
+    del cache
+    _free(device)
+    return result
+
+
+def run_variant(name: str, model, make_cache, lengths, args, device, context=None) -> dict:
+    """Warm-up (kernel compilation) on a short prompt, then every length; an OOM is recorded
+    and the next length still runs."""
+    print(f"[{name}] warm-up", flush=True)
+    measure(model, make_cache, min(args.calib_len, min(lengths)), 2, device, context)
+    rows = []
+    for length in lengths:
+        try:
+            row = measure(model, make_cache, length, args.decode_steps, device, context)
+        except torch.cuda.OutOfMemoryError as err:
+            row = {"length": length, "error": f"out of memory: {str(err).splitlines()[0]}"}
+            _free(device)
+        print(f"[{name}] {json.dumps(row)}", flush=True)
+        rows.append(row)
+    return {"runs": rows}
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _sdpa_cudnn_first():
+    """Prefill: SDPA with cuDNN first (flash, then memory-efficient, as fallbacks), K/V
+    expanded to the query heads (HF passes ``enable_gqa`` otherwise, which cuDNN may not
+    take). Decoding steps keep HF's default SDPA call (native GQA: expanding the whole
+    cache at every step would penalise the dense model)."""
+    import transformers.integrations.sdpa_attention as hf_sdpa
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    class Ctx:
+        def __enter__(self):
+            self.saved = hf_sdpa.use_gqa_in_sdpa
+            hf_sdpa.use_gqa_in_sdpa = lambda *a, **k: False
+            self.kernel = sdpa_kernel(
+                [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION],
+                set_priority=True,
+            )
+            self.kernel.__enter__()
+
+        def __exit__(self, *exc):
+            self.kernel.__exit__(*exc)
+            hf_sdpa.use_gqa_in_sdpa = self.saved
+            return False
+
+    return Ctx()
+
+
+def _fa4_available() -> bool:
+    try:
+        from transformers.utils.import_utils import is_flash_attn_4_available
+
+        return bool(is_flash_attn_4_available())
+    except ImportError:
+        return False
+
+
+def environment(device) -> dict:
+    import transformers
+    import triton
+
+    env = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "transformers": transformers.__version__,
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "flash_attn_4": _fa4_available(),
+    }
+    if device.type == "cuda":
+        from kernels.flash.config import GPU_CONFIGS
+
+        env["kernel_configs"] = {f"{p}/{d}": vars(c) for (p, d), c in GPU_CONFIGS.items()}
+    return env
+
+
+def _summary(results: dict, longest: int) -> dict:
+    def at(variant, key):
+        for row in results.get(variant, {}).get("runs", []):
+            if row["length"] == longest and key in row:
+                return row[key]
+        return None
+
+    dense = [v for v in results if v.startswith("dense") and at(v, "ttft_s")]
+    out = {"length": longest}
+    if dense:
+        fastest = min(dense, key=lambda v: at(v, "ttft_s"))
+        out["fastest_dense"] = fastest
+        for v in ("l2a", "l2a_pruned"):
+            if at(v, "ttft_s"):
+                out[f"{v}_prefill_speedup_vs_fastest_dense"] = round(at(fastest, "ttft_s") / at(v, "ttft_s"), 3)
+            if at(v, "decode_ms_per_token") and at(fastest, "decode_ms_per_token"):
+                out[f"{v}_decode_speedup_vs_fastest_dense"] = round(
+                    at(fastest, "decode_ms_per_token") / at(v, "decode_ms_per_token"), 3
+                )
+            if at(v, "kv_bytes_after_prefill") and at("dense_sdpa", "kv_bytes_after_prefill"):
+                out[f"{v}_kv_ratio_vs_dense"] = round(
+                    at(v, "kv_bytes_after_prefill") / at("dense_sdpa", "kv_bytes_after_prefill"), 4
+                )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.inference", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--lengths", type=int, nargs="+", default=[32768, 65536, 131072])
+    ap.add_argument("--decode-steps", type=int, default=32)
+    ap.add_argument("--routed", type=float, default=0.2, help="fraction of tokens the routers send to global")
+    ap.add_argument("--window", type=int, default=4095)
+    ap.add_argument("--calib-len", type=int, default=4096)
+    ap.add_argument("--variants", nargs="+", default=["dense", "l2a", "l2a_pruned"])
+    ap.add_argument("--tiny", action="store_true", help="tiny shape, short lengths (a CPU smoke run)")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    if not 0.0 < args.routed <= 1.0:
+        print(f"bench.inference: error: --routed: must be in (0, 1], got {args.routed}", file=sys.stderr)
+        return 2
+    bad = sorted(set(args.variants) - {"dense", "l2a", "l2a_pruned"})
+    if bad:
+        print(f"bench.inference: error: --variants: unknown {bad}", file=sys.stderr)
+        return 2
+    import l2a  # noqa: F401
+    from l2a.convert import convert_model
+    from l2a.prune import measure_global_usage, prune_global_branches, select_global_layers
+
+    shape = dict(TINY if args.tiny else QWEN3_8B)
+    if args.tiny:
+        args.lengths = [n for n in args.lengths if n <= 512] or [96, 160]
+        args.window, args.calib_len = min(args.window, 32), min(args.calib_len, 64)
+        args.decode_steps = min(args.decode_steps, 4)
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    print(f"bench.inference: building the base model on {device} ({dtype})", flush=True)
+    base = build_base(shape, device, dtype)
+    results = {}
+    if "dense" in args.variants:
+        ctx = _sdpa_cudnn_first if device.type == "cuda" else None
+        results["dense_sdpa"] = run_variant("dense_sdpa", base, _dense_cache, args.lengths, args, device, ctx)
+        if _fa4_available() and device.type == "cuda":
+            base.config._attn_implementation = "flash_attention_4"
+            results["dense_fa4"] = run_variant("dense_fa4", base, _dense_cache, args.lengths, args, device)
+            base.config._attn_implementation = "sdpa"
+    pruned_layers = None
+    if "l2a" in args.variants or "l2a_pruned" in args.variants:
+        model = convert_model(base, init="paper", window=args.window)
+        del base
+        _free(device)
+        calibrate_routers(model, args.routed, args.calib_len, device)
+        if "l2a" in args.variants:
+            results["l2a"] = run_variant("l2a", model, _l2a_cache, args.lengths, args, device)
+        if "l2a_pruned" in args.variants:
+            gen = torch.Generator().manual_seed(1)
+            calib = [{"input_ids": torch.randint(0, shape["vocab_size"], (1, args.calib_len), generator=gen).to(device)}]
+            usage = measure_global_usage(model, calib)
+            keep = select_global_layers(usage, sorted(usage), keep_fraction=0.5)
+            prune_global_branches(model, keep)
+            pruned_layers = sorted(set(usage) - set(keep))
+            results["l2a_pruned"] = run_variant("l2a_pruned", model, _l2a_cache, args.lengths, args, device)
+    report = {
+        "benchmark": "bench.inference",
+        "env": environment(device),
+        "shape": "tiny" if args.tiny else "Qwen3-8B",
+        "model_shape": shape,
+        "dtype": str(dtype),
+        "batch": 1,
+        "window": args.window,
+        "routed_target": args.routed,
+        "calibration_tokens": args.calib_len,
+        "pruned_layers": pruned_layers,
+        "results": results,
+        "summary": _summary(results, max(args.lengths)),
+    }
+    if args.out is not None:
+        path = args.out
+    elif os.environ.get("OUT"):
+        path = Path(os.environ["OUT"]) / "inference.json"
+    else:
+        gpu = (report["env"]["gpu"] or "cpu").replace(" ", "-")
+        path = ROOT / "bench" / "results" / f"{gpu}-inference-{report['env']['date'][:10]}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report["summary"], indent=2))
+    print(f"bench.inference: wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
