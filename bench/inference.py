@@ -103,9 +103,16 @@ def calibrate_routers(model, fraction: float, length: int, device, seed: int = 0
     """Random router weights, then per layer (in order, in one pass) the routing threshold
     at the quantile of its logits that routes ``fraction`` of the tokens."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    attns = [layer.self_attn for layer in model.model.layers if getattr(layer.self_attn, "has_global", False)]
+    attns = [
+        layer.self_attn
+        for layer in model.model.layers
+        if getattr(layer.self_attn, "has_global", False)
+    ]
     for attn in attns:
-        w = torch.randn(attn.router.weight.shape, generator=gen) / attn.router.weight.shape[1] ** 0.5
+        w = (
+            torch.randn(attn.router.weight.shape, generator=gen)
+            / attn.router.weight.shape[1] ** 0.5
+        )
         attn.router.weight.copy_(w.to(attn.router.weight))
 
         def calibrating(g, attn=attn):
@@ -132,7 +139,9 @@ def _l2a_cache(model):
 
 
 @torch.no_grad()
-def measure(model, make_cache, length: int, decode_steps: int, device, prefill_context=None, seed: int = 0) -> dict:
+def measure(
+    model, make_cache, length: int, decode_steps: int, device, prefill_context=None, seed: int = 0
+) -> dict:
     """TTFT of a ``length``-token prompt, then ``decode_steps`` greedy decoding steps;
     ``prefill_context`` (a context-manager factory) wraps the prefill only."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -174,7 +183,9 @@ def measure(model, make_cache, length: int, decode_steps: int, device, prefill_c
         "kv_bytes": cache.kv_bytes(),
         "kv_allocated_bytes": cache.allocated_bytes(),
         "routed_fraction_prefill": routed,
-        "routed_fraction_decode": float(torch.stack(decode_routed).mean()) if decode_routed else None,
+        "routed_fraction_decode": float(torch.stack(decode_routed).mean())
+        if decode_routed
+        else None,
     }
     if device.type == "cuda":
         result["peak_memory_bytes"] = torch.cuda.max_memory_allocated(device)
@@ -222,7 +233,11 @@ def _sdpa_cudnn_first():
             self.saved = hf_sdpa.use_gqa_in_sdpa
             hf_sdpa.use_gqa_in_sdpa = lambda *a, **k: False
             self.kernel = sdpa_kernel(
-                [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION],
+                [
+                    SDPBackend.CUDNN_ATTENTION,
+                    SDPBackend.FLASH_ATTENTION,
+                    SDPBackend.EFFICIENT_ATTENTION,
+                ],
                 set_priority=True,
             )
             self.kernel.__enter__()
@@ -279,7 +294,9 @@ def _summary(results: dict, longest: int) -> dict:
         out["fastest_dense"] = fastest
         for v in ("l2a", "l2a_pruned"):
             if at(v, "ttft_s"):
-                out[f"{v}_prefill_speedup_vs_fastest_dense"] = round(at(fastest, "ttft_s") / at(v, "ttft_s"), 3)
+                out[f"{v}_prefill_speedup_vs_fastest_dense"] = round(
+                    at(fastest, "ttft_s") / at(v, "ttft_s"), 3
+                )
             if at(v, "decode_ms_per_token") and at(fastest, "decode_ms_per_token"):
                 out[f"{v}_decode_speedup_vs_fastest_dense"] = round(
                     at(fastest, "decode_ms_per_token") / at(v, "decode_ms_per_token"), 3
@@ -292,18 +309,27 @@ def _summary(results: dict, longest: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.inference", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.inference", description=__doc__.split("\n\n")[0]
+    )
     ap.add_argument("--lengths", type=int, nargs="+", default=[32768, 65536, 131072])
     ap.add_argument("--decode-steps", type=int, default=32)
-    ap.add_argument("--routed", type=float, default=0.2, help="fraction of tokens the routers send to global")
+    ap.add_argument(
+        "--routed", type=float, default=0.2, help="fraction of tokens the routers send to global"
+    )
     ap.add_argument("--window", type=int, default=4095)
     ap.add_argument("--calib-len", type=int, default=4096)
     ap.add_argument("--variants", nargs="+", default=["dense", "l2a", "l2a_pruned"])
-    ap.add_argument("--tiny", action="store_true", help="tiny shape, short lengths (a CPU smoke run)")
+    ap.add_argument(
+        "--tiny", action="store_true", help="tiny shape, short lengths (a CPU smoke run)"
+    )
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     if not 0.0 < args.routed <= 1.0:
-        print(f"bench.inference: error: --routed: must be in (0, 1], got {args.routed}", file=sys.stderr)
+        print(
+            f"bench.inference: error: --routed: must be in (0, 1], got {args.routed}",
+            file=sys.stderr,
+        )
         return 2
     bad = sorted(set(args.variants) - {"dense", "l2a", "l2a_pruned"})
     if bad:
@@ -325,10 +351,14 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     if "dense" in args.variants:
         ctx = _sdpa_cudnn_first if device.type == "cuda" else None
-        results["dense_sdpa"] = run_variant("dense_sdpa", base, _dense_cache, args.lengths, args, device, ctx)
+        results["dense_sdpa"] = run_variant(
+            "dense_sdpa", base, _dense_cache, args.lengths, args, device, ctx
+        )
         if _fa4_available() and device.type == "cuda":
             base.config._attn_implementation = "flash_attention_4"
-            results["dense_fa4"] = run_variant("dense_fa4", base, _dense_cache, args.lengths, args, device)
+            results["dense_fa4"] = run_variant(
+                "dense_fa4", base, _dense_cache, args.lengths, args, device
+            )
             base.config._attn_implementation = "sdpa"
     pruned_layers = None
     if "l2a" in args.variants or "l2a_pruned" in args.variants:
@@ -340,12 +370,20 @@ def main(argv: list[str] | None = None) -> int:
             results["l2a"] = run_variant("l2a", model, _l2a_cache, args.lengths, args, device)
         if "l2a_pruned" in args.variants:
             gen = torch.Generator().manual_seed(1)
-            calib = [{"input_ids": torch.randint(0, shape["vocab_size"], (1, args.calib_len), generator=gen).to(device)}]
+            calib = [
+                {
+                    "input_ids": torch.randint(
+                        0, shape["vocab_size"], (1, args.calib_len), generator=gen
+                    ).to(device)
+                }
+            ]
             usage = measure_global_usage(model, calib)
             keep = select_global_layers(usage, sorted(usage), keep_fraction=0.5)
             prune_global_branches(model, keep)
             pruned_layers = sorted(set(usage) - set(keep))
-            results["l2a_pruned"] = run_variant("l2a_pruned", model, _l2a_cache, args.lengths, args, device)
+            results["l2a_pruned"] = run_variant(
+                "l2a_pruned", model, _l2a_cache, args.lengths, args, device
+            )
     report = {
         "benchmark": "bench.inference",
         "env": environment(device),

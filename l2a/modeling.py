@@ -189,6 +189,12 @@ class _L2AForCausalLMBase(L2APreTrainedModel, GenerationMixin):
         ):
             model_kwargs["past_key_values"] = L2ACache(self.config)
             return
+        if model_kwargs.get("past_key_values") is None and generation_config.use_cache is not False:
+            # transformers' other caches have one slot per decoder layer.
+            raise ValueError(
+                f"cache_implementation={generation_config.cache_implementation!r}: L2A models "
+                "generate with their own cache (leave it unset, or pass past_key_values)"
+            )
         return super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
 
     def forward(

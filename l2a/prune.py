@@ -148,7 +148,9 @@ def _text_file_batches(path: str, tokenizer, seq_len: int, num_samples: int):
         try:
             docs = [json.loads(line)["text"] for line in text.splitlines() if line.strip()]
         except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise PruneError(f"--text-file: {path}: not jsonl with a 'text' field ({err})") from None
+            raise PruneError(
+                f"--text-file: {path}: not jsonl with a 'text' field ({err})"
+            ) from None
         text = "\n\n".join(docs)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if len(ids) < seq_len:
@@ -173,7 +175,9 @@ def _parse_layers(text: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated layer indices, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated layer indices, got {text!r}"
+        ) from None
 
 
 def _args(argv):
@@ -185,14 +189,22 @@ def _args(argv):
     src.add_argument("--text-file", help="local .txt or .jsonl (field 'text') file")
     src.add_argument("--haystack", action="store_true", help="generated needle-in-a-haystack text")
     ap.add_argument("--num-samples", type=int, default=8)
-    ap.add_argument("--seq-len", type=int, default=4096, help="tokens per sample (text file, haystack)")
+    ap.add_argument(
+        "--seq-len", type=int, default=4096, help="tokens per sample (text file, haystack)"
+    )
     ap.add_argument("--tokenizer", default=None, help="tokenizer (default: the model's directory)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threshold", type=float, default=None, help="keep layers routing >= this fraction")
+    ap.add_argument(
+        "--threshold", type=float, default=None, help="keep layers routing >= this fraction"
+    )
     ap.add_argument("--keep", type=int, default=None, help="keep the N most used global branches")
     ap.add_argument("--keep-fraction", type=float, default=None, help="keep this share of them")
-    ap.add_argument("--keep-layers", type=_parse_layers, default=None, help="keep these, e.g. 0,4,9")
-    ap.add_argument("--context", type=int, default=131072, help="context length of the KV byte report")
+    ap.add_argument(
+        "--keep-layers", type=_parse_layers, default=None, help="keep these, e.g. 0,4,9"
+    )
+    ap.add_argument(
+        "--context", type=int, default=131072, help="context length of the KV byte report"
+    )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--overwrite", action="store_true")
     return ap.parse_args(argv)
@@ -243,7 +255,12 @@ def _check_args(args):
     # The selectors against the real layers, with a stand-in usage (the real one comes later).
     candidates = global_layers(config)
     select_global_layers(
-        dict.fromkeys(candidates, 0.0), candidates, args.threshold, args.keep, args.keep_fraction, args.keep_layers
+        dict.fromkeys(candidates, 0.0),
+        candidates,
+        args.threshold,
+        args.keep,
+        args.keep_fraction,
+        args.keep_layers,
     )
     return config
 
@@ -265,15 +282,23 @@ def run(args) -> dict:
             tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
         except (OSError, ValueError) as err:
             if args.text_file or args.haystack:
-                raise PruneError(f"--tokenizer: cannot load {args.tokenizer or args.model} ({err})") from None
+                raise PruneError(
+                    f"--tokenizer: cannot load {args.tokenizer or args.model} ({err})"
+                ) from None
     usage = None
     if args.data:
         usage = measure_global_usage(model, _prepared_batches(args.data, args.num_samples))
     elif args.text_file:
-        usage = measure_global_usage(model, _text_file_batches(args.text_file, tokenizer, args.seq_len, args.num_samples))
+        usage = measure_global_usage(
+            model, _text_file_batches(args.text_file, tokenizer, args.seq_len, args.num_samples)
+        )
     elif args.haystack:
-        usage = measure_global_usage(model, _haystack_batches(tokenizer, args.seq_len, args.num_samples, args.seed))
-    keep = select_global_layers(usage, candidates, args.threshold, args.keep, args.keep_fraction, args.keep_layers)
+        usage = measure_global_usage(
+            model, _haystack_batches(tokenizer, args.seq_len, args.num_samples, args.seed)
+        )
+    keep = select_global_layers(
+        usage, candidates, args.threshold, args.keep, args.keep_fraction, args.keep_layers
+    )
     itemsize = next(model.parameters()).element_size()
     before = kv_cache_bytes(config, args.context, itemsize)
     prune_global_branches(model, keep)
@@ -281,7 +306,13 @@ def run(args) -> dict:
     report = {
         "model": str(args.model),
         "calibration": {
-            "source": "data" if args.data else "text_file" if args.text_file else "haystack" if args.haystack else None,
+            "source": "data"
+            if args.data
+            else "text_file"
+            if args.text_file
+            else "haystack"
+            if args.haystack
+            else None,
             "path": args.data or args.text_file,
             "num_samples": args.num_samples,
             "seq_len": args.seq_len,
@@ -289,8 +320,13 @@ def run(args) -> dict:
         "usage": {str(i): usage[i] for i in candidates} if usage is not None else None,
         "kept_global_layers": keep,
         "pruned_layers": [i for i in candidates if i not in keep],
-        "kv_bytes": {"context": args.context, "itemsize": itemsize, "before": before, "after": after,
-                     "ratio": after / before},
+        "kv_bytes": {
+            "context": args.context,
+            "itemsize": itemsize,
+            "before": before,
+            "after": after,
+            "ratio": after / before,
+        },
     }
     out = save_atomically(model.to("cpu"), tokenizer, args.out, overwrite=args.overwrite)
     (out / "prune_report.json").write_text(json.dumps(report, indent=1) + "\n")
@@ -303,7 +339,9 @@ def _print_report(report: dict) -> None:
     print("layer  usage    global branch")
     for layer in sorted(set(map(int, usage)) | kept | set(report["pruned_layers"])):
         u = usage.get(str(layer))
-        print(f"{layer:5d}  {'-' if u is None else f'{u:.4f}':7s}  {'kept' if layer in kept else 'pruned'}")
+        print(
+            f"{layer:5d}  {'-' if u is None else f'{u:.4f}':7s}  {'kept' if layer in kept else 'pruned'}"
+        )
     kv = report["kv_bytes"]
     print(
         f"KV cache at {kv['context']} tokens: {kv['before'] / 2**30:.3f} GiB -> {kv['after'] / 2**30:.3f} GiB "

@@ -25,7 +25,9 @@ def test_tiny_run_writes_every_variant(tmp_path):
         run = report["results"][variant]["runs"][0]
         assert run["ttft_s"] > 0 and run["decode_tokens_per_s"] > 0
         assert 0.0 < run["routed_fraction_prefill"] < 1.0
-    assert report["summary"]["l2a_pruned_kv_ratio_vs_dense"] == round(kv["l2a_pruned"] / kv["dense_sdpa"], 4)
+    assert report["summary"]["l2a_pruned_kv_ratio_vs_dense"] == round(
+        kv["l2a_pruned"] / kv["dense_sdpa"], 4
+    )
 
 
 def test_bad_arguments_exit_2(tmp_path, capsys):

@@ -100,7 +100,8 @@ def test_fewer_keys_than_queries_is_an_error():
 def test_suffix_gpu_bf16(tq):
     tk = 3000
     q, k, v, doc_ids, g = _inputs(tq, tk, 32, 8, 128, 3, seed=tq)
-    q, k, v, doc_ids = (t.cuda().bfloat16() for t in (q, k, v)) + (doc_ids.cuda(),)
+    q, k, v = (t.cuda().bfloat16() for t in (q, k, v))
+    doc_ids = doc_ids.cuda()
     route = make_route(2, tq, "random", g).cuda()
     o = kernels.token_sparse_attention(q, k, v, route, doc_ids)
     ref = _reference(q.float(), k.float(), v.float(), None, doc_ids, route)

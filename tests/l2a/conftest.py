@@ -57,3 +57,4 @@ def make_base():
 @pytest.fixture
 def base_model(family):
     return tiny_base(family)
+

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from padding_helpers import left_padded
 from transformers import DynamicCache
 
 import kernels
@@ -83,10 +84,7 @@ def test_left_padded_batch_generates_like_each_prompt_alone(base_model):
     model = _model(base_model)
     vocab = base_model.config.vocab_size
     short, long = torch.randint(1, vocab, (6,)), torch.randint(1, vocab, (10,))
-    ids = torch.zeros(2, 10, dtype=torch.long)
-    mask = torch.zeros(2, 10, dtype=torch.long)
-    ids[0, 4:], mask[0, 4:] = short, 1
-    ids[1], mask[1] = long, 1
+    ids, mask = left_padded(short, long)
     seq, logits = _generate(model, ids, mask, n=9)
     for row, prompt in ((0, short), (1, long)):
         alone_seq, alone_logits = _generate(model, prompt[None], n=9)
@@ -133,11 +131,16 @@ def test_chunked_prefill_of_a_padded_batch(base_model):
         for s in range(0, 14, 4):
             e = min(14, s + 4)
             out = model(
-                ids[:, s:e], attention_mask=mask[:, :e], position_ids=pos[:, s:e], past_key_values=cache
+                ids[:, s:e],
+                attention_mask=mask[:, :e],
+                position_ids=pos[:, s:e],
+                past_key_values=cache,
             )
             pieces.append(out.logits)
     logits = torch.cat(pieces, dim=1)
-    torch.testing.assert_close(logits[1, 6:], _uncached_logits(model, ids[1:, 6:])[0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        logits[1, 6:], _uncached_logits(model, ids[1:, 6:])[0], atol=1e-4, rtol=1e-4
+    )
     torch.testing.assert_close(logits[0], _uncached_logits(model, ids[:1])[0], atol=1e-4, rtol=1e-4)
 
 
@@ -154,8 +157,12 @@ def test_chunks_reach_the_ops_as_queries_against_the_cached_keys(base_model, mon
 
         return wrapped
 
-    monkeypatch.setattr(l2a_layers, "sliding_window_attention", spy("local", kernels.sliding_window_attention))
-    monkeypatch.setattr(l2a_layers, "token_sparse_attention", spy("global", kernels.token_sparse_attention))
+    monkeypatch.setattr(
+        l2a_layers, "sliding_window_attention", spy("local", kernels.sliding_window_attention)
+    )
+    monkeypatch.setattr(
+        l2a_layers, "token_sparse_attention", spy("global", kernels.token_sparse_attention)
+    )
     cache = L2ACache(model.config)
     ids = torch.randint(1, base_model.config.vocab_size, (1, 12))
     with torch.no_grad():
@@ -226,8 +233,12 @@ def test_qwen3_8b_cache_against_the_base_model():
     model. L2A with window 4095 adds 4094 tokens per layer of local cache; pruning half of
     the layers to local-only drops their global cache."""
     cfg = L2AQwen3Config(
-        num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
-        hidden_size=4096, l2a_window=4095,
+        num_hidden_layers=36,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        hidden_size=4096,
+        l2a_window=4095,
     )
     base_per_token = 36 * 2 * 8 * 128 * 2
     assert base_per_token == 147_456
@@ -241,3 +252,10 @@ def test_qwen3_8b_cache_against_the_base_model():
     cfg.l2a_global_layers = list(range(0, 36, 2))
     half = kv_cache_bytes(cfg, 131072) / (131072 * base_per_token)
     assert half == pytest.approx(0.5 + 4094 / 131072)  # 0.531
+
+
+def test_static_cache_implementation_is_refused(base_model):
+    model = _model(base_model)
+    prompt = torch.randint(1, base_model.config.vocab_size, (1, 5))
+    with pytest.raises(ValueError, match="L2A models generate with their own cache"):
+        model.generate(prompt, max_new_tokens=2, cache_implementation="static")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from padding_helpers import left_padded
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import l2a
@@ -48,10 +49,7 @@ def test_left_padded_batch_matches_single(base_model):
     model = convert_model(base_model, init="paper", window=5)
     vocab = base_model.config.vocab_size
     short, long = torch.randint(1, vocab, (6,)), torch.randint(1, vocab, (10,))
-    ids = torch.zeros(2, 10, dtype=torch.long)
-    mask = torch.zeros(2, 10, dtype=torch.long)
-    ids[0, 4:], mask[0, 4:] = short, 1
-    ids[1], mask[1] = long, 1
+    ids, mask = left_padded(short, long)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
         batched = model(ids, attention_mask=mask, position_ids=pos, use_cache=False).logits

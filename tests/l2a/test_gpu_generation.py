@@ -32,7 +32,9 @@ def _fixed_routes(model, routed_layers):
 
 @pytest.mark.parametrize("family", ["qwen3", "qwen2"])
 def test_gpu_generation_matches_uncached_forward(make_base, family):
-    kw = dict(hidden_size=256, num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=4096)
+    kw = dict(
+        hidden_size=256, num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=4096
+    )
     if family == "qwen3":
         kw["head_dim"] = 64
     base = make_base(family, layers=3, **kw)
@@ -49,17 +51,29 @@ def test_gpu_generation_matches_uncached_forward(make_base, family):
         pieces = []
         for s in range(0, T, chunk):
             e = min(T, s + chunk)
-            out = model(ids[:, s:e], attention_mask=mask[:, :e], position_ids=pos[:, s:e], past_key_values=cache)
+            out = model(
+                ids[:, s:e],
+                attention_mask=mask[:, :e],
+                position_ids=pos[:, s:e],
+                past_key_values=cache,
+            )
             pieces.append(out.logits.float())
         seq, logits = ids, [pieces[-1][:, -1]]
         for _ in range(steps):
             nxt = logits[-1].argmax(-1, keepdim=True)
             seq = torch.cat([seq, nxt], dim=1)
             mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
-            out = model(nxt, attention_mask=mask, position_ids=pos[:, -1:] + len(logits), past_key_values=cache)
+            out = model(
+                nxt,
+                attention_mask=mask,
+                position_ids=pos[:, -1:] + len(logits),
+                past_key_values=cache,
+            )
             logits.append(out.logits.float()[:, -1])
         full_pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        full = model(seq, attention_mask=mask, position_ids=full_pos, use_cache=False).logits.float()
+        full = model(
+            seq, attention_mask=mask, position_ids=full_pos, use_cache=False
+        ).logits.float()
     prefill = torch.cat(pieces, dim=1)
     for row, start in ((0, pad), (1, 0)):
         ref = full[row, start:T]

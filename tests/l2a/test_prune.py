@@ -12,7 +12,13 @@ from transformers import AutoModelForCausalLM
 
 from l2a.cache import L2ACache
 from l2a.convert import convert_model
-from l2a.prune import PruneError, main, measure_global_usage, prune_global_branches, select_global_layers
+from l2a.prune import (
+    PruneError,
+    main,
+    measure_global_usage,
+    prune_global_branches,
+    select_global_layers,
+)
 from train.data.tokenizer import build_byte_tokenizer
 
 SILENT = 1  # the layer whose router never fires
@@ -76,7 +82,9 @@ def test_pruned_model_round_trip_and_cache(model, tmp_path):
     assert not any("global" in n or "router" in n for n in loaded.state_dict() if ".layers.0." in n)
     ids = _ids()
     with torch.no_grad():
-        torch.testing.assert_close(loaded(ids, use_cache=False).logits, model(ids, use_cache=False).logits)
+        torch.testing.assert_close(
+            loaded(ids, use_cache=False).logits, model(ids, use_cache=False).logits
+        )
         cache = loaded(ids, use_cache=True).past_key_values
     # 3 local slots (window - 1 = 3 tokens) + 1 global slot (40 tokens), 256 bytes per token
     assert isinstance(cache, L2ACache) and len(cache.layers) == 4
@@ -110,8 +118,23 @@ def saved(model, tmp_path):
 @pytest.mark.parametrize("family", ["qwen3"])
 def test_cli_prunes_on_haystacks(saved, tmp_path, capsys):
     out = tmp_path / "pruned"
-    rc = main(["--model", str(saved), "--out", str(out), "--haystack", "--num-samples", "2",
-               "--seq-len", "200", "--threshold", "0.01", "--context", "1000"])
+    rc = main(
+        [
+            "--model",
+            str(saved),
+            "--out",
+            str(out),
+            "--haystack",
+            "--num-samples",
+            "2",
+            "--seq-len",
+            "200",
+            "--threshold",
+            "0.01",
+            "--context",
+            "1000",
+        ]
+    )
     assert rc == 0
     report = json.loads((out / "prune_report.json").read_text())
     assert report["usage"][str(SILENT)] == 0.0
@@ -148,6 +171,11 @@ def test_cli_bad_input(saved, tmp_path, capsys, args, message):
 def test_cli_rejects_a_model_that_is_not_l2a(make_base, tmp_path, capsys):
     base = make_base("qwen3")
     base.save_pretrained(tmp_path / "base")
-    assert main(["--model", str(tmp_path / "base"), "--out", str(tmp_path / "o"), "--keep-layers", "0"]) == 2
+    assert (
+        main(
+            ["--model", str(tmp_path / "base"), "--out", str(tmp_path / "o"), "--keep-layers", "0"]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "not an L2A model" in err and not (tmp_path / "o").exists()
