@@ -355,11 +355,14 @@ def main(argv: list[str] | None = None) -> int:
             "dense_sdpa", base, _dense_cache, args.lengths, args, device, ctx
         )
         if _fa4_available() and device.type == "cuda":
-            base.config._attn_implementation = "flash_attention_4"
-            results["dense_fa4"] = run_variant(
-                "dense_fa4", base, _dense_cache, args.lengths, args, device
-            )
-            base.config._attn_implementation = "sdpa"
+            try:
+                base.set_attn_implementation("flash_attention_4")
+                results["dense_fa4"] = run_variant(
+                    "dense_fa4", base, _dense_cache, args.lengths, args, device
+                )
+            except (ImportError, ValueError, RuntimeError) as err:
+                results["dense_fa4"] = {"error": str(err).splitlines()[0]}
+            base.set_attn_implementation("sdpa")
     pruned_layers = None
     if "l2a" in args.variants or "l2a_pruned" in args.variants:
         model = convert_model(base, init="paper", window=args.window)
