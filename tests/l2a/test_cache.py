@@ -259,3 +259,13 @@ def test_static_cache_implementation_is_refused(base_model):
     prompt = torch.randint(1, base_model.config.vocab_size, (1, 5))
     with pytest.raises(ValueError, match="L2A models generate with their own cache"):
         model.generate(prompt, max_new_tokens=2, cache_implementation="static")
+
+
+def test_generate_with_prefill_chunks(base_model):
+    """transformers' own chunked prefill (generation_config.prefill_chunk_size) on the L2A
+    cache gives the tokens of a single prefill."""
+    model = _model(base_model)
+    prompt = torch.randint(1, base_model.config.vocab_size, (1, 13))
+    a = model.generate(prompt, max_new_tokens=6, do_sample=False, prefill_chunk_size=4)
+    b = model.generate(prompt, max_new_tokens=6, do_sample=False)
+    assert torch.equal(a, b)
