@@ -7,6 +7,7 @@ classes, so a converted or exported checkpoint loads with
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
+from .cache import L2ACache
 from .configuration import L2AQwen2Config, L2AQwen3Config
 from .losses import layer_sparsity, router_regulariser
 from .modeling import (
@@ -28,6 +29,7 @@ for _config, _model, _lm in (
     AutoModelForCausalLM.register(_config, _lm, exist_ok=True)
 
 __all__ = [
+    "L2ACache",
     "L2ACausalLMOutputWithPast",
     "L2AModelOutputWithPast",
     "L2AQwen2Config",
