@@ -207,6 +207,9 @@ def run_variant(name: str, model, make_cache, lengths, args, device, context=Non
         except torch.cuda.OutOfMemoryError as err:
             row = {"length": length, "error": f"out of memory: {str(err).splitlines()[0]}"}
             _free(device)
+        except RuntimeError as err:  # e.g. no SDPA backend for a shape: record, go on
+            row = {"length": length, "error": str(err).splitlines()[0]}
+            _free(device)
         print(f"[{name}] {json.dumps(row)}", flush=True)
         rows.append(row)
     return {"runs": rows}
@@ -349,6 +352,33 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench.inference: building the base model on {device} ({dtype})", flush=True)
     base = build_base(shape, device, dtype)
     results = {}
+    report = {
+        "benchmark": "bench.inference",
+        "env": environment(device),
+        "shape": "tiny" if args.tiny else "Qwen3-8B",
+        "model_shape": shape,
+        "dtype": str(dtype),
+        "batch": 1,
+        "window": args.window,
+        "routed_target": args.routed,
+        "calibration_tokens": args.calib_len,
+        "pruned_layers": None,
+        "results": results,
+    }
+    if args.out is not None:
+        path = args.out
+    elif os.environ.get("OUT"):
+        path = Path(os.environ["OUT"]) / "inference.json"
+    else:
+        gpu = (report["env"]["gpu"] or "cpu").replace(" ", "-")
+        path = ROOT / "bench" / "results" / f"{gpu}-inference-{report['env']['date'][:10]}.json"
+
+    def write():
+        """After every variant: a run cut short still leaves what it measured."""
+        report["summary"] = _summary(results, max(args.lengths))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2) + "\n")
+
     if "dense" in args.variants:
         ctx = _sdpa_cudnn_first if device.type == "cuda" else None
         results["dense_sdpa"] = run_variant(
@@ -363,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
             except (ImportError, ValueError, RuntimeError) as err:
                 results["dense_fa4"] = {"error": str(err).splitlines()[0]}
             base.set_attn_implementation("sdpa")
+        write()
     pruned_layers = None
     if "l2a" in args.variants or "l2a_pruned" in args.variants:
         model = convert_model(base, init="paper", window=args.window)
@@ -371,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         calibrate_routers(model, args.routed, args.calib_len, device)
         if "l2a" in args.variants:
             results["l2a"] = run_variant("l2a", model, _l2a_cache, args.lengths, args, device)
+            write()
         if "l2a_pruned" in args.variants:
             gen = torch.Generator().manual_seed(1)
             calib = [
@@ -387,29 +419,8 @@ def main(argv: list[str] | None = None) -> int:
             results["l2a_pruned"] = run_variant(
                 "l2a_pruned", model, _l2a_cache, args.lengths, args, device
             )
-    report = {
-        "benchmark": "bench.inference",
-        "env": environment(device),
-        "shape": "tiny" if args.tiny else "Qwen3-8B",
-        "model_shape": shape,
-        "dtype": str(dtype),
-        "batch": 1,
-        "window": args.window,
-        "routed_target": args.routed,
-        "calibration_tokens": args.calib_len,
-        "pruned_layers": pruned_layers,
-        "results": results,
-        "summary": _summary(results, max(args.lengths)),
-    }
-    if args.out is not None:
-        path = args.out
-    elif os.environ.get("OUT"):
-        path = Path(os.environ["OUT"]) / "inference.json"
-    else:
-        gpu = (report["env"]["gpu"] or "cpu").replace(" ", "-")
-        path = ROOT / "bench" / "results" / f"{gpu}-inference-{report['env']['date'][:10]}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    report["pruned_layers"] = pruned_layers
+    write()
     print(json.dumps(report["summary"], indent=2))
     print(f"bench.inference: wrote {path}")
     return 0
