@@ -179,3 +179,43 @@ def test_cli_rejects_a_model_that_is_not_l2a(make_base, tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert "not an L2A model" in err and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("family", ["qwen3"])
+def test_cli_on_prepared_data_and_a_text_file(saved, tmp_path):
+    from train.data import DataConfig, prepare_data
+
+    src = tmp_path / "docs.jsonl"
+    src.write_text(
+        "".join(
+            json.dumps({"text": f"document {i}: " + "some words " * (5 + i)}) + "\n"
+            for i in range(30)
+        )
+    )
+    cfg = DataConfig.from_dict(
+        dict(seq_len=64, sources=[{"path": str(src)}], cache_dir=str(tmp_path / "cache"))
+    )
+    prepared = prepare_data(cfg, build_byte_tokenizer(), tmp_path / "prepared", verbose=False)
+    for name, source in (
+        ("a", ["--data", str(prepared.path)]),
+        ("b", ["--text-file", str(src), "--seq-len", "64"]),
+    ):
+        out = tmp_path / name
+        assert (
+            main(
+                [
+                    "--model",
+                    str(saved),
+                    "--out",
+                    str(out),
+                    *source,
+                    "--num-samples",
+                    "3",
+                    "--keep",
+                    "2",
+                ]
+            )
+            == 0
+        )
+        report = json.loads((out / "prune_report.json").read_text())
+        assert report["usage"][str(SILENT)] == 0.0 and report["pruned_layers"] == [SILENT]
