@@ -111,8 +111,11 @@ class LocalWindowLayer(DynamicSlidingWindowLayer):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         self.cumulative_length += key_states.shape[-2]
-        keys = torch.cat([self.keys, key_states], dim=-2)
-        values = torch.cat([self.values, value_states], dim=-2)
+        if self.keys.numel() == 0:  # the first update (a prefill): nothing to prepend
+            keys, values = key_states, value_states
+        else:
+            keys = torch.cat([self.keys, key_states], dim=-2)
+            values = torch.cat([self.values, value_states], dim=-2)
         keep = self.sliding_window - 1
         n = keys.shape[-2]
         if n <= keep:
