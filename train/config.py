@@ -355,9 +355,22 @@ class TrainConfig:
     dist_backend: str = "auto"  # auto (nccl on GPU, gloo on CPU) | nccl | gloo
     dist_timeout_minutes: int = 30
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    # Evaluation during training: every `eval_every` optimizer steps (0: never), the subset
+    # of the evaluation suite in `eval` (keys of conf/eval/default.yaml; docs/EVAL.md).
+    eval_every: int = 0
+    eval: dict | None = None
 
     def __post_init__(self) -> None:
         _positive("train.max_steps", self.max_steps)
+        _positive("train.eval_every", self.eval_every, strict=False)
+        if self.eval_every:
+            from eval.config import build_eval
+            from eval.errors import EvalError
+
+            try:
+                build_eval(self.eval or {}, "train.eval")
+            except EvalError as e:
+                raise ConfigError(str(e)) from None
         _positive("train.micro_batch_size", self.micro_batch_size)
         _positive("train.grad_accum_steps", self.grad_accum_steps)
         if self.global_batch_size is not None:

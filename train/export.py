@@ -50,26 +50,26 @@ def _consolidated_state_dict(ckpt: Path) -> dict:
     return {k[len(WRAPPER_PREFIX):] if k.startswith(WRAPPER_PREFIX) else k: v for k, v in sd.items()}
 
 
-def export_checkpoint(ckpt: str | os.PathLike, out: str | os.PathLike, dtype: str = "auto",
-                      overwrite: bool = False) -> Path:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    import l2a  # noqa: F401  (registers the L2A model types)
-    from l2a.convert import save_atomically
-
-    ckpt, out = Path(ckpt), Path(out)
+def resolve_checkpoint(ckpt: str | os.PathLike) -> tuple[Path, dict]:
+    """A checkpoint directory, or a run directory meaning its latest complete checkpoint
+    -> (checkpoint dir, its marker). One-line CheckpointError otherwise."""
+    ckpt = Path(ckpt)
     if ckpt.is_dir() and (ckpt / "checkpoints").is_dir() and not (ckpt / DS_TAG).exists():
         latest = latest_complete(ckpt)
         if latest is None:
             raise CheckpointError(f"{ckpt}: run directory without a complete checkpoint")
         ckpt = latest
-    meta = read_marker(ckpt)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise CheckpointError(f"{out}: output directory exists and is not empty (pass --overwrite)")
-    if dtype == "auto":
-        dtype = meta.get("precision", "fp32")
-    torch_dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+    return ckpt, read_marker(ckpt)
 
+
+def load_checkpoint_model(ckpt: str | os.PathLike):
+    """The HF model (fp32, CPU, eval mode) and tokenizer of a checkpoint or run directory,
+    plus the marker of the checkpoint used (for its precision)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    import l2a  # noqa: F401  (registers the L2A model types)
+
+    ckpt, meta = resolve_checkpoint(ckpt)
     config = AutoConfig.from_pretrained(ckpt / "hf")
     sd = _consolidated_state_dict(ckpt)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
@@ -81,9 +81,22 @@ def export_checkpoint(ckpt: str | os.PathLike, out: str | os.PathLike, dtype: st
             f"(missing {sorted(set(missing) - tied)[:3]}, unexpected {sorted(unexpected)[:3]})"
         )
     model.tie_weights()
-    model.to(torch_dtype)
-    tokenizer = AutoTokenizer.from_pretrained(ckpt / "hf")
+    model.eval()
+    return model, AutoTokenizer.from_pretrained(ckpt / "hf"), meta
 
+
+def export_checkpoint(ckpt: str | os.PathLike, out: str | os.PathLike, dtype: str = "auto",
+                      overwrite: bool = False) -> Path:
+    from l2a.convert import save_atomically
+
+    out = Path(out)
+    resolve_checkpoint(ckpt)  # a bad checkpoint fails before the output is looked at
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise CheckpointError(f"{out}: output directory exists and is not empty (pass --overwrite)")
+    model, tokenizer, meta = load_checkpoint_model(ckpt)
+    if dtype == "auto":
+        dtype = meta.get("precision", "fp32")
+    model.to({"bf16": torch.bfloat16, "fp32": torch.float32}[dtype])
     return save_atomically(model, tokenizer, out, overwrite=True)
 
 

@@ -155,6 +155,10 @@ class Trainer:
         self._build_data()
         self._build_engine()
         self._build_controller()
+        from eval.training import build_training_eval  # None unless train.eval_every > 0
+
+        self.evaluator = build_training_eval(cfg.train, self.module.lm, self.tokenizer,
+                                             self.dist.is_main, cfg.deepspeed.stage)
 
     # ------------------------------------------------------------------ construction
     def _build_model(self) -> None:
@@ -422,6 +426,8 @@ class Trainer:
                 self.tokens_seen += tokens_per_step
                 metrics.update(tokens_per_s=tokens_per_step / dt, tokens=self.tokens_seen,
                                step_time_s=dt)
+                if self.evaluator is not None:
+                    metrics.update(self.evaluator(self.step))
                 logger.log(metrics)
                 fault_point("kill_after_step", self.step)
                 stop = self._stop_requested()
