@@ -17,8 +17,8 @@ from train.data.tokenizer import TextEncoder
 
 
 @torch.no_grad()
-def greedy(model, tokenizer, input_ids: torch.Tensor, max_new_tokens: int) -> str:
-    """Greedy continuation of one prompt (1, T), decoded without special tokens."""
+def greedy(model, tokenizer, input_ids: torch.Tensor, max_new_tokens: int) -> tuple[str, int]:
+    """Greedy continuation of one prompt (1, T): (text without special tokens, tokens)."""
     device = next(model.parameters()).device
     ids = input_ids.to(device)
     eos = tokenizer.eos_token_id
@@ -26,7 +26,8 @@ def greedy(model, tokenizer, input_ids: torch.Tensor, max_new_tokens: int) -> st
     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                          do_sample=False, temperature=None, top_p=None, top_k=None, num_beams=1,
                          eos_token_id=eos, pad_token_id=pad, use_cache=True)
-    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    new = out[0, ids.shape[1]:]
+    return tokenizer.decode(new, skip_special_tokens=True), int(new.numel())
 
 
 def cells(cfg: EvalConfig, lengths: list[int]):
@@ -59,10 +60,11 @@ def run_tasks(model, tokenizer, samples, routing: bool = True, log=print) -> lis
             values, _ = enc.encode([s.prompt])
             ids = torch.from_numpy(values.astype("int64"))[None]
             t0 = time.perf_counter()
-            pred = greedy(model, tokenizer, ids, s.max_new_tokens)
+            pred, n_new = greedy(model, tokenizer, ids, s.max_new_tokens)
             dt = time.perf_counter() - t0
             rec = {"task": s.task, "length": s.length, "depth": s.depth, "index": s.index,
                    "prompt_tokens": s.prompt_tokens, "answers": s.answers, "prediction": pred,
+                   "generated_tokens": n_new,
                    "score": score(s.task, pred, s.answers), "seconds": dt}
             layer = routes.take()
             if layer is not None:

@@ -72,3 +72,8 @@ class Oracle(nn.Module):
         ids = self.tokenizer(" " + self.answer(prompt), add_special_tokens=False,
                              return_tensors="pt").input_ids
         return torch.cat([input_ids, ids.to(input_ids.device)], dim=1)
+
+
+@pytest.fixture(params=["qwen3", "qwen2"])
+def family(request):
+    return request.param
