@@ -40,7 +40,7 @@ def _is_checkpoint(path: Path) -> bool:
     from train.checkpoint import DS_TAG
 
     return path.is_dir() and ((path / DS_TAG).exists() or (path / "checkpoints").is_dir()
-                              or (path / "complete").exists())
+                              or (path / "complete").exists() or path.name.startswith("step_"))
 
 
 def _from_path(path: str, dtype: torch.dtype):

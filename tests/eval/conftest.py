@@ -31,7 +31,7 @@ def tok():
 def tiny_l2a(family: str = "qwen3", window: int = 32, seed: int = 0):
     from l2a.convert import convert_model
 
-    base = tiny_base(family, seed=seed, max_position_embeddings=4096)
+    base = tiny_base(family, seed=seed, max_position_embeddings=2048)
     model = convert_model(base, init="paper", window=window)
     model.config.use_cache = True
     return model.eval()

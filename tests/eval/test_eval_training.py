@@ -1,0 +1,54 @@
+"""`train.eval_every`: eval scalars in metrics.jsonl during a tiny run; its checkpoint then
+evaluated by `python -m eval`'s loader; bad `train.eval` fails at config time."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+_spec = importlib.util.spec_from_file_location(
+    "train_helpers", Path(__file__).resolve().parent.parent / "train" / "train_helpers.py")
+helpers = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(helpers)
+
+FAST = ["experiment=tiny", "train.max_steps=2", "train.ckpt_every=0", "train.progress_bar=false",
+        "train.wandb.mode=disabled", "train.plot=false", "train.export=false",
+        "train.micro_batch_size=1", "data.synthetic.num_samples=64",
+        "data.sources.0.generated.num_docs=200", "data.validation_sequences=4"]
+
+
+def test_eval_metrics_logged_and_checkpoint_evaluated(tmp_path):
+    overrides = FAST + [f"model.cache_dir={tmp_path / 'models'}",
+                        f"data.prepared_dir={tmp_path / 'data'}",
+                        "train.eval_every=2", "train.eval.max_new_tokens=4",
+                        "train.eval.lengths=[512]", "train.eval.perplexity.lengths=[128]"]
+    code, _ = helpers.run_in_process(overrides, tmp_path / "run")
+    assert code == 0
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert "eval/niah_single/512" not in rows[0]  # step 1: not due
+    assert 0.0 <= rows[1]["eval/niah_single/512"] <= 1.0
+    assert rows[1]["eval/loss/128"] > 0 and 0.0 <= rows[1]["eval/sparsity/128"] <= 1.0
+
+    from eval.config import EvalConfig, ModelSpec, PerplexityConfig
+    from eval.load import load_model
+    from eval.runner import evaluate
+
+    model, tok = load_model(ModelSpec(path=str(tmp_path / "run")))  # its latest checkpoint
+    assert type(model).__name__ == "L2AQwen3ForCausalLM"
+    res = evaluate(model, tok, EvalConfig(tasks=[], lengths=[128],
+                                          perplexity=PerplexityConfig(rows=1, buckets=4)).check(),
+                   log=lambda s: None)
+    # The same weights and held-out row as the in-training evaluation after step 2.
+    assert res["perplexity"][0]["loss"] == pytest.approx(rows[1]["eval/loss/128"], rel=1e-4)
+
+
+def test_bad_train_eval_is_a_config_error():
+    from train.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train.eval.tasks\[0\]: unknown task"):
+        helpers.compose_run(["experiment=tiny", "train.eval_every=5", "train.eval.tasks=[nope]"])
+    with pytest.raises(ConfigError, match="train.eval_every: must be >= 0"):
+        helpers.compose_run(["experiment=tiny", "train.eval_every=-1"])
