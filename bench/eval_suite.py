@@ -1,0 +1,111 @@
+"""Wall time of the evaluation suite (`python -m eval`'s default tasks, perplexity and
+routing) on a Qwen3-1.7B-shaped L2A model with random weights (no download), per length.
+
+Random weights never stop early, so every sample generates its full `--max-new-tokens`;
+the suite is prefill-dominated at long context (one prefill per sample, plus one
+perplexity forward per length). The JSON records per length: the time of perplexity, of
+each task's samples (prefill + greedy decoding), the prompt tokens, peak GPU memory; in
+`$OUT/` (if set) or `bench/results/`.
+
+    python -m bench.eval_suite                                   # 32K and 128K, one GPU
+    python -m bench.eval_suite --lengths 32768 --samples 2
+    python -m bench.eval_suite --model tiny --lengths 512 --max-new-tokens 4   # CPU smoke test
+
+Needs torch, triton, transformers, hydra-core/omegaconf (no matplotlib, datasets, wandb).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _out_path(args) -> Path:
+    if args.out:
+        return Path(args.out)
+    base = Path(os.environ["OUT"]) if os.environ.get("OUT") else ROOT / "bench" / "results"
+    return base / "eval_suite.json"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from eval.config import EvalConfig, ModelSpec, PerplexityConfig
+    from eval.load import load_model
+    from eval.runner import evaluate
+    from eval.tasks import TASKS
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="qwen3_1p7b_random", help="conf/model option with random_base")
+    p.add_argument("--lengths", type=int, nargs="+", default=[32768, 131072])
+    p.add_argument("--tasks", nargs="+", default=list(TASKS))
+    p.add_argument("--depths", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
+    p.add_argument("--samples", type=int, default=1)
+    p.add_argument("--max-new-tokens", type=int, default=32,
+                   help="per sample (RULER's defaults are 30-128; random weights never stop early)")
+    p.add_argument("--window", type=int, default=4095)
+    p.add_argument("--dense", action="store_true", help="the base model without L2A (SDPA)")
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+
+    t0 = time.perf_counter()
+    model, tok = load_model(ModelSpec(random=args.model, l2a=not args.dense, window=args.window))
+    load_s = time.perf_counter() - t0
+    cuda = torch.cuda.is_available()
+    per_length = []
+    for n in args.lengths:
+        cfg = EvalConfig(tasks=args.tasks, lengths=[n], depths=args.depths, samples=args.samples,
+                         max_new_tokens=args.max_new_tokens,
+                         perplexity=PerplexityConfig(data="generated", rows=1, buckets=8),
+                         plots=False).check()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        res = evaluate(model, tok, cfg, log=lambda s: print(s, file=sys.stderr, flush=True))
+        if cuda:
+            torch.cuda.synchronize()
+        tasks = {}
+        for r in res["samples"]:
+            d = tasks.setdefault(r["task"], {"samples": 0, "seconds": 0.0, "prompt_tokens": 0,
+                                             "generated_tokens": 0})
+            d["samples"] += 1
+            d["seconds"] += r["seconds"]
+            d["prompt_tokens"] += r["prompt_tokens"]
+            d["generated_tokens"] += r["generated_tokens"]
+        per_length.append({
+            "length": n, "total_s": time.perf_counter() - t,
+            "perplexity_s": res["timings"]["perplexity_s"], "tasks_s": res["timings"]["tasks_s"],
+            "samples": len(res["samples"]), "tasks": tasks,
+            "peak_gpu_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+        })
+        print(f"length {n}: {per_length[-1]['total_s']:.1f}s ({len(res['samples'])} samples, "
+              f"perplexity {res['timings']['perplexity_s']:.1f}s)", flush=True)
+    out = {
+        "benchmark": "eval_suite",
+        "model": f"{args.model} (random weights, {'dense SDPA' if args.dense else 'L2A, window %d' % args.window})",
+        "gpu": torch.cuda.get_device_name(0) if cuda else None,
+        "torch": torch.__version__,
+        "dtype": str(next(model.parameters()).dtype),
+        "config": {"tasks": args.tasks, "depths": args.depths, "samples": args.samples,
+                   "max_new_tokens": args.max_new_tokens, "perplexity_rows": 1},
+        "load_s": load_s,
+        "lengths": per_length,
+        "total_s": time.perf_counter() - t0,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    path = _out_path(args)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1) + "\n")
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
