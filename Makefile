@@ -17,7 +17,7 @@ export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup train data test test-gpu test-slurm bench lint format clean
+.PHONY: setup train data eval test test-gpu test-slurm bench lint format clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,11 @@ endif
 
 data: setup
 	$(PY) -m train.data.prepare experiment=$(CONF) $(ARGS)
+
+# Evaluate a model: CONF names the conf/eval/ suite (tiny, default), ARGS holds model.path=...
+# e.g. make eval ARGS="model.path=outputs/tiny/<run>/export"  (docs/EVAL.md)
+eval: setup
+	$(PY) -m eval eval=$(CONF) $(ARGS)
 
 test: setup
 	$(PY) -m pytest -q -m "not gpu" $(PYTEST_ARGS) tests

@@ -44,6 +44,27 @@ def test_eval_metrics_logged_and_checkpoint_evaluated(tmp_path):
     # The same weights and held-out row as the in-training evaluation after step 2.
     assert res["perplexity"][0]["loss"] == pytest.approx(rows[1]["eval/loss/128"], rel=1e-4)
 
+    # The prepared data as perplexity rows (its validation split) and as the haystack.
+    from eval.haystack import Haystack, split_sentences
+    from eval.tasks import generate
+    from train.data import PreparedData
+
+    data = PreparedData.load(tmp_path / "data")
+    first = data.example(int(data.split_indices("validation")[0]))
+    res = evaluate(model, tok, EvalConfig(
+        tasks=["niah_single"], lengths=[512], depths=[0.5], max_new_tokens=2,
+        haystack=str(tmp_path / "data"),
+        perplexity=PerplexityConfig(data=str(tmp_path / "data"), rows=1, buckets=4)).check(),
+        log=lambda s: None)
+    assert res["perplexity"][0]["tokens"] == int((first["labels"][1:] != -100).sum())
+    text = "\n".join(tok.decode(data.row(int(i))[0].tolist(), skip_special_tokens=True)
+                     for i in data.split_indices("validation"))
+    hay = Haystack(str(tmp_path / "data"), tok)
+    sample = generate("niah_single", 1024, tok, depth=1.0, haystack=hay, new_tokens=2)
+    # The prompt reads the held-out text from its start (and the needle comes after it).
+    first = split_sentences(text)[:2]
+    assert " ".join(first) in sample.prompt
+
 
 def test_bad_train_eval_is_a_config_error():
     from train.config import ConfigError
