@@ -9,7 +9,7 @@ loaded model as its users do:
 The command line is lm_eval's own, after `import l2a`:
 
     python -m eval.lm_eval_adapter run --model hf \\
-        --model_args pretrained=<export dir>,max_length=131072,dtype=bfloat16 \\
+        --model_args pretrained=<export dir> max_length=131072 dtype=bfloat16 \\
         --tasks ruler --metadata '{"max_seq_lengths":[32768,131072]}' --batch_size 1
 
 lm_eval is optional (`pip install lm-eval`); docs/EVAL.md says how to run its `ruler` group.
