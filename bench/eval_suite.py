@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
               f"perplexity {res['timings']['perplexity_s']:.1f}s)", flush=True)
     out = {
         "benchmark": "eval_suite",
-        "model": f"{args.model} (random weights, {'dense SDPA' if args.dense else 'L2A, window %d' % args.window})",
+        "model": f"{args.model} (random weights, "
+                 + ("dense SDPA)" if args.dense else f"L2A, window {args.window})"),
         "gpu": torch.cuda.get_device_name(0) if cuda else None,
         "torch": torch.__version__,
         "dtype": str(next(model.parameters()).dtype),

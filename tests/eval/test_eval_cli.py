@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import tiny_l2a
+from eval_helpers import tiny_l2a
 
 from eval.__main__ import run
 from eval.errors import EvalError

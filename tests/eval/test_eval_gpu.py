@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_base
+from eval_helpers import tiny_base
 
 from eval.perplexity import _row, perplexity_at
 

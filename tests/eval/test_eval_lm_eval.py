@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_l2a
+from eval_helpers import tiny_l2a
 
 lm_eval = pytest.importorskip("lm_eval")
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_base, tiny_l2a
+from eval_helpers import tiny_base, tiny_l2a
 
 from eval.perplexity import _row, perplexity_at, total_loss
 

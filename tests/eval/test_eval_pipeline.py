@@ -3,7 +3,7 @@ the needles scores 1, the same oracle reading the wrong needle and a random mode
 
 from __future__ import annotations
 
-from conftest import Oracle, tiny_l2a
+from eval_helpers import Oracle, tiny_l2a
 
 from eval.config import EvalConfig, PerplexityConfig
 from eval.runner import evaluate
