@@ -20,6 +20,7 @@ FAST = ["experiment=tiny", "train.max_steps=2", "train.ckpt_every=0", "train.pro
         "data.sources.0.generated.num_docs=200", "data.validation_sequences=4"]
 
 
+@pytest.mark.slow
 def test_eval_metrics_logged_and_checkpoint_evaluated(tmp_path):
     overrides = FAST + [f"model.cache_dir={tmp_path / 'models'}",
                         f"data.prepared_dir={tmp_path / 'data'}",
