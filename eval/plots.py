@@ -68,12 +68,15 @@ def sparsity_per_layer(results: dict, out: Path) -> Path | None:
     if not held and not tasks:
         return None
     plt = _plt()
+    layers = routing.get("layers")
     fig, ax = plt.subplots(figsize=(7, 4))
     for r in held:
-        ax.plot(r["layer_sparsity"], marker="o", label=f"held-out, length {r['length']}")
+        ax.plot(layers or range(len(r["layer_sparsity"])), r["layer_sparsity"], marker="o",
+                label=f"held-out, length {r['length']}")
     for r in tasks:
-        ax.plot(r["layer_sparsity"], ls="--", lw=1, label=f"{r['task']} {r['length']}")
-    ax.set_xlabel("L2A layer")
+        ax.plot(layers or range(len(r["layer_sparsity"])), r["layer_sparsity"], ls="--", lw=1,
+                label=f"{r['task']} {r['length']}")
+    ax.set_xlabel("decoder layer (with a global branch)")
     ax.set_ylabel("sparsity (fraction of tokens skipping global attention)")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)

@@ -48,6 +48,13 @@ def bucket_sparsity(routes, bucket: torch.Tensor, valid: torch.Tensor, buckets: 
     return skipped, tokens
 
 
-def dead_layers(layer_sparsity: list[float], threshold: float = 0.99) -> list[int]:
-    """L2A layers whose global branch (almost) never runs: pruning candidates."""
-    return [i for i, s in enumerate(layer_sparsity) if s >= threshold]
+def routed_layers(config) -> list[int]:
+    """Decoder-layer index of each entry of `routes`: the layers with a router and a global
+    branch (all L2A layers, or those `l2a.prune` kept)."""
+    has = getattr(config, "has_global_branch", None) or config.is_l2a_layer
+    return [i for i in range(config.num_hidden_layers) if has(i)]
+
+
+def dead_layers(layer_sparsity: list[float], layers: list[int], threshold: float = 0.99) -> list[int]:
+    """Decoder layers whose global branch (almost) never runs: pruning candidates."""
+    return [layer for layer, s in zip(layers, layer_sparsity) if s >= threshold]

@@ -15,7 +15,7 @@ from eval.haystack import Haystack
 from eval.load import is_l2a, max_context
 from eval.perplexity import load_rows, perplexity_at, total_loss
 from eval.report import task_cells, task_routing
-from eval.routing import dead_layers
+from eval.routing import dead_layers, routed_layers
 from train.data.tokenizer import TextEncoder
 
 
@@ -65,10 +65,13 @@ def evaluate(model, tokenizer, cfg: EvalConfig, log=print, prefix: str = "eval")
     results["tasks"] = task_cells(records)
     results["samples"] = records
     if l2a and cfg.routing:
-        routing = {"heldout": heldout, "tasks": task_routing(records)}
+        # Entry j of every per-layer list is decoder layer routing["layers"][j].
+        routing = {"layers": routed_layers(model.config), "heldout": heldout,
+                   "tasks": task_routing(records)}
         source = heldout[-1]["layer_sparsity"] if heldout else (
             routing["tasks"][-1]["layer_sparsity"] if routing["tasks"] else None)
-        routing["dead_layers"] = dead_layers(source) if source is not None else None
+        routing["dead_layers"] = (dead_layers(source, routing["layers"]) if source is not None
+                                  else None)
         results["routing"] = routing
     results["timings"]["total_s"] = time.perf_counter() - t_start
     return results

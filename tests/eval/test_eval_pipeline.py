@@ -41,3 +41,18 @@ def test_random_model_scores_zero_and_reports_routing(tok):
     # Paper init: the router sends every token to the global branch.
     assert rec["layer_sparsity"] == [0.0, 0.0]
     assert res["routing"]["tasks"][0]["layer_sparsity"] == [0.0, 0.0]
+
+
+def test_dead_layers_are_named_by_decoder_layer(tok):
+    """After pruning layer 0's global branch, routes hold layer 1 only; a layer 1 that
+    routes nothing is reported as decoder layer 1."""
+    from l2a.prune import prune_global_branches
+
+    model = tiny_l2a()
+    prune_global_branches(model, [1])
+    model.model.layers[1].self_attn.logit_threshold = float("inf")  # routes no token
+    res = evaluate(model, tok, _cfg(tasks=[], lengths=[256], perplexity=PerplexityConfig(
+        data="generated", rows=1, buckets=2)), log=lambda s: None)
+    assert res["routing"]["layers"] == [1]
+    assert res["routing"]["heldout"][0]["layer_sparsity"] == [1.0]
+    assert res["routing"]["dead_layers"] == [1]
