@@ -152,7 +152,9 @@ def test_bf16_steps_follow_the_fp32_run(runs, name):
             name, a["step"], a["lm_loss"], b["lm_loss"])
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=3e-2 if first else 1.5e-1), (
             name, a["step"], a["grad_norm"], b["grad_norm"])
-        assert a["sparsity"] == pytest.approx(b["sparsity"], abs=3e-2), (name, a["step"])
+        # Router decisions near the threshold flip with the updates' rounding: loose after step 1.
+        assert a["sparsity"] == pytest.approx(b["sparsity"], abs=1e-3 if first else 0.1), (
+            name, a["step"], a["sparsity"], b["sparsity"])
     # The updates did something, far beyond the tolerances above.
     assert ref[-1]["lm_loss"] < 0.9 * ref[0]["lm_loss"]
     assert got[-1]["lm_loss"] < 0.9 * got[0]["lm_loss"]
