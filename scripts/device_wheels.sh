@@ -23,6 +23,8 @@ WHEELS=(
   # our Hydra launcher plugin builds on the submitit launcher; without it Hydra prints an
   # import error for hydra_plugins.l2a_launchers on every run
   hydra-submitit-launcher==1.2.0 submitit==1.5.4 cloudpickle==3.1.3
+  # the LM loss's fused path on CUDA (tests/train/test_gpu_training.py runs it); pure Python
+  liger-kernel==0.8.5
   # GPU tests in parallel workers (kernel compilation is CPU-bound; one GPU serves them)
   pytest-xdist==3.8.0 execnet==2.1.2
 )

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # One device call: GPU kernel tests, then (optionally) a tuning sweep and the benchmark.
-#   scripts/gpu_check.sh [tests] [sweep "<variants>"] [tune "<variants>"] [bench "<bench args>"]
+#   scripts/gpu_check.sh [tests] [train-tests] [sweep "<variants>"] [tune "<variants>"] [bench "<bench args>"]
+# train-tests = the GPU tests of tests/train (bf16 training with the Triton attention,
+# DeepSpeed and both LM-loss paths; the loss on CUDA), in one process (no xdist: the
+# trainings share one module fixture).
 # tune = sweep, then bench.pick_configs, then L2A_KERNEL_CONFIGS set for the later steps
 # (so `tune "..." bench "..."` measures the table with the sweep's winners).
 # Logs and JSON go to $OUT (default ./gpu_out).
@@ -27,6 +30,10 @@ while [ $# -gt 0 ]; do
       XDIST=$($PY -c "import xdist" 2>/dev/null && echo "-n ${TEST_WORKERS:-8}")
       timeout "${TEST_TIMEOUT:-400}" $PY -m pytest -q -m gpu -p no:warnings --durations=10 $XDIST \
         tests/kernels tests/l2a/test_gpu_model.py 2>&1 | tee "$OUT/tests.log" | tail -40
+      shift ;;
+    train-tests)
+      timeout "${TEST_TIMEOUT:-400}" $PY -m pytest -q -m gpu -p no:warnings --durations=10 \
+        tests/train 2>&1 | tee "$OUT/train_tests.log" | tail -40
       shift ;;
     sweep)
       $PY -m bench.attention --sweep $2 --out "$OUT/sweep.json" 2>&1 | tee "$OUT/sweep.log" | tail -40

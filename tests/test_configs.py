@@ -3,6 +3,7 @@ overrides fail with one line naming the override path."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -49,10 +50,97 @@ def _options():
             yield group, p.stem
 
 
+def _option_values(group: str, option: str) -> dict:
+    """The option file's own values, read by OmegaConf alone, outside Hydra (in-group
+    `defaults` merged first; interpolations resolved with `name` = the default `default`)."""
+    raw = OmegaConf.to_container(OmegaConf.load(CONF / group / f"{option}.yaml")) or {}
+    merged = {}
+    for parent in raw.pop("defaults", []):
+        if isinstance(parent, str) and parent != "_self_":
+            merged.update(_option_values(group, parent))
+    merged.update(raw)
+    root = OmegaConf.create({"name": "default", group: merged})
+    return OmegaConf.to_container(root, resolve=True)[group]
+
+
+def _leaves(value, path=()):
+    if isinstance(value, dict) and value:
+        for k, v in value.items():
+            yield from _leaves(v, path + (k,))
+    else:
+        yield path, value
+
+
+def _lookup(obj, path):
+    """`path` in the validated config: attributes, dict keys, list indices. The `l2a.*`
+    sparsity keys live in `run.l2a.sparsity`."""
+    for key in path:
+        if isinstance(obj, dict):
+            obj = obj[key]
+        elif isinstance(obj, (list, tuple)):
+            obj = obj[int(key)]
+        elif not hasattr(obj, key) and hasattr(obj, "sparsity"):
+            obj = getattr(obj.sparsity, key)
+        else:
+            obj = getattr(obj, key)
+    return obj
+
+
+def _as_plain(value):
+    if dataclasses.is_dataclass(value):
+        return {f.name: _as_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_as_plain(v) for v in value]
+    return value
+
+
 @pytest.mark.parametrize("group,option", list(_options()))
-def test_group_option_composes(group, option):
+def test_group_option_takes_effect(group, option):
+    """Every value an option file sets reaches the validated RunConfig unchanged, in a
+    composition whose defaults pick another option where there is one."""
+    others = [p.stem for p in (CONF / group).glob("*.yaml") if p.stem != option]
     _, run = _validate([f"{group}={option}"])
-    assert getattr(run, group) is not None
+    section = getattr(run, group)
+    values = _option_values(group, option)
+    leaves = [(path, v) for path, v in _leaves(values)
+              if not (group == "data" and path[0] in ("sources", "synthetic"))]
+    assert leaves
+    for path, want in leaves:
+        got = _as_plain(_lookup(section, path))
+        if isinstance(want, float) or isinstance(got, float):
+            assert got == pytest.approx(want), f"{group}={option}: {'.'.join(path)}"
+        else:
+            assert got == want, f"{group}={option}: {'.'.join(path)} is {got!r}, file says {want!r}"
+    if group == "data":  # sources and synthetic tasks: names, weights, types as written
+        srcs = values.get("sources") or []
+        assert [s.name for s in section.sources] == [s["name"] for s in srcs]
+        assert [s.weight for s in section.sources] == [s.get("weight", 1.0) for s in srcs]
+        assert section.synthetic.enabled == bool((values.get("synthetic") or {}).get("enabled"))
+    if others:  # the option is not what the default composition gives anyway
+        _, other = _validate([f"{group}={others[0]}"])
+        assert _as_plain(getattr(other, group)) != _as_plain(section), (group, option, others[0])
+
+
+@pytest.mark.parametrize("option", ["paper", "identity", "dense"])
+def test_l2a_option_reaches_the_converted_model(option, tmp_path):
+    """The l2a option's conversion settings are what the built model gets: a tiny random
+    base converted under the option (dense: left a plain Qwen3 model)."""
+    from train.build_model import _create
+
+    _, run = _validate(["experiment=tiny", f"l2a={option}", f"model.cache_dir={tmp_path}",
+                        "model.cache=false"])
+    import torch
+
+    model, _ = _create(run, torch.float32, torch.device("cpu"))
+    values = _option_values("l2a", option)
+    if not values.get("enabled", True):
+        assert type(model).__name__ == "Qwen3ForCausalLM"
+        return
+    cfg = model.config
+    assert type(model).__name__ == "L2AQwen3ForCausalLM"
+    assert cfg.l2a_init == values["init"] and cfg.l2a_router_tau == values["router_tau"]
+    assert cfg.l2a_window == 32  # the tiny experiment's window, applied on top of the option
+    assert cfg.l2a_dense_prob == 0.1 and cfg.l2a_attn_backend == values["attn_backend"]
 
 
 def test_qwen3_128k_matches_the_reference_recipe():

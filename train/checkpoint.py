@@ -134,6 +134,17 @@ def fault_point(name: str, step: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def hold_point(name: str, step: int, released, timeout_s: float = 300.0) -> None:
+    """Test hook: `L2A_FAULT=<name>:<step>` holds this process there until `released()`
+    (e.g. a preemption signal arrived) or `timeout_s`, so a signal test cannot lose the race
+    against the end of a short run."""
+    if f"{name}:{step}" not in os.environ.get("L2A_FAULT", "").split(","):
+        return
+    deadline = time.monotonic() + timeout_s
+    while not released() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def save_checkpoint(engine, run_dir: Path, step: int, trainer_state: dict, meta: dict,
                     model_config, tokenizer, dist: DistInfo, keep: int) -> Path:
     """Collective: every rank calls it. Returns the final checkpoint directory."""

@@ -33,6 +33,7 @@ from torch import nn
 from train.checkpoint import (
     CheckpointError,
     fault_point,
+    hold_point,
     latest_complete,
     load_checkpoint,
     resolve_resume,
@@ -430,6 +431,9 @@ class Trainer:
                     metrics.update(self.evaluator(self.step))
                 logger.log(metrics)
                 fault_point("kill_after_step", self.step)
+                if resumed is None:  # test hook: wait for the preemption signal here
+                    hold_point("wait_signal_after_step", self.step,
+                               lambda: self._stop_signal is not None)
                 stop = self._stop_requested()
                 if stop or (cfg.train.ckpt_every and self.step % cfg.train.ckpt_every == 0):
                     self.save()

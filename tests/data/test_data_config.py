@@ -63,27 +63,46 @@ def test_kwargs_and_defaults():
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(CONF, "data", "*.yaml"))))
 def test_every_data_config_validates(path):
-    raw = OmegaConf.to_container(
-        OmegaConf.create({"name": "x", "data": yaml.safe_load(open(path))}), resolve=True
-    )["data"]
+    """Validation keeps what the file says: length, sources (name, weight, type), policy."""
+    written = yaml.safe_load(open(path))
+    raw = OmegaConf.to_container(OmegaConf.create({"name": "x", "data": written}), resolve=True)["data"]
     cfg = DataConfig.from_dict(raw)
-    assert cfg.seq_len > 0 and (cfg.sources or cfg.synthetic.enabled)
+    assert cfg.seq_len == written["seq_len"]
+    assert cfg.long_doc_policy == written["long_doc_policy"]
+    assert [s.name for s in cfg.sources] == [s["name"] for s in written["sources"]]
+    assert [s.weight for s in cfg.sources] == [s.get("weight", 1.0) for s in written["sources"]]
+    assert [s.type for s in cfg.sources] == [s["type"] for s in written["sources"]]
+    assert cfg.synthetic.enabled == written.get("synthetic", {}).get("enabled", False)
+
+
+# What each experiment trains on, as the README and conf/experiment/*.yaml state it.
+EXPERIMENT_DATA = {
+    "tiny": (512, ["generated_text"], "byte"),
+    "tiny_dense": (512, ["generated_text"], "byte"),
+    "qwen3_128k": (131072, ["books", "code", "arxiv", "fineweb_edu", "wikipedia"], "Qwen/Qwen3-8B"),
+    "qwen3_128k_dense": (131072, ["books", "code", "arxiv", "fineweb_edu", "wikipedia"],
+                         "Qwen/Qwen3-8B"),
+    "qwen25_128k": (131072, ["books", "code", "arxiv", "fineweb_edu", "wikipedia"],
+                    "Qwen/Qwen2.5-7B"),
+}
 
 
 def test_every_experiment_composes_with_valid_data():
     pytest.importorskip("hydra")
     from train.data.prepare import compose, tokenizer_spec
 
-    names = [
+    names = sorted(
         os.path.splitext(os.path.basename(p))[0]
         for p in glob.glob(os.path.join(CONF, "experiment", "*.yaml"))
-    ]
-    assert names
+    )
+    assert names == sorted(EXPERIMENT_DATA), "a new experiment: add its data to EXPERIMENT_DATA"
     for name in names:
         cfg = compose("config", [f"experiment={name}"])
         data = DataConfig.from_dict(OmegaConf.to_container(cfg.data, resolve=True))
-        assert data.seq_len in (512, 131072) or data.seq_len > 0
-        assert tokenizer_spec(cfg)
+        seq_len, sources, tokenizer = EXPERIMENT_DATA[name]
+        assert data.seq_len == seq_len, name
+        assert [s.name for s in data.sources] == sources, name
+        assert tokenizer_spec(cfg) == tokenizer, name
 
 
 def test_long_mix_is_the_128k_recipe():

@@ -71,12 +71,18 @@ def test_reuse_and_refresh(tmp_path, cache_dir, byte_tok, capsys):
     assert os.path.getmtime(os.path.join(first.path, "meta.json")) == mtime
     # A changed input file, seed or setting prepares again.
     write_jsonl(tmp_path / "a.jsonl", DOCS[:-1])
-    assert (
-        prepare_data(cfg, byte_tok, tmp_path / "out", verbose=False).fingerprint
-        != first.fingerprint
-    )
+    changed = prepare_data(cfg, byte_tok, tmp_path / "out", verbose=False)
+    assert changed.fingerprint != first.fingerprint
+    rows = [changed.row(i)[0].tolist() for i in range(len(changed))]
     other_seed = prepare_data(cfg, byte_tok, tmp_path / "out", seed=1, verbose=False)
     assert other_seed.meta["seed"] == 1
+    # The data itself changes with the seed (another order of the same documents), not
+    # only its metadata.
+    other_rows = [other_seed.row(i)[0].tolist() for i in range(len(other_seed))]
+    assert other_rows != rows
+    specials = {changed.pad_token_id, changed.eos_token_id}
+    tokens = lambda rs: sorted(t for r in rs for t in r if t not in specials)  # noqa: E731
+    assert tokens(other_rows) == tokens(rows)
 
 
 def test_tokenization_is_cached_by_fingerprint(tmp_path, cache_dir, byte_tok, monkeypatch):

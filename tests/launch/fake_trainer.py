@@ -2,7 +2,12 @@
 scripts can be tested in seconds: `key=value` arguments, a run directory, `resume=auto`,
 SIGUSR1/SIGTERM -> finish the step, write a checkpoint, exit 75; `summary.json` at the end.
 
-    python -m tests.launch.fake_trainer run_dir=DIR steps=20 step_s=0.2 [save_s=0] [start_s=0] [resume=auto]
+    python -m tests.launch.fake_trainer run_dir=DIR steps=20 step_s=0.2 [save_s=0] [start_s=0]
+        [resume=auto] [wait_signal_at=K]
+
+`wait_signal_at=K`: on the first start, a rank that reaches step K without a preemption
+signal waits for one (up to 120 s, then exits 3 saying so), so a signal test cannot lose
+the race against the end of the run on a slow machine.
 
 Every rank records its distributed environment in DIR/ranks/<start>-<rank>.json.
 """
@@ -23,6 +28,7 @@ def main(argv: list[str]) -> int:
     steps, step_s = int(args.get("steps", 10)), float(args.get("step_s", 0.2))
     save_s = float(args.get("save_s", 0))
     start_s = float(args.get("start_s", 0))  # "loading the model": no signal handler yet
+    wait_at = int(args.get("wait_signal_at", 0))
     rank = int(os.environ.get("RANK", "0"))
     restart = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
     (run_dir / "ranks").mkdir(parents=True, exist_ok=True)
@@ -44,6 +50,13 @@ def main(argv: list[str]) -> int:
         if rank == 0:
             with open(run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps({"step": step, "loss": 1.0 / step}) + "\n")
+        if step == wait_at and restart == 0 and not stop:
+            deadline = time.monotonic() + 120
+            while not stop and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if not stop:
+                print(f"rank {rank}: no preemption signal within 120 s at step {step}", flush=True)
+                return 3
         if stop:
             time.sleep(save_s)
             if rank == 0:

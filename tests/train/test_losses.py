@@ -31,6 +31,14 @@ def _inputs(b, t, d, v, dtype=torch.float32, seed=0, ignore_frac=0.2):
     return hidden, weight, labels
 
 
+def _grad_rel_err(got, ref):
+    """||got - ref|| / ||ref||: a zero gradient scores 1, a 20%-scaled one 0.2, whatever the
+    gradients' magnitude (an elementwise atol of the gradients' size would pass both)."""
+    got, ref = got.double(), ref.double().to(got.device)
+    assert ref.norm() > 0
+    return float((got - ref).norm() / ref.norm())
+
+
 def _loss_and_grads(fn, hidden, weight, labels, **kw):
     h = hidden.clone().requires_grad_()
     w = weight.clone().requires_grad_()
@@ -97,8 +105,8 @@ def test_bf16_close_to_fp32_reference():
     # Reference: the same bf16 values in fp32 throughout.
     ref, rgh, rgw = _loss_and_grads(_reference, hidden.float(), weight.float(), labels)
     torch.testing.assert_close(loss, ref, rtol=1e-2, atol=1e-2)
-    torch.testing.assert_close(gh.float(), rgh, rtol=2e-2, atol=2e-3)
-    torch.testing.assert_close(gw.float(), rgw, rtol=2e-2, atol=2e-3)
+    assert _grad_rel_err(gh, rgh) < 1e-2
+    assert _grad_rel_err(gw, rgw) < 1e-2
 
 
 def test_frozen_head_and_no_grad():
@@ -217,6 +225,6 @@ def test_cuda_bf16_matches_reference_within_chunk_memory(backend):
     peak = torch.cuda.max_memory_allocated() - base
     ref, rgh, _ = _loss_and_grads(_reference, hidden.float(), weight.float(), labels)
     torch.testing.assert_close(loss, ref, rtol=1e-2, atol=1e-2)
-    torch.testing.assert_close(h.grad.float(), rgh, rtol=5e-2, atol=5e-3)
+    assert _grad_rel_err(h.grad, rgh) < 1e-2
     # The full fp32 logits alone would take t * v * 4 bytes.
     assert peak < t * v * 4 / 2, peak

@@ -5,12 +5,24 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
+
+# Per the method: both attention branches, the router, RMSNorm_global and every norm train
+# (tiny model: Qwen3-shaped, so QK-norms and no biases); MLPs, embeddings and the head do not.
+METHOD_TRAINABLE = re.compile(
+    r"model\.layers\.\d+\.("
+    r"self_attn\.(local_attn|global_attn)\.(q_proj|k_proj|v_proj|o_proj|q_norm|k_norm)\.weight"
+    r"|self_attn\.(router|global_norm)\.weight"
+    r"|(input_layernorm|post_attention_layernorm)\.weight)"
+    r"|model\.norm\.weight"
+)
+METHOD_FROZEN = re.compile(r"model\.embed_tokens\.weight|lm_head\.weight|model\.layers\.\d+\.mlp\..*")
 
 
 def compose_run(overrides: list[str]):
