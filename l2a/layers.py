@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.models.qwen2.modeling_qwen2 import Qwen2MLP, Qwen2RMSNorm, Qwen2RotaryEmbedding
@@ -28,6 +27,7 @@ from transformers.models.qwen3.modeling_qwen3 import (
 from kernels import sliding_window_attention, token_sparse_attention
 
 from .cache import cache_slots
+from .router_logit import router_logit
 
 
 @dataclass(frozen=True)
@@ -168,7 +168,7 @@ class L2AAttention(nn.Module):
 
         Computed in fp32: a bf16 logit near the threshold would flip decisions between the
         forward pass and the recomputation of activation checkpointing."""
-        logit = F.linear(g.float(), self.router.weight.float()).squeeze(-1)
+        logit = router_logit(g, self.router.weight)  # no fp32 copy of g kept for backward
         return torch.sigmoid(logit / self.tau), logit >= self.logit_threshold
 
     def forward(
