@@ -91,7 +91,8 @@ def param_counts(s: Shape, variant: str) -> tuple[int, int]:
 
 
 def layer_saved_bytes_per_token(s: Shape, variant: str, tiled_mlp_shards: int = 1,
-                                norms: str | None = None, router_copy: bool = False) -> float:
+                                norms: str | None = None, router_copy: bool = False,
+                                zero3_linear: bool = False) -> float:
     """Bytes per token that one recomputed decoder layer saves for its backward (bf16
     activations, h = hidden, q = heads * head_dim, k = kv_heads * head_dim, I = intermediate).
     The MLP is frozen, so its projections save no input; the attention projections are
@@ -110,7 +111,12 @@ def layer_saved_bytes_per_token(s: Shape, variant: str, tiled_mlp_shards: int = 
             above                                         -> 2h + 8q + 6k
       (Qwen2, no QK-norm: q and k only after RoPE: 6q + 4k in both cases.)
     Post-attention norm: hf 4h + 2h, lean 2h (its input). MLP (down(silu(gate) * up)):
-    gate, silu(gate), up = 3 * 2I; tiled: its input 2h + 3 * 2I / shards.
+    gate, silu(gate), up = 3 * 2I; tiled: its input 2h only (one shard's tensors exist
+    in the backward only: see ``predict``'s transient).
+    zero3_linear: under ZeRO-3 DeepSpeed replaces ``F.linear`` process-wide by its
+    ``LinearFunctionForZeroStage3`` (``memory_efficient_linear``, on by default), which saves
+    a linear's input even when the weight is frozen: the untiled MLP then also keeps its
+    input 2h and down_proj's input 2I (a tiled MLP recomputes those per shard).
     L2A adds the global branch: as a branch, plus (lean) its norm's input 2h, the gated
     output kept for the gate's gradient 2h, and (router_copy: before l2a/router_logit.py)
     an fp32 copy of the router input 4h.
@@ -126,7 +132,10 @@ def layer_saved_bytes_per_token(s: Shape, variant: str, tiled_mlp_shards: int = 
         qk = 6 * q + 4 * k
     branch = (2 * h if lean else 8 * h) + qk
     post_norm = 2 * h if lean else 6 * h
-    mlp = 6 * inter if tiled_mlp_shards <= 1 else 2 * h + 6 * inter / tiled_mlp_shards
+    if tiled_mlp_shards <= 1:
+        mlp = 6 * inter + ((2 * h + 2 * inter) if zero3_linear else 0)
+    else:
+        mlp = 2 * h
     total = branch + post_norm + mlp
     if variant == "l2a":
         total += branch + (2 * h if lean else 0) + 2 * h + (4 * h if router_copy else 0)
@@ -182,6 +191,7 @@ def predict(
     offload_checkpoints: bool = False,
     norms: str | None = None,
     router_copy: bool = False,
+    precision: str = "bf16",
     loss_chunk: int = 4096,
     reduce_bucket: int = 500_000_000,
     prefetch_bucket: int = 50_000_000,
@@ -197,18 +207,28 @@ def predict(
     shard_params = world if zero_stage == 3 else 1
     shard_grads = world if zero_stage >= 2 else 1
     shard_states = world if zero_stage >= 1 else 1
-    params = 2 * total / shard_params
-    grads = 2 * trainable / shard_grads
-    states = 12 * trainable / shard_states
+    # bf16: bf16 parameters and gradients, fp32 master weights + two Adam moments (12 B);
+    # fp32: the parameters are their own master weights (4 B), gradients 4 B, moments 8 B.
+    if precision not in ("bf16", "fp32"):
+        raise ValueError(f"precision: must be bf16 or fp32, got {precision!r}")
+    pbytes = 2 if precision == "bf16" else 4
+    params = pbytes * total / shard_params
+    grads = pbytes * trainable / shard_grads
+    states = (12 if precision == "bf16" else 8) * trainable / shard_states
     mlp = 3 * s.hidden * s.intermediate
     one_layer = (attention_params(s) * (2 if variant == "l2a" else 1) + mlp) * 2
     buffers = 2 * reduce_bucket + ((one_layer + 2 * prefetch_bucket) if zero_stage == 3 else 0)
     checkpoints = 0.0 if offload_checkpoints else s.layers * 2 * s.hidden * t
-    saved = layer_saved_bytes_per_token(s, variant, tiled_mlp_shards, norms, router_copy) * t
+    saved = layer_saved_bytes_per_token(s, variant, tiled_mlp_shards, norms, router_copy,
+                                        zero3_linear=zero_stage == 3) * t
     shards = max(tiled_mlp_shards, 1)
     # Two stream-wide gradients (into and out of the op being differentiated), and, in the
-    # MLP's backward, the gradients of two intermediate tensors of one shard.
-    transient = 2 * 2 * s.hidden * t + 2 * 2 * s.intermediate * t / shards
+    # MLP's backward, the gradients of two intermediate tensors; tiled: of one shard, plus
+    # that shard's recomputed gate, silu(gate) and up.
+    if shards > 1:
+        transient = 2 * 2 * s.hidden * t + (2 + 3) * 2 * s.intermediate * t / shards
+    else:
+        transient = 2 * 2 * s.hidden * t + 2 * 2 * s.intermediate * t
     # The chunked loss: one chunk of fp32 logits and its bf16 gradient, the gradient of the
     # last hidden state (bf16) and the final norm's fp32 input and bf16 output.
     loss = loss_chunk * s.vocab * (4 + 2) + 2 * s.hidden * t + 6 * s.hidden * t
