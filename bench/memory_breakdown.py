@@ -232,20 +232,27 @@ def _shape_of(cfg) -> dict:
 
 
 def _overrides(args) -> list[str]:
+    import inspect
+
+    from bench.train_throughput import _config
+
     extra = [f"train.tiled_mlp={args.tiled_mlp}",
              f"train.offload_checkpoints={str(args.offload_checkpoints).lower()}"]
-    if args.sequence_parallel > 1:
+    # Where bench.train_throughput sets the sequence-parallel size itself, leave it to it.
+    if args.sequence_parallel > 1 and "sequence_parallel" not in inspect.getsource(_config):
         extra.append(f"train.sequence_parallel={args.sequence_parallel}")
     return extra
 
 
 def _throughput_args(args) -> SimpleNamespace:
-    """The argument namespace bench.train_throughput's `_config` reads."""
+    """The argument namespace bench.train_throughput's `_config` reads (its options, with
+    their defaults where this benchmark has none)."""
     return SimpleNamespace(
         model=args.model, deepspeed=args.deepspeed, steps=args.warmup_steps + 2,
         no_activation_checkpointing=False, lr=1e-4, window=args.window,
         sparsity_target=args.sparsity_target, seq_len=args.seq_len,
-        override=list(args.override) + _overrides(args))
+        sequence_parallel=args.sequence_parallel, docs_per_row=args.docs_per_row,
+        skip_steps=0, profile=False, override=list(args.override) + _overrides(args))
 
 
 def _loader(args, cfg, rank: int):
@@ -378,6 +385,30 @@ def measure_cpu(args, variant: str) -> dict:
             "layer_saved": layer}
 
 
+def measure_layer_only(args, variant: str) -> dict:
+    """`--layer-only`: the tensors one decoder layer of the model's shape saves for backward
+    (no trainer, no DeepSpeed: F.linear as torch has it unless a ZeRO-3 engine ran before)."""
+    from bench.train_throughput import _config
+
+    cfg, _ = _config(_throughput_args(args), variant, Path(args.work_dir) / variant)
+    on_gpu = torch.cuda.is_available() and not args.cpu
+    layer = layer_saved_bytes(variant, cfg.model.random_base, args.layer_tokens,
+                              torch.device("cuda" if on_gpu else "cpu"), torch.bfloat16,
+                              args.tiled_mlp, args.window)
+    rb = cfg.model.random_base
+    h = rb["hidden_size"]
+    layer["per_token_in_stream_copies"] = round(layer["per_token"] / (2 * h), 2)
+    from bench.memory_model import Shape, layer_saved_bytes_per_token
+
+    shape = Shape(hidden=h, layers=rb["num_hidden_layers"], heads=rb["num_attention_heads"],
+                  kv_heads=rb["num_key_value_heads"], head_dim=rb["head_dim"],
+                  intermediate=rb["intermediate_size"], vocab=rb["vocab_size"] or 0, tied=True)
+    shards = 1 if args.tiled_mlp == "off" else 2
+    layer["model_per_token"] = layer_saved_bytes_per_token(
+        shape, variant, shards, zero3_linear=layer["zero3_linear"])
+    return {"variant": variant, "layer_saved": layer}
+
+
 def _out_path(args, suffix: str = ".json") -> Path:
     if args.out and suffix == ".json":
         return Path(args.out)
@@ -413,9 +444,23 @@ def main(argv: list[str] | None = None) -> int:
                    help="also write the raw snapshot (for pytorch.org/memory_viz)")
     p.add_argument("--override", action="append", default=[], help="extra Hydra override")
     p.add_argument("--cpu", action="store_true", help="the degenerate CPU form (see above)")
+    p.add_argument("--layer-only", action="store_true",
+                   help="only one layer's saved tensors at the model's width (CPU or GPU)")
     p.add_argument("--work-dir", default=None)
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
+    if args.layer_only:
+        args.model = args.model or "qwen3_1p7b_random"
+        args.seq_len = args.seq_len or args.layer_tokens
+        args.record = False
+        results = {v.strip(): measure_layer_only(args, v.strip())
+                   for v in args.variants.split(",") if v.strip()}
+        print(json.dumps({v: {k: r["layer_saved"][k] for k in
+                              ("per_token", "per_token_in_stream_copies", "model_per_token")}
+                          for v, r in results.items()}, indent=2))
+        if args.out:
+            Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+        return 0
     if args.cpu:
         args.model = args.model or "tiny"
         args.seq_len = args.seq_len or 64

@@ -66,11 +66,12 @@ def test_tiled_mlp_saves_only_its_input():
         if tiled:
             enable_tiled_mlp(mlp, 4)
         x = torch.randn(1, 12, 16, dtype=torch.float64, requires_grad=True)
-        shapes = []
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: shapes.append(t.shape) or t,
-                                                      lambda t: t):
-            mlp(x)
+        shapes: list = []
         saved.append(shapes)
+        with torch.autograd.graph.saved_tensors_hooks(
+            lambda t, out=shapes: out.append(t.shape) or t, lambda t: t
+        ):
+            mlp(x)
     plain, tiled = saved
     assert plain.count(torch.Size([1, 12, 40])) == 3  # gate, silu(gate), up
     assert [s for s in tiled if len(s) == 3] == [torch.Size([1, 12, 16])]
