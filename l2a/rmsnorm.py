@@ -14,8 +14,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-# Rows of fp32 temporaries at once (forward and backward): 16K rows x 4096 x 4 B = 256 MiB.
-CHUNK_ROWS = 16384
+# Elements of fp32 temporaries at once (forward and backward): 2^26 x 4 B = 256 MiB, i.e.
+# 16K rows of 4096 or 512K rows of a 128-wide head norm (a few chunks per call at 128K
+# tokens, so the chunking adds few kernel launches).
+CHUNK_ELEMENTS = 2**26
 
 
 def _normalise(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -27,8 +29,14 @@ def _normalise(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]
 
 class _RMSNormFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float, chunk_rows: int):
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float, chunk_elements: int):
         rows = x.reshape(-1, x.shape[-1])
+        chunk_rows = max(1, chunk_elements // rows.shape[1])
+        ctx.chunk_rows = chunk_rows
+        if rows.shape[0] <= chunk_rows:  # one chunk: no copies into preallocated buffers
+            y, rstd = _normalise(rows, eps)
+            ctx.save_for_backward(x, weight, rstd)
+            return (weight * y.to(x.dtype)).view(x.shape)
         out_dtype = torch.promote_types(weight.dtype, x.dtype)
         out = torch.empty(rows.shape, dtype=out_dtype, device=x.device)
         rstd = torch.empty(rows.shape[0], 1, dtype=torch.float32, device=x.device)
@@ -37,7 +45,6 @@ class _RMSNormFunction(torch.autograd.Function):
             out[s : s + chunk_rows] = weight * y.to(x.dtype)
             rstd[s : s + chunk_rows] = r
         ctx.save_for_backward(x, weight, rstd)
-        ctx.chunk_rows = chunk_rows
         return out.view(x.shape)
 
     @staticmethod
@@ -81,7 +88,8 @@ class LeanRMSNorm(nn.Module):
         if not (torch.is_grad_enabled() and (hidden_states.requires_grad or self.weight.requires_grad)):
             y, _ = _normalise(hidden_states, self.variance_epsilon)
             return self.weight * y.to(hidden_states.dtype)
-        return _RMSNormFunction.apply(hidden_states, self.weight, self.variance_epsilon, CHUNK_ROWS)
+        return _RMSNormFunction.apply(hidden_states, self.weight, self.variance_epsilon,
+                                      CHUNK_ELEMENTS)
 
     def extra_repr(self) -> str:
         return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}"

@@ -24,9 +24,10 @@ def _pair(width, dtype, seed=0):
 # Both norms compute in fp32 whatever the input dtype (fp64 included), so fp32 tolerances.
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-6), (torch.float32, 1e-5),
                                        (torch.bfloat16, 2e-2)])
-@pytest.mark.parametrize("shape,chunk", [((2, 13, 24), 5), ((1, 7, 3, 8), 4), ((3, 24), 1000)])
-def test_same_values_and_gradients(monkeypatch, dtype, tol, shape, chunk):
-    monkeypatch.setattr(rmsnorm, "CHUNK_ROWS", chunk)  # several chunks, a short last one
+@pytest.mark.parametrize("shape,chunk_rows", [((2, 13, 24), 5), ((1, 7, 3, 8), 4), ((3, 24), 1000)])
+def test_same_values_and_gradients(monkeypatch, dtype, tol, shape, chunk_rows):
+    # Several chunks of rows with a short last one, or a single chunk.
+    monkeypatch.setattr(rmsnorm, "CHUNK_ELEMENTS", chunk_rows * shape[-1])
     ref, lean = _pair(shape[-1], dtype)
     x = (torch.randn(shape, dtype=torch.float64) * 3).to(dtype).requires_grad_()
     x_ref = x.detach().clone().requires_grad_()
