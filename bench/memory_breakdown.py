@@ -218,8 +218,8 @@ def peak_allocations(snapshot: dict, device: int, start_bytes: int, top: int = 2
         "trace_events": len(trace),
         "by_category_gib": {k: round(v / 2**30, 3) for k, v in
                             sorted(cats.items(), key=lambda kv: -kv[1])},
-        "top_sites": [{"site": s, "category": c, "gib": round(n / 2**30, 3), "allocations": k}
-                      for (s, c), (n, k) in top_sites],
+        "top_sites": [{"site": s, "category": c, "bytes": n, "gib": round(n / 2**30, 3),
+                       "allocations": k} for (s, c), (n, k) in top_sites],
     }
 
 

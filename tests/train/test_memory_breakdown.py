@@ -103,3 +103,35 @@ def test_cpu_breakdown_matches_first_principles(tmp_path):
         assert layer["zero3_linear"]  # the engine replaced F.linear, as in a ZeRO-3 run
         formula = layer_saved_bytes_per_token(shape, variant, zero3_linear=True)
         assert 0.9 < layer["per_token"] / formula < 1.1, (variant, layer["per_token"], formula)
+
+
+def test_peak_replay_finds_the_live_allocations_at_the_peak():
+    """The allocation-trace replay of the GPU breakdown, on a hand-made trace: the peak is
+    where the allocated bytes are highest (a block counts until its free completes), and the
+    allocations live there are grouped by site and category."""
+    from bench.memory_breakdown import peak_allocations
+
+    def fr(file, line, name):
+        return {"filename": file, "line": line, "name": name}
+
+    norm = [fr("/repo/l2a/rmsnorm.py", 40, "forward"), fr("/repo/l2a/layers.py", 200, "forward")]
+    loss = [fr("/repo/train/losses.py", 90, "_chunked_forward")]
+    kern = [fr("/repo/kernels/flash/host.py", 300, "forward"),
+            fr("/x/torch/utils/checkpoint.py", 1, "recompute_fn")]
+    trace = [
+        {"action": "alloc", "addr": 1, "size": 100, "frames": norm},
+        {"action": "alloc", "addr": 2, "size": 50, "frames": loss},
+        {"action": "free_requested", "addr": 2, "size": 50, "frames": loss},  # not yet free
+        {"action": "alloc", "addr": 3, "size": 70, "frames": kern},  # peak: 1000 + 220
+        {"action": "free_completed", "addr": 2, "size": 50, "frames": loss},
+        {"action": "free_completed", "addr": 3, "size": 70, "frames": kern},
+        {"action": "alloc", "addr": 4, "size": 60, "frames": []},  # 1000 + 160: below
+    ]
+    out = peak_allocations({"device_traces": [trace]}, 0, start_bytes=1000)
+    assert out["replayed_peak_bytes"] == 1220
+    sites = {(s["site"], s["category"]): s["bytes"] for s in out["top_sites"]}
+    assert sites == {
+        ("rmsnorm.py:40 forward", "norms"): 100,
+        ("losses.py:90 _chunked_forward", "loss (chunked LM head + cross-entropy)"): 50,
+        ("host.py:300 forward", "attention kernels [recomputed layer]"): 70,
+    }
