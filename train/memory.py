@@ -8,7 +8,10 @@ nothing of them):
   ``tokens x intermediate`` tensors (gate, silu(gate), up: 9 GiB per layer at 128K tokens
   for Qwen3-8B); with it, one ``tokens x hidden`` input plus one shard's intermediates.
   ``auto`` = ceil(tokens / hidden), DeepSpeed's rule (a shard's intermediate is about
-  ``hidden x intermediate`` elements).
+  ``hidden x intermediate`` elements). The cost: with activation checkpointing the MLP's
+  forward runs three times per step instead of twice (the forward, the layer's
+  recomputation, which still computes every shard, and the per-shard recomputation in
+  TiledMLP's backward), plus one kernel sequence per shard.
 * ``train.offload_checkpoints``: the tensors autograd saves outside the checkpointed layers,
   above all each checkpointed layer's input (``tokens x hidden`` per layer, the part of the
   activations that grows with the number of layers), live in pinned CPU memory between the
