@@ -13,13 +13,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.models.qwen2.modeling_qwen2 import Qwen2MLP, Qwen2RMSNorm, Qwen2RotaryEmbedding
+from transformers.models.qwen2.modeling_qwen2 import Qwen2MLP, Qwen2RotaryEmbedding
 from transformers.models.qwen3.modeling_qwen3 import (
     Qwen3MLP,
-    Qwen3RMSNorm,
     Qwen3RotaryEmbedding,
     apply_rotary_pos_emb,
     rotate_half,
@@ -28,6 +26,8 @@ from transformers.models.qwen3.modeling_qwen3 import (
 from kernels import sliding_window_attention, token_sparse_attention
 
 from .cache import cache_slots
+from .rmsnorm import LeanRMSNorm
+from .router_logit import router_logit
 
 
 @dataclass(frozen=True)
@@ -47,8 +47,10 @@ class Family:
         return bool(config.attention_bias) if self.name == "qwen3" else False
 
 
-QWEN3 = Family("qwen3", Qwen3RMSNorm, Qwen3MLP, Qwen3RotaryEmbedding, qk_norm=True)
-QWEN2 = Family("qwen2", Qwen2RMSNorm, Qwen2MLP, Qwen2RotaryEmbedding, qk_norm=False)
+# LeanRMSNorm: the forward of Qwen2RMSNorm / Qwen3RMSNorm (identical), without their fp32
+# copy of the input kept for backward (l2a/rmsnorm.py).
+QWEN3 = Family("qwen3", LeanRMSNorm, Qwen3MLP, Qwen3RotaryEmbedding, qk_norm=True)
+QWEN2 = Family("qwen2", LeanRMSNorm, Qwen2MLP, Qwen2RotaryEmbedding, qk_norm=False)
 
 
 @dataclass
@@ -168,7 +170,7 @@ class L2AAttention(nn.Module):
 
         Computed in fp32: a bf16 logit near the threshold would flip decisions between the
         forward pass and the recomputation of activation checkpointing."""
-        logit = F.linear(g.float(), self.router.weight.float()).squeeze(-1)
+        logit = router_logit(g, self.router.weight)  # no fp32 copy of g kept for backward
         return torch.sigmoid(logit / self.tau), logit >= self.logit_threshold
 
     def forward(

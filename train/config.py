@@ -340,6 +340,11 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
     grad_clip: float = 1.0  # 0 disables
     activation_checkpointing: bool = True  # per decoder layer
+    # Activation memory (train/memory.py): the MLP through DeepSpeed's TiledMLP, cut along
+    # the sequence into N shards (off | auto = ceil(tokens / hidden) | N); the checkpointed
+    # layer inputs kept in pinned CPU memory between forward and backward.
+    tiled_mlp: str | int = "off"
+    offload_checkpoints: bool = False
     loss_chunk_size: int = 4096  # tokens per chunk of the LM-head + cross-entropy
     ckpt_every: int = 500  # optimizer steps; 0: only at the end and on preemption
     keep_checkpoints: int = 2  # most recent complete checkpoints kept (0: keep all)
@@ -382,6 +387,13 @@ class TrainConfig:
         _choice("train.precision", self.precision, ("auto", "bf16", "fp32"))
         _positive("train.grad_clip", self.grad_clip, strict=False)
         _positive("train.loss_chunk_size", self.loss_chunk_size)
+        if self.tiled_mlp not in ("off", "auto") and not (
+            isinstance(self.tiled_mlp, int) and self.tiled_mlp >= 1
+        ):
+            _fail("train.tiled_mlp", "must be off, auto or an integer >= 1", self.tiled_mlp)
+        if self.offload_checkpoints and not self.activation_checkpointing:
+            _fail("train.offload_checkpoints", "needs train.activation_checkpointing=true",
+                  self.offload_checkpoints)
         _positive("train.ckpt_every", self.ckpt_every, strict=False)
         _positive("train.keep_checkpoints", self.keep_checkpoints, strict=False)
         if not self.resume:

@@ -65,17 +65,21 @@ class LossModule(nn.Module):
     head's own forward, so under ZeRO-3 it is registered as an external parameter of this
     module and gathered for its forward and backward."""
 
-    def __init__(self, lm: nn.Module, chunk_size: int, l2a: bool):
+    def __init__(self, lm: nn.Module, chunk_size: int, l2a: bool, offload_checkpoints: bool = False):
         super().__init__()
         self.lm = lm
         self.chunk_size = chunk_size
         self.l2a = l2a
+        self.offload_checkpoints = offload_checkpoints
 
     def forward(self, input_ids, position_ids, labels, dense: bool = False):
         from train.losses import causal_lm_loss
+        from train.memory import offload_context
 
         kwargs = {"l2a_dense": dense} if self.l2a else {}
-        out = self.lm.model(input_ids=input_ids, position_ids=position_ids, use_cache=False, **kwargs)
+        with offload_context(self.offload_checkpoints):
+            out = self.lm.model(input_ids=input_ids, position_ids=position_ids, use_cache=False,
+                                **kwargs)
         loss = causal_lm_loss(out.last_hidden_state, self.lm.lm_head.weight, labels,
                               chunk_size=self.chunk_size)
         probs = getattr(out, "router_probs", None) or ()
@@ -172,13 +176,17 @@ class Trainer:
         self.loaded_partitioned = self._zero3_loading is not None
         if self.cfg.train.activation_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        from train.memory import enable_tiled_mlp
+
+        enable_tiled_mlp(model, self.cfg.train.tiled_mlp)
         from l2a.trainable import mark_trainable
 
         self.n_trainable, self.n_params = mark_trainable(model)
         if self.n_trainable == 0:
             raise ConfigError("l2a: no trainable parameter found in the model")
         self.model_config = model.config
-        self.module = LossModule(model, self.cfg.train.loss_chunk_size, self.cfg.l2a.enabled)
+        self.module = LossModule(model, self.cfg.train.loss_chunk_size, self.cfg.l2a.enabled,
+                                 self.cfg.train.offload_checkpoints)
 
     def _build_data(self) -> None:
         if self.loader is not None:  # injected (benchmarks with synthetic batches)
