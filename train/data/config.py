@@ -13,7 +13,7 @@ from typing import Any
 
 from train.data.errors import ConfigError
 
-SOURCE_TYPES = ("auto", "hub", "jsonl", "parquet", "text", "arrow", "generated")
+SOURCE_TYPES = ("auto", "hub", "jsonl", "parquet", "text", "arrow", "generated", "files")
 LOCAL_SUFFIXES = {
     ".jsonl": "jsonl",
     ".json": "jsonl",
@@ -155,6 +155,44 @@ class GeneratedTextConfig(_FromDict):
 
 
 @dataclass
+class FilesConfig(_FromDict):
+    """A tree of text files, one document per file (``type: files``; train/data/file_corpus.py).
+
+    ``include`` / ``exclude``: fnmatch patterns on the path relative to the root (``*``
+    also matches ``/``). ``holdout``: the fraction of files held out for validation, chosen
+    by a hash of the relative path; the source's ``split`` (train | validation | all) picks
+    the side. ``dedup``: files with the same content are read once (the first path in
+    sorted order keeps them). Files over ``max_file_bytes`` and whitespace-only files are
+    skipped; ``.gz`` files are decompressed.
+    """
+
+    include: list[str] = field(default_factory=lambda: ["*"])
+    exclude: list[str] = field(default_factory=list)
+    holdout: float = 0.0
+    dedup: bool = True
+    max_file_bytes: int | None = 1 << 20
+    _path: str = field(default="data.sources[].files", repr=False, compare=False)
+
+    def __post_init__(self):
+        p = self._path
+        for key in ("include", "exclude"):
+            value = getattr(self, key)
+            if not isinstance(value, (list, tuple)) or not all(
+                isinstance(v, str) and v for v in value
+            ):
+                _fail(f"{p}.{key}", f"must be a list of glob patterns, got {value!r}")
+            setattr(self, key, list(value))
+        if not self.include:
+            _fail(f"{p}.include", "must name at least one pattern")
+        _check_float(f"{p}.holdout", self.holdout, 0.0, 1.0, hi_open=True)
+        _check_bool(f"{p}.dedup", self.dedup)
+        _check_int(f"{p}.max_file_bytes", self.max_file_bytes, 1, allow_none=True)
+
+
+FILE_SPLITS = ("train", "validation", "all")
+
+
+@dataclass
 class SourceConfig(_FromDict):
     """One corpus of the mixture: a hub dataset id, local file(s)/glob/directory, or generated."""
 
@@ -173,8 +211,9 @@ class SourceConfig(_FromDict):
     max_docs: int | None = None
     max_tokens: int | None = None
     generated: GeneratedTextConfig | dict | None = None
+    files: FilesConfig | dict | None = None
     _path: str = field(default="data.sources[]", repr=False, compare=False)
-    _nested = {"generated": lambda: GeneratedTextConfig}
+    _nested = {"generated": lambda: GeneratedTextConfig, "files": lambda: FilesConfig}
 
     def __post_init__(self):
         p = self._path
@@ -185,6 +224,13 @@ class SourceConfig(_FromDict):
                     self.generated or {}, path=f"{p}.generated"
                 )
             self.name = self.name or "generated"
+        elif self.type == "files":
+            if not self.path or not isinstance(self.path, str):
+                _fail(f"{p}.path", f"must be a directory or python:<sysconfig path>, got {self.path!r}")
+            if isinstance(self.files, dict) or self.files is None:
+                self.files = FilesConfig.from_dict(self.files or {}, path=f"{p}.files")
+            _check_choice(f"{p}.split", self.split, FILE_SPLITS)
+            self.name = self.name or _default_name(self.path.replace("python:", ""))
         else:
             if not self.path or not isinstance(self.path, str):
                 _fail(f"{p}.path", f"must be a hub dataset id or a local path, got {self.path!r}")
@@ -201,6 +247,10 @@ class SourceConfig(_FromDict):
         _check_int(f"{p}.max_tokens", self.max_tokens, 1, allow_none=True)
         if self.streaming and self.type == "generated":
             _fail(f"{p}.streaming", "generated sources are made in memory; set streaming: false")
+        if self.streaming and self.type == "files":
+            _fail(f"{p}.streaming", "files sources are read into the cache; set streaming: false")
+        if self.files is not None and self.type != "files":
+            _fail(f"{p}.files", f"only for type: files, got type {self.type!r}")
 
 
 def infer_source_type(path: str, where: str = "data.sources[].type") -> str:

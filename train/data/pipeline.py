@@ -14,6 +14,7 @@ from filelock import FileLock
 
 from train.data import sources as src_mod
 from train.data.config import DataConfig
+from train.data.file_corpus import select_files
 from train.data.errors import BadRecordLog, ConfigError, DataError
 from train.data.mixture import plan_mixture, target_shares
 from train.data.packing import Packer, PackStats
@@ -33,6 +34,9 @@ def _source_signature(cfg: DataConfig) -> list:
             s.type == "arrow" and not os.path.isdir(s.path)
         ):
             out.append(file_signature(resolve_files(s.path, s.type, f"data.sources[{i}].path")))
+        elif s.type == "files":
+            sel = select_files(s.path, s.files, s.split, f"data.sources[{i}].path")
+            out.append(sel.manifest())
         elif s.type == "arrow":
             if not os.path.exists(s.path):
                 raise DataError(f"{s.path}: no such file (data.sources[{i}].path)")

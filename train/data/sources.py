@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from train.data import readers
+from train.data import file_corpus, readers
 from train.data.config import DataConfig, SourceConfig, SyntheticConfig
 from train.data.errors import DataError
 from train.data.synthetic import synthetic_documents
@@ -117,6 +117,8 @@ def load_source(src: SourceConfig, index: int, cfg: DataConfig, seed: int) -> Lo
     where = f"data.sources[{index}].path"
     if src.type == "generated":
         return _load_generated(src, index, cfg, seed)
+    if src.type == "files":
+        return _load_files(src, index, cfg, where)
     if src.type in ("jsonl", "text"):
         return _load_lines(src, index, cfg, where)
     if src.type == "parquet":
@@ -164,6 +166,24 @@ def _load_generated(src: SourceConfig, index: int, cfg: DataConfig, seed: int) -
         cfg,
     )
     return LoadedSource(src.name, index, fp, lambda row, f, line: f"{src.name} document {line}", ds)
+
+
+def _gen_files(ranges, files):
+    for start, stop in ranges:
+        yield from file_corpus.read_documents(list(files), start, stop)
+
+
+def _load_files(src: SourceConfig, index: int, cfg: DataConfig, where: str) -> LoadedSource:
+    sel = file_corpus.select_files(src.path, src.files, src.split, where)
+    fp = _hash("files", READER_VERSION, sel.manifest(), src.files.to_dict(), src.split)
+    ds = _from_generator(
+        _gen_files,
+        {"ranges": _ranges(len(sel.files), max(1, cfg.num_proc) * 4), "files": tuple(sel.files)},
+        _FEATURES,
+        fp,
+        cfg,
+    )
+    return LoadedSource(src.name, index, fp, lambda row, f, line: sel.files[f], ds)
 
 
 def _load_lines(src: SourceConfig, index: int, cfg: DataConfig, where: str) -> LoadedSource:
