@@ -16,9 +16,10 @@ def trainable_parameter_names(model: nn.Module) -> list[str]:
     return [n for n, _ in model.named_parameters() if any(k in n for k in TRAINABLE_KEYS)]
 
 
-def mark_trainable(model: nn.Module) -> tuple[int, int]:
-    """Set requires_grad per the rule above; returns (trainable, total) parameter counts."""
-    keep = set(trainable_parameter_names(model))
+def mark_trainable(model: nn.Module, everything: bool = False) -> tuple[int, int]:
+    """Set requires_grad per the rule above (every parameter with `everything`: pretraining
+    from scratch); returns (trainable, total) parameter counts."""
+    keep = {n for n, _ in model.named_parameters()} if everything else set(trainable_parameter_names(model))
     trainable = total = 0
     for name, param in model.named_parameters():
         param.requires_grad_(name in keep)

@@ -339,6 +339,9 @@ class TrainConfig:
     global_batch_size: int | None = None
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
     grad_clip: float = 1.0  # 0 disables
+    # What trains: `l2a` (the method's set: attention branches, router, norms; MLPs,
+    # embeddings and LM head frozen) or `all` (pretraining a base from scratch).
+    trainable: str = "l2a"
     activation_checkpointing: bool = True  # per decoder layer
     # Activation memory (train/memory.py): the MLP through DeepSpeed's TiledMLP, cut along
     # the sequence into N shards (off | auto = ceil(tokens / hidden) | N); the checkpointed
@@ -385,6 +388,7 @@ class TrainConfig:
                       f"must be a multiple of train.micro_batch_size ({self.micro_batch_size})",
                       self.global_batch_size)
         _choice("train.precision", self.precision, ("auto", "bf16", "fp32"))
+        _choice("train.trainable", self.trainable, ("l2a", "all"))
         _positive("train.grad_clip", self.grad_clip, strict=False)
         _positive("train.loss_chunk_size", self.loss_chunk_size)
         if self.tiled_mlp not in ("off", "auto") and not (

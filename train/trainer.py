@@ -181,7 +181,7 @@ class Trainer:
         enable_tiled_mlp(model, self.cfg.train.tiled_mlp)
         from l2a.trainable import mark_trainable
 
-        self.n_trainable, self.n_params = mark_trainable(model)
+        self.n_trainable, self.n_params = mark_trainable(model, everything=self.cfg.train.trainable == "all")
         if self.n_trainable == 0:
             raise ConfigError("l2a: no trainable parameter found in the model")
         self.model_config = model.config

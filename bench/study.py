@@ -1,0 +1,425 @@
+"""The dense vs L2A context-extension study (docs/RESULTS.md), one subcommand per step:
+
+    python -m bench.study prepare    # data at 2K, 8K, 16K + the held-out files
+    python -m bench.study pretrain   # the base, dense, all parameters, 2K -> .cache/study/base
+    python -m bench.study extend     # arms x lengths x seeds from that base
+    python -m bench.study eval       # python -m eval on every extended model
+    python -m bench.study prune      # python -m l2a.prune on the L2A models, then eval again
+    python -m bench.study report     # bench/results/study/*.json -> docs/RESULTS.md + plots
+
+Every step runs the project's own entry points as subprocesses (`python -m train`,
+`python -m train.data.prepare`, `python -m eval`, `python -m l2a.prune`); the last two are
+behind one small function each (`eval_command`, `prune_command`, `parse_*`) so that they
+follow those CLIs. A step whose tool is not installed is recorded as skipped with the
+reason. `--scale tiny` runs the same chain on a tiny model and short rows on CPU (the
+smoke test). Results: one JSON per run under `--results` (default bench/results/study).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ARMS = {"dense": "study_dense", "l2a": "study_l2a", "l2a_s08": "study_l2a_s08",
+        "l2a_s09": "study_l2a_s09"}
+LENGTHS = {"8k": 8192, "16k": 16384}
+EVAL_LENGTHS = [2048, 4096, 8192, 16384, 32768]
+PRUNE_FRACTIONS = [0.25, 0.5]
+MAX_SHARD_BYTES = 15 << 20  # under the device's 16 MiB per returned file
+MAX_SHARDS = 8
+QUIET = ["train.progress_bar=false", "train.wandb.mode=disabled"]
+# --scale tiny: the same chain on CPU in about a minute (tiny model, 512-token rows).
+TINY = {
+    "pretrain": ["model=tiny", "data=study_tiny", "train.max_steps=4", "train.micro_batch_size=4",
+                 "train.global_batch_size=4", "train.ckpt_every=0", "train.plot=false"],
+    # The data of study_tiny as is (the length group's keys set back): one prepared set.
+    "extend": ["data=study_tiny", "data.seq_len=512", "data.num_tokens=120000",
+               "data.synthetic.num_samples=60", "data.synthetic.min_tokens=256",
+               "train.max_steps=3", "train.micro_batch_size=2", "train.global_batch_size=2",
+               "l2a.window=32", "l2a.lambda_final=2.0e-5", "train.plot=false"],
+    "prepare": ["data=study_tiny"],
+    "eval_lengths": [256, 512, 1024],
+}
+
+
+class StudyError(RuntimeError):
+    """A step failed; the message is one line naming the step and its log."""
+
+
+# ----------------------------------------------------------------------------- helpers
+def write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path, default=None):
+    return json.loads(path.read_text()) if path.exists() else default
+
+
+def run_step(argv: list[str], log: Path, max_seconds: float | None = None,
+             env: dict | None = None) -> tuple[int, float]:
+    """Run one command with its output in `log`. Past `max_seconds` it gets SIGTERM (the
+    trainer then checkpoints and exits 75), then SIGKILL 120 s later. -> (exit code, wall s)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, **(env or {})})
+        try:
+            rc = proc.wait(timeout=max_seconds)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                rc = proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                rc = proc.wait()
+    return rc, time.time() - t0
+
+
+def run_in_process(argv: list[str], log: Path, max_seconds: float | None = None,
+                   env: dict | None = None) -> tuple[int, float]:
+    """`run_step` without a new interpreter per step (the CPU smoke test: start-up would
+    cost more than the steps). Runs `python -m train | train.data.prepare | train.export`
+    in this process; `max_seconds` is not enforced."""
+    import contextlib
+
+    module, args = argv[2], argv[3:]
+    saved = {k: os.environ.get(k) for k in (env or {})}
+    os.environ.update(env or {})
+    t0 = time.time()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(log, "w") as out, contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            if module == "train":
+                from train.config import from_hydra
+                from train.data.prepare import compose
+                from train.trainer import run
+
+                run_dir = next(a.split("=", 1)[1] for a in args if a.startswith("hydra.run.dir="))
+                overrides = [a for a in args if not a.startswith("hydra.")]
+                rc = run(from_hydra(compose("config", overrides)), run_dir, overrides)
+            elif module == "train.data.prepare":
+                from train.data.prepare import main as prepare_main
+
+                rc = prepare_main(args)
+            elif module == "train.export":
+                from train.export import main as export_main
+
+                rc = export_main(args)
+            else:
+                raise StudyError(f"python -m {module}: no in-process runner")
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return rc, time.time() - t0
+
+
+def _tail(log: Path, n: int = 1) -> str:
+    lines = [x for x in log.read_text(errors="replace").splitlines() if x.strip()] if log.exists() else []
+    return " | ".join(lines[-n:]) or "no output"
+
+
+def tool_missing(module: str) -> str | None:
+    """Why `python -m <module>` cannot run here, or None."""
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        found = False
+    return None if found else f"python -m {module} is not available in this checkout"
+
+
+# ----------------------------------------------------------------------------- adapters
+# The two tools the study drives from outside. Their CLIs are those of issues 11 (eval) and
+# 12 (pruning); these four functions are the only places that know them.
+def eval_command(model_dir: Path, out_dir: Path, lengths: list[int], heldout: Path | None,
+                 seed: int = 0) -> list[str]:
+    """`python -m eval`: a Hydra app taking a model directory, lengths in tokens, held-out
+    packed data for perplexity; writes <run dir>/results.json."""
+    argv = [sys.executable, "-m", "eval", f"eval.model={model_dir}",
+            f"eval.lengths=[{','.join(str(n) for n in lengths)}]", f"eval.seed={seed}",
+            f"hydra.run.dir={out_dir}"]
+    if heldout is not None:
+        argv.append(f"eval.perplexity_data={heldout}")
+    return argv
+
+
+def parse_eval(out_dir: Path) -> dict:
+    """results.json -> {"retrieval": {length: mean score over tasks/depths}, "perplexity":
+    {length: ppl}, "layer_sparsity": [...], "kv_bytes": {length: bytes}}. Reads records
+    {"task", "length", "score"} (retrieval), {"metric": "perplexity", "length", "value"},
+    {"metric": "layer_sparsity", "value": [...]}, {"metric": "kv_bytes", "length", "value"}."""
+    raw = json.loads((out_dir / "results.json").read_text())
+    records = raw.get("records", raw) if isinstance(raw, dict) else raw
+    scores: dict[str, list[float]] = {}
+    out: dict = {"retrieval": {}, "perplexity": {}, "layer_sparsity": None, "kv_bytes": {}}
+    for r in records:
+        metric = r.get("metric", "score")
+        if metric == "score":
+            scores.setdefault(str(r["length"]), []).append(float(r["score"]))
+        elif metric == "perplexity":
+            out["perplexity"][str(r["length"])] = float(r["value"])
+        elif metric == "layer_sparsity":
+            out["layer_sparsity"] = [float(v) for v in r["value"]]
+        elif metric == "kv_bytes":
+            out["kv_bytes"][str(r["length"])] = int(r["value"])
+    out["retrieval"] = {k: sum(v) / len(v) for k, v in scores.items()}
+    return out
+
+
+def prune_command(model_dir: Path, out_dir: Path, fraction: float, calibration: Path) -> list[str]:
+    """`python -m l2a.prune`: turn the least-used `fraction` of the layers local-only."""
+    return [sys.executable, "-m", "l2a.prune", "--model", str(model_dir), "--out", str(out_dir),
+            "--prune-fraction", str(fraction), "--calibration", str(calibration)]
+
+
+def parse_prune(out_dir: Path) -> dict:
+    """The pruning report: layers pruned, usage per layer, KV bytes before and after."""
+    path = out_dir / "prune_report.json"
+    return read_json(path, {})
+
+
+# ----------------------------------------------------------------------------- steps
+class Study:
+    def __init__(self, args, runner=run_step):
+        self.runner = runner
+        self.scale = args.scale
+        self.runs = Path(args.runs).resolve()
+        self.results = Path(args.results).resolve()
+        self.base_dir = Path(args.base_dir).resolve()
+        self.max_seconds = args.max_minutes * 60 if args.max_minutes else None
+        self.env = {"L2A_STUDY_BASE": str(self.base_dir), "WANDB_MODE": "disabled",
+                    "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+
+    def extra(self, step: str) -> list[str]:
+        return TINY[step] if self.scale == "tiny" else []
+
+    def eval_lengths(self) -> list[int]:
+        return TINY["eval_lengths"] if self.scale == "tiny" else EVAL_LENGTHS
+
+    def prepare_overrides(self, length: str | None) -> list[list[str]]:
+        """The data sets of the study: training rows per length and the held-out files."""
+        if length is None:
+            base = ["experiment=study_base", *self.extra("pretrain")]
+        else:
+            base = ["experiment=study_l2a", f"study_length={length}", *self.extra("extend")]
+        seq_len = 512 if self.scale == "tiny" else LENGTHS.get(length, 2048)
+        held = [*base, "data.sources.0.split=validation", "data.synthetic.enabled=false",
+                "data.num_tokens=null", f"data.prepared_dir={self.heldout_dir(seq_len)}"]
+        if self.scale != "tiny":
+            held.append("data.sources.1.split=validation")
+        return [base, held]
+
+    def heldout_dir(self, seq_len: int) -> Path:
+        data_dir = Path(os.environ.get("L2A_DATA_DIR", ROOT / ".cache" / "data"))
+        return (data_dir / "prepared" / f"heldout-{seq_len}").resolve()
+
+    def prepare(self, lengths: list[str | None]) -> None:
+        for length in lengths:
+            for overrides in self.prepare_overrides(length):
+                tag = "2k" if length is None else length
+                log = self.runs / "logs" / f"prepare-{tag}-{len(overrides)}.log"
+                rc, _ = self.runner([sys.executable, "-m", "train.data.prepare", *overrides], log,
+                                 env=self.env)
+                if rc != 0:
+                    raise StudyError(f"prepare {tag}: exit {rc}: {_tail(log)} (log {log})")
+                print(f"prepare {tag}: ok ({log})", flush=True)
+
+    def _train(self, name: str, overrides: list[str]) -> dict:
+        run_dir = self.runs / name
+        log = self.runs / "logs" / f"{name}.log"
+        argv = [sys.executable, "-m", "train", *overrides, *QUIET, f"hydra.run.dir={run_dir}"]
+        rc, wall = self.runner(argv, log, self.max_seconds, self.env)
+        if rc == 75:  # stopped at --max-minutes: export what the last checkpoint holds
+            rc2, _ = self.runner([sys.executable, "-m", "train.export", str(run_dir),
+                               str(run_dir / "export")], log.with_suffix(".export.log"))
+            if rc2 != 0:
+                raise StudyError(f"{name}: export after the time cap failed ({log})")
+        elif rc != 0:
+            raise StudyError(f"{name}: exit {rc}: {_tail(log)} (log {log})")
+        summary = read_json(run_dir / "summary.json", {})
+        metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()
+                   if x.strip()]
+        last = metrics[-1] if metrics else {}
+        train_s = sum(m.get("step_time_s", 0.0) for m in metrics)
+        world = summary.get("world_size", 1)
+        return {
+            "run_dir": str(run_dir), "completed": rc == 0, "wall_s": round(wall, 1),
+            "steps": last.get("step", 0), "tokens": last.get("tokens", 0),
+            "gpu_time_s": round(train_s * world, 1), "final_lm_loss": last.get("lm_loss"),
+            "sparsity": last.get("sparsity", 0.0),
+            "layer_sparsity": [last[k] for k in sorted(
+                (k for k in last if k.startswith("sparsity/layer_")),
+                key=lambda k: int(k.rsplit("_", 1)[1]))],
+            "export_dir": str(run_dir / "export"),
+        }
+
+    def pretrain(self, seed: int) -> dict:
+        name = f"pretrain-seed{seed}"
+        rec = self._train(name, ["experiment=study_base", f"train.seed={seed}",
+                                 *self.extra("pretrain")])
+        rec["base_files"] = save_sharded(Path(rec["export_dir"]), self.base_dir)
+        write_json(self.results / f"{name}.json", {"step": "pretrain", "seed": seed,
+                                                    "scale": self.scale, "train": rec})
+        print(f"{name}: {rec['steps']} steps, lm loss {rec['final_lm_loss']}, "
+              f"{rec['gpu_time_s']} GPU s; base {self.base_dir} ({len(rec['base_files'])} files)")
+        return rec
+
+    def run_path(self, arm: str, length: str, seed: int) -> Path:
+        return self.results / f"run-{arm}-{length}-seed{seed}.json"
+
+    def extend(self, arms: list[str], lengths: list[str], seeds: list[int]) -> None:
+        if not (self.base_dir / "config.json").exists():
+            raise StudyError(f"{self.base_dir}: no base model; run `python -m bench.study pretrain` "
+                             "or pass --base-dir")
+        for arm in arms:
+            for length in lengths:
+                for seed in seeds:
+                    name = f"{arm}-{length}-seed{seed}"
+                    rec = self._train(name, [f"experiment={ARMS[arm]}", f"study_length={length}",
+                                             f"train.seed={seed}", *self.extra("extend")])
+                    write_json(self.run_path(arm, length, seed), {
+                        "arm": arm, "train_length": LENGTHS[length], "seed": seed,
+                        "scale": self.scale, "train": rec, "evals": {}})
+                    print(f"{name}: {rec['steps']} steps, lm loss {rec['final_lm_loss']}, "
+                          f"sparsity {rec['sparsity']:.3f}, {rec['gpu_time_s']} GPU s", flush=True)
+
+    def _records(self) -> list[tuple[Path, dict]]:
+        return [(p, json.loads(p.read_text())) for p in sorted(self.results.glob("run-*.json"))]
+
+    def _evaluate(self, model_dir: Path, out_dir: Path, seq_len: int, seed: int) -> dict:
+        missing = tool_missing("eval")
+        if missing:
+            return {"skipped": missing}
+        log = out_dir.with_suffix(".log")
+        rc, wall = self.runner(eval_command(model_dir, out_dir, self.eval_lengths(),
+                                         self.heldout_dir(seq_len), seed), log, None, self.env)
+        if rc != 0:
+            return {"failed": f"exit {rc}: {_tail(log)}", "log": str(log)}
+        return {**parse_eval(out_dir), "wall_s": round(wall, 1)}
+
+    def evaluate(self) -> None:
+        for path, rec in self._records():
+            run_dir = Path(rec["train"]["run_dir"])
+            result = self._evaluate(Path(rec["train"]["export_dir"]), run_dir / "eval",
+                                    rec["train_length"], rec["seed"])
+            rec["evals"]["0.0"] = result
+            write_json(path, rec)
+            print(f"eval {path.stem}: {sorted(result) if 'skipped' not in result else result['skipped']}")
+
+    def prune(self) -> None:
+        for path, rec in self._records():
+            if rec["arm"] == "dense":
+                continue
+            run_dir = Path(rec["train"]["run_dir"])
+            for fraction in PRUNE_FRACTIONS:
+                missing = tool_missing("l2a.prune")
+                if missing:
+                    rec["evals"][str(fraction)] = {"skipped": missing}
+                    continue
+                out = run_dir / f"pruned-{fraction}"
+                log = out.with_suffix(".log")
+                rc, _ = self.runner(prune_command(Path(rec["train"]["export_dir"]), out, fraction,
+                                               self.heldout_dir(rec["train_length"])), log,
+                                 None, self.env)
+                if rc != 0:
+                    rec["evals"][str(fraction)] = {"failed": f"prune exit {rc}: {_tail(log)}"}
+                    continue
+                result = self._evaluate(out, run_dir / f"eval-pruned-{fraction}",
+                                        rec["train_length"], rec["seed"])
+                result["prune"] = parse_prune(out)
+                rec["evals"][str(fraction)] = result
+            write_json(path, rec)
+            print(f"prune {path.stem}: {sorted(rec['evals'])}")
+
+
+def save_sharded(src: Path, dst: Path, max_bytes: int = MAX_SHARD_BYTES,
+                 max_files: int = MAX_SHARDS) -> list[dict]:
+    """Re-save an HF model directory as safetensors shards under `max_bytes` each (what the
+    device brings back), atomically; -> [{"file", "bytes"}]."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import l2a  # noqa: F401
+
+    model = AutoModelForCausalLM.from_pretrained(src, dtype="auto")
+    tok = AutoTokenizer.from_pretrained(src)
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, max_shard_size=max_bytes)
+    tok.save_pretrained(tmp)
+    shards = sorted(tmp.glob("*.safetensors"))
+    big = [f for f in shards if f.stat().st_size >= 16 << 20]
+    if big or len(shards) > max_files:
+        shutil.rmtree(tmp)
+        raise StudyError(f"{src}: {len(shards)} shards, {len(big)} over 16 MiB "
+                         f"(limits: {max_files} files under 16 MiB)")
+    shutil.rmtree(dst, ignore_errors=True)
+    os.replace(tmp, dst)
+    return [{"file": f.name, "bytes": (dst / f.name).stat().st_size} for f in shards]
+
+
+def _list(value: str, known=None) -> list[str]:
+    items = [v for v in value.split(",") if v]
+    if known is not None:
+        bad = [v for v in items if v not in known]
+        if bad:
+            raise StudyError(f"{bad[0]}: unknown (known: {', '.join(known)})")
+    return items
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("step", choices=["prepare", "pretrain", "extend", "eval", "prune", "report"])
+    p.add_argument("--scale", choices=["full", "tiny"], default="full")
+    p.add_argument("--runs", default=str(ROOT / "runs" / "study"), help="run directories")
+    p.add_argument("--results", default=str(ROOT / "bench" / "results" / "study"))
+    p.add_argument("--base-dir", default=os.environ.get("L2A_STUDY_BASE",
+                                                        str(ROOT / ".cache" / "study" / "base")))
+    p.add_argument("--seed", type=int, default=0, help="pretrain: the base's seed")
+    p.add_argument("--arms", default=",".join(ARMS))
+    p.add_argument("--lengths", default=",".join(LENGTHS))
+    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="stop a training run after this long (checkpoint, export)")
+    p.add_argument("--out", default=str(ROOT / "docs" / "RESULTS.md"), help="report: the page")
+    args = p.parse_args(argv)
+    try:
+        study = Study(args)
+        if args.step == "prepare":
+            lengths = _list(args.lengths, LENGTHS) if args.scale == "full" else []
+            study.prepare([None, *lengths])  # tiny: every step reads the same 512-token rows
+        elif args.step == "pretrain":
+            study.pretrain(args.seed)
+        elif args.step == "extend":
+            study.extend(_list(args.arms, ARMS), _list(args.lengths, LENGTHS),
+                         [int(s) for s in _list(args.seeds)])
+        elif args.step == "eval":
+            study.evaluate()
+        elif args.step == "prune":
+            study.prune()
+        else:
+            from bench.study_report import write_report
+
+            write_report(Path(args.results), Path(args.out))
+    except StudyError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
