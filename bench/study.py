@@ -6,6 +6,8 @@
     python -m bench.study eval       # python -m eval on every extended model
     python -m bench.study prune      # python -m l2a.prune on the L2A models, then eval again
     python -m bench.study report     # bench/results/study/*.json -> docs/RESULTS.md + plots
+    python -m bench.study pack-data  # the prepared rows as .cache/study/data/*.tar.xz, for a
+                                     # machine without `datasets` (--data-archives there)
 
 Every step runs the project's own entry points as subprocesses (`python -m train`,
 `python -m train.data.prepare`, `python -m eval`, `python -m l2a.prune`); the last two are
@@ -18,6 +20,7 @@ smoke test). Results: one JSON per run under `--results` (default bench/results/
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
@@ -34,9 +37,10 @@ ARMS = {"dense": "study_dense", "l2a": "study_l2a", "l2a_s08": "study_l2a_s08",
 LENGTHS = {"8k": 8192, "16k": 16384}
 EVAL_LENGTHS = [2048, 4096, 8192, 16384, 32768]
 PRUNE_FRACTIONS = [0.25, 0.5]
-MAX_SHARD_BYTES = 15 << 20  # under the device's 16 MiB per returned file
-MAX_SHARDS = 8
-QUIET = ["train.progress_bar=false", "train.wandb.mode=disabled"]
+MAX_SHARD_BYTES = 12 << 20  # the 46 MiB base in 4 shards, each under the device's 16 MiB
+MAX_SHARDS = 8  # files a device call brings back
+# No progress bar, wandb or per-run plot (the device has no matplotlib; `report` plots).
+QUIET = ["train.progress_bar=false", "train.wandb.mode=disabled", "train.plot=false"]
 # --scale tiny: the same chain on CPU in about a minute (tiny model, 512-token rows).
 TINY = {
     "pretrain": ["model=tiny", "data=study_tiny", "train.max_steps=4", "train.micro_batch_size=4",
@@ -93,8 +97,6 @@ def run_in_process(argv: list[str], log: Path, max_seconds: float | None = None,
     """`run_step` without a new interpreter per step (the CPU smoke test: start-up would
     cost more than the steps). Runs `python -m train | train.data.prepare | train.export`
     in this process; `max_seconds` is not enforced."""
-    import contextlib
-
     module, args = argv[2], argv[3:]
     saved = {k: os.environ.get(k) for k in (env or {})}
     os.environ.update(env or {})
@@ -110,6 +112,10 @@ def run_in_process(argv: list[str], log: Path, max_seconds: float | None = None,
                 run_dir = next(a.split("=", 1)[1] for a in args if a.startswith("hydra.run.dir="))
                 overrides = [a for a in args if not a.startswith("hydra.")]
                 rc = run(from_hydra(compose("config", overrides)), run_dir, overrides)
+            elif module == "bench.study_train":
+                from bench.study_train import main as study_train_main
+
+                rc = study_train_main(args)
             elif module == "train.data.prepare":
                 from train.data.prepare import main as prepare_main
 
@@ -202,6 +208,7 @@ class Study:
         self.results = Path(args.results).resolve()
         self.base_dir = Path(args.base_dir).resolve()
         self.max_seconds = args.max_minutes * 60 if args.max_minutes else None
+        self.archives = Path(args.data_archives).resolve() if args.data_archives else None
         self.env = {"L2A_STUDY_BASE": str(self.base_dir), "WANDB_MODE": "disabled",
                     "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
 
@@ -211,22 +218,88 @@ class Study:
     def eval_lengths(self) -> list[int]:
         return TINY["eval_lengths"] if self.scale == "tiny" else EVAL_LENGTHS
 
+    def seq_len(self, length: str | None) -> int:
+        return 512 if self.scale == "tiny" else LENGTHS.get(length, 2048)
+
     def prepare_overrides(self, length: str | None) -> list[list[str]]:
         """The data sets of the study: training rows per length and the held-out files."""
-        if length is None:
-            base = ["experiment=study_base", *self.extra("pretrain")]
-        else:
-            base = ["experiment=study_l2a", f"study_length={length}", *self.extra("extend")]
-        seq_len = 512 if self.scale == "tiny" else LENGTHS.get(length, 2048)
+        base = self.step_overrides(length)
         held = [*base, "data.sources.0.split=validation", "data.synthetic.enabled=false",
-                "data.num_tokens=null", f"data.prepared_dir={self.heldout_dir(seq_len)}"]
+                "data.num_tokens=null",
+                f"data.prepared_dir={self.heldout_dir(self.seq_len(length))}"]
         if self.scale != "tiny":
             held.append("data.sources.1.split=validation")
         return [base, held]
 
     def heldout_dir(self, seq_len: int) -> Path:
-        data_dir = Path(os.environ.get("L2A_DATA_DIR", ROOT / ".cache" / "data"))
-        return (data_dir / "prepared" / f"heldout-{seq_len}").resolve()
+        return data_root() / "prepared" / f"heldout-{seq_len}"
+
+    def step_overrides(self, length: str | None) -> list[str]:
+        if length is None:
+            return ["experiment=study_base", *self.extra("pretrain")]
+        return ["experiment=study_l2a", f"study_length={length}", *self.extra("extend")]
+
+    def pack_data(self, lengths: list[str | None]) -> list[Path]:
+        """The prepared rows (and held-out files) of each length as one .tar.xz under
+        --data-archives (default .cache/study/data): what a machine without `datasets`
+        trains from. Packed once; xz takes ~160 MB of 2K byte tokens to ~15 MB."""
+        import tarfile
+
+        from train.config import from_hydra
+        from train.data.prepare import compose
+
+        out_dir = self.archives or (ROOT / ".cache" / "study" / "data")
+        made = []
+        for length in lengths:
+            cfg = from_hydra(compose("config", self.step_overrides(length)))
+            dirs = [Path(cfg.data.prepared_dir).resolve(), self.heldout_dir(cfg.data.seq_len)]
+            missing = [d for d in dirs if not (d / "meta.json").exists()]
+            if missing:
+                raise StudyError(f"{missing[0]}: not prepared; run `python -m bench.study prepare`")
+            out = out_dir / f"study-{cfg.data.seq_len}.tar.xz"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_name(out.name + ".tmp")
+            with tarfile.open(tmp, "w:xz", preset=3) as tar:
+                for d in dirs:
+                    tar.add(d, arcname=f"prepared/{d.name}")
+            os.replace(tmp, out)
+            made.append(out)
+            print(f"pack-data: {out} ({out.stat().st_size / 2**20:.1f} MiB)", flush=True)
+        return made
+
+    def unpack_data(self, seq_len: int) -> None:
+        """Unpack study-<seq_len>.tar.xz from --data-archives into the data directory."""
+        import tarfile
+
+        archive = self.archives / f"study-{seq_len}.tar.xz"
+        if not archive.exists():
+            raise StudyError(f"{archive}: no such archive (python -m bench.study pack-data)")
+        # Into a private directory, then each data set renamed into place unless there:
+        # two processes (one per GPU) may unpack the same archive at once.
+        tmp = data_root() / f".unpack-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        with tarfile.open(archive) as tar:
+            tar.extractall(tmp, filter="data")
+        for d in sorted((tmp / "prepared").iterdir()):
+            target = data_root() / "prepared" / d.name
+            meta = target / "meta.json"
+            if target.exists() and (not meta.exists()
+                                    or meta.read_bytes() != (d / "meta.json").read_bytes()):
+                with contextlib.suppress(OSError):  # the other process moved it first
+                    os.rename(target, target.with_name(f".stale-{target.name}-{os.getpid()}"))
+            if not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.rename(d, target)  # atomic: a data set is there whole or not at all
+                except OSError:  # the other process renamed its copy first
+                    pass
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    def train_module(self, seq_len: int) -> str:
+        if self.archives is None:
+            return "train"
+        self.unpack_data(seq_len)
+        return "bench.study_train"
 
     def prepare(self, lengths: list[str | None]) -> None:
         for length in lengths:
@@ -238,11 +311,14 @@ class Study:
                 if rc != 0:
                     raise StudyError(f"prepare {tag}: exit {rc}: {_tail(log)} (log {log})")
                 print(f"prepare {tag}: ok ({log})", flush=True)
+        write_json(self.results / "corpus.json", corpus_manifest(self.extra("pretrain")))
 
-    def _train(self, name: str, overrides: list[str]) -> dict:
+
+    def _train(self, name: str, overrides: list[str], seq_len: int) -> dict:
         run_dir = self.runs / name
         log = self.runs / "logs" / f"{name}.log"
-        argv = [sys.executable, "-m", "train", *overrides, *QUIET, f"hydra.run.dir={run_dir}"]
+        argv = [sys.executable, "-m", self.train_module(seq_len), *overrides, *QUIET,
+                f"hydra.run.dir={run_dir}"]
         rc, wall = self.runner(argv, log, self.max_seconds, self.env)
         if rc == 75:  # stopped at --max-minutes: export what the last checkpoint holds
             rc2, _ = self.runner([sys.executable, "-m", "train.export", str(run_dir),
@@ -270,8 +346,8 @@ class Study:
 
     def pretrain(self, seed: int) -> dict:
         name = f"pretrain-seed{seed}"
-        rec = self._train(name, ["experiment=study_base", f"train.seed={seed}",
-                                 *self.extra("pretrain")])
+        rec = self._train(name, [*self.step_overrides(None), f"train.seed={seed}"],
+                          self.seq_len(None))
         rec["base_files"] = save_sharded(Path(rec["export_dir"]), self.base_dir)
         write_json(self.results / f"{name}.json", {"step": "pretrain", "seed": seed,
                                                     "scale": self.scale, "train": rec})
@@ -283,6 +359,7 @@ class Study:
         return self.results / f"run-{arm}-{length}-seed{seed}.json"
 
     def extend(self, arms: list[str], lengths: list[str], seeds: list[int]) -> None:
+        ensure_base(self.base_dir)
         if not (self.base_dir / "config.json").exists():
             raise StudyError(f"{self.base_dir}: no base model; run `python -m bench.study pretrain` "
                              "or pass --base-dir")
@@ -291,7 +368,8 @@ class Study:
                 for seed in seeds:
                     name = f"{arm}-{length}-seed{seed}"
                     rec = self._train(name, [f"experiment={ARMS[arm]}", f"study_length={length}",
-                                             f"train.seed={seed}", *self.extra("extend")])
+                                             f"train.seed={seed}", *self.extra("extend")],
+                                      self.seq_len(length))
                     write_json(self.run_path(arm, length, seed), {
                         "arm": arm, "train_length": LENGTHS[length], "seed": seed,
                         "scale": self.scale, "train": rec, "evals": {}})
@@ -347,10 +425,40 @@ class Study:
             print(f"prune {path.stem}: {sorted(rec['evals'])}")
 
 
+def data_root() -> Path:
+    """Where the data configs put prepared data and caches (L2A_DATA_DIR, or .cache/data)."""
+    return Path(os.environ.get("L2A_DATA_DIR", ROOT / ".cache" / "data")).resolve()
+
+
+def corpus_manifest(overrides: list[str]) -> dict:
+    """What the study's files sources select on this machine, both sides of the split."""
+    import platform
+
+    from train.config import from_hydra
+    from train.data.file_corpus import select_files
+    from train.data.prepare import compose
+
+    cfg = from_hydra(compose("config", ["experiment=study_base", *overrides]))
+    out = {"python": platform.python_version(), "sources": {}}
+    for i, src in enumerate(cfg.data.sources):
+        if src.type == "files":
+            out["sources"][src.name] = {
+                side: select_files(src.path, src.files, side, f"data.sources[{i}].path").manifest()
+                for side in ("train", "validation")}
+    return out
+
+
+BASE_BUNDLE = "base-files.tar"  # config, tokenizer, shard index: one file instead of five
+
+
 def save_sharded(src: Path, dst: Path, max_bytes: int = MAX_SHARD_BYTES,
                  max_files: int = MAX_SHARDS) -> list[dict]:
-    """Re-save an HF model directory as safetensors shards under `max_bytes` each (what the
-    device brings back), atomically; -> [{"file", "bytes"}]."""
+    """Re-save an HF model directory as what the device can bring back (at most 8 files of
+    under 16 MiB each, the results JSON among them): safetensors shards of at most
+    `max_bytes`, plus the small files in one tar that `ensure_base` unpacks. Atomic;
+    -> [{"file", "bytes"}]."""
+    import tarfile
+
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import l2a  # noqa: F401
@@ -361,15 +469,31 @@ def save_sharded(src: Path, dst: Path, max_bytes: int = MAX_SHARD_BYTES,
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, max_shard_size=max_bytes)
     tok.save_pretrained(tmp)
-    shards = sorted(tmp.glob("*.safetensors"))
-    big = [f for f in shards if f.stat().st_size >= 16 << 20]
-    if big or len(shards) > max_files:
+    small = sorted(f for f in tmp.iterdir() if not f.name.endswith(".safetensors"))
+    with tarfile.open(tmp / BASE_BUNDLE, "w") as tar:
+        for f in small:
+            tar.add(f, arcname=f.name)
+    for f in small:
+        f.unlink()
+    files = sorted(tmp.iterdir())
+    big = [f for f in files if f.stat().st_size >= 16 << 20]
+    if big or len(files) > max_files - 1:
         shutil.rmtree(tmp)
-        raise StudyError(f"{src}: {len(shards)} shards, {len(big)} over 16 MiB "
-                         f"(limits: {max_files} files under 16 MiB)")
+        raise StudyError(f"{src}: {len(files)} files, {len(big)} of 16 MiB or more (limits: "
+                         f"{max_files - 1} files, the results JSON being one more, under 16 MiB)")
     shutil.rmtree(dst, ignore_errors=True)
-    os.replace(tmp, dst)
-    return [{"file": f.name, "bytes": (dst / f.name).stat().st_size} for f in shards]
+    os.replace(tmp, dst)  # left packed: it may be the folder a device call brings back
+    return [{"file": f.name, "bytes": (dst / f.name).stat().st_size} for f in files]
+
+
+def ensure_base(base_dir: Path) -> None:
+    """Unpack the small files of a base brought back by `save_sharded`, once."""
+    import tarfile
+
+    bundle = base_dir / BASE_BUNDLE
+    if bundle.exists() and not (base_dir / "config.json").exists():
+        with tarfile.open(bundle) as tar:
+            tar.extractall(base_dir, filter="data")
 
 
 def _list(value: str, known=None) -> list[str]:
@@ -383,7 +507,8 @@ def _list(value: str, known=None) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("step", choices=["prepare", "pretrain", "extend", "eval", "prune", "report"])
+    p.add_argument("step", choices=["prepare", "pretrain", "extend", "eval", "prune", "report",
+                                     "pack-data"])
     p.add_argument("--scale", choices=["full", "tiny"], default="full")
     p.add_argument("--runs", default=str(ROOT / "runs" / "study"), help="run directories")
     p.add_argument("--results", default=str(ROOT / "bench" / "results" / "study"))
@@ -395,6 +520,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="stop a training run after this long (checkpoint, export)")
+    p.add_argument("--data-archives", default=None,
+                   help="train from the .tar.xz of pack-data in this directory (no `datasets`)")
     p.add_argument("--out", default=str(ROOT / "docs" / "RESULTS.md"), help="report: the page")
     args = p.parse_args(argv)
     try:
@@ -402,6 +529,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.step == "prepare":
             lengths = _list(args.lengths, LENGTHS) if args.scale == "full" else []
             study.prepare([None, *lengths])  # tiny: every step reads the same 512-token rows
+        elif args.step == "pack-data":
+            lengths = _list(args.lengths, LENGTHS) if args.scale == "full" else []
+            study.pack_data([None, *lengths])
         elif args.step == "pretrain":
             study.pretrain(args.seed)
         elif args.step == "extend":

@@ -279,10 +279,35 @@ python -m bench.study prune       # python -m l2a.prune (1/4, 1/2 of the layers)
 python -m bench.study report      # this page and the plots, from bench/results/study/*.json
 ```
 
-`--arms`, `--lengths`, `--seeds` pick a part (one device call per arm: docs/RESULTS.md
+`--arms`, `--lengths`, `--seeds` pick a part (one device call per arm and length, see
 "Sizing"); `--max-minutes` stops a run in time (checkpoint, export, recorded as not
 completed); `--scale tiny` runs the chain on CPU in about a minute
 (`tests/study/test_study_smoke.py`).
+
+## On a GPU machine without the data pipeline's packages
+
+The device this study is sized for has torch and transformers; `scripts/device_wheels.sh`
+brings DeepSpeed and Hydra, not the data pipeline's `datasets` / `pyarrow` (which, with
+pandas, would not fit beside the base in the 64 MiB a call carries). So the data are
+prepared on a CPU machine and travel packed: `python -m bench.study prepare && python -m bench.study pack-data`
+writes `.cache/study/data/study-{2048,8192,16384}.tar.xz` (the 2048-token rows: about
+15 MB). `--data-archives .cache/study/data` then unpacks the one a run needs and trains
+through `python -m bench.study_train`, which opens the prepared rows as they are and
+hands the trainer the loader `python -m train` would build (same batches, same losses:
+tested on CPU with `datasets` blocked). The corpus is then the preparing machine's.
+
+```bash
+# pretraining, one H200 (carry: .whl, .cache/study/data/study-2048.tar.xz)
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+export PYTHONPATH=/tmp/site
+python3 -m bench.study pretrain --data-archives .cache/study/data --max-minutes 6 \\
+    --base-dir $OUT/base --results $OUT/results
+# one arm at 16K, seeds 0 and 1 on two H200s (carry: .whl, the 16384 archive, and the
+# base brought back by the call above, as .cache/study/base)
+for s in 0 1; do CUDA_VISIBLE_DEVICES=$s python3 -m bench.study extend --arms l2a_s08 \\
+    --lengths 16k --seeds $s --data-archives .cache/study/data --max-minutes 6 \\
+    --runs runs/study-$s --results $OUT/results & done; wait
+```
 
 ## Sizing (estimates, not measurements)
 
@@ -294,18 +319,22 @@ No part of this study has run on a GPU yet; these are the budgets it is sized to
   about 336 TFLOP/s of model FLOPs. A 512-wide model uses the GPU less well; at a third
   of that (110 TFLOP/s) pretraining runs at ~540K tokens/s (78.6M tokens: ~2.5 min) and a
   16K dense arm at ~180K tokens/s (19.7M tokens: ~1.8 min); 8K faster. At a sixth, twice
-  that: every run still fits in one 10-minute device call on one H200 with the data
-  preparation (about a minute) and start-up.
+  that (pretraining ~5 min, a 16K dense arm ~3.7 min): every run still fits in one
+  10-minute device call on one H200 with the wheels' install, unpacking the data (seconds)
+  and start-up.
+- Risk to these numbers: rows pack several files each, and the dense arm's SDPA then
+  runs with a document mask (not the flash path the benchmarks timed).
 - L2A arms: at 32K the 1.7B L2A step took 1.16x the dense step (unfused element-wise
   work); at 16K with window 255 its attention is smaller, the overhead similar: budget
-  1.5x the dense arm, ~3 min at 16K.
-- `--max-minutes 8` bounds every run; a run stopped by it is exported from its last
-  checkpoint and marked not completed in the tables.
-- The base comes back from its call as safetensors shards (bf16, 4 files of <= 15 MiB,
-  49 MB in all) and travels into the extension calls (carried, under 64 MiB); it is not
-  re-created in each call (pretraining takes minutes and is not bitwise reproducible on
-  GPU). The extension runs are evaluated and pruned in the call that trains them; only
-  their JSON comes back.
+  1.5x the dense arm: ~3 min at 16K, ~5.5 min at the slower estimate.
+- `--max-minutes 6` bounds every run (the commands above); a run stopped by it is
+  exported from its last checkpoint and marked not completed in the tables.
+- The base comes back from its call as 4 safetensors shards (bf16, <= 12 MiB each, 49 MB
+  in all) and one tar of its config and tokenizer: 5 of the 8 files a call returns. It
+  travels into the extension calls (carried with the wheels and one archive: about
+  46 + 7 + 4 MiB, under the 64 MiB a call carries); it is not re-created in each call
+  (pretraining takes minutes and is not bitwise reproducible on GPU). The extension runs
+  are evaluated and pruned in the call that trains them; only their JSON comes back.
 
 ## Status
 

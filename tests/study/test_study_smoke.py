@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +28,7 @@ def chain(tmp_path_factory):
     mp.setenv("L2A_CACHE_DIR", str(root / "models"))
     mp.setenv("WANDB_MODE", "disabled")
     args = argparse.Namespace(scale="tiny", runs=str(root / "runs"), results=str(root / "results"),
-                              base_dir=str(root / "base"), max_minutes=None)
+                              base_dir=str(root / "base"), max_minutes=None, data_archives=None)
     s = study.Study(args, runner=study.run_in_process)
     s.prepare([None])
     pre = s.pretrain(seed=0)
@@ -42,8 +43,8 @@ def test_pretraining_trains_every_parameter_and_ships_small_shards(chain):
     from transformers import AutoModelForCausalLM
 
     from train.build_model import _base_dir_for_random
-    from train.data.prepare import compose
     from train.config import from_hydra
+    from train.data.prepare import compose
 
     s, pre, root = chain
     assert pre["completed"] and pre["steps"] == 4
@@ -55,9 +56,11 @@ def test_pretraining_trains_every_parameter_and_ships_small_shards(chain):
     assert frozen_under_l2a, "the tiny base has MLP and embedding weights"
     for name in before:  # train.trainable=all: every tensor moved, MLP and embeddings too
         assert not torch.equal(before[name], after[name]), f"{name} did not train"
-    files = sorted(Path(s.base_dir).glob("*.safetensors"))
-    assert [f["file"] for f in pre["base_files"]] == [f.name for f in files]
-    assert 1 <= len(files) <= 8 and all(f.stat().st_size < 16 << 20 for f in files)
+    # What a device call brings back: at most 8 files under 16 MiB, the results JSON too.
+    shipped = [f["file"] for f in pre["base_files"]]
+    shards = sorted(f.name for f in Path(s.base_dir).glob("*.safetensors"))
+    assert shipped == sorted([*shards, study.BASE_BUNDLE]) and len(shipped) <= 7
+    assert all(f["bytes"] < 16 << 20 for f in pre["base_files"])
     saved = json.loads((Path(s.results) / "pretrain-seed0.json").read_text())
     assert saved["scale"] == "tiny" and saved["train"]["tokens"] == 4 * 4 * 512
 
@@ -96,6 +99,58 @@ def test_eval_and_prune_steps_are_recorded(chain):
             else:  # the tools exist: real numbers
                 assert "failed" not in ev, ev
                 assert ev.get("retrieval"), ev
+
+
+def test_corpus_manifest_is_recorded(chain):
+    s, _, _ = chain
+    corpus = json.loads((Path(s.results) / "corpus.json").read_text())
+    stdlib = corpus["sources"]["stdlib"]
+    assert corpus["python"] == ".".join(map(str, sys.version_info[:3]))
+    assert stdlib["train"]["files"] > 0 and stdlib["validation"]["files"] > 0
+    assert stdlib["train"]["digest"] != stdlib["validation"]["digest"]
+
+
+# Runs `python -m bench.study_train` in a fresh interpreter where `datasets` and `pyarrow`
+# cannot be imported: the device machine's situation.
+NO_DATASETS = ("import sys; sys.modules['datasets'] = None; sys.modules['pyarrow'] = None; "
+               "sys.argv[0] = 'bench.study_train'; from bench.study_train import main; "
+               "sys.exit(main())")
+
+
+def _without_datasets(argv, log, max_seconds=None, env=None):
+    if argv[1:3] == ["-m", "bench.study_train"]:
+        # The in-process trainers of this test set the process-group variables here; the
+        # child is a fresh single process.
+        dist = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
+                "MASTER_PORT")
+        saved = {k: os.environ.pop(k) for k in dist if k in os.environ}
+        try:
+            return study.run_step([sys.executable, "-c", NO_DATASETS, *argv[3:]], log,
+                                  max_seconds, env)
+        finally:
+            os.environ.update(saved)
+    return study.run_in_process(argv, log, max_seconds, env)
+
+
+def test_archived_rows_train_like_the_pipeline_without_datasets(chain, tmp_path, monkeypatch):
+    s, _, root = chain
+    args = argparse.Namespace(scale="tiny", runs=str(tmp_path / "runs"),
+                              results=str(tmp_path / "results"), base_dir=str(s.base_dir),
+                              max_minutes=None, data_archives=str(tmp_path / "archives"))
+    other = study.Study(args, runner=_without_datasets)
+    [archive] = other.pack_data([None])
+    assert archive.name == "study-512.tar.xz"
+    monkeypatch.setenv("L2A_DATA_DIR", str(tmp_path / "elsewhere"))  # only the archive there
+    other.extend(["l2a_s08"], ["8k"], [0])
+    assert (tmp_path / "elsewhere" / "prepared" / "study_tiny-512" / "meta.json").exists()
+    assert (tmp_path / "elsewhere" / "prepared" / "heldout-512" / "meta.json").exists()
+
+    def losses(run_dir):
+        rows = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+        return [(json.loads(r)["step"], json.loads(r)["loss"]) for r in rows if r.strip()]
+
+    ref = losses(root / "runs" / "l2a_s08-8k-seed0")
+    assert len(ref) == 3 and losses(tmp_path / "runs" / "l2a_s08-8k-seed0") == ref
 
 
 def test_report_over_the_smoke_results(chain, tmp_path):

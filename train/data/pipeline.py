@@ -14,8 +14,8 @@ from filelock import FileLock
 
 from train.data import sources as src_mod
 from train.data.config import DataConfig
-from train.data.file_corpus import select_files
 from train.data.errors import BadRecordLog, ConfigError, DataError
+from train.data.file_corpus import select_files
 from train.data.mixture import plan_mixture, target_shares
 from train.data.packing import Packer, PackStats
 from train.data.prepared import FORMAT_VERSION, PackedWriter, PreparedData, token_dtype, write_json
