@@ -95,9 +95,12 @@ def run_step(argv: list[str], log: Path, max_seconds: float | None = None,
 def run_in_process(argv: list[str], log: Path, max_seconds: float | None = None,
                    env: dict | None = None) -> tuple[int, float]:
     """`run_step` without a new interpreter per step (the CPU smoke test: start-up would
-    cost more than the steps). Runs `python -m train | train.data.prepare | train.export`
-    in this process; `max_seconds` is not enforced."""
+    cost more than the steps). Runs `python -m train | bench.study_train |
+    train.data.prepare | train.export` in this process (`max_seconds` not enforced), any
+    other module through `run_step`."""
     module, args = argv[2], argv[3:]
+    if module not in ("train", "bench.study_train", "train.data.prepare", "train.export"):
+        return run_step(argv, log, max_seconds, env)  # eval, pruning: their own process
     saved = {k: os.environ.get(k) for k in (env or {})}
     os.environ.update(env or {})
     t0 = time.time()
@@ -120,12 +123,10 @@ def run_in_process(argv: list[str], log: Path, max_seconds: float | None = None,
                 from train.data.prepare import main as prepare_main
 
                 rc = prepare_main(args)
-            elif module == "train.export":
+            else:
                 from train.export import main as export_main
 
                 rc = export_main(args)
-            else:
-                raise StudyError(f"python -m {module}: no in-process runner")
     finally:
         for k, v in saved.items():
             if v is None:
