@@ -260,7 +260,7 @@ class Study:
             out = out_dir / f"study-{cfg.data.seq_len}.tar.xz"
             out.parent.mkdir(parents=True, exist_ok=True)
             tmp = out.with_name(out.name + ".tmp")
-            with tarfile.open(tmp, "w:xz", preset=3) as tar:
+            with tarfile.open(tmp, "w:xz", preset=6) as tar:
                 for d in dirs:
                     tar.add(d, arcname=f"prepared/{d.name}")
             os.replace(tmp, out)
