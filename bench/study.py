@@ -55,6 +55,12 @@ TINY = {
 }
 
 
+# A step is one process of its own: the parent's process-group variables (set by an
+# in-process trainer, or a launcher) are not passed on.
+DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
+             "MASTER_PORT")
+
+
 class StudyError(RuntimeError):
     """A step failed; the message is one line naming the step and its log."""
 
@@ -78,8 +84,9 @@ def run_step(argv: list[str], log: Path, max_seconds: float | None = None,
     log.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     with open(log, "w") as out:
+        child_env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
         proc = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, **(env or {})})
+                                env={**child_env, **(env or {})})
         try:
             rc = proc.wait(timeout=max_seconds)
         except subprocess.TimeoutExpired:
@@ -188,10 +195,13 @@ def parse_eval(out_dir: Path) -> dict:
     return out
 
 
-def prune_command(model_dir: Path, out_dir: Path, fraction: float, calibration: Path) -> list[str]:
-    """`python -m l2a.prune`: turn the least-used `fraction` of the layers local-only."""
+def prune_command(model_dir: Path, out_dir: Path, fraction: float, calibration: Path,
+                  context: int) -> list[str]:
+    """`python -m l2a.prune`: measure global usage per layer on the held-out rows, keep the
+    most used (1 - fraction) of the global branches, report KV bytes at `context` tokens."""
     return [sys.executable, "-m", "l2a.prune", "--model", str(model_dir), "--out", str(out_dir),
-            "--prune-fraction", str(fraction), "--calibration", str(calibration)]
+            "--data", str(calibration), "--keep-fraction", f"{1 - fraction:g}",
+            "--context", str(context), "--overwrite"]
 
 
 def parse_prune(out_dir: Path) -> dict:
@@ -221,6 +231,10 @@ class Study:
 
     def seq_len(self, length: str | None) -> int:
         return 512 if self.scale == "tiny" else LENGTHS.get(length, 2048)
+
+    def seq_len_of(self, rec: dict) -> int:
+        """Rows the run trained on (tiny runs: 512, whatever their length group says)."""
+        return 512 if rec.get("scale") == "tiny" else rec["train_length"]
 
     def prepare_overrides(self, length: str | None) -> list[list[str]]:
         """The data sets of the study: training rows per length and the held-out files."""
@@ -395,7 +409,7 @@ class Study:
         for path, rec in self._records():
             run_dir = Path(rec["train"]["run_dir"])
             result = self._evaluate(Path(rec["train"]["export_dir"]), run_dir / "eval",
-                                    rec["train_length"], rec["seed"])
+                                    self.seq_len_of(rec), rec["seed"])
             rec["evals"]["0.0"] = result
             write_json(path, rec)
             print(f"eval {path.stem}: {sorted(result) if 'skipped' not in result else result['skipped']}")
@@ -413,13 +427,13 @@ class Study:
                 out = run_dir / f"pruned-{fraction}"
                 log = out.with_suffix(".log")
                 rc, _ = self.runner(prune_command(Path(rec["train"]["export_dir"]), out, fraction,
-                                               self.heldout_dir(rec["train_length"])), log,
-                                 None, self.env)
+                                                  self.heldout_dir(self.seq_len_of(rec)),
+                                                  rec["train_length"]), log, None, self.env)
                 if rc != 0:
                     rec["evals"][str(fraction)] = {"failed": f"prune exit {rc}: {_tail(log)}"}
                     continue
                 result = self._evaluate(out, run_dir / f"eval-pruned-{fraction}",
-                                        rec["train_length"], rec["seed"])
+                                        self.seq_len_of(rec), rec["seed"])
                 result["prune"] = parse_prune(out)
                 rec["evals"][str(fraction)] = result
             write_json(path, rec)

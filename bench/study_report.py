@@ -69,6 +69,13 @@ def summarize(runs: list[dict]) -> dict:
                 vals = [float(e[metric][str(n)]) for e in evs if str(n) in e.get(metric, {})]
                 cell[metric] = spread(vals) if vals else None
             row["by_length"][n] = cell
+        prunes = [e["prune"] for _, e in items if e and e.get("prune")]
+        if prunes:
+            kv = [p["kv_bytes"] for p in prunes]
+            row["prune"] = {"kept": sorted({len(p["kept_global_layers"]) for p in prunes}),
+                            "context": sorted({k["context"] for k in kv}),
+                            "before": spread([k["before"] for k in kv]),
+                            "after": spread([k["after"] for k in kv])}
         layer = [e["layer_sparsity"] for e in evs if e.get("layer_sparsity")]
         row["heldout_layer_sparsity"] = ([sum(c) / len(c) for c in zip(*layer)] if layer else None)
         row["heldout_sparsity"] = (spread([sum(x) / len(x) for x in layer]) if layer else None)
@@ -211,6 +218,18 @@ def tables(pre: list[dict], rows: dict) -> list[str]:
                        f"{','.join(map(str, r['steps']))} | {_fmt(r['lm_loss'], 4)} | "
                        f"{_fmt(r['train_sparsity'])} | {_fmt(r['gpu_time_s'], 1)} | {r['completed']} |")
         out.append("")
+    pruned = [(k, r["prune"]) for k, r in sorted(rows.items(), key=lambda kv: _key_sort(kv[0]))
+              if r.get("prune")]
+    if pruned:
+        out += ["### Pruning (python -m l2a.prune)", "",
+                "| arm | trained at | pruned | global branches kept | KV MiB before | KV MiB after | after / before | at context |",
+                "|---|---:|---:|---|---:|---:|---:|---|"]
+        for (arm, length, frac), p in pruned:
+            b, a = p["before"][0] / 2**20, p["after"][0] / 2**20
+            out.append(f"| {ARM_NAMES.get(arm, arm)} | {length} | {frac:g} | "
+                       f"{','.join(map(str, p['kept']))} | {b:.1f} | {a:.1f} | {a / b:.3f} | "
+                       f"{','.join(map(str, p['context']))} |")
+        out.append("")
     eval_rows = [(k, r) for k, r in sorted(rows.items(), key=lambda kv: _key_sort(kv[0]))]
     lines = []
     for (arm, length, frac), r in eval_rows:
@@ -302,11 +321,12 @@ python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .
 export PYTHONPATH=/tmp/site
 python3 -m bench.study pretrain --data-archives .cache/study/data --max-minutes 6 \\
     --base-dir $OUT/base --results $OUT/results
-# one arm at 16K, seeds 0 and 1 on two H200s (carry: .whl, the 16384 archive, and the
-# base brought back by the call above, as .cache/study/base)
+# one arm at 16K, seeds 0 and 1 on two H200s, then pruning (carry: .whl, the 16384
+# archive, and the base brought back by the call above, as .cache/study/base)
 for s in 0 1; do CUDA_VISIBLE_DEVICES=$s python3 -m bench.study extend --arms l2a_s08 \\
     --lengths 16k --seeds $s --data-archives .cache/study/data --max-minutes 6 \\
     --runs runs/study-$s --results $OUT/results & done; wait
+python3 -m bench.study prune --results $OUT/results   # then eval, once it exists
 ```
 
 ## Sizing (estimates, not measurements)

@@ -46,7 +46,10 @@ def results(tmp_path):
             "arm": "l2a_s08", "train_length": 16384, "seed": seed,
             "train": _train(0.8, layers=[0.7, 0.9]),
             "evals": {"0.0": _eval({16384: score}, layers),
-                      "0.5": _eval({16384: score - 0.2}, layers, kv={16384: 2**20 * 5})}})
+                      "0.5": {**_eval({16384: score - 0.2}, layers, kv={16384: 2**20 * 5}),
+                              "prune": {"kept_global_layers": [1], "pruned_layers": [0],
+                                        "kv_bytes": {"context": 16384, "before": 2**20 * 8,
+                                                     "after": 2**20 * (5 + seed)}}}}})
     # target 0.9: 0.8 -> 94.1% of dense: misses.
     _write(d, "run-l2a_s09-16k-seed0.json", {
         "arm": "l2a_s09", "train_length": 16384, "seed": 0, "train": _train(0.9),
@@ -82,6 +85,8 @@ def test_page_tables_and_plots(results, tmp_path):
     assert "| dense | 16384 | 0 | 16384 | 0.850 ± 0.050 (n=2) | 3.50 ± 0.50 (n=2) | - | 8.0 |" in page
     assert "| L2A target 0.9 | 16384 | 0.25 | - | not evaluated: python -m l2a.prune" in page
     assert "| 0 | full | 150 | 19,660,800 | 1.1000 | 180.0 | True |" in page
+    # KV after pruning: 5 and 6 MiB over the two seeds -> 5.5 of 8 MiB.
+    assert "| L2A target 0.8 | 16384 | 0.5 | 1 | 8.0 | 5.5 | 0.688 | 16384 |" in page
     for png in ("retrieval_by_length", "sparsity_per_layer", "retrieval_vs_pruned"):
         assert (results / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
         assert f"](../results/{png}.png)" in page  # relative to the page
