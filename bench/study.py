@@ -257,7 +257,8 @@ class Study:
     def pack_data(self, lengths: list[str | None]) -> list[Path]:
         """The prepared rows (and held-out files) of each length as one .tar.xz under
         --data-archives (default .cache/study/data): what a machine without `datasets`
-        trains from. Packed once; xz takes ~160 MB of 2K byte tokens to ~15 MB."""
+        trains from. Packed once (xz preset 6: the 2K rows, 161 MB of uint16 tokens, and their
+        held-out rows become 15.3 MiB)."""
         import tarfile
 
         from train.config import from_hydra

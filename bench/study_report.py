@@ -308,12 +308,15 @@ completed); `--scale tiny` runs the chain on CPU in about a minute
 The device this study is sized for has torch and transformers; `scripts/device_wheels.sh`
 brings DeepSpeed and Hydra, not the data pipeline's `datasets` / `pyarrow` (which, with
 pandas, would not fit beside the base in the 64 MiB a call carries). So the data are
-prepared on a CPU machine and travel packed: `python -m bench.study prepare && python -m bench.study pack-data`
-writes `.cache/study/data/study-{2048,8192,16384}.tar.xz` (the 2048-token rows: about
-15 MB). `--data-archives .cache/study/data` then unpacks the one a run needs and trains
-through `python -m bench.study_train`, which opens the prepared rows as they are and
-hands the trainer the loader `python -m train` would build (same batches, same losses:
-tested on CPU with `datasets` blocked). The corpus is then the preparing machine's.
+prepared on a CPU machine and travel packed:
+`python -m bench.study prepare && python -m bench.study pack-data` writes
+`.cache/study/data/study-{2048,8192,16384}.tar.xz`, each with its held-out rows (measured
+here: 15.3, 5.0 and 5.0 MiB; xz preset 6, about 3 CPU-minutes in all).
+`--data-archives .cache/study/data` then unpacks the one a run needs and trains through
+`python -m bench.study_train`, which opens the prepared rows as they are and hands the
+trainer the loader `python -m train` would build (same batches, same losses: tested on
+CPU with `datasets` blocked). The corpus is then the preparing machine's
+(`bench/results/study/corpus.json` records it).
 
 ```bash
 # pretraining, one H200 (carry: .whl, .cache/study/data/study-2048.tar.xz)
@@ -349,10 +352,11 @@ No part of this study has run on a GPU yet; these are the budgets it is sized to
   1.5x the dense arm: ~3 min at 16K, ~5.5 min at the slower estimate.
 - `--max-minutes 6` bounds every run (the commands above); a run stopped by it is
   exported from its last checkpoint and marked not completed in the tables.
-- The base comes back from its call as 4 safetensors shards (bf16, <= 12 MiB each, 49 MB
-  in all) and one tar of its config and tokenizer: 5 of the 8 files a call returns. It
-  travels into the extension calls (carried with the wheels and one archive: about
-  46 + 7 + 4 MiB, under the 64 MiB a call carries); it is not re-created in each call
+- The base comes back from its call as 4 safetensors shards (bf16, 24.29M parameters:
+  11.5-11.8 MiB each, 46.4 MiB in all, measured on a random base of the shape) and one
+  tar of its config and tokenizer: 5 of the 8 files a call returns. It travels into the
+  extension calls (carried with the wheels and one archive: 46.4 + 7.6 + 5.0 MiB plus the
+  repository, about 1 MiB: about 60 of the 64 MiB a call carries); it is not re-created in each call
   (pretraining takes minutes and is not bitwise reproducible on GPU). The extension runs
   are evaluated and pruned in the call that trains them; only their JSON comes back.
 
@@ -364,9 +368,11 @@ No part of this study has run on a GPU yet; these are the budgets it is sized to
 def render(pre: list[dict], runs: list[dict], rows: dict, made: list[Path], page: Path) -> str:
     text = STATIC
     if not pre and not runs:
-        text += ("**Not run yet.** No result files exist in `bench/results/study/`: the study "
-                 "has not been run on a GPU, and the tables and plots below appear once it "
-                 "has (`python -m bench.study report`).\n")
+        text += ("**Not run yet.** No training or evaluation results exist in "
+                 "`bench/results/study/` (`corpus.json` there is the manifest of the corpus "
+                 "the data were prepared from): the study has not been run on a GPU, and "
+                 "the tables and plots appear here once it has (`python -m bench.study "
+                 "report`).\n")
         return text
     scales = sorted({p.get("scale", "full") for p in pre} | {r.get("scale", "full") for r in runs})
     if scales != ["full"]:
