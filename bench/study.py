@@ -35,7 +35,9 @@ ROOT = Path(__file__).resolve().parents[1]
 ARMS = {"dense": "study_dense", "l2a": "study_l2a", "l2a_s08": "study_l2a_s08",
         "l2a_s09": "study_l2a_s09"}
 LENGTHS = {"8k": 8192, "16k": 16384}
-EVAL_LENGTHS = [2048, 4096, 8192, 16384, 32768]
+EVAL_LENGTHS = [2048, 8192, 16384, 32768]  # 32768: beyond both trained lengths
+# NIAH at three depths, one sample per cell: 13 generations per length and model.
+EVAL_EXTRA = ["eval.depths=[0.0,0.5,1.0]"]
 PRUNE_FRACTIONS = [0.25, 0.5]
 MAX_SHARD_BYTES = 12 << 20  # the 46 MiB base in 4 shards, each under the device's 16 MiB
 MAX_SHARDS = 8  # files a device call brings back
@@ -51,7 +53,9 @@ TINY = {
                "train.max_steps=3", "train.micro_batch_size=2", "train.global_batch_size=2",
                "l2a.window=32", "l2a.lambda_final=2.0e-5", "train.plot=false"],
     "prepare": ["data=study_tiny"],
-    "eval_lengths": [256, 512, 1024],
+    "eval_lengths": [512, 1024],
+    "eval": ["eval.tasks=[niah_single]", "eval.depths=[0.5]", "eval.max_new_tokens=12",
+             "eval.perplexity.buckets=2"],
 }
 
 
@@ -158,41 +162,62 @@ def tool_missing(module: str) -> str | None:
 
 
 # ----------------------------------------------------------------------------- adapters
-# The two tools the study drives from outside. Their CLIs are those of issues 11 (eval) and
-# 12 (pruning); these four functions are the only places that know them.
+# The two tools the study drives from outside, `python -m eval` (docs/EVAL.md) and
+# `python -m l2a.prune`: these functions are the only places that know their CLIs.
+RETRIEVAL_TASKS = ["niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery",
+                   "variable_tracking"]
+
+
 def eval_command(model_dir: Path, out_dir: Path, lengths: list[int], heldout: Path | None,
-                 seed: int = 0) -> list[str]:
-    """`python -m eval`: a Hydra app taking a model directory, lengths in tokens, held-out
-    packed data for perplexity; writes <run dir>/results.json."""
-    argv = [sys.executable, "-m", "eval", f"eval.model={model_dir}",
-            f"eval.lengths=[{','.join(str(n) for n in lengths)}]", f"eval.seed={seed}",
+                 heldout_len: int, seed: int = 0, extra: list[str] | None = None) -> list[str]:
+    """`python -m eval`: the retrieval tasks at `lengths`; perplexity on the held-out rows
+    at the lengths they are long enough for; routing (L2A) on the same rows."""
+    argv = [sys.executable, "-m", "eval", f"model.path={model_dir}",
+            f"eval.lengths=[{','.join(map(str, lengths))}]", f"eval.seed={seed}",
+            f"eval.tasks=[{','.join(RETRIEVAL_TASKS)}]", "eval.plots=false",
             f"hydra.run.dir={out_dir}"]
-    if heldout is not None:
-        argv.append(f"eval.perplexity_data={heldout}")
-    return argv
+    ppl = [n for n in lengths if n <= heldout_len]
+    if heldout is not None and ppl:
+        argv += [f"eval.perplexity.data={heldout}",
+                 f"eval.perplexity.lengths=[{','.join(map(str, ppl))}]"]
+    else:
+        argv.append("eval.perplexity.data=null")
+    return argv + list(extra or [])
 
 
 def parse_eval(out_dir: Path) -> dict:
-    """results.json -> {"retrieval": {length: mean score over tasks/depths}, "perplexity":
-    {length: ppl}, "layer_sparsity": [...], "kv_bytes": {length: bytes}}. Reads records
-    {"task", "length", "score"} (retrieval), {"metric": "perplexity", "length", "value"},
-    {"metric": "layer_sparsity", "value": [...]}, {"metric": "kv_bytes", "length", "value"}."""
+    """results.json -> {"retrieval": {length: mean score over the tasks}, "perplexity":
+    {length: ppl}, "layer_sparsity": per layer on held-out rows at the longest length
+    (L2A), "kv_bytes": {}} (bench.study fills kv_bytes from the model's config)."""
     raw = json.loads((out_dir / "results.json").read_text())
-    records = raw.get("records", raw) if isinstance(raw, dict) else raw
     scores: dict[str, list[float]] = {}
-    out: dict = {"retrieval": {}, "perplexity": {}, "layer_sparsity": None, "kv_bytes": {}}
-    for r in records:
-        metric = r.get("metric", "score")
-        if metric == "score":
-            scores.setdefault(str(r["length"]), []).append(float(r["score"]))
-        elif metric == "perplexity":
-            out["perplexity"][str(r["length"])] = float(r["value"])
-        elif metric == "layer_sparsity":
-            out["layer_sparsity"] = [float(v) for v in r["value"]]
-        elif metric == "kv_bytes":
-            out["kv_bytes"][str(r["length"])] = int(r["value"])
-    out["retrieval"] = {k: sum(v) / len(v) for k, v in scores.items()}
-    return out
+    for c in raw.get("tasks", []):
+        if c["depth"] in (None, "all"):  # "all": a NIAH task's mean over depths
+            scores.setdefault(str(c["length"]), []).append(float(c["score"]))
+    heldout = sorted(raw.get("routing", {}).get("heldout", []), key=lambda r: r["length"])
+    return {
+        "retrieval": {k: sum(v) / len(v) for k, v in scores.items()},
+        "perplexity": {str(p["length"]): p["ppl"] for p in raw.get("perplexity", [])
+                       if p.get("ppl") is not None},
+        "layer_sparsity": heldout[-1]["layer_sparsity"] if heldout else None,
+        "kv_bytes": {},
+    }
+
+
+def kv_bytes(model_dir: Path, lengths: list[int], itemsize: int = 2) -> dict[str, int]:
+    """KV cache bytes of one sequence per length (bf16): the L2A cache's (l2a.cache) or,
+    for a dense model, keys and values of every layer for every token."""
+    from transformers import AutoConfig
+
+    import l2a  # noqa: F401
+    from l2a.cache import kv_cache_bytes
+
+    config = AutoConfig.from_pretrained(model_dir)
+    if config.model_type.startswith("l2a"):
+        return {str(n): kv_cache_bytes(config, n, itemsize) for n in lengths}
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    per_token = 2 * config.num_key_value_heads * head_dim * itemsize * config.num_hidden_layers
+    return {str(n): n * per_token for n in lengths}
 
 
 def prune_command(model_dir: Path, out_dir: Path, fraction: float, calibration: Path,
@@ -224,7 +249,9 @@ class Study:
                     "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
 
     def extra(self, step: str) -> list[str]:
-        return TINY[step] if self.scale == "tiny" else []
+        if self.scale == "tiny":
+            return TINY[step]
+        return EVAL_EXTRA if step == "eval" else []
 
     def eval_lengths(self) -> list[int]:
         return TINY["eval_lengths"] if self.scale == "tiny" else EVAL_LENGTHS
@@ -392,22 +419,33 @@ class Study:
                     print(f"{name}: {rec['steps']} steps, lm loss {rec['final_lm_loss']}, "
                           f"sparsity {rec['sparsity']:.3f}, {rec['gpu_time_s']} GPU s", flush=True)
 
-    def _records(self) -> list[tuple[Path, dict]]:
-        return [(p, json.loads(p.read_text())) for p in sorted(self.results.glob("run-*.json"))]
+    def _records(self, arms=None, lengths=None, seeds=None) -> list[tuple[Path, dict]]:
+        """The extension runs in --results, those of the given arms, lengths, seeds only."""
+        out = []
+        for p in sorted(self.results.glob("run-*.json")):
+            rec = json.loads(p.read_text())
+            if ((arms is None or rec["arm"] in arms) and (seeds is None or rec["seed"] in seeds)
+                    and (lengths is None or rec["train_length"] in [LENGTHS[x] for x in lengths])):
+                out.append((p, rec))
+        return out
 
     def _evaluate(self, model_dir: Path, out_dir: Path, seq_len: int, seed: int) -> dict:
         missing = tool_missing("eval")
         if missing:
             return {"skipped": missing}
         log = out_dir.with_suffix(".log")
+        heldout = self.heldout_dir(seq_len)
         rc, wall = self.runner(eval_command(model_dir, out_dir, self.eval_lengths(),
-                                         self.heldout_dir(seq_len), seed), log, None, self.env)
+                                            heldout if heldout.exists() else None, seq_len,
+                                            seed, self.extra("eval")), log, None, self.env)
         if rc != 0:
             return {"failed": f"exit {rc}: {_tail(log)}", "log": str(log)}
-        return {**parse_eval(out_dir), "wall_s": round(wall, 1)}
+        result = parse_eval(out_dir)
+        result["kv_bytes"] = kv_bytes(model_dir, self.eval_lengths())
+        return {**result, "wall_s": round(wall, 1)}
 
-    def evaluate(self) -> None:
-        for path, rec in self._records():
+    def evaluate(self, **which) -> None:
+        for path, rec in self._records(**which):
             run_dir = Path(rec["train"]["run_dir"])
             result = self._evaluate(Path(rec["train"]["export_dir"]), run_dir / "eval",
                                     self.seq_len_of(rec), rec["seed"])
@@ -415,8 +453,8 @@ class Study:
             write_json(path, rec)
             print(f"eval {path.stem}: {sorted(result) if 'skipped' not in result else result['skipped']}")
 
-    def prune(self) -> None:
-        for path, rec in self._records():
+    def prune(self, **which) -> None:
+        for path, rec in self._records(**which):
             if rec["arm"] == "dense":
                 continue
             run_dir = Path(rec["train"]["run_dir"])
@@ -553,10 +591,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.step == "extend":
             study.extend(_list(args.arms, ARMS), _list(args.lengths, LENGTHS),
                          [int(s) for s in _list(args.seeds)])
-        elif args.step == "eval":
-            study.evaluate()
-        elif args.step == "prune":
-            study.prune()
+        elif args.step in ("eval", "prune"):
+            which = {"arms": _list(args.arms, ARMS), "lengths": _list(args.lengths, LENGTHS),
+                     "seeds": [int(x) for x in _list(args.seeds)]}
+            (study.evaluate if args.step == "eval" else study.prune)(**which)
         else:
             from bench.study_report import write_report
 

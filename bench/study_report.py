@@ -279,9 +279,13 @@ arm's retrieval score at the extended length.
   a 2K base (paper init, window 255, tau 0.1, dense path on 10% of steps, regulariser
   lambda ramped linearly to 1e-8 x 131072 / length); (c) `study_l2a_s08`, `study_l2a_s09`:
   requested sparsity 0.8 / 0.9 (target mode). Seeds 0 and 1 of each (same base).
-- **Evaluation** (`python -m eval`): retrieval tasks at 2K, 4K, 8K, 16K and 32K (beyond
-  both trained lengths: extrapolation), perplexity on the held-out files by length,
-  sparsity per layer on held-out data. **Pruning** (`python -m l2a.prune`): a quarter and
+- **Evaluation** (`python -m eval`, docs/EVAL.md): the retrieval tasks (NIAH single,
+  multi-key, multi-value, multi-query; variable tracking; NIAH at depths 0, 0.5 and 1, one
+  sample per cell) at 2K, 8K, 16K and 32K (beyond both trained lengths: extrapolation),
+  scored as RULER does; perplexity on the held-out files' rows at the lengths they cover
+  (up to the trained length); sparsity per layer on those rows; KV cache bytes per
+  sequence from the model's config (`l2a.cache.kv_cache_bytes`; dense: every layer, every
+  token), bf16. **Pruning** (`python -m l2a.prune`): a quarter and
   a half of each L2A model's layers (the least used) made local-only, then evaluated again
   with their KV bytes.
 
@@ -295,6 +299,7 @@ python -m bench.study extend      # 4 arms x {8k,16k} x seeds {0,1}; or one Hydr
 #       study_length=8k,16k train.seed=0,1
 python -m bench.study eval        # python -m eval on every extended model
 python -m bench.study prune       # python -m l2a.prune (1/4, 1/2 of the layers), eval again
+#   (eval and prune take --arms/--lengths/--seeds too: one process per GPU)
 python -m bench.study report      # this page and the plots, from bench/results/study/*.json
 ```
 
@@ -324,12 +329,13 @@ python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .
 export PYTHONPATH=/tmp/site
 python3 -m bench.study pretrain --data-archives .cache/study/data --max-minutes 6 \\
     --base-dir $OUT/base --results $OUT/results
-# one arm at 16K, seeds 0 and 1 on two H200s, then pruning (carry: .whl, the 16384
-# archive, and the base brought back by the call above, as .cache/study/base)
-for s in 0 1; do CUDA_VISIBLE_DEVICES=$s python3 -m bench.study extend --arms l2a_s08 \\
-    --lengths 16k --seeds $s --data-archives .cache/study/data --max-minutes 6 \\
-    --runs runs/study-$s --results $OUT/results & done; wait
-python3 -m bench.study prune --results $OUT/results   # then eval, once it exists
+# one arm at 16K, seeds 0 and 1 on two H200s, each then evaluated and pruned (carry: .whl,
+# the 16384 archive, and the base brought back by the call above, as .cache/study/base)
+for s in 0 1; do (export CUDA_VISIBLE_DEVICES=$s; a="--arms l2a_s08 --lengths 16k --seeds $s"
+  python3 -m bench.study extend $a --data-archives .cache/study/data --max-minutes 6 \\
+      --runs runs/study-$s --results $OUT/results &&
+  python3 -m bench.study eval $a --results $OUT/results &&
+  python3 -m bench.study prune $a --results $OUT/results) & done; wait
 ```
 
 ## Sizing (estimates, not measurements)
@@ -350,6 +356,12 @@ No part of this study has run on a GPU yet; these are the budgets it is sized to
 - L2A arms: at 32K the 1.7B L2A step took 1.16x the dense step (unfused element-wise
   work); at 16K with window 255 its attention is smaller, the overhead similar: budget
   1.5x the dense arm: ~3 min at 16K, ~5.5 min at the slower estimate.
+- Evaluation (not measured): 13 generations per length at 4 lengths per model, greedy,
+  at most 128 new tokens, on a 24M model: estimated well under a minute per model; the
+  L2A arm's call evaluates three models per seed (unpruned, a quarter and a half pruned).
+  At the slower training estimate (~5.5 min at 16K) training, evaluation and pruning may
+  not all fit in one call; `--max-minutes` then bounds the training, and a shorter
+  evaluation (`EVAL_LENGTHS` in bench/study.py) or one seed per call makes room.
 - `--max-minutes 6` bounds every run (the commands above); a run stopped by it is
   exported from its last checkpoint and marked not completed in the tables.
 - The base comes back from its call as 4 safetensors shards (bf16, 24.29M parameters:

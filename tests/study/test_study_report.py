@@ -99,14 +99,22 @@ def test_page_without_results_says_not_run(tmp_path):
 
 
 def test_parse_eval_averages_tasks_per_length(tmp_path):
-    (tmp_path / "results.json").write_text(json.dumps({"records": [
-        {"task": "niah_single", "length": 4096, "depth": 0.5, "score": 1.0},
-        {"task": "variable_tracking", "length": 4096, "depth": 0.5, "score": 0.5},
-        {"task": "niah_single", "length": 8192, "depth": 0.5, "score": 0.0},
-        {"metric": "perplexity", "length": 4096, "value": 2.5},
-        {"metric": "layer_sparsity", "value": [0.1, 0.9]},
-        {"metric": "kv_bytes", "length": 8192, "value": 1024},
-    ]}))
+    # The shape of python -m eval's results.json (docs/EVAL.md): per-depth cells and the
+    # "all" cell of a NIAH task; variable tracking has depth null.
+    (tmp_path / "results.json").write_text(json.dumps({
+        "tasks": [
+            {"task": "niah_single", "length": 4096, "depth": 0.0, "score": 0.0, "samples": 1},
+            {"task": "niah_single", "length": 4096, "depth": 1.0, "score": 1.0, "samples": 1},
+            {"task": "niah_single", "length": 4096, "depth": "all", "score": 0.5, "samples": 2},
+            {"task": "variable_tracking", "length": 4096, "depth": None, "score": 1.0,
+             "samples": 1},
+            {"task": "niah_single", "length": 8192, "depth": "all", "score": 0.0, "samples": 2},
+        ],
+        "perplexity": [{"length": 4096, "loss": 0.9163, "ppl": 2.5}],
+        "routing": {"layers": [0, 1], "heldout": [
+            {"length": 8192, "layer_sparsity": [0.2, 0.8]},
+            {"length": 4096, "layer_sparsity": [0.1, 0.9]}]},
+    }))
     assert parse_eval(tmp_path) == {"retrieval": {"4096": 0.75, "8192": 0.0},
-                                    "perplexity": {"4096": 2.5}, "layer_sparsity": [0.1, 0.9],
-                                    "kv_bytes": {"8192": 1024}}
+                                    "perplexity": {"4096": 2.5}, "layer_sparsity": [0.2, 0.8],
+                                    "kv_bytes": {}}

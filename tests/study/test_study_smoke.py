@@ -94,10 +94,20 @@ def test_eval_and_prune_steps_are_recorded(chain):
         assert set(evals) == expected
         for frac, ev in evals.items():
             assert "failed" not in ev, ev
-            if study.tool_missing("eval"):  # not landed yet: recorded as skipped
+            if study.tool_missing("eval"):  # not in this checkout: recorded as skipped
                 assert ev["skipped"] == "python -m eval is not available in this checkout"
-            else:
-                assert ev.get("retrieval"), ev
+                continue
+            assert set(ev["retrieval"]) == {"512", "1024"}
+            assert all(0.0 <= v <= 1.0 for v in ev["retrieval"].values())
+            assert set(ev["perplexity"]) == {"512"}  # the held-out rows are 512 tokens long
+            # KV bytes per sequence from first principles: 2 (K, V) x 2 KV heads x 16 dims
+            # x 2 bytes = 128 per token per slot; 2 layers; L2A local slots hold window - 1
+            # = 31 tokens, global slots every token; dense: every token in every layer.
+            expected = {"dense": 2 * 1024, "0.0": 2 * (31 + 1024), "0.25": 2 * (31 + 1024),
+                        "0.5": 2 * 31 + 1024}[arm if arm == "dense" else frac] * 128
+            assert ev["kv_bytes"]["1024"] == expected
+            if arm != "dense":
+                assert len(ev["layer_sparsity"]) == (1 if frac == "0.5" else 2)
             if frac != "0.0":
                 # The tiny model has 2 layers: keeping 0.75 of them rounds to 2, 0.5 to 1.
                 prune = ev["prune"]
