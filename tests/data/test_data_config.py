@@ -84,6 +84,10 @@ EXPERIMENT_DATA = {
                          "Qwen/Qwen3-8B"),
     "qwen25_128k": (131072, ["books", "code", "arxiv", "fineweb_edu", "wikipedia"],
                     "Qwen/Qwen2.5-7B"),
+    # The study (docs/RESULTS.md): the byte tokenizer; extension arms at 8K by default.
+    "study_base": (2048, ["stdlib", "packages"], "byte"),
+    **{arm: (8192, ["stdlib", "packages"], "byte")
+       for arm in ("study_dense", "study_l2a", "study_l2a_s08", "study_l2a_s09")},
 }
 
 
