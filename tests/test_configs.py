@@ -50,16 +50,18 @@ def _options():
             yield group, p.stem
 
 
-def _option_values(group: str, option: str) -> dict:
+def _option_values(group: str, option: str, context: dict | None = None) -> dict:
     """The option file's own values, read by OmegaConf alone, outside Hydra (in-group
-    `defaults` merged first; interpolations resolved with `name` = the default `default`)."""
+    `defaults` merged first). Interpolations resolve with `name` = `default` and, for keys
+    of other groups (`${data.seq_len}`), against `context`: the composed config's other groups."""
     raw = OmegaConf.to_container(OmegaConf.load(CONF / group / f"{option}.yaml")) or {}
     merged = {}
     for parent in raw.pop("defaults", []):
         if isinstance(parent, str) and parent != "_self_":
-            merged.update(_option_values(group, parent))
+            merged.update(_option_values(group, parent, context))
     merged.update(raw)
-    root = OmegaConf.create({"name": "default", group: merged})
+    others = {k: v for k, v in (context or {}).items() if k not in (group, "hydra")}
+    root = OmegaConf.create({**others, "name": "default", group: merged})
     return OmegaConf.to_container(root, resolve=True)[group]
 
 
@@ -99,9 +101,9 @@ def test_group_option_takes_effect(group, option):
     """Every value an option file sets reaches the validated RunConfig unchanged, in a
     composition whose defaults pick another option where there is one."""
     others = [p.stem for p in (CONF / group).glob("*.yaml") if p.stem != option]
-    _, run = _validate([f"{group}={option}"])
+    cfg, run = _validate([f"{group}={option}"])
     section = getattr(run, group)
-    values = _option_values(group, option)
+    values = _option_values(group, option, OmegaConf.to_container(cfg))
     leaves = [(path, v) for path, v in _leaves(values)
               if not (group == "data" and path[0] in ("sources", "synthetic"))]
     assert leaves
