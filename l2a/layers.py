@@ -2,9 +2,10 @@
 
 Follows the method page step by step (local branch on RMSNorm_local(x), router and global
 branch on RMSNorm_global of the stream *after* the local branch, straight-through gate).
-Nothing here knows about ranks or processes: under sequence parallelism (Ulysses) a rank
-runs these modules on whole sequences for a subset of heads, and the router decision is
-computed from the full hidden state, per token, shared by all heads.
+Nothing here knows about ranks or processes: under sequence parallelism (Ulysses,
+`train/sequence_parallel.py`) a rank runs these modules on its slice of the sequence and
+only the attention core (``L2ABranchAttention.attention_core``) is wrapped from outside, to
+see whole sequences for a subset of heads; the router decision is per token.
 """
 
 from __future__ import annotations
@@ -72,6 +73,17 @@ class AttentionContext:
         return self.doc_ids[:, -num_keys:]
 
 
+def sequence_attention_core(q, k, v, route, window, doc_ids, scale, backend):
+    """q ``(B, Hq, Tq, D)``, k, v ``(B, Hkv, Tk, D)`` after projections, QK-norm and RoPE
+    (q: the last Tq of the keys) -> o ``(B, Hq, Tq, D)``: token-sparse causal attention when
+    ``route`` is set, else sliding-window (``window`` None: dense causal); ``doc_ids``
+    label the keys. Sequence parallelism replaces it per module (train/sequence_parallel.py)."""
+    if route is not None:
+        return token_sparse_attention(q, k, v, route, doc_ids, scale, backend=backend)
+    window = window if window is not None else k.shape[2]
+    return sliding_window_attention(q, k, v, window, doc_ids, scale, backend=backend)
+
+
 class L2ABranchAttention(nn.Module):
     """One attention branch: q/k/v/o projections (+ QK-norm for Qwen3), RoPE, attention.
 
@@ -95,6 +107,8 @@ class L2ABranchAttention(nn.Module):
             self.k_norm = family.rmsnorm(self.head_dim, eps=config.rms_norm_eps)
         else:
             self.q_norm = self.k_norm = None
+        # Replaceable per module from outside (sequence parallelism wraps it with all-to-alls).
+        self.attention_core = sequence_attention_core
 
     def forward(
         self,
@@ -122,11 +136,7 @@ class L2ABranchAttention(nn.Module):
             k, v = ctx.cache.update(k, v, cache_slot)
         doc_ids = ctx.doc_ids_for(k.shape[2])
 
-        if route is not None:
-            o = token_sparse_attention(q, k, v, route, doc_ids, self.scaling, backend=ctx.backend)
-        else:
-            window = window if window is not None else k.shape[2]
-            o = sliding_window_attention(q, k, v, window, doc_ids, self.scaling, backend=ctx.backend)
+        o = self.attention_core(q, k, v, route, window, doc_ids, self.scaling, ctx.backend)
         return self.o_proj(o.transpose(1, 2).reshape(bsz, seq, -1))
 
     def cache_keys(

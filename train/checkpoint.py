@@ -186,6 +186,10 @@ def saved_world_size(path: Path) -> int:
     return int(read_marker(path).get("world_size", 1))
 
 
+def saved_sequence_parallel(path: Path) -> int:
+    return int(read_marker(path).get("sequence_parallel", 1))
+
+
 def to_universal(path: Path, dist: DistInfo) -> str:
     """Collective. DeepSpeed's universal form of `path/ds` (per-parameter fp32 weights and
     optimizer moments, independent of the number of ranks) in `path/ds_universal`,

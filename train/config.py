@@ -337,6 +337,10 @@ class TrainConfig:
     # optimizer step over all ranks) = micro_batch_size * grad_accum_steps * world size.
     grad_accum_steps: int = 1
     global_batch_size: int | None = None
+    # Ranks per sequence (DeepSpeed-Ulysses; 1 = off): the world splits into groups of this
+    # many consecutive ranks, each holding a contiguous slice of every row. Batch sizes and
+    # `global_batch_size` count rows, i.e. data-parallel groups, not ranks.
+    sequence_parallel: int = 1
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
     grad_clip: float = 1.0  # 0 disables
     # What trains: `l2a` (the method's set: attention branches, router, norms; MLPs,
@@ -381,6 +385,7 @@ class TrainConfig:
                 raise ConfigError(str(e)) from None
         _positive("train.micro_batch_size", self.micro_batch_size)
         _positive("train.grad_accum_steps", self.grad_accum_steps)
+        _positive("train.sequence_parallel", self.sequence_parallel)
         if self.global_batch_size is not None:
             _positive("train.global_batch_size", self.global_batch_size)
             if self.global_batch_size % self.micro_batch_size:
@@ -411,7 +416,8 @@ class TrainConfig:
         _positive("train.dist_timeout_minutes", self.dist_timeout_minutes)
 
     def grad_accum(self, world_size: int) -> int:
-        """Micro-batches per optimizer step on each rank."""
+        """Micro-batches per optimizer step on each rank (`world_size`: the data-parallel
+        size, world / sequence_parallel)."""
         if self.global_batch_size is None:
             return self.grad_accum_steps
         per_pass = self.micro_batch_size * world_size

@@ -49,6 +49,7 @@ def _zero_section(cfg: RunConfig) -> dict:
 
 
 def build_deepspeed_config(cfg: RunConfig, world_size: int, device: torch.device) -> dict:
+    """`world_size`: the data-parallel size (world / train.sequence_parallel)."""
     t, o = cfg.train, cfg.optim
     precision = resolve_precision(t.precision, device)
     if precision == "bf16" and device.type == "cpu":
@@ -79,6 +80,10 @@ def build_deepspeed_config(cfg: RunConfig, world_size: int, device: torch.device
         "wall_clock_breakdown": False,
         "dump_state": False,
     }
+    if t.sequence_parallel > 1:
+        # Read by DeepSpeed where no mpu is passed (transformers' zero.Init at ZeRO-3 load):
+        # batch sizes count data-parallel ranks, world / sequence_parallel.
+        ds["sequence_parallel_size"] = t.sequence_parallel
     for k, v in copy.deepcopy(cfg.deepspeed.extra).items():
         if isinstance(v, dict) and isinstance(ds.get(k), dict):
             ds[k].update(v)

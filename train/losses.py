@@ -144,6 +144,7 @@ def causal_lm_loss(
     reduction: str = "mean",
     backend: str = "auto",
     return_num_tokens: bool = False,
+    shifted: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Cross-entropy of ``hidden @ lm_head_weight.T`` against the shifted labels, in fp32.
 
@@ -154,7 +155,9 @@ def causal_lm_loss(
     ``mean`` over target tokens (0, not NaN, when there is none) or ``sum``. backend:
     ``auto`` (Liger on CUDA when installed, else ``torch``), ``torch`` (chunked) or ``liger``.
     return_num_tokens: also return :func:`num_target_tokens` (see the module doc on
-    gradient accumulation). Equal to
+    gradient accumulation). shifted: ``labels`` are already the per-position targets
+    (:func:`shift_labels` applied to the whole row before it was cut into slices, as under
+    sequence parallelism); ``return_num_tokens`` then counts all of them. Equal to
     ``F.cross_entropy((hidden @ W.T).float()[:, :-1].flatten(0, 1), labels[:, 1:].flatten())``.
     """
     if hidden.dim() != 3:
@@ -179,7 +182,7 @@ def causal_lm_loss(
         raise ValueError(f"backend: must be one of {', '.join(BACKENDS)}, got {backend!r}")
 
     vocab = lm_head_weight.shape[0]
-    targets = shift_labels(labels).reshape(-1).to(torch.long)
+    targets = (labels if shifted else shift_labels(labels)).reshape(-1).to(torch.long)
     valid = targets != IGNORE_INDEX
     n = valid.sum()
     bad = valid & ((targets < 0) | (targets >= vocab))

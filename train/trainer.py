@@ -38,6 +38,7 @@ from train.checkpoint import (
     load_checkpoint,
     resolve_resume,
     save_checkpoint,
+    saved_sequence_parallel,
     saved_world_size,
 )
 from train.config import ConfigError, RunConfig, to_dict
@@ -72,16 +73,21 @@ class LossModule(nn.Module):
         self.l2a = l2a
         self.offload_checkpoints = offload_checkpoints
 
-    def forward(self, input_ids, position_ids, labels, dense: bool = False):
+    def forward(self, input_ids, position_ids, labels, dense: bool = False, doc_ids=None,
+                labels_shifted: bool = False):
+        """`doc_ids`: the document ids of the whole row (sequence parallelism: the ranks hold
+        slices of it); `labels_shifted`: `labels` are already the per-position targets."""
         from train.losses import causal_lm_loss
         from train.memory import offload_context
 
         kwargs = {"l2a_dense": dense} if self.l2a else {}
+        if doc_ids is not None:
+            kwargs["doc_ids"] = doc_ids
         with offload_context(self.offload_checkpoints):
             out = self.lm.model(input_ids=input_ids, position_ids=position_ids, use_cache=False,
                                 **kwargs)
         loss = causal_lm_loss(out.last_hidden_state, self.lm.lm_head.weight, labels,
-                              chunk_size=self.chunk_size)
+                              chunk_size=self.chunk_size, shifted=labels_shifted)
         probs = getattr(out, "router_probs", None) or ()
         routes = getattr(out, "routes", None) or ()
         return loss, probs, routes
@@ -130,7 +136,20 @@ class Trainer:
         # Every rank writes into rank 0's run directory.
         self.run_dir = Path(broadcast_object(str(Path(run_dir).resolve())))
         self.precision = resolve_precision(cfg.train.precision, self.dist.device)
-        self.ds_config = build_deepspeed_config(cfg, self.dist.world_size, self.dist.device)
+        # Sequence parallelism: groups of `sp` consecutive ranks share one row (slices of
+        # it); data parallelism is over the groups. Checked before anything is built.
+        self.sp = cfg.train.sequence_parallel
+        if self.sp > 1:
+            from train import sequence_parallel
+
+            sequence_parallel.check(self.sp, self.dist.world_size,
+                                    *sequence_parallel.model_heads(cfg.model),
+                                    getattr(cfg.data, "seq_len", None))
+        self.dp_size, self.dp_rank = self.dist.world_size // self.sp, self.dist.rank // self.sp
+        self.sp_rank = self.dist.rank % self.sp
+        self.mpu = None
+        self.ds_config = build_deepspeed_config(cfg, self.dp_size, self.dist.device)
+        self.grad_divisor = self._deepspeed_gradient_divisor()
         self.grad_accum = self.ds_config["gradient_accumulation_steps"]
         if cfg.train.on_nonfinite == "skip" and cfg.deepspeed.stage == 3:
             raise ConfigError(
@@ -141,9 +160,9 @@ class Trainer:
         self.resume_from = resolve_resume(cfg.train.resume, self.run_dir)
         # Saved by another number of ranks: the engine must be built to load DeepSpeed's
         # universal checkpoint form (checkpoint.to_universal converts it on resume).
-        self.resume_universal = (
-            self.resume_from is not None
-            and saved_world_size(self.resume_from) != self.dist.world_size
+        self.resume_universal = self.resume_from is not None and (
+            saved_world_size(self.resume_from) != self.dist.world_size
+            or saved_sequence_parallel(self.resume_from) != self.sp
         )
         if self.resume_universal:
             self.ds_config["checkpoint"] = {"load_universal": True}
@@ -166,6 +185,21 @@ class Trainer:
                                              self.dist.is_main, cfg.deepspeed.stage)
 
     # ------------------------------------------------------------------ construction
+    def _deepspeed_gradient_divisor(self) -> int:
+        """What DeepSpeed 0.19.8 divides the gradients summed over all ranks by (besides the
+        micro-batch count): the data-parallel size (world / sp) under ZeRO-1/2, but the whole
+        world under ZeRO-3's reduce-scatter path (`stage3.__avg_scatter_grads` ->
+        `reduce_scatter_coalesced`, which does not correct for sequence parallelism; its
+        other, contiguous path does, so that one is ruled out here)."""
+        if self.sp == 1 or self.cfg.deepspeed.stage != 3:
+            return self.dp_size
+        if not self.ds_config["zero_optimization"].get("reduce_scatter", True):
+            raise ConfigError(
+                "deepspeed.extra.zero_optimization.reduce_scatter: must be true with ZeRO-3 and "
+                "train.sequence_parallel > 1 (DeepSpeed averages its two ZeRO-3 reduction paths "
+                "differently under sequence parallelism), got False")
+        return self.dist.world_size
+
     def _build_model(self) -> None:
         from train.build_model import build_model
 
@@ -187,6 +221,15 @@ class Trainer:
         self.model_config = model.config
         self.module = LossModule(model, self.cfg.train.loss_chunk_size, self.cfg.l2a.enabled,
                                  self.cfg.train.offload_checkpoints)
+        if self.sp > 1:
+            from train import sequence_parallel
+
+            micro = self.cfg.train.micro_batch_size
+            if self.cfg.l2a.enabled:
+                self.mpu = sequence_parallel.init_groups(self.sp)
+                sequence_parallel.apply_to_model(model, self.mpu.get_sequence_parallel_group(), micro)
+            else:
+                self.mpu = sequence_parallel.apply_to_dense_model(model, self.sp, micro)
 
     def _build_data(self) -> None:
         if self.loader is not None:  # injected (benchmarks with synthetic batches)
@@ -198,8 +241,9 @@ class Trainer:
         # Safe on every rank at once (the pipeline locks); only rank 0 prints statistics.
         prepared = prepare_data(cfg.data, self.tokenizer, seed=cfg.train.seed,
                                 verbose=self.dist.is_main)
-        self.loader = build_dataloader(prepared, cfg.train.micro_batch_size, rank=self.dist.rank,
-                                       world_size=self.dist.world_size, seed=cfg.train.seed)
+        # One row per sequence-parallel group: the ranks of a group read the same rows.
+        self.loader = build_dataloader(prepared, cfg.train.micro_batch_size, rank=self.dp_rank,
+                                       world_size=self.dp_size, seed=cfg.train.seed)
         self._batches = iter(self.loader)
 
     def _param_groups(self) -> list[dict]:
@@ -234,6 +278,7 @@ class Trainer:
             lr_scheduler=lr_scheduler_factory(self.warmup, cfg.train.max_steps, cfg.optim.schedule,
                                               cfg.optim.min_lr_ratio),
             dist_init_required=False,
+            mpu=self.mpu,
         )
 
     def _build_controller(self) -> None:
@@ -275,7 +320,8 @@ class Trainer:
 
     def save(self) -> Path:
         meta = {"name": self.cfg.name, "precision": self.precision,
-                "deepspeed_stage": self.cfg.deepspeed.stage, "overrides": self.overrides}
+                "deepspeed_stage": self.cfg.deepspeed.stage, "sequence_parallel": self.sp,
+                "overrides": self.overrides}
         return save_checkpoint(self.engine, self.run_dir, self.step, self.state_dict(), meta,
                                self.model_config, self.tokenizer, self.dist,
                                self.cfg.train.keep_checkpoints)
@@ -305,21 +351,48 @@ class Trainer:
         return bool(torch.rand((), generator=self.dense_gen).item() < p)
 
     def _micro_batch_loss(self, batch: dict, dense: bool):
-        """Forward of one micro-batch -> (lm_loss, router_probs, routes)."""
-        return self.engine(batch["input_ids"], batch["position_ids"], batch["labels"], dense=dense)
+        """Forward of one micro-batch -> (lm_loss, router_probs, routes); under sequence
+        parallelism the router outputs are gathered to the whole row."""
+        if self.sp == 1:
+            return self.engine(batch["input_ids"], batch["position_ids"], batch["labels"], dense=dense)
+        from train.sequence_parallel import gather_router_outputs
+
+        lm_loss, probs, routes = self.engine(
+            batch["input_ids"], batch["position_ids"], batch["shift_labels"], dense=dense,
+            doc_ids=batch["doc_ids"] if self.cfg.l2a.enabled else None, labels_shifted=True)
+        probs, routes = gather_router_outputs(probs, routes, self.mpu.get_sequence_parallel_group())
+        return lm_loss, probs, routes
+
+    def _shard(self, batch: dict) -> dict:
+        """This rank's part of a micro-batch (the whole row without sequence parallelism)."""
+        if self.sp == 1:
+            return batch
+        from train.sequence_parallel import shard_batch
+
+        return shard_batch(batch, self.sp_rank, self.sp)
+
+    @staticmethod
+    def _targets(batch: dict) -> int:
+        if "shift_labels" in batch:
+            return int((batch["shift_labels"] != -100).sum())
+        return int((batch["labels"][:, 1:] != -100).sum())
 
     def train_step(self, batches: list[dict]) -> dict:
         """One optimizer step over this rank's `grad_accum` micro-batches; returns metrics."""
         step = self.step
         dense = self.draw_dense(step)
         dev = self.dist.device
-        batches = [{k: v.to(dev, non_blocking=True) for k, v in b.items()} for b in batches]
+        batches = [self._shard({k: v.to(dev, non_blocking=True) for k, v in b.items()})
+                   for b in batches]
         # Target tokens of the step over all ranks: the LM loss is their mean, whatever the
-        # split into micro-batches and ranks (DeepSpeed averages over both).
-        counts = torch.tensor([float((b["labels"][:, 1:] != -100).sum()) for b in batches],
-                              dtype=torch.float64)
+        # split into micro-batches, ranks and sequence slices. DeepSpeed sums the gradients
+        # over all ranks and divides by `grad_divisor` and the micro-batch count.
+        counts = torch.tensor([float(self._targets(b)) for b in batches], dtype=torch.float64)
         total_targets = float(all_reduce_sum(counts.sum().clone()).item())
-        scale = self.grad_accum * self.dist.world_size / max(total_targets, 1.0)
+        scale = self.grad_accum * self.grad_divisor / max(total_targets, 1.0)
+        # The router term: equal on the ranks of a sequence-parallel group, each of which
+        # back-propagates its slice; its gradient must come out as the mean over the groups.
+        term_scale = self.grad_divisor / self.dp_size
 
         lm_sum = torch.zeros((), dtype=torch.float64, device=dev)
         term_sum = torch.zeros((), dtype=torch.float64, device=dev)
@@ -329,9 +402,11 @@ class Trainer:
             lm_loss, probs, routes = self._micro_batch_loss(b, dense)
             loss = lm_loss * (float(counts[i]) * scale)
             if self.controller is not None and len(probs):
-                mask = b["labels"] != -100
+                # Whole row (gathered under sequence parallelism; equal on the group's ranks,
+                # each of which back-propagates its own slice of the term's gradient).
+                mask = b["router_mask"] if "router_mask" in b else b["labels"] != -100
                 term, extra = self.controller.penalty(probs, routes, mask, step)
-                loss = loss + term
+                loss = loss + (term * term_scale if term_scale != 1 else term)
                 term_sum += term.detach().double()
             lm_sum += lm_loss.detach().double() * float(counts[i])
             self.engine.backward(loss)
@@ -406,7 +481,7 @@ class Trainer:
         cfg = self.cfg
         resumed = self.maybe_resume()
         tokens_per_step = (cfg.data.seq_len * cfg.train.micro_batch_size * self.grad_accum
-                           * self.dist.world_size)
+                           * self.dp_size)
         logger = MetricsLogger(
             self.run_dir, self.dist.is_main, cfg.train.max_steps, self.step,
             progress_bar=cfg.train.progress_bar, wandb_cfg=cfg.train.wandb, name=cfg.name,
@@ -418,6 +493,7 @@ class Trainer:
             f"{cfg.name}: {self.n_trainable / 1e6:.2f}M of {self.n_params / 1e6:.2f}M parameters "
             f"trainable, {self.dist.world_size} rank(s) on {self.dist.device.type}, "
             f"{self.precision}, ZeRO-{cfg.deepspeed.stage}"
+            f"{f', sequence parallel {self.sp}' if self.sp > 1 else ''}"
             f"{' (weights loaded partitioned)' if self.loaded_partitioned else ''}, "
             f"{self.grad_accum} micro-batch(es)/step, "
             f"{tokens_per_step} tokens/step, run dir {self.run_dir}"
@@ -531,6 +607,11 @@ class Trainer:
 
             unset_hf_deepspeed_config()  # a later run in this process must not see ZeRO-3
             self._zero3_loading = None
+        if self.mpu is not None:
+            from train.sequence_parallel import release_groups
+
+            release_groups()  # a later run in this process must not see this run's groups
+            self.mpu = None
 
 
 def run(cfg: RunConfig, run_dir: str | os.PathLike, overrides: list[str] | None = None) -> int:

@@ -1,0 +1,164 @@
+"""Run under torchrun (2 processes, gloo) by test_sequence_parallel.py: tiny Qwen3 and Qwen2
+L2A models on packed rows, once whole on every rank (the reference: what sequence
+parallelism 1 computes) and once with sequence parallelism 2 (each rank a slice). Writes
+`<out>/model_rank<r>.json`: per family and path (normal, dense) the largest differences of
+loss, router probabilities, decisions and every trainable parameter's gradient.
+
+    torchrun --nproc_per_node=2 tests/train/sp_model_worker.py <out dir>
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+import l2a  # noqa: F401
+from l2a.convert import convert_model
+from l2a.losses import layer_sparsity, router_regulariser
+from train import sequence_parallel as sp_mod
+from train.losses import causal_lm_loss
+
+LAMBDA = 0.05  # regulariser weight: large enough that its gradient shows
+# Packed rows of 24 tokens, cut at 12 under SP=2: the second document of each row crosses
+# the cut; the last row ends in padding (labels -100 there, its own segment).
+DOCS = [[5, 10, 9], [3, 15, 4, 2]]
+PAD_LAST = 2
+SEQ = 24
+
+
+def tiny_l2a(family: str, kv_heads: int):
+    from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(0)
+    kw = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+              num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=256,
+              rms_norm_eps=1e-6, head_dim=16)
+    base = (Qwen3ForCausalLM(Qwen3Config(**kw)) if family == "qwen3"
+            else Qwen2ForCausalLM(Qwen2Config(**kw)))
+    model = convert_model(base.float(), init="paper", window=4)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("router.weight"):
+                p.normal_(0.0, 0.3)  # about half the tokens routed: the decisions matter
+            elif name.endswith("bias"):
+                p.normal_(0.0, 0.1)
+    model.config.l2a_attn_backend = "torch"
+    from l2a.trainable import mark_trainable
+
+    mark_trainable(model)
+    return model.train()
+
+
+def batch():
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 97, (len(DOCS), SEQ), generator=g)
+    pos = torch.zeros_like(ids)
+    labels = ids.clone()
+    for row, docs in enumerate(DOCS):
+        t = 0
+        for n in docs:
+            pos[row, t:t + n] = torch.arange(n)
+            labels[row, t] = -100  # the first token of a document predicts nothing
+            t += n
+    labels[-1, -PAD_LAST:] = -100
+    return {"input_ids": ids, "position_ids": pos, "labels": labels}
+
+
+def objective(model, b, dense, group=None):
+    """LM loss (token mean over the whole row) + LAMBDA * R, as the trainer weighs them; under
+    SP each rank returns its part (the parts' gradients add up)."""
+    if group is None:
+        out = model.model(input_ids=b["input_ids"], position_ids=b["position_ids"], l2a_dense=dense)
+        lm_sum, n = causal_lm_loss(out.last_hidden_state, model.lm_head.weight, b["labels"],
+                                   reduction="sum", return_num_tokens=True)
+        probs, routes, mask = out.router_probs, out.routes, b["labels"] != -100
+        lm_total = lm_sum.detach()
+    else:
+        out = model.model(input_ids=b["input_ids"], position_ids=b["position_ids"],
+                          doc_ids=b["doc_ids"], l2a_dense=dense)
+        lm_sum, n = causal_lm_loss(out.last_hidden_state, model.lm_head.weight, b["shift_labels"],
+                                   reduction="sum", return_num_tokens=True, shifted=True)
+        n = n.clone()
+        dist.all_reduce(n, group=group)
+        lm_total = lm_sum.detach().clone()
+        dist.all_reduce(lm_total, group=group)
+        probs, routes = sp_mod.gather_router_outputs(out.router_probs, out.routes, group)
+        mask = b["router_mask"]
+    loss = lm_sum / n + LAMBDA * router_regulariser(probs, mask)
+    return loss, float(lm_total / n), probs, routes, layer_sparsity(routes, mask)
+
+
+def grads(model, group=None):
+    out = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            g = p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
+            if group is not None:
+                dist.all_reduce(g, group=group)
+            out[name] = g
+    return out
+
+
+def compare(ref_model, sp_model, full, part, dense, group):
+    ref_model.zero_grad(set_to_none=True)
+    sp_model.zero_grad(set_to_none=True)
+    ref_loss, ref_lm, ref_p, ref_d, ref_s = objective(ref_model, full, dense)
+    ref_loss.backward()
+    loss, lm, p, d, s = objective(sp_model, part, dense, group)
+    loss.backward()
+    total = loss.detach().clone()
+    dist.all_reduce(total, group=group)
+    # Each rank's objective holds the whole regulariser: subtract the (N-1) extra copies.
+    reg = LAMBDA * router_regulariser(p, part["router_mask"]).detach()
+    total = total - (dist.get_world_size(group) - 1) * reg
+    ref_g, g = grads(ref_model), grads(sp_model, group)
+    grad_err = {k: float((g[k] - ref_g[k]).abs().max() / ref_g[k].abs().max().clamp_min(1e-12))
+                for k in ref_g}
+    return {
+        "loss_err": abs(float(total) - float(ref_loss)),
+        "lm_err": abs(lm - ref_lm),
+        "ref_loss": float(ref_loss),
+        "probs_err": max(float((a - b).abs().max()) for a, b in zip(p, ref_p)),
+        "routes_equal": all(bool((a == b).all()) for a, b in zip(d, ref_d)),
+        "routed_fraction": [float(x.float().mean()) for x in ref_d],
+        "sparsity_err": float((s - ref_s).abs().max()),
+        "grad_rel_err": grad_err,
+        "grad_nonzero": {k: bool(v.abs().max() > 0) for k, v in ref_g.items()},
+    }
+
+
+def main() -> int:
+    out_dir = Path(sys.argv[1])
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
+    torch.set_num_threads(1)
+    mpu = sp_mod.init_groups(dist.get_world_size())
+    group = mpu.get_sequence_parallel_group()
+    rank, n = dist.get_rank(group), dist.get_world_size(group)
+    full = batch()
+    part = sp_mod.shard_batch(full, rank, n)
+    results = {}
+    # Qwen3 with GQA 4/2 (2 KV heads: split); Qwen2 with MQA 4/1 (KV replicated to 2).
+    for family, kv in (("qwen3", 2), ("qwen2", 1)):
+        ref = tiny_l2a(family, kv)
+        spm = copy.deepcopy(ref)
+        wrapped = sp_mod.apply_to_model(spm, group, micro_batch_size=full["input_ids"].shape[0])
+        for dense in (False, True):
+            results[f"{family}/{'dense' if dense else 'normal'}"] = {
+                **compare(ref, spm, full, part, dense, group), "wrapped": wrapped}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"model_rank{dist.get_rank()}.json").write_text(json.dumps(results, indent=1))
+    dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    raise SystemExit(main())

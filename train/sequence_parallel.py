@@ -1,0 +1,221 @@
+"""Sequence parallelism (DeepSpeed-Ulysses), applied to the model from outside.
+
+`train.sequence_parallel=N` splits the ranks into groups of N consecutive ranks (DeepSpeed's
+`parallel_state_sp`, passed to `deepspeed.initialize` as `mpu`). All ranks of a group read
+the same packed row; each holds a contiguous 1/N slice of its tokens (`shard_batch`) and
+runs embeddings, norms, MLPs, router, gate and loss on that slice only. Only the attention
+core of every branch (`L2ABranchAttention.attention_core`) is wrapped (`apply_to_model`):
+DeepSpeed's `UlyssesSPAttentionHF` all-to-alls q/k/v from (B, H, T/N, D) to (B, H/N, T, D),
+the unchanged kernels run on whole sequences for H/N heads, and the output goes back to the
+slice. KV heads are replicated when there are fewer than N (DeepSpeed's rule).
+
+Gradients: DeepSpeed sums them over all ranks and divides by the data-parallel size
+(world / N) under an SP mpu (`stage_1_and_2.py`, `stage3.py`: `div_(world / sp)`), so
+the trainer normalises the LM loss by the data-parallel size, not the world size.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from train.config import ConfigError
+
+
+def valid_sizes(num_heads: int, num_kv_heads: int) -> list[int]:
+    """Sequence-parallel sizes that the head counts allow: N divides the query heads and
+    N divides the KV heads or is a multiple of them (KV replicated)."""
+    return [n for n in range(1, num_heads + 1)
+            if num_heads % n == 0 and (num_kv_heads % n == 0 or n % num_kv_heads == 0)]
+
+
+def check(sp: int, world_size: int, num_heads: int, num_kv_heads: int, seq_len: int | None) -> None:
+    """One-line `ConfigError`s for a sequence-parallel size that cannot work."""
+    if sp == 1:
+        return
+    if sp > world_size:
+        raise ConfigError(f"train.sequence_parallel: must be <= the world size ({world_size}), got {sp}")
+    if world_size % sp:
+        raise ConfigError(f"train.sequence_parallel: must divide the world size ({world_size}), got {sp}")
+    sizes = valid_sizes(num_heads, num_kv_heads)
+    if sp not in sizes:
+        raise ConfigError(
+            f"train.sequence_parallel: the model's {num_heads} query / {num_kv_heads} KV heads "
+            f"allow {', '.join(map(str, sizes))}, got {sp}")
+    if seq_len is not None and seq_len % sp:
+        raise ConfigError(
+            f"train.sequence_parallel: must divide data.seq_len ({seq_len}), got {sp}")
+
+
+def model_heads(model_cfg) -> tuple[int, int]:
+    """(query heads, KV heads) of the configured base without building it."""
+    if model_cfg.random_base is not None:
+        h = model_cfg.random_base["num_attention_heads"]
+        return h, model_cfg.random_base.get("num_key_value_heads", h)
+    from transformers import AutoConfig
+
+    c = AutoConfig.from_pretrained(model_cfg.base).get_text_config()
+    return c.num_attention_heads, getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+
+
+# --------------------------------------------------------------------------- groups
+def init_groups(sp: int):
+    """DeepSpeed's SP groups (ranks [i*sp, (i+1)*sp) per group); returns the mpu module."""
+    import deepspeed.runtime.sequence_parallel.parallel_state_sp as mpu
+
+    if mpu._SEQUENCE_PARALLEL_GROUP is not None:
+        if mpu.get_sequence_parallel_world_size() == sp:
+            return mpu
+        mpu._release_sequence_parallel_groups()  # another run in this process used another N
+    mpu.initialize_sequence_parallel(sp)
+    return mpu
+
+
+def release_groups() -> None:
+    """Forget the SP mpu (several runs in one process: a later one without SP)."""
+    from deepspeed.utils import groups
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    groups.mpu = None
+    while _replaced_attention:
+        impl, fn = _replaced_attention.popitem()
+        ALL_ATTENTION_FUNCTIONS[impl] = fn
+
+
+# --------------------------------------------------------------------------- data
+def shard_batch(batch: dict, sp_rank: int, sp: int) -> dict:
+    """A full packed row -> this rank's contiguous 1/N slice.
+
+    input_ids, position_ids: sliced. labels: shifted on the whole row first (position t
+    predicts token t + 1, also across the slice boundary), then sliced (`shift_labels`).
+    `doc_ids` (from the whole row's position ids) and `router_mask` (valid tokens: labels
+    not -100) describe the whole row: the attention and the router statistics see it all."""
+    from kernels.utils import doc_ids_from_position_ids
+    from train.losses import shift_labels
+
+    seq = batch["input_ids"].shape[1]
+    if seq % sp:
+        raise ConfigError(f"train.sequence_parallel: must divide the sequence length ({seq}), got {sp}")
+    part = slice(sp_rank * (seq // sp), (sp_rank + 1) * (seq // sp))
+    labels = batch["labels"]
+    return {
+        "input_ids": batch["input_ids"][:, part],
+        "position_ids": batch["position_ids"][:, part],
+        "shift_labels": shift_labels(labels)[:, part],
+        "doc_ids": doc_ids_from_position_ids(batch["position_ids"]),
+        "router_mask": labels != -100,
+    }
+
+
+# --------------------------------------------------------------------------- router stats
+class _GatherSequence(torch.autograd.Function):
+    """All-gather along the sequence (dim 1) over the SP group. Every rank then computes the
+    same function of the whole row; backward keeps this rank's slice of the gradient (not
+    a sum), so the ranks' gradients add up to the gradient of that one function."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        n, r = dist.get_world_size(group), dist.get_rank(group)
+        parts = [torch.empty_like(x) for _ in range(n)]
+        dist.all_gather(parts, x.contiguous(), group=group)
+        ctx.part = slice(r * x.shape[1], (r + 1) * x.shape[1])
+        return torch.cat(parts, dim=1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad[:, ctx.part], None
+
+
+def gather_sequence(x: torch.Tensor, group) -> torch.Tensor:
+    if x.requires_grad:
+        return _GatherSequence.apply(x, group)
+    with torch.no_grad():
+        return _GatherSequence.apply(x, group)
+
+
+def gather_router_outputs(probs, routes, group) -> tuple[tuple, tuple]:
+    """Router probabilities and decisions of every L2A layer for the whole row."""
+    probs = tuple(gather_sequence(p, group) for p in probs)
+    routes = tuple(gather_sequence(d.to(torch.uint8), group).bool() for d in routes)
+    return probs, routes
+
+
+# --------------------------------------------------------------------------- attention
+class UlyssesCore:
+    """Replaces one branch's attention core: gathers the route over the SP group and runs
+    the original core on whole sequences for H/N heads through DeepSpeed's
+    `UlyssesSPAttentionHF`. Not an nn.Module: the model's parameters and state dict are
+    unchanged."""
+
+    def __init__(self, inner, ulysses, group):
+        self.inner = inner
+        self.ulysses = ulysses
+        self.group = group
+
+    def __call__(self, q, k, v, route, window, doc_ids, scale, backend):
+        bsz, heads, local, dim = q.shape
+        r = dist.get_rank(self.group)
+        if route is not None:
+            route = gather_sequence(route.to(torch.uint8), self.group).bool()
+
+        def core(_module, qf, kf, vf, _mask, *args, **kwargs):
+            # After the all-to-all: (B, H/N, T, D); DeepSpeed gathered the `position_ids`
+            # we passed, i.e. the whole row's document ids.
+            o = self.inner(qf, kf, vf, route, window, kwargs["position_ids"], scale, backend)
+            return o.transpose(1, 2), None  # (B, T, H/N, D), as DeepSpeed expects
+
+        self.ulysses.attn = core
+        # DeepSpeed all-gathers `position_ids` (it needs the whole row's); we hand it our
+        # slice of the whole row's document ids instead, which is what the kernels need.
+        ids = doc_ids[:, r * local:(r + 1) * local].contiguous()
+        out, _ = self.ulysses(_NoEval, q, k, v, None, position_ids=ids)  # (B, T/N, H*D)
+        return out.view(bsz, local, heads, dim).transpose(1, 2)
+
+
+class _NoEvalModule:
+    training = True  # UlyssesSPAttentionHF only reads `module.training` (disable_in_eval)
+
+
+_NoEval = _NoEvalModule()
+
+
+def apply_to_model(model: torch.nn.Module, group, micro_batch_size: int) -> int:
+    """Wrap the attention core of every L2A branch of `model` for sequence parallelism over
+    `group`; returns the number of branches wrapped."""
+    from deepspeed.runtime.sequence_parallel.ulysses_sp import UlyssesSPAttentionHF
+
+    from l2a.layers import L2ABranchAttention
+
+    cfg = model.config
+    n = 0
+    for module in model.modules():
+        if isinstance(module, L2ABranchAttention):
+            ulysses = UlyssesSPAttentionHF(
+                attn=None, batch_size=micro_batch_size, attn_head_count=module.num_heads,
+                attn_head_size=module.head_dim, kv_head_count=module.num_kv_heads,
+                num_hidden_layers=cfg.num_hidden_layers, process_group=group,
+                seq_length_is_variable=True,
+            )
+            module.attention_core = UlyssesCore(module.attention_core, ulysses, group)
+            n += 1
+    return n
+
+
+def apply_to_dense_model(model: torch.nn.Module, sp: int, micro_batch_size: int):
+    """The dense baseline (an HF model): DeepSpeed's own registration, which routes the
+    model's attention implementation through Ulysses; returns the mpu. Packed rows then
+    attend causally across documents (DeepSpeed drops the mask; flash-attention
+    implementations use the gathered position ids instead)."""
+    from deepspeed.runtime.sequence_parallel.ulysses_sp import UlyssesSPAttentionHF
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    import deepspeed.runtime.sequence_parallel.parallel_state_sp as mpu
+
+    impl = model.config._attn_implementation
+    _replaced_attention.setdefault(impl, ALL_ATTENTION_FUNCTIONS[impl])
+    if mpu._SEQUENCE_PARALLEL_GROUP is not None:
+        mpu._release_sequence_parallel_groups()  # register_with_transformers makes its own
+    return UlyssesSPAttentionHF.register_with_transformers(
+        model, impl, sp, micro_batch_size, seq_length_is_variable=True)
+
+
+_replaced_attention: dict = {}
