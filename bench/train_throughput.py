@@ -9,11 +9,21 @@ DeepSpeed ZeRO-3, bf16, activation checkpointing, one sequence per GPU per step:
   cuDNN (then flash) backend; same trainable set (attention + norms).
 
 Throughput is measured over the steps after `--skip-steps` (compilation, autotuning and the
-sparsity ramp). Records tokens/s per GPU, peak GPU memory (max over ranks) and the achieved
-sparsity of each variant, as JSON in `$OUT/` (if set) or `bench/results/`.
+sparsity ramp). Records tokens/s per GPU, peak GPU memory and the memory resident between
+steps (parameters, gradient buffers, optimizer states: peak minus it is the activation
+part; max over ranks), the model's shape and the achieved sparsity of each variant, as
+JSON in `$OUT/` (if set) or `bench/results/`.
+
+`--sequence-parallel N` runs DeepSpeed-Ulysses over groups of N ranks (one row per group).
+`--seq-len` takes a comma-separated list, run in order per variant: the first length that
+runs out of GPU memory is recorded (`oom_at`, in `<out>.oom_<variant>.json` by the rank that
+hit it) and ends the launch (a rank that ran out cannot take part in collectives any more),
+so probe one variant per launch.
 
     torchrun --nproc_per_node=4 -m bench.train_throughput --steps 40
     torchrun --nproc_per_node=2 -m bench.train_throughput --variants dense --seq-len 16384
+    torchrun --nproc_per_node=2 -m bench.train_throughput --model qwen3_8b_random \
+        --sequence-parallel 2 --variants l2a --seq-len 131072,262144,393216,524288
 
 Needs torch, triton, transformers, deepspeed, hydra-core, omegaconf and tqdm only (wandb
 and datasets are not imported on this path; see scripts/device_wheels.sh).
@@ -80,7 +90,7 @@ class SyntheticPackedLoader:
         self.step = int(state["step"])
 
 
-def _config(args, variant: str, run_dir: Path):
+def _config(args, variant: str, seq_len: int):
     from hydra import compose, initialize_config_dir
 
     import train.config  # noqa: F401  (resolver)
@@ -90,9 +100,10 @@ def _config(args, variant: str, run_dir: Path):
         f"model={args.model}",
         f"deepspeed={args.deepspeed}",
         f"train.max_steps={args.steps}",
+        f"train.sequence_parallel={args.sequence_parallel}",
         "train.micro_batch_size=1",
         "train.grad_accum_steps=1",
-        "train.precision=bf16",
+        f"train.precision={'bf16' if torch.cuda.is_available() else 'fp32'}",
         f"train.activation_checkpointing={str(not args.no_activation_checkpointing).lower()}",
         "train.ckpt_every=0",
         "train.save_final=false",
@@ -114,7 +125,7 @@ def _config(args, variant: str, run_dir: Path):
     from omegaconf import OmegaConf
 
     raw = OmegaConf.to_container(cfg, resolve=True)
-    raw["data"] = SimpleNamespace(seq_len=args.seq_len)  # synthetic batches: no data pipeline
+    raw["data"] = SimpleNamespace(seq_len=seq_len)  # synthetic batches: no data pipeline
     return from_container(raw, data_builder=lambda d: d), overrides
 
 
@@ -163,21 +174,39 @@ def _out_path(args) -> Path:
     return base / "train_throughput.json"
 
 
-def run_variant(args, variant: str) -> dict:
+def model_shape(config) -> dict:
+    """What the results JSON records of the model (a preset name alone hides overrides)."""
+    keys = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads",
+            "num_key_value_heads", "head_dim", "vocab_size", "tie_word_embeddings")
+    return {k: getattr(config, k, None) for k in keys}
+
+
+def _max_over_ranks(value: float) -> float:
     import torch.distributed as dist
 
+    t = torch.tensor([value], device="cuda" if torch.cuda.is_available() else "cpu")
+    if dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
+def run_variant(args, variant: str, seq_len: int) -> dict:
     from train.metrics import read_metrics
     from train.trainer import Trainer
 
-    run_dir = Path(args.work_dir) / variant
-    cfg, overrides = _config(args, variant, run_dir)
+    run_dir = Path(args.work_dir) / f"{variant}-{seq_len}"
+    cfg, overrides = _config(args, variant, seq_len)
     rank = int(os.environ.get("RANK", "0"))
     vocab = cfg.model.random_base["vocab_size"]
-    loader = SyntheticPackedLoader(args.seq_len, 1, vocab, rank, docs_per_row=args.docs_per_row)
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
+    # The ranks of a sequence-parallel group train on the same rows (each on its slice).
+    loader = SyntheticPackedLoader(seq_len, 1, vocab, rank // args.sequence_parallel,
+                                   docs_per_row=args.docs_per_row)
+    cuda = torch.cuda.is_available()  # else --cpu-smoke: no memory figures
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
     attn = contextlib.nullcontext()
-    if variant == "dense":
+    if variant == "dense" and cuda:
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
         # cuDNN first; flash, then memory-efficient, where cuDNN cannot take the call
@@ -191,6 +220,21 @@ def run_variant(args, variant: str) -> dict:
             set_priority=True,
         )
     trainer = Trainer(cfg, run_dir, overrides, loader=loader)
+    shape = model_shape(trainer.model_config)
+    n_params, n_trainable = trainer.n_params, trainer.n_trainable
+    # Memory allocated at the end of every step (after the optimizer step, the activations
+    # freed): parameters, gradient buffers and optimizer states of this rank.
+    resident: list[float] = []
+    step_fn = trainer.train_step
+
+    def step_and_measure(batches):
+        metrics = step_fn(batches)
+        if cuda:
+            torch.cuda.synchronize()
+            resident.append(torch.cuda.memory_allocated() / 2**30)
+        return metrics
+
+    trainer.train_step = step_and_measure
     t0 = time.perf_counter()
     with attn:
         code = trainer.fit()
@@ -198,27 +242,37 @@ def run_variant(args, variant: str) -> dict:
         profile = None
         if args.profile and code == 0:
             profile = profile_step(trainer, loader, variant, rank, _out_path(args).parent)
-    peak = torch.tensor([torch.cuda.max_memory_allocated() / 2**30], device="cuda")
-    if dist.is_initialized():
-        dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+    peak = _max_over_ranks(torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0)
+    peak_reserved = _max_over_ranks(torch.cuda.max_memory_reserved() / 2**30 if cuda else 0.0)
+    steady = _max_over_ranks(resident[-1] if resident else 0.0)
     world = trainer.dist.world_size
     trainer.close()
     del trainer
     gc.collect()
-    torch.cuda.empty_cache()
+    if cuda:
+        torch.cuda.empty_cache()
     if code != 0:
         raise SystemExit(f"{variant}: trainer exited with {code}")
     result = {
         "variant": variant,
         "exit_code": code,
         "wall_s": wall,
-        "peak_memory_gib": round(float(peak.item()), 2),
+        "seq_len": seq_len,
+        "sequence_parallel": args.sequence_parallel,
+        "model_shape": shape,
+        "params": n_params,
+        "trainable_params": n_trainable,
+        "peak_memory_gib": round(peak, 2),
+        "peak_reserved_gib": round(peak_reserved, 2),
+        # Parameters + gradient buffers + optimizer states (allocated between steps).
+        "resident_between_steps_gib": round(steady, 2),
+        "activation_peak_gib": round(peak - steady, 2),
     }
     if rank == 0:
         rows = read_metrics(run_dir)
         timed = [r for r in rows if r["step"] > args.skip_steps]
         step_s = sum(r["step_time_s"] for r in timed) / max(len(timed), 1)
-        tokens_per_step = args.seq_len * world
+        tokens_per_step = seq_len * world // args.sequence_parallel
         result.update(
             steps=len(rows),
             timed_steps=len(timed),
@@ -239,7 +293,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", default="l2a,dense", help="comma-separated: l2a, dense")
     p.add_argument("--model", default="qwen3_1p7b_random", help="conf/model option")
     p.add_argument("--deepspeed", default="zero3", help="conf/deepspeed option")
-    p.add_argument("--seq-len", type=int, default=32768)
+    p.add_argument("--seq-len", default="32768",
+                   help="tokens per sequence; a comma-separated list probes lengths in order, "
+                   "stopping at the first that runs out of memory")
+    p.add_argument("--sequence-parallel", type=int, default=1,
+                   help="ranks per sequence (DeepSpeed-Ulysses); 1: off")
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--skip-steps", type=int, default=10, help="steps left out of the timing")
     p.add_argument("--sparsity-target", type=float, default=0.8)
@@ -259,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
         "JSON, the top kernels in profile_<variant>.txt beside it",
     )
     p.add_argument("--override", action="append", default=[], help="extra Hydra override")
+    p.add_argument("--cpu-smoke", action="store_true",
+                   help="allow a CPU run (fp32, gloo) to check that a command starts: use "
+                   "with a tiny shape through --override model.random_base.*=...")
     p.add_argument("--work-dir", default=None, help="run dirs (default: a temporary dir)")
     p.add_argument(
         "--out",
@@ -266,8 +327,9 @@ def main(argv: list[str] | None = None) -> int:
         help="result JSON (default: $OUT/train_throughput.json or bench/results/)",
     )
     args = p.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("bench.train_throughput needs CUDA GPUs", file=sys.stderr)
+    if not torch.cuda.is_available() and not args.cpu_smoke:
+        print("bench.train_throughput needs CUDA GPUs (--cpu-smoke: check the command starts, "
+              "fp32 on CPU, no memory figures)", file=sys.stderr)
         return 1
     # Keep NVLink multicast off (shared hosts): NCCL inherits these.
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
@@ -276,21 +338,50 @@ def main(argv: list[str] | None = None) -> int:
 
     init_distributed()
     args.work_dir = broadcast_object(args.work_dir or tempfile.mkdtemp(prefix="l2a-bench-"))
-    results = {}
-    for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
-        results[variant] = run_variant(args, variant)
+    seq_lens = [int(x) for x in str(args.seq_len).split(",") if x.strip()]
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     rank = int(os.environ.get("RANK", "0"))
+    results: dict = {}
+    for variant in variants:
+        for seq_len in seq_lens:
+            key = variant if len(seq_lens) == 1 else f"{variant}@{seq_len}"
+            try:
+                results[key] = run_variant(args, variant, seq_len)
+            except torch.cuda.OutOfMemoryError as e:
+                _record_oom(args, variant, seq_len, rank, e, results)
+                os._exit(3)  # the other ranks wait in a collective: end the launch
+            if rank == 0:
+                _write_report(args, results, final=False)
     if rank != 0:
         return 0
+    _write_report(args, results, final=True)
+    return 0
+
+
+def _record_oom(args, variant: str, seq_len: int, rank: int, err: Exception, results: dict) -> None:
+    out = _out_path(args)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fits = [r["seq_len"] for r in results.values() if r["variant"] == variant]
+    record = {"variant": variant, "oom_at": seq_len, "longest_ok": max(fits) if fits else None,
+              "rank": rank, "sequence_parallel": args.sequence_parallel, "model": args.model,
+              "error": str(err).strip().splitlines()[0][:400]}
+    path = out.with_name(f"{out.stem}.oom_{variant}.json")
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"out of memory: {json.dumps(record)}", file=sys.stderr, flush=True)
+
+
+def _write_report(args, results: dict, final: bool) -> None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     report = {
         "benchmark": "train_throughput",
-        "gpu": torch.cuda.get_device_name(0),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         "num_gpus": world,
         "model": f"{args.model} (random weights)",
+        "model_shape": next(iter(results.values()))["model_shape"] if results else None,
+        "sequence_parallel": args.sequence_parallel,
         "seq_len": args.seq_len,
         "deepspeed": args.deepspeed,
-        "precision": "bf16",
+        "precision": "bf16" if torch.cuda.is_available() else "fp32",
         "activation_checkpointing": not args.no_activation_checkpointing,
         "docs_per_row": args.docs_per_row,
         "steps": args.steps,
@@ -305,9 +396,9 @@ def main(argv: list[str] | None = None) -> int:
     out = _out_path(args)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
-    print(f"wrote {out}")
-    return 0
+    if final:
+        print(json.dumps(report, indent=2))
+        print(f"wrote {out}")
 
 
 if __name__ == "__main__":

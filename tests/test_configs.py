@@ -156,6 +156,17 @@ def test_qwen3_128k_matches_the_reference_recipe():
     assert run.l2a.sparsity.lambda_final == 1e-8 and run.l2a.sparsity.lambda_schedule == "linear"
     assert run.l2a.sparsity_target is None
     assert (run.l2a.window, run.l2a.router_tau, run.l2a.dense_prob) == (4095, 0.1, 0.1)
+    assert run.train.sequence_parallel == 8
+    assert tuple(run.optim.betas) == (0.9, 0.999) and run.optim.min_lr_ratio == 0.0
+
+
+def test_qwen25_128k_sequence_parallel_fits_its_heads():
+    from train.sequence_parallel import valid_sizes
+
+    _, run = _validate(["experiment=qwen25_128k"])
+    # 28 query / 4 KV heads: 8 is not possible (the file says so), 4 is.
+    assert run.train.sequence_parallel == 4 and 4 in valid_sizes(28, 4) and 8 not in valid_sizes(28, 4)
+    assert tuple(run.optim.betas) == (0.9, 0.999) and run.optim.min_lr_ratio == 0.0
 
 
 def test_dense_baseline_turns_l2a_off():

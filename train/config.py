@@ -423,7 +423,8 @@ class TrainConfig:
         per_pass = self.micro_batch_size * world_size
         if self.global_batch_size % per_pass:
             _fail("train.global_batch_size",
-                  f"must be a multiple of train.micro_batch_size * world size ({per_pass})",
+                  f"must be a multiple of train.micro_batch_size * world size"
+                  f"{' / train.sequence_parallel' if self.sequence_parallel > 1 else ''} ({per_pass})",
                   self.global_batch_size)
         return self.global_batch_size // per_pass
 

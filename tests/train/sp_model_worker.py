@@ -130,6 +130,7 @@ def compare(ref_model, sp_model, full, part, dense, group):
         "sparsity_err": float((s - ref_s).abs().max()),
         "grad_rel_err": grad_err,
         "grad_nonzero": {k: bool(v.abs().max() > 0) for k, v in ref_g.items()},
+        "router_grad": [ref_g[k].flatten()[:8].tolist() for k in sorted(ref_g) if "router" in k],
     }
 
 

@@ -1,0 +1,177 @@
+"""Sequence parallelism (train.sequence_parallel, DeepSpeed-Ulysses) on CPU: torchrun, 2
+processes, gloo.
+
+* Model level (tests/train/sp_model_worker.py): tiny Qwen3 (GQA 4/2) and Qwen2 (MQA 4/1: KV
+  replicated) L2A models on packed rows whose documents cross the slice boundary, SP=2
+  against the whole row on one rank: loss, router probabilities and decisions, sparsity and
+  the gradient of every trainable parameter (LM loss + regulariser), normal and dense path.
+  Tolerance: fp32, gradients within 1e-5 of their largest entry, probabilities 1e-6.
+* Trainer level: SP=2 under ZeRO 1, 2 and 3 (also with ZeRO-3's partitioned loading)
+  reproduces the per-step loss, gradient norm and sparsity of one process holding the whole
+  rows (a dense-path step included), and the same weights at the end (ZeRO-3).
+* A run under SP=2 killed with SIGKILL and resumed reproduces the uninterrupted SP=2 run
+  exactly; its checkpoint resumes on one process without SP (universal checkpoint).
+* Bad settings fail with one line (exit 2) before anything is built.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from train_helpers import ROOT, compose_run, read_metrics, run_in_process
+
+# Step 1 takes the dense path under this seed (asserted below), steps 2-4 do not.
+SP_RUN = ["train.max_steps=4", "train.micro_batch_size=2", "train.global_batch_size=2",
+          "train.ckpt_every=2", "train.save_final=true", "l2a.dense_prob=0.5", "l2a.window=8"]
+
+
+def _torchrun(script: str, *args: str, fault: str | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
+                        "MASTER_PORT", "L2A_FAULT")}
+    env = {**env, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    if fault:
+        env["L2A_FAULT"] = fault
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(ROOT / "tests" / "train" / script), *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+    )
+
+
+@pytest.mark.slow
+def test_model_sp2_matches_whole_row_qwen3_qwen2_normal_and_dense(tmp_path):
+    proc = _torchrun("sp_model_worker.py", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for rank in (0, 1):
+        res = json.loads((tmp_path / f"model_rank{rank}.json").read_text())
+        assert set(res) == {"qwen3/normal", "qwen3/dense", "qwen2/normal", "qwen2/dense"}
+        for key, r in res.items():
+            assert r["wrapped"] == 4, key  # 2 layers x 2 branches
+            # Decisions that matter: some tokens routed, some not, in every layer.
+            assert all(0.1 < f < 0.9 for f in r["routed_fraction"]), (key, r["routed_fraction"])
+            assert r["routes_equal"], key
+            assert r["probs_err"] < 1e-6, key
+            assert r["sparsity_err"] == 0.0, key
+            assert r["lm_err"] < 1e-5 and r["loss_err"] < 1e-5, (key, r)
+            assert all(r["grad_nonzero"].values()), key
+            bad = {k: v for k, v in r["grad_rel_err"].items() if v > 1e-5}
+            assert not bad, (key, bad)
+        for family in ("qwen3", "qwen2"):
+            # The dense path gives the router a gradient through tokens it switched off.
+            assert res[f"{family}/dense"]["router_grad"] != res[f"{family}/normal"]["router_grad"]
+
+
+@pytest.fixture(scope="module")
+def sp_runs(base_overrides, tmp_path_factory):
+    """One torchrun launch: SP=2 under ZeRO 1, 2, 3 and 3 with full loading (parity_worker)."""
+    root = tmp_path_factory.mktemp("sp")
+    overrides = base_overrides + SP_RUN
+    code, _ = run_in_process(overrides + ["deepspeed=zero1"], root / "single")
+    assert code == 0
+    proc = _torchrun("parity_worker.py", str(root / "multi"), *overrides,
+                     "train.sequence_parallel=2")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return root, overrides
+
+
+@pytest.mark.slow
+def test_trainer_sp2_matches_one_process_under_zero_1_2_3(sp_runs):
+    from train.checkpoint import latest_complete
+    from train.export import _consolidated_state_dict
+
+    root, _ = sp_runs
+    reference = read_metrics(root / "single")
+    assert [r["dense"] for r in reference] == [True, False, False, False]
+    for stage in (1, 2, 3, "3_full_load"):
+        rows = read_metrics(root / "multi" / f"zero{stage}")
+        assert [r["step"] for r in rows] == [1, 2, 3, 4], stage
+        for got, want in zip(rows, reference):
+            for key in ("loss", "lm_loss", "reg"):
+                assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-7), (stage, key)
+            assert got["grad_norm"] == pytest.approx(want["grad_norm"], rel=1e-4), stage
+            assert got["sparsity"] == pytest.approx(want["sparsity"], abs=1e-6), stage
+            assert got["dense"] == want["dense"]
+    single = _consolidated_state_dict(latest_complete(root / "single"))
+    for stage in (2, 3):
+        multi = _consolidated_state_dict(latest_complete(root / "multi" / f"zero{stage}"))
+        assert single.keys() == multi.keys()
+        for name, tensor in single.items():
+            torch.testing.assert_close(multi[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.slow
+def test_sp2_sigkill_resume_is_exact_and_resumes_without_sp(sp_runs, tmp_path):
+    root, overrides = sp_runs
+    overrides = overrides + ["deepspeed=zero2", "train.sequence_parallel=2"]
+    uninterrupted = read_metrics(root / "multi" / "zero2")
+    run = tmp_path / "killed"
+    first = _torchrun("fit_worker.py", str(run), *overrides, fault="kill_after_step:3")
+    assert first.returncode != 0, "the run should have been killed after step 3"
+    assert (run / "checkpoints" / "step_00000002" / "complete").is_file(), first.stderr[-3000:]
+    marker = json.loads((run / "checkpoints" / "step_00000002" / "complete").read_text())
+    assert marker["sequence_parallel"] == 2 and marker["world_size"] == 2
+    shutil.copytree(run, tmp_path / "onto_sp1")
+
+    second = _torchrun("fit_worker.py", str(run), *overrides)
+    assert second.returncode == 0, second.stderr[-4000:]
+    rows = read_metrics(run)
+    assert [r["step"] for r in rows][-2:] == [3, 4]
+    # Steps 3-4 after the resume: bit for bit those of the uninterrupted SP=2 run.
+    for got in rows[-2:]:
+        want = uninterrupted[got["step"] - 1]
+        for key in ("loss", "lm_loss", "grad_norm", "sparsity", "reg", "lr", "dense"):
+            assert got[key] == want[key], (got["step"], key)
+
+    # The SP=2 checkpoint of step 2 onto one process, no SP (universal form): same steps.
+    one = [o for o in overrides if o != "train.sequence_parallel=2"]
+    code, trainer = run_in_process(one, tmp_path / "onto_sp1")
+    assert code == 0 and trainer.step == 4
+    assert (tmp_path / "onto_sp1" / "checkpoints" / "step_00000002" / "ds_universal").is_dir()
+    for got in read_metrics(tmp_path / "onto_sp1")[-2:]:
+        want = uninterrupted[got["step"] - 1]
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-5), got["step"]
+        assert got["grad_norm"] == pytest.approx(want["grad_norm"], rel=1e-4), got["step"]
+        assert got["sparsity"] == pytest.approx(want["sparsity"], abs=1e-6), got["step"]
+
+
+def test_sizes_the_heads_allow():
+    from train.config import ConfigError
+    from train.sequence_parallel import check, valid_sizes
+
+    assert valid_sizes(28, 4) == [1, 2, 4, 28]  # Qwen2.5-7B: 7 and 14 split no KV head evenly
+    assert valid_sizes(32, 8) == [1, 2, 4, 8, 16, 32]  # Qwen3-8B
+    check(8, 8, 32, 8, 131072)  # the qwen3_128k recipe
+    check(8, 16, 32, 4, 131072)  # kv 4 < 8: replicated
+    cases = {
+        (7, 14, 28, 4, 1400): "train.sequence_parallel: the model's 28 query / 4 KV heads allow "
+                              "1, 2, 4, 28, got 7",
+        (4, 2, 32, 8, 4096): "train.sequence_parallel: must be <= the world size (2), got 4",
+        (4, 6, 32, 8, 4096): "train.sequence_parallel: must divide the world size (6), got 4",
+        (4, 8, 32, 8, 4098): "train.sequence_parallel: must divide data.seq_len (4098), got 4",
+    }
+    for args, msg in cases.items():
+        with pytest.raises(ConfigError) as e:
+            check(*args)
+        assert str(e.value) == msg
+
+
+def test_bad_setting_fails_with_one_line_before_anything_is_built(base_overrides, tmp_path, capsys):
+    from train.trainer import run
+
+    cache = tmp_path / "models"
+    overrides = base_overrides + ["train.sequence_parallel=2", f"model.cache_dir={cache}"]
+    code = run(compose_run(overrides), tmp_path / "run", [])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err == ["error: train.sequence_parallel: must be <= the world size (1), got 2"]
+    assert not cache.exists() and not (tmp_path / "run" / "checkpoints").exists()
+    with pytest.raises(Exception, match=r"train.sequence_parallel: must be > 0, got 0"):
+        compose_run(base_overrides + ["train.sequence_parallel=0"])
