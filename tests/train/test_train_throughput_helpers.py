@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 
 from bench.train_throughput import SyntheticPackedLoader, kernel_category
@@ -43,3 +45,22 @@ def test_synthetic_loader_is_deterministic_and_packs_documents():
     b2 = SyntheticPackedLoader(64, 2, 100, rank=1, seed=3, docs_per_row=3)
     b2.load_state_dict(state)
     assert torch.equal(next(b2)["input_ids"], nxt["input_ids"])
+
+
+def test_config_carries_sequence_parallel_and_json_records_the_shape():
+    from transformers import Qwen3Config
+
+    from bench.train_throughput import _config, model_shape
+
+    args = SimpleNamespace(
+        model="qwen3_8b_random", deepspeed="zero3", steps=3, sequence_parallel=2,
+        no_activation_checkpointing=False, lr=1e-4, window=4095, sparsity_target=0.8,
+        override=["model.random_base.num_hidden_layers=3"],
+    )
+    cfg, overrides = _config(args, "l2a", 262144)
+    assert cfg.train.sequence_parallel == 2 and cfg.data.seq_len == 262144
+    assert cfg.model.random_base["num_attention_heads"] == 32  # Qwen3-8B's shape
+    shape = model_shape(Qwen3Config(**cfg.model.random_base))
+    assert shape["num_hidden_layers"] == 3  # the override, not the preset's 36
+    assert (shape["hidden_size"], shape["num_key_value_heads"], shape["head_dim"]) == (4096, 8, 128)
+    assert shape["vocab_size"] == 151936
