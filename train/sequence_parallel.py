@@ -54,21 +54,47 @@ def model_heads(model_cfg) -> tuple[int, int]:
         return h, model_cfg.random_base.get("num_key_value_heads", h)
     from transformers import AutoConfig
 
-    c = AutoConfig.from_pretrained(model_cfg.base).get_text_config()
+    try:
+        c = AutoConfig.from_pretrained(model_cfg.base).get_text_config()
+    except Exception as e:  # offline, a typo: one line, not a traceback
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"model.base: cannot read the config of {model_cfg.base!r} ({first})") from None
     return c.num_attention_heads, getattr(c, "num_key_value_heads", None) or c.num_attention_heads
 
 
 # --------------------------------------------------------------------------- groups
-def init_groups(sp: int):
-    """DeepSpeed's SP groups (ranks [i*sp, (i+1)*sp) per group); returns the mpu module."""
+class SequenceParallelMpu:
+    """DeepSpeed's `parallel_state_sp` module as the `mpu` of `deepspeed.initialize`, saying
+    that there is no tensor parallelism. The module aliases "model parallel" to sequence
+    parallel, so DeepSpeed 0.19.8 writes `tp_degree = N` into a checkpoint that has one
+    model-state file, and `ds_to_universal` then refuses it (file count 1 != tp 2). Every
+    other query goes to the module (the SP checks look for `initialize_sequence_parallel`)."""
+
+    def __init__(self, module):
+        self._module = module
+
+    def __getattr__(self, name):
+        return getattr(self._module, name)
+
+    @staticmethod
+    def get_tensor_model_parallel_world_size() -> int:
+        return 1
+
+    @staticmethod
+    def get_tensor_model_parallel_rank() -> int:
+        return 0
+
+
+def init_groups(sp: int) -> SequenceParallelMpu:
+    """DeepSpeed's SP groups (ranks [i*sp, (i+1)*sp) per group); returns the mpu."""
     import deepspeed.runtime.sequence_parallel.parallel_state_sp as mpu
 
     if mpu._SEQUENCE_PARALLEL_GROUP is not None:
         if mpu.get_sequence_parallel_world_size() == sp:
-            return mpu
+            return SequenceParallelMpu(mpu)
         mpu._release_sequence_parallel_groups()  # another run in this process used another N
     mpu.initialize_sequence_parallel(sp)
-    return mpu
+    return SequenceParallelMpu(mpu)
 
 
 def release_groups() -> None:
@@ -214,8 +240,8 @@ def apply_to_dense_model(model: torch.nn.Module, sp: int, micro_batch_size: int)
     _replaced_attention.setdefault(impl, ALL_ATTENTION_FUNCTIONS[impl])
     if mpu._SEQUENCE_PARALLEL_GROUP is not None:
         mpu._release_sequence_parallel_groups()  # register_with_transformers makes its own
-    return UlyssesSPAttentionHF.register_with_transformers(
-        model, impl, sp, micro_batch_size, seq_length_is_variable=True)
+    return SequenceParallelMpu(UlyssesSPAttentionHF.register_with_transformers(
+        model, impl, sp, micro_batch_size, seq_length_is_variable=True))
 
 
 _replaced_attention: dict = {}

@@ -4,7 +4,9 @@ parallelism 1 computes) and once with sequence parallelism 2 (each rank a slice)
 `<out>/model_rank<r>.json`: per family and path (normal, dense) the largest differences of
 loss, router probabilities, decisions and every trainable parameter's gradient.
 
-    torchrun --nproc_per_node=2 tests/train/sp_model_worker.py <out dir>
+    torchrun --nproc_per_node=2 tests/train/sp_model_worker.py <out dir> [cuda]
+
+`cuda`: on 2 GPUs with NCCL and the Triton kernels (fp32 inputs: TF32 matmuls).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ LAMBDA = 0.05  # regulariser weight: large enough that its gradient shows
 DOCS = [[5, 10, 9], [3, 15, 4, 2]]
 PAD_LAST = 2
 SEQ = 24
+DEVICE = torch.device("cpu")
 
 
 def tiny_l2a(family: str, kv_heads: int):
@@ -48,11 +51,11 @@ def tiny_l2a(family: str, kv_heads: int):
                 p.normal_(0.0, 0.3)  # about half the tokens routed: the decisions matter
             elif name.endswith("bias"):
                 p.normal_(0.0, 0.1)
-    model.config.l2a_attn_backend = "torch"
+    model.config.l2a_attn_backend = "torch" if DEVICE.type == "cpu" else "auto"
     from l2a.trainable import mark_trainable
 
     mark_trainable(model)
-    return model.train()
+    return model.to(DEVICE).train()
 
 
 def batch():
@@ -67,7 +70,7 @@ def batch():
             labels[row, t] = -100  # the first token of a document predicts nothing
             t += n
     labels[-1, -PAD_LAST:] = -100
-    return {"input_ids": ids, "position_ids": pos, "labels": labels}
+    return {"input_ids": ids.to(DEVICE), "position_ids": pos.to(DEVICE), "labels": labels.to(DEVICE)}
 
 
 def objective(model, b, dense, group=None):
@@ -126,6 +129,7 @@ def compare(ref_model, sp_model, full, part, dense, group):
         "ref_loss": float(ref_loss),
         "probs_err": max(float((a - b).abs().max()) for a, b in zip(p, ref_p)),
         "routes_equal": all(bool((a == b).all()) for a, b in zip(d, ref_d)),
+        "routes_mismatch": max(float((a != b).float().mean()) for a, b in zip(d, ref_d)),
         "routed_fraction": [float(x.float().mean()) for x in ref_d],
         "sparsity_err": float((s - ref_s).abs().max()),
         "grad_rel_err": grad_err,
@@ -135,10 +139,15 @@ def compare(ref_model, sp_model, full, part, dense, group):
 
 
 def main() -> int:
+    global DEVICE
     out_dir = Path(sys.argv[1])
     import deepspeed
 
-    deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
+    if sys.argv[2:] == ["cuda"]:
+        DEVICE = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(DEVICE)
+    deepspeed.init_distributed(dist_backend="gloo" if DEVICE.type == "cpu" else "nccl",
+                               auto_mpi_discovery=False)
     torch.set_num_threads(1)
     mpu = sp_mod.init_groups(dist.get_world_size())
     group = mpu.get_sequence_parallel_group()
