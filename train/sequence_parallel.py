@@ -114,8 +114,9 @@ def shard_batch(batch: dict, sp_rank: int, sp: int) -> dict:
 
     input_ids, position_ids: sliced. labels: shifted on the whole row first (position t
     predicts token t + 1, also across the slice boundary), then sliced (`shift_labels`).
-    `doc_ids` (from the whole row's position ids) and `router_mask` (valid tokens: labels
-    not -100) describe the whole row: the attention and the router statistics see it all."""
+    `doc_ids`: this slice of the whole row's document ids (numbered on the whole row, so
+    that the attention wrapper's all-gather gives the row's). `router_mask` (valid tokens:
+    labels not -100) is the whole row's: the router statistics are the row's."""
     from kernels.utils import doc_ids_from_position_ids
     from train.losses import shift_labels
 
@@ -128,7 +129,7 @@ def shard_batch(batch: dict, sp_rank: int, sp: int) -> dict:
         "input_ids": batch["input_ids"][:, part],
         "position_ids": batch["position_ids"][:, part],
         "shift_labels": shift_labels(labels)[:, part],
-        "doc_ids": doc_ids_from_position_ids(batch["position_ids"]),
+        "doc_ids": doc_ids_from_position_ids(batch["position_ids"])[:, part],
         "router_mask": labels != -100,
     }
 
@@ -180,7 +181,6 @@ class UlyssesCore:
 
     def __call__(self, q, k, v, route, window, doc_ids, scale, backend):
         bsz, heads, local, dim = q.shape
-        r = dist.get_rank(self.group)
         if route is not None:
             route = gather_sequence(route.to(torch.uint8), self.group).bool()
 
@@ -193,8 +193,7 @@ class UlyssesCore:
         self.ulysses.attn = core
         # DeepSpeed all-gathers `position_ids` (it needs the whole row's); we hand it our
         # slice of the whole row's document ids instead, which is what the kernels need.
-        ids = doc_ids[:, r * local:(r + 1) * local].contiguous()
-        out, _ = self.ulysses(_NoEval, q, k, v, None, position_ids=ids)  # (B, T/N, H*D)
+        out, _ = self.ulysses(_NoEval, q, k, v, None, position_ids=doc_ids.contiguous())
         return out.view(bsz, local, heads, dim).transpose(1, 2)
 
 

@@ -75,8 +75,9 @@ class LossModule(nn.Module):
 
     def forward(self, input_ids, position_ids, labels, dense: bool = False, doc_ids=None,
                 labels_shifted: bool = False):
-        """`doc_ids`: the document ids of the whole row (sequence parallelism: the ranks hold
-        slices of it); `labels_shifted`: `labels` are already the per-position targets."""
+        """`doc_ids`: document ids numbered on the whole row (sequence parallelism: this
+        rank's slice of them); `labels_shifted`: `labels` are already the per-position
+        targets."""
         from train.losses import causal_lm_loss
         from train.memory import offload_context
 
