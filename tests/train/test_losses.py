@@ -228,3 +228,22 @@ def test_cuda_bf16_matches_reference_within_chunk_memory(backend):
     assert _grad_rel_err(h.grad, rgh) < 1e-2
     # The full fp32 logits alone would take t * v * 4 bytes.
     assert peak < t * v * 4 / 2, peak
+
+
+def test_pre_shifted_labels_cut_into_slices_sum_to_the_whole_row():
+    """Sequence parallelism: labels shifted on the whole row, then cut; the slices' summed
+    losses and target counts add up to the whole row's (the cut's boundary target kept)."""
+    from train.losses import causal_lm_loss, shift_labels
+
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(2, 10, 8, generator=g, dtype=torch.float64)
+    weight = torch.randn(11, 8, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 11, (2, 10), generator=g)
+    labels[1, 5] = -100  # a document starts right after the cut: position 4 predicts nothing
+    whole, n = causal_lm_loss(hidden, weight, labels, reduction="sum", return_num_tokens=True)
+    targets = shift_labels(labels)
+    parts = [causal_lm_loss(hidden[:, s], weight, targets[:, s], reduction="sum",
+                            return_num_tokens=True, shifted=True)
+             for s in (slice(0, 5), slice(5, 10))]
+    torch.testing.assert_close(parts[0][0] + parts[1][0], whole)
+    assert int(parts[0][1] + parts[1][1]) == int(n) == 2 * 9 - 1
