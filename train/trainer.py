@@ -530,7 +530,9 @@ class Trainer:
     def _print_summary(s: dict) -> None:
         layers = ", ".join(f"{v:.3f}" for v in s["layer_sparsity"])
         lines = [
-            f"final loss {s['final_loss']:.4f} (lm {s['final_lm_loss']:.4f}) after {s['steps']} steps",
+            f"final loss {s['final_loss']:.4f} (lm {s['final_lm_loss']:.4f}) after {s['steps']} steps"
+            if s["final_loss"] is not None else  # resumed at train.max_steps: nothing to do
+            f"nothing to train: the checkpoint is at step {s['steps']} = train.max_steps",
             f"sparsity {s['sparsity']:.3f} (per layer: {layers or 'n/a'})"
             + (f", target {s['sparsity_target']}" if s.get("sparsity_target") is not None else ""),
             f"throughput {s['tokens_per_s']:.0f} tokens/s" if s["tokens_per_s"] else "",

@@ -114,3 +114,18 @@ def test_exit_codes_of_run(monkeypatch, tmp_path, capsys, error, code):
     assert capsys.readouterr().err.strip() == f"error: {error}"
     assert errors == [str(error)]
     assert f"error: {error}" in (tmp_path / "train.log").read_text()
+
+
+def test_state_dict_error_is_cut_to_its_first_cause():
+    """torch's load_state_dict error starts with a header line; the line shown names the
+    parameter and both shapes."""
+    import torch
+
+    from train.checkpoint import _first_line
+
+    with pytest.raises(RuntimeError) as e:
+        torch.nn.Linear(4, 3).load_state_dict(torch.nn.Linear(4, 5).state_dict())
+    assert _first_line(e.value) == (
+        "RuntimeError: size mismatch for weight: copying a param with shape torch.Size([5, 4]) "
+        "from checkpoint, the shape in current model is torch.Size([3, 4]). (and 1 more)")
+    assert _first_line(ValueError("one\ntwo")) == "ValueError: one"
