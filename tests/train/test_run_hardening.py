@@ -21,7 +21,12 @@ from train.data import DataError
 @pytest.fixture(scope="module")
 def first_run(base_overrides, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("first")
-    code, _ = run_in_process(base_overrides + ["train.max_steps=2", "train.ckpt_every=0"], run_dir)
+    old_umask = os.umask(0o027)  # test_checkpoints_follow_the_umask
+    try:
+        code, _ = run_in_process(base_overrides + ["train.max_steps=2", "train.ckpt_every=0"],
+                                 run_dir)
+    finally:
+        os.umask(old_umask)
     assert code == 0 and (run_dir / "checkpoints" / "step_00000002" / "complete").is_file()
     return run_dir
 
@@ -129,3 +134,24 @@ def test_state_dict_error_is_cut_to_its_first_cause():
         "RuntimeError: size mismatch for weight: copying a param with shape torch.Size([5, 4]) "
         "from checkpoint, the shape in current model is torch.Size([3, 4]). (and 1 more)")
     assert _first_line(ValueError("one\ntwo")) == "ValueError: one"
+
+
+def test_export_to_a_path_that_is_a_file(first_run, tmp_path, capsys):
+    from train.export import main
+
+    out = tmp_path / "model.safetensors"
+    out.write_text("keep")
+    assert main([str(first_run), str(out)]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert err == [f"error: {out}: exists and is not a directory (choose another output path)"]
+    assert out.read_text() == "keep"
+
+
+def test_checkpoints_follow_the_umask(first_run):
+    """The first run was made under umask 027: teammates of the group can read it."""
+    import stat
+
+    ckpt = first_run / "checkpoints"
+    modes = {p: stat.S_IMODE(p.stat().st_mode) for p in [ckpt, *ckpt.rglob("*")]}
+    assert {m for p, m in modes.items() if p.is_dir()} == {0o750}
+    assert {m for p, m in modes.items() if p.is_file()} == {0o640}
