@@ -38,3 +38,28 @@ def test_sweep_runs_the_valid_jobs_and_lists_the_failed_ones(base_overrides, tmp
         "train.max_steps=-1): train.max_steps: must be > 0, got -1"), lines
     assert json.loads((sweep / "1" / "summary.json").read_text())["steps"] == 1
     assert not (sweep / "0").exists() and not (sweep / "2").exists()  # nothing left behind
+
+
+def test_ctrl_c_before_training_is_one_line_exit_130(monkeypatch, tmp_path, capsys):
+    """Ctrl-C while the model or the data is being built: no traceback, no run dir."""
+    import sys
+
+    import train.__main__ as entry
+
+    def interrupted(*_a, **_k):
+        raise KeyboardInterrupt
+
+    run_dir = tmp_path / "run"
+    monkeypatch.setattr(entry, "_run_job", interrupted)
+    monkeypatch.setattr(sys, "argv", ["train", "experiment=tiny", f"hydra.run.dir={run_dir}"])
+    try:
+        entry.main()
+    except SystemExit as e:
+        code = e.code
+    else:
+        code = 0
+    assert code == 130
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert err == [f"error: interrupted (Ctrl-C); complete checkpoints, if any, are in "
+                   f"{run_dir / 'checkpoints'}"]
+    assert not run_dir.exists()
