@@ -22,7 +22,6 @@ def test_corrupt_cached_model_names_the_path_and_the_fix(tmp_path, damage):
         from transformers import AutoConfig
 
         import l2a  # noqa: F401
-
         from l2a.convert import convert_model
         from train.tiny_base import byte_tokenizer, qwen3_config, random_qwen3
 
