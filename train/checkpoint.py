@@ -88,6 +88,9 @@ def read_marker(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"{path}: not a checkpoint directory")
     marker = path / COMPLETE
     if not marker.is_file():
+        if not _STEP_RE.match(path.name) and not (path / DS_TAG).exists():
+            raise CheckpointError(f"{path}: neither a checkpoint (step_<N>/ with '{COMPLETE}') "
+                                  f"nor a run directory (with {CKPT_SUBDIR}/)")
         raise CheckpointError(
             f"{path}: incomplete checkpoint (no '{COMPLETE}' marker: the save was interrupted)"
         )

@@ -155,3 +155,16 @@ def test_checkpoints_follow_the_umask(first_run):
     modes = {p: stat.S_IMODE(p.stat().st_mode) for p in [ckpt, *ckpt.rglob("*")]}
     assert {m for p, m in modes.items() if p.is_dir()} == {0o750}
     assert {m for p, m in modes.items() if p.is_file()} == {0o640}
+
+
+def test_resume_from_a_directory_that_is_neither(tmp_path):
+    from train.checkpoint import resolve_resume
+
+    (tmp_path / "notes").mkdir()
+    with pytest.raises(CheckpointError) as e:
+        resolve_resume(str(tmp_path / "notes"), tmp_path)
+    assert str(e.value) == (f"train.resume: {tmp_path / 'notes'}: neither a checkpoint "
+                            f"(step_<N>/ with 'complete') nor a run directory (with checkpoints/)")
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(CheckpointError, match="run directory without a complete checkpoint"):
+        resolve_resume(str(tmp_path / "run"), tmp_path)
