@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# Seven commands, four of them training runs in their own processes: minutes on 2 cores.
+pytestmark = pytest.mark.timeout(2400)
 
 # command prefix (after parsing) -> why it does not run in the CPU suite
 NOT_RUN_HERE = {
@@ -74,8 +76,11 @@ def ran(tmp_path_factory) -> dict:
            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(var, None)
+    # Private caches, and less data to prepare than the tiny preset's (a step or two reads
+    # a few rows).
     shared = [f"model.cache_dir={tmp / 'models'}", f"data.prepared_dir={tmp / 'data'}",
-              f"data.cache_dir={tmp / 'datasets'}", "train.progress_bar=false"]
+              f"data.cache_dir={tmp / 'datasets'}", "train.progress_bar=false",
+              "data.sources.0.generated.num_docs=200", "data.synthetic.num_samples=100"]
     results: dict = {}
     first_run = sweep_dir = None
     for n, cmd in enumerate(c for c in readme_commands() if not _skipped(c)):
