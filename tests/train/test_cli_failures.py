@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from train_helpers import run_cli
 
 
@@ -21,6 +22,7 @@ def test_bad_resume_path_is_one_line_exit_2_and_leaves_no_run_dir(tmp_path):
     assert not run_dir.exists()
 
 
+@pytest.mark.timeout(1800)  # a training job in its own process: slow on a loaded machine
 def test_sweep_runs_the_valid_jobs_and_lists_the_failed_ones(base_overrides, tmp_path):
     """Hydra's in-process launcher: the invalid points fail with their reason, the valid one
     trains, the sweep exits 2 (it used to stop at the first invalid job, with a traceback)."""
