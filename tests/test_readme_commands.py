@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# Seven commands, four of them training runs in their own processes: minutes on 2 cores.
+# Eight commands, four of them training runs in their own processes: minutes on 2 cores.
 pytestmark = pytest.mark.timeout(2400)
 
 # command prefix (after parsing) -> why it does not run in the CPU suite
@@ -58,7 +58,7 @@ def test_every_readme_command_is_run_or_excused():
     runnable = [c for c in commands if not _skipped(c)]
     unknown = [c for c in runnable if not c.startswith(
         ("python -m train ", "python -m train.export ", "python -m l2a.convert ",
-         "python -m launch.summarize "))]
+         "python -m l2a.prune ", "python -m launch.summarize "))]
     assert not unknown, f"README commands neither run by this test nor excused: {unknown}"
 
 
@@ -112,6 +112,12 @@ def ran(tmp_path_factory) -> dict:
             (base,) = (tmp / "models").glob("random-base-*")
             dirs["out"] = tmp / "converted"
             argv = _replace_flag(_replace_flag(argv, "--base", str(base)), "--out", str(dirs["out"]))
+        elif argv[:3] == ["python", "-m", "l2a.prune"]:
+            # The model the convert command above wrote; short haystacks (CPU attention).
+            dirs["out"] = tmp / "pruned"
+            argv = _replace_flag(_replace_flag(argv, "--model", str(tmp / "converted")),
+                                 "--out", str(dirs["out"]))
+            argv = _replace_flag(_replace_flag(argv, "--seq-len", "256"), "--num-samples", "2")
         elif argv[:3] == ["python", "-m", "launch.summarize"]:
             argv = argv[:3] + [str(sweep_dir)] + argv[4:]
         argv = [sys.executable] + argv[1:]
@@ -127,7 +133,7 @@ def _replace_flag(argv: list[str], flag: str, value: str) -> list[str]:
 
 @pytest.mark.slow
 def test_readme_commands_run(ran):
-    assert len(ran) >= 7, list(ran)
+    assert len(ran) >= 8, list(ran)
     for cmd, (proc, dirs) in ran.items():
         assert proc.returncode == 0, f"{cmd}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
         if "run" in dirs:  # a training run: summary, export that reloads
