@@ -33,6 +33,8 @@ NOT_RUN_HERE = {
     "$EDITOR ": "cluster set-up",
     "python -m train -m experiment=qwen3_128k": "Slurm sweep of Qwen3-8B",
     "pip install -e .": "tests/test_install.py installs the packages",
+    "python -m eval model.path=outputs/qwen3_128k/": "the default suite up to 128K: GPU-sized",
+    "python -m eval model.path=Qwen/Qwen3-8B": "Qwen/Qwen3-8B from the hub",
 }
 
 
