@@ -15,7 +15,6 @@ import argparse
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -57,7 +56,29 @@ def l2a_config_from_base(base_config, **l2a_fields):
     if max_pos is not None:
         values["max_position_embeddings"] = int(max_pos)
     values.update({k: v for k, v in l2a_fields.items() if v is not None})
+    window, context = values.get("l2a_window"), values.get("max_position_embeddings")
+    if window is not None and context is not None and int(window) > int(context):
+        # A window past the context is full attention under another name: a typo, surely.
+        raise ConversionError(
+            f"window: must be at most the model's context (max_position_embeddings="
+            f"{context}), got {window}"
+        )
     return config_cls(**values)
+
+
+def _l2a_config(base_config, init: str, l2a_fields: dict):
+    """The L2A config of a conversion (every setting validated: one-line errors)."""
+    if init not in L2A_INIT_MODES:
+        raise ConversionError(f"--init: must be one of {L2A_INIT_MODES}, got {init!r}")
+    fields = {
+        (k if k in ("rope_theta", "max_position_embeddings") else f"l2a_{k}"): v
+        for k, v in l2a_fields.items()
+    }
+    fields["l2a_init"] = init
+    try:
+        return l2a_config_from_base(base_config, **fields)
+    except ValueError as err:
+        raise ConversionError(str(err)) from err
 
 
 @torch.no_grad()
@@ -67,17 +88,7 @@ def convert_model(base_model: nn.Module, init: str = "paper", **l2a_fields) -> n
     ``l2a_fields``: ``window``, ``router_tau``, ``router_threshold``, ``dense_prob``, ``layers``,
     ``attn_backend`` (stored as ``l2a_<name>``), and ``rope_theta``, ``max_position_embeddings``.
     """
-    if init not in L2A_INIT_MODES:
-        raise ConversionError(f"--init: must be one of {L2A_INIT_MODES}, got {init!r}")
-    fields = {
-        (k if k in ("rope_theta", "max_position_embeddings") else f"l2a_{k}"): v
-        for k, v in l2a_fields.items()
-    }
-    fields["l2a_init"] = init
-    try:
-        config = l2a_config_from_base(base_model.config, **fields)
-    except ValueError as err:
-        raise ConversionError(str(err)) from err
+    config = _l2a_config(base_model.config, init, l2a_fields)
     model_cls = SUPPORTED[base_model.config.model_type][1]
     param = next(base_model.parameters())
     with torch.device("meta"):
@@ -130,10 +141,14 @@ def _l2a_state_dict(base: dict, config, init: str) -> dict:
     return out
 
 
-def load_base(base: str, dtype: torch.dtype | None = None):
-    """Load a dense base causal LM (hub id or local dir) and its tokenizer (None if absent)."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+def read_base_config(base: str):
+    """The config of a dense base (hub id or local dir), of a supported architecture."""
+    from transformers import AutoConfig
 
+    local = Path(base).expanduser()
+    if _looks_like_path(base) and not local.is_dir():
+        raise ConversionError(f"{base}: " + ("not a directory" if local.exists()
+                                             else "no such directory"))
     try:
         base_config = AutoConfig.from_pretrained(base)
     except (OSError, ValueError) as err:
@@ -142,6 +157,14 @@ def load_base(base: str, dtype: torch.dtype | None = None):
         raise ConversionError(
             f"{base}: unsupported architecture {base_config.model_type!r}: expected one of {sorted(SUPPORTED)}"
         )
+    return base_config
+
+
+def load_base(base: str, dtype: torch.dtype | None = None):
+    """Load a dense base causal LM (hub id or local dir) and its tokenizer (None if absent)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    read_base_config(base)
     try:
         model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype or "auto")
     except Exception as err:  # safetensors / torch raise a zoo of types for bad files
@@ -153,22 +176,40 @@ def load_base(base: str, dtype: torch.dtype | None = None):
     return model, tokenizer
 
 
+def _looks_like_path(base: str) -> bool:
+    """A local path rather than a hub id (`org/name`): absolute, relative to `.`/`..`/`~`,
+    or more than one `/`. An existing directory is always local."""
+    return (base.startswith(("/", "./", "../", "~")) or base in (".", "..")
+            or base.strip("/").count("/") > 1 or os.path.isdir(base))
+
+
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0] if text else type(err).__name__
 
 
-def save_atomically(model, tokenizer, out: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Write to a temporary sibling directory, then rename: a failure leaves nothing behind."""
-    out = Path(out)
+def check_output_dir(out: Path, overwrite: bool) -> None:
+    """An output directory may be new, empty, or (with `overwrite`) replaced; never a file."""
+    if out.exists() and not out.is_dir():
+        raise ConversionError(f"{out}: exists and is not a directory (choose another output path)")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ConversionError(f"{out}: output directory exists and is not empty (pass --overwrite)")
+
+
+def save_atomically(model, tokenizer, out: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write to a temporary sibling directory, then rename: a failure leaves nothing behind.
+    The result follows the user's umask (a shared cluster's teammates can read it)."""
+    from l2a.files import follow_umask, make_temp_dir
+
+    out = Path(out)
+    check_output_dir(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = make_temp_dir(out.parent, prefix=f".{out.name}.tmp-")
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        follow_umask(tmp)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -179,6 +220,9 @@ def save_atomically(model, tokenizer, out: str | os.PathLike, overwrite: bool = 
 
 
 def convert(base: str, out: str, init: str = "paper", overwrite: bool = False, dtype=None, **fields) -> Path:
+    # Settings and paths first: the load of a large base takes minutes.
+    check_output_dir(Path(out), overwrite)
+    _l2a_config(read_base_config(base), init, dict(fields))
     model, tokenizer = load_base(base, dtype)
     l2a_model = convert_model(model, init=init, **fields)
     return save_atomically(l2a_model, tokenizer, out, overwrite=overwrite)
@@ -221,7 +265,10 @@ def main(argv: list[str] | None = None) -> int:
             layers=args.layers,
         )
     except ConversionError as err:
-        print(f"l2a.convert: error: {err}", file=sys.stderr)
+        text = str(err)
+        if text.startswith("window:"):  # name the flag that sets it
+            text = "--" + text
+        print(f"l2a.convert: error: {text}", file=sys.stderr)
         return 2
     print(f"l2a.convert: wrote {path}")
     return 0

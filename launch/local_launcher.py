@@ -26,6 +26,8 @@ from hydra.core.utils import JobReturn, JobStatus, filter_overrides, setup_globa
 from hydra.plugins.launcher import Launcher
 from omegaconf import DictConfig, open_dict
 
+from launch.sweep_failures import SweepFailures
+
 log = logging.getLogger(__name__)
 
 # Hydra overrides of the sweep itself; the job command gets the others (hydra.verbose, ...).
@@ -45,6 +47,23 @@ def local_gpu_count() -> int:
     except (OSError, subprocess.TimeoutExpired):
         return 0
     return sum(line.startswith("GPU ") for line in out.stdout.splitlines())
+
+
+def _pass_through(stream, out) -> str | None:
+    """Copy a job's stderr to ours as it comes (progress bars too); return its last
+    `error: ...` line (the one-line reason `python -m train` gives), without the prefix."""
+    last, pending = None, b""
+    fd = stream.fileno()
+    while chunk := os.read(fd, 65536):
+        out.buffer.write(chunk) if hasattr(out, "buffer") else out.write(chunk.decode(errors="replace"))
+        out.flush()
+        *lines, pending = (pending + chunk).split(b"\n")
+        for raw in lines:
+            line = raw.decode(errors="replace").strip()
+            if line.startswith("error: "):
+                last = line[len("error: "):]
+    stream.close()
+    return last
 
 
 class LocalLauncher(Launcher):
@@ -103,12 +122,21 @@ class LocalLauncher(Launcher):
                  f"in {sweep_dir}")
         old = {s: signal.signal(s, self._forward) for s in (signal.SIGTERM, signal.SIGUSR1)}
         returns: list[JobReturn] = []
+        failures = SweepFailures(jobs=len(job_overrides))
         try:
             for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
-                returns.append(self._run_one(idx, list(overrides), hydra_overrides))
+                ret = self._run_one(idx, list(overrides), hydra_overrides)
+                returns.append(ret)
+                if ret.status == JobStatus.FAILED:
+                    failures.add(idx, list(overrides), getattr(ret, "exit_code", 1),
+                                 str(ret._return_value).split(": ", 1)[-1])
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
+        if failures.failed:
+            # Every job has run: one line per failed one and a non-zero exit, instead of
+            # Hydra's traceback of the first failure only.
+            raise SystemExit(failures.report())
         return returns
 
     def _run_one(self, idx: int, overrides: list[str], hydra_overrides: list[str]) -> JobReturn:
@@ -121,12 +149,14 @@ class LocalLauncher(Launcher):
                         task_name=str(sweep_config.hydra.job.name))
         if self._interrupted is not None:
             ret.status = JobStatus.FAILED
-            ret.return_value = RuntimeError(f"job #{idx} not started: the sweep was interrupted")
+            ret.exit_code = 128 + self._interrupted
+            ret.return_value = RuntimeError(f"job #{idx}: not started: the sweep was interrupted")
             return ret
         log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))} -> {run_dir}")
         cmd = self.command([*overrides, *hydra_overrides, f"hydra.run.dir={run_dir}"])
-        self._child = subprocess.Popen(cmd)
+        self._child = subprocess.Popen(cmd, stderr=subprocess.PIPE)
         try:
+            error_line = _pass_through(self._child.stderr, sys.stderr)
             code = self._child.wait()
         finally:
             self._child = None
@@ -135,6 +165,8 @@ class LocalLauncher(Launcher):
             ret.return_value = None
         else:
             ret.status = JobStatus.FAILED
-            ret.return_value = RuntimeError(f"job #{idx} ({' '.join(overrides)}) exited with {code}; "
-                                            f"run dir {run_dir}")
+            ret.exit_code = code if code > 0 else 1  # killed by a signal: negative
+            why = f"{error_line}; " if error_line else ""
+            ret.return_value = RuntimeError(f"job #{idx} ({' '.join(overrides)}): {why}exited with "
+                                            f"{code}; run dir {run_dir}")
         return ret

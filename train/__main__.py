@@ -27,42 +27,78 @@ def _agree_on_timestamp() -> None:
 
 
 def _discard_empty_run_dir(run_dir: Path) -> None:
-    """A config error leaves nothing behind: drop the dir Hydra made if it holds only its
-    own files."""
+    """A failed run leaves nothing behind: drop the dir Hydra made if it holds only its
+    own files and the log (the error was printed)."""
     if run_dir.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()):
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+INTERRUPTED = 130  # 128 + SIGINT, the shell's convention for Ctrl-C
+
+
+def _run_job(cfg, run_dir: Path, overrides: list[str], errors: list[str]) -> int:
+    """One job: validate, train; the exit code (errors: their one-line reasons)."""
+    from train.config import ConfigError, from_hydra
+
+    try:
+        run_cfg = from_hydra(cfg, overrides)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        errors.append(str(e))
+        return 2
+    from train.trainer import run
+
+    return run(run_cfg, run_dir, overrides, errors=errors)
 
 
 def main() -> None:
     import hydra
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     import train.config  # noqa: F401  (registers the l2a_timestamp resolver)
+    from launch.sweep_failures import SweepFailures
 
+    failures = SweepFailures()
     _agree_on_timestamp()
 
     @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
     def app(cfg) -> None:
-        from train.config import ConfigError, from_hydra
-
         hc = HydraConfig.get()
         run_dir = Path(hc.runtime.output_dir)
         overrides = list(hc.overrides.task)
+        # Hydra's own launcher runs a sweep's jobs in this process: a failed job is
+        # reported at the end, and the next one runs. Every other launcher (local, Slurm)
+        # gives each job its own process, whose exit code is the job's.
+        in_process_sweep = (hc.mode == RunMode.MULTIRUN
+                            and str(hc.launcher.get("_target_", "")).endswith("BasicLauncher"))
+        errors: list[str] = []
         try:
-            run_cfg = from_hydra(cfg)
-        except ConfigError as e:
-            print(f"error: {e}", file=sys.stderr, flush=True)
+            code = _run_job(cfg, run_dir, overrides, errors)
+        except KeyboardInterrupt:
+            print(f"error: interrupted (Ctrl-C); complete checkpoints, if any, are in "
+                  f"{run_dir / 'checkpoints'}", file=sys.stderr, flush=True)
+            errors.append("interrupted")
+            code = INTERRUPTED
+        except BaseException:
             _discard_empty_run_dir(run_dir)
-            sys.exit(2)
-        from train.trainer import run
-
-        code = run(run_cfg, run_dir, overrides)
-        if code == 2:
+            raise
+        if code != 0:
             _discard_empty_run_dir(run_dir)
+        if in_process_sweep:
+            failures.jobs += 1
+            if code != 0:
+                failures.add(int(hc.job.num), overrides, code,
+                             errors[-1] if errors else f"exited with {code}")
+            if code != INTERRUPTED:
+                return
         if code != 0:  # 0 returns, so that a sweep's next job runs in this process
             sys.exit(code)
 
     app()
+    code = failures.report()
+    if code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,11 @@ from train.config import ConfigError, RunConfig
 from train.distributed import DistInfo, barrier
 
 
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+
+
 def _conversion_fields(cfg: RunConfig) -> dict:
     a = cfg.l2a
     return {
@@ -104,7 +109,8 @@ def _create(cfg: RunConfig, dtype: torch.dtype, device: torch.device):
                               max_position_embeddings=m.max_position_embeddings,
                               **_conversion_fields(cfg))
     except ConversionError as e:
-        raise ConfigError(f"l2a: {e}") from None
+        text = str(e)  # "window: ..." names l2a.window
+        raise ConfigError(f"l2a.{text}" if text.startswith("window:") else f"l2a: {text}") from None
     return model, tokenizer
 
 
@@ -144,8 +150,13 @@ def build_model(cfg: RunConfig, dist: DistInfo, dtype: torch.dtype, ds_config: d
         kwargs = {} if cfg.l2a.enabled else {"attn_implementation": cfg.model.dense_attn_implementation}
         # Created before from_pretrained: transformers looks it up to partition on load.
         zero3 = zero3_partitioned_loading(cfg, ds_config)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        except Exception as e:  # safetensors / json / transformers raise many types
+            raise ConfigError(f"model.cache_dir: the cached converted model {path} is unreadable "
+                              f"({_first_line(e)}); delete it (rm -r {path}) to convert again"
+                              ) from None
     model.config.use_cache = False
     model.train()
     return model, tokenizer, path, zero3

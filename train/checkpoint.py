@@ -44,8 +44,18 @@ class CheckpointError(RuntimeError):
 
 
 def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+    """The error's type and its first informative line. torch's load_state_dict error
+    starts with a header line ("Error(s) in loading state_dict for X:"): its first cause
+    (which parameter, which shapes) is the line worth showing."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
+        causes = [line for line in lines[1:] if line.lower().startswith(
+            ("size mismatch", "missing key", "unexpected key"))]
+        more = f" (and {len(causes) - 1} more)" if len(causes) > 1 else ""
+        return f"{type(err).__name__}: {(causes or lines[1:])[0]}{more}"
+    return f"{type(err).__name__}: {lines[0]}"
 
 
 def step_dir_name(step: int) -> str:
@@ -78,6 +88,9 @@ def read_marker(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"{path}: not a checkpoint directory")
     marker = path / COMPLETE
     if not marker.is_file():
+        if not _STEP_RE.match(path.name) and not (path / DS_TAG).exists():
+            raise CheckpointError(f"{path}: neither a checkpoint (step_<N>/ with '{COMPLETE}') "
+                                  f"nor a run directory (with {CKPT_SUBDIR}/)")
         raise CheckpointError(
             f"{path}: incomplete checkpoint (no '{COMPLETE}' marker: the save was interrupted)"
         )
@@ -92,19 +105,48 @@ def read_marker(path: str | os.PathLike) -> dict:
     return meta
 
 
+def is_run_dir(path: Path) -> bool:
+    """A run directory (holds `checkpoints/`), as opposed to one checkpoint (holds `ds/`)."""
+    return path.is_dir() and (path / CKPT_SUBDIR).is_dir() and not (path / DS_TAG).exists()
+
+
+def checkpoint_of(path: str | os.PathLike) -> Path:
+    """A checkpoint directory, or a run directory meaning its latest complete checkpoint."""
+    path = Path(path).expanduser()
+    if is_run_dir(path):
+        latest = latest_complete(path)
+        if latest is None:
+            raise CheckpointError(f"{path}: run directory without a complete checkpoint")
+        return latest
+    return path
+
+
 def resolve_resume(resume: str, run_dir: str | os.PathLike) -> Path | None:
     """`train.resume`: auto -> latest complete checkpoint of the run (or None), never ->
-    None, else an explicit checkpoint directory (validated)."""
+    None, else an explicit checkpoint directory or a run directory (its latest complete
+    checkpoint), validated."""
     if resume == "never":
         return None
     if resume == "auto":
         return latest_complete(run_dir)
-    path = Path(resume).expanduser()
     try:
+        path = checkpoint_of(resume)
         read_marker(path)
     except CheckpointError as e:
         raise CheckpointError(f"train.resume: {e}") from None
     return path
+
+
+def check_resume_step(path: Path | None, max_steps: int) -> None:
+    """A checkpoint past `train.max_steps` has nothing left to train: say so up front."""
+    if path is None:
+        return
+    step = int(read_marker(path)["step"])
+    if step > max_steps:
+        raise CheckpointError(
+            f"train.resume: {path} is at step {step}, past train.max_steps={max_steps}: "
+            f"nothing to train (set train.max_steps > {step} to continue it)"
+        )
 
 
 def _fsync_tree(root: Path) -> None:

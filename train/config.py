@@ -149,8 +149,11 @@ class ModelConfig:
     dense_attn_implementation: str = "sdpa"
 
     def __post_init__(self) -> None:
-        if (self.base is None) == (self.random_base is None):
-            _fail("model.base", "set exactly one of model.base and model.random_base")
+        if self.base is None and self.random_base is None:
+            _fail("model.base", "set model.base (hub id or local directory) or model.random_base")
+        if self.base is not None and self.random_base is not None:
+            _fail("model.base", "set exactly one of model.base and model.random_base "
+                  "(to use a base with a preset built on a random one, add model.random_base=null)")
         if self.base is not None and not self.base.strip():
             _fail("model.base", "must not be empty", self.base)
         if self.rope_theta is not None:
@@ -486,8 +489,21 @@ def from_container(raw: dict, data_builder=None) -> RunConfig:
     )
 
 
-def from_hydra(cfg: DictConfig) -> RunConfig:
-    """Resolve and validate the composed Hydra config (interpolation errors name the key)."""
+def _explicit_base_wins(raw: dict, overrides: list[str]) -> None:
+    """`experiment=tiny model.base=<dir>`: a base named on the command line replaces the
+    random base of the preset (unless the command line sets that too)."""
+    model = raw.get("model")
+    if not isinstance(model, dict) or not model.get("base") or model.get("random_base") is None:
+        return
+    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o}
+    if "model.base" in given and not any(k.split(".")[:2] == ["model", "random_base"] for k in given):
+        model["random_base"] = None
+
+
+def from_hydra(cfg: DictConfig, overrides: list[str] | None = None) -> RunConfig:
+    """Resolve and validate the composed Hydra config (interpolation errors name the key).
+    `overrides`: the command line's, where an explicit `model.base` beats a preset's
+    random base."""
     from omegaconf.errors import OmegaConfBaseException
 
     try:
@@ -497,6 +513,7 @@ def from_hydra(cfg: DictConfig) -> RunConfig:
         key = getattr(e, "full_key", None) or "config"
         msg = str(e).splitlines()[0]
         raise ConfigError(f"{key}: {msg}") from None
+    _explicit_base_wins(raw, overrides or [])
     return from_container(raw)
 
 

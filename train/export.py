@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from train.checkpoint import DS_TAG, CheckpointError, latest_complete, read_marker
+from train.checkpoint import DS_TAG, CheckpointError, checkpoint_of, read_marker
 
 WRAPPER_PREFIX = "lm."  # train.trainer.LossModule keeps the causal LM as `.lm`
 
@@ -53,13 +53,22 @@ def _consolidated_state_dict(ckpt: Path) -> dict:
 def resolve_checkpoint(ckpt: str | os.PathLike) -> tuple[Path, dict]:
     """A checkpoint directory, or a run directory meaning its latest complete checkpoint
     -> (checkpoint dir, its marker). One-line CheckpointError otherwise."""
-    ckpt = Path(ckpt)
-    if ckpt.is_dir() and (ckpt / "checkpoints").is_dir() and not (ckpt / DS_TAG).exists():
-        latest = latest_complete(ckpt)
-        if latest is None:
-            raise CheckpointError(f"{ckpt}: run directory without a complete checkpoint")
-        ckpt = latest
+    ckpt = checkpoint_of(ckpt)
     return ckpt, read_marker(ckpt)
+
+
+@contextlib.contextmanager
+def _plain_construction():
+    """Build the model whole, even where a ZeRO-3 run of this process left transformers'
+    zero.Init integration on (it would build empty partitioned stand-ins)."""
+    from transformers.integrations import deepspeed as hf_ds
+
+    saved = hf_ds._hf_deepspeed_config_weak_ref
+    hf_ds.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_ds._hf_deepspeed_config_weak_ref = saved
 
 
 def load_checkpoint_model(ckpt: str | os.PathLike):
@@ -72,7 +81,8 @@ def load_checkpoint_model(ckpt: str | os.PathLike):
     ckpt, meta = resolve_checkpoint(ckpt)
     config = AutoConfig.from_pretrained(ckpt / "hf")
     sd = _consolidated_state_dict(ckpt)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with _plain_construction():
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = model.load_state_dict(sd, strict=False)
     tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
     if unexpected or set(missing) - tied:
@@ -87,12 +97,14 @@ def load_checkpoint_model(ckpt: str | os.PathLike):
 
 def export_checkpoint(ckpt: str | os.PathLike, out: str | os.PathLike, dtype: str = "auto",
                       overwrite: bool = False) -> Path:
-    from l2a.convert import save_atomically
+    from l2a.convert import ConversionError, check_output_dir, save_atomically
 
     out = Path(out)
     resolve_checkpoint(ckpt)  # a bad checkpoint fails before the output is looked at
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise CheckpointError(f"{out}: output directory exists and is not empty (pass --overwrite)")
+    try:
+        check_output_dir(out, overwrite)
+    except ConversionError as e:
+        raise CheckpointError(str(e)) from None
     model, tokenizer, meta = load_checkpoint_model(ckpt)
     if dtype == "auto":
         dtype = meta.get("precision", "fp32")
@@ -112,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         path = export_checkpoint(args.checkpoint, args.out, args.dtype, args.overwrite)
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
     print(path)
     return 0
 

@@ -38,6 +38,22 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def progress_line(row: dict, total_steps: int) -> str:
+    """`step 10/100 loss 5.1234 lm 5.1200 sparsity 0.312 lr 3.0e-04 grad 0.812 1234 tok/s`."""
+    def num(key: str, fmt: str) -> str:
+        v = row.get(key)
+        return format(v, fmt) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+
+    parts = [f"step {row.get('step')}/{total_steps}", f"loss {num('loss', '.4f')}",
+             f"lm {num('lm_loss', '.4f')}", f"sparsity {num('sparsity', '.3f')}",
+             f"lr {num('lr', '.1e')}", f"grad {num('grad_norm', '.3f')}"]
+    if "tokens_per_s" in row:
+        parts.append(f"{num('tokens_per_s', '.0f')} tok/s")
+    if row.get("skipped"):
+        parts.append("skipped")
+    return " ".join(parts)
+
+
 def wandb_mode(configured: str | None) -> str:
     if configured:
         return configured
@@ -62,6 +78,9 @@ class MetricsLogger:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._truncate_after(start_step)
         self._file = open(self.path, "a")
+        self.total_steps = total_steps
+        # train.log gets a progress line about 50 times per run (and at the last step).
+        self.progress_every = max(1, total_steps // 50)
         if progress_bar:
             from tqdm import tqdm
 
@@ -104,6 +123,11 @@ class MetricsLogger:
         row = {k: _plain(v) for k, v in metrics.items()}
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
+        step = row.get("step", 0)
+        if step % self.progress_every == 0 or step == self.total_steps:
+            from train.run_log import append_to_run_log
+
+            append_to_run_log(self.run_dir, progress_line(row, self.total_steps))
         if self._bar is not None:
             self._bar.update(1)
             post = {"loss": f"{row['loss']:.4f}" if isinstance(row["loss"], float) else row["loss"],

@@ -13,6 +13,7 @@ One optimizer step (`Trainer.train_step`) = `grad_accum` micro-batches per rank:
 
 SIGUSR1 / SIGTERM: the step in flight finishes, a checkpoint is written and the process exits
 with `train.requeue_exit_code` (75), for the launcher to requeue with `train.resume=auto`.
+SIGINT (Ctrl-C): the same, with exit code 130; a second Ctrl-C interrupts at once.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from torch import nn
 
 from train.checkpoint import (
     CheckpointError,
+    check_resume_step,
     fault_point,
     hold_point,
     latest_complete,
@@ -54,6 +56,10 @@ from train.distributed import (
 from train.metrics import MetricsLogger, run_name
 
 PREEMPT_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+# Ctrl-C: like a preemption (the step finishes, a checkpoint is written), but the exit code
+# is the shell's 130, not the requeue code.
+STOP_SIGNALS = (*PREEMPT_SIGNALS, signal.SIGINT)
+INTERRUPTED_EXIT_CODE = 130
 
 
 class NonFiniteError(RuntimeError):
@@ -159,6 +165,7 @@ class Trainer:
             )
         # An explicit checkpoint is checked before anything is built (one-line error).
         self.resume_from = resolve_resume(cfg.train.resume, self.run_dir)
+        check_resume_step(self.resume_from, cfg.train.max_steps)
         # Saved by another number of ranks: the engine must be built to load DeepSpeed's
         # universal checkpoint form (checkpoint.to_universal converts it on resume).
         self.resume_universal = self.resume_from is not None and (
@@ -179,6 +186,7 @@ class Trainer:
         self._build_model()
         self._build_data()
         self._build_engine()
+        self._release_zero3_loading()  # only from_pretrained needed it; export must not see it
         self._build_controller()
         from eval.training import build_training_eval  # None unless train.eval_every > 0
 
@@ -462,10 +470,12 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def _on_signal(self, signum, _frame) -> None:
         self._stop_signal = signum
+        if signum == signal.SIGINT:  # Ctrl-C: a second one interrupts at once
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def _install_signal_handlers(self) -> dict:
         old = {}
-        for s in PREEMPT_SIGNALS:
+        for s in STOP_SIGNALS:
             try:
                 old[s] = signal.signal(s, self._on_signal)
             except ValueError:  # not the main thread
@@ -524,9 +534,14 @@ class Trainer:
                     self.save()
                     last_saved = self.step
                 if stop:
-                    exit_code = cfg.train.requeue_exit_code
-                    logger.write(f"preempted (signal {self._stop_signal or 'on another rank'}): "
-                                 f"saved step {self.step}, exiting with {exit_code} to be requeued")
+                    if self._stop_signal == signal.SIGINT:
+                        exit_code = INTERRUPTED_EXIT_CODE
+                        logger.write(f"interrupted (Ctrl-C): saved step {self.step}, exiting with "
+                                     f"{exit_code}; continue with train.resume={self.run_dir}")
+                    else:
+                        exit_code = cfg.train.requeue_exit_code
+                        logger.write(f"preempted (signal {self._stop_signal or 'on another rank'}): "
+                                     f"saved step {self.step}, exiting with {exit_code} to be requeued")
                     break
             wants_final = cfg.train.save_final or cfg.train.export
             if exit_code == 0 and last_saved != self.step and wants_final:
@@ -552,7 +567,8 @@ class Trainer:
             if self.dist.is_main:
                 from train.export import export_checkpoint
 
-                export_dir = str(export_checkpoint(latest_complete(self.run_dir),
+                ckpt = latest_complete(self.run_dir) or self.resume_from
+                export_dir = str(export_checkpoint(ckpt,
                                                    self.run_dir / "export", cfg.train.export_dtype,
                                                    overwrite=True))
             barrier()
@@ -591,7 +607,9 @@ class Trainer:
     def _print_summary(s: dict) -> None:
         layers = ", ".join(f"{v:.3f}" for v in s["layer_sparsity"])
         lines = [
-            f"final loss {s['final_loss']:.4f} (lm {s['final_lm_loss']:.4f}) after {s['steps']} steps",
+            f"final loss {s['final_loss']:.4f} (lm {s['final_lm_loss']:.4f}) after {s['steps']} steps"
+            if s["final_loss"] is not None else  # resumed at train.max_steps: nothing to do
+            f"nothing to train: the checkpoint is at step {s['steps']} = train.max_steps",
             f"sparsity {s['sparsity']:.3f} (per layer: {layers or 'n/a'})"
             + (f", target {s['sparsity_target']}" if s.get("sparsity_target") is not None else ""),
             f"throughput {s['tokens_per_s']:.0f} tokens/s" if s["tokens_per_s"] else "",
@@ -603,10 +621,15 @@ class Trainer:
         """Free the engine (several runs in one process: tests, Hydra's basic multirun)."""
         self.engine.destroy() if hasattr(self.engine, "destroy") else None
         del self.engine, self.optimizer, self.module
+        self._release_zero3_loading()
+
+    def _release_zero3_loading(self) -> None:
         if self._zero3_loading is not None:
             from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
-            unset_hf_deepspeed_config()  # a later run in this process must not see ZeRO-3
+            # Later models built in this process (the export, a next run) must not be
+            # constructed partitioned under zero.Init.
+            unset_hf_deepspeed_config()
             self._zero3_loading = None
         if self.mpu is not None:
             from train.sequence_parallel import release_groups
@@ -615,17 +638,24 @@ class Trainer:
             self.mpu = None
 
 
-def run(cfg: RunConfig, run_dir: str | os.PathLike, overrides: list[str] | None = None) -> int:
-    """Train and return the exit code; one-line errors for bad configs, data and checkpoints."""
+def run(cfg: RunConfig, run_dir: str | os.PathLike, overrides: list[str] | None = None,
+        errors: list[str] | None = None) -> int:
+    """Train and return the exit code; one-line errors for bad configs, data and checkpoints
+    (exit code 2; a non-finite loss: 1), also appended to `errors`. Rank 0 copies what it
+    prints to `<run dir>/train.log`."""
     from train.data import DataError
+    from train.run_log import copy_output_to_run_log
 
     trainer = None
-    try:
-        trainer = Trainer(cfg, run_dir, overrides)
-        return trainer.fit()
-    except (ConfigError, CheckpointError, NonFiniteError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return 2 if isinstance(e, ConfigError) else 1
-    finally:
-        if trainer is not None:
-            trainer.close()
+    with copy_output_to_run_log(run_dir):
+        try:
+            trainer = Trainer(cfg, run_dir, overrides)
+            return trainer.fit()
+        except (ConfigError, CheckpointError, NonFiniteError, DataError) as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            if errors is not None:
+                errors.append(str(e))
+            return 1 if isinstance(e, NonFiniteError) else 2
+        finally:
+            if trainer is not None:
+                trainer.close()

@@ -54,7 +54,7 @@ def test_cli_subprocess_error_is_one_line(tmp_path):
     )
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("l2a.convert")]
-    assert len(lines) == 1 and "cannot read the config" in lines[0]
+    assert len(lines) == 1 and "no such directory" in lines[0]
     assert not (tmp_path / "o").exists()
 
 

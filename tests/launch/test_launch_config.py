@@ -103,6 +103,7 @@ def test_local_sweep_runs_each_point_in_its_own_process(tmp_path):
 def test_local_sweep_reports_a_failed_job_and_runs_the_others(tmp_path):
     out = _local_sweep(tmp_path, "steps=bad,2")  # job 0 dies on int("bad")
     assert out.returncode != 0
-    assert "job #0 (steps=bad step_s=0.01) exited with 1" in out.stderr
+    assert "job #0 (steps=bad step_s=0.01): exited with 1" in out.stderr
+    assert "Traceback" not in out.stderr.split("sweep job(s) failed")[-1]
     assert not (tmp_path / "sweep" / "0" / "summary.json").exists()
     assert json.loads((tmp_path / "sweep" / "1" / "summary.json").read_text())["steps"] == 2

@@ -92,5 +92,5 @@ def test_explicit_bad_checkpoint_fails_fast_with_one_line(overrides, tmp_path, c
     bad.mkdir(parents=True)  # no marker: an interrupted save
     code = run(compose_run(overrides + [f"train.resume={bad}"]), tmp_path, [])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 1
+    assert code == 2  # a checkpoint error (docs/DESIGN.md)
     assert err[-1] == f"error: train.resume: {bad}: incomplete checkpoint (no 'complete' marker: the save was interrupted)"

@@ -97,7 +97,7 @@ def test_export_cli_from_any_checkpoint(tiny_run, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "train.export", str(tmp_path / "nope"),
                           str(tmp_path / "out2")], cwd=ROOT, capture_output=True, text=True,
                          timeout=300)
-    assert bad.returncode == 1 and not (tmp_path / "out2").exists()
+    assert bad.returncode == 2 and not (tmp_path / "out2").exists()
     lines = [line for line in bad.stderr.splitlines() if line.strip()]
     assert lines[-1].startswith("error: ") and "checkpoint not found" in lines[-1]
 
@@ -140,7 +140,7 @@ def test_corrupt_checkpoint_given_explicitly_is_one_line_error(tiny_run, base_ov
     state.write_bytes(state.read_bytes()[:100])  # truncated
     code = run(compose_run(base_overrides + [f"train.resume={ckpt}"]), tmp_path / "run", [])
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert code == 1
+    assert code == 2  # a checkpoint error (docs/DESIGN.md)
     assert err[-1].startswith(f"error: {state}: cannot read (")
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 

@@ -10,6 +10,7 @@ import time
 
 import datasets
 import numpy as np
+import pyarrow as pa
 from filelock import FileLock
 
 from train.data import sources as src_mod
@@ -90,35 +91,54 @@ def _load_stores(
         entries.append((len(cfg.sources), None))
     for i, s in entries:
         t0 = time.time()
-        if s is None:
-            loaded = src_mod.load_synthetic(cfg.synthetic, i, cfg, tokenizer, tok_fp, seed)
-            field, max_docs, max_tokens, streaming = "text", None, None, False
-        else:
-            loaded = src_mod.load_source(s, i, cfg, seed)
-            field, max_docs, max_tokens, streaming = (
-                s.text_field,
-                s.max_docs,
-                s.max_tokens,
-                s.streaming,
-            )
-            if streaming and cfg.num_tokens is not None:
-                # Read no more than this source's share of the budget (plus a margin for
-                # the random rounding of the draws).
-                need = int(shares[s.name] * cfg.num_tokens * 1.02) + 1
-                max_tokens = need if max_tokens is None else min(max_tokens, need)
-        if streaming:
-            store = store_from_stream(
-                loaded, encoder, field, log, tmp, max_docs, max_tokens, cfg.num_proc
-            )
-        else:
-            tokenized = tokenize_dataset(loaded, encoder, tok_fp, field, cfg.num_proc)
-            store = store_from_dataset(tokenized, loaded, log, max_docs, max_tokens)
+        try:
+            store = _load_store(cfg, s, i, tokenizer, encoder, tok_fp, seed, log, tmp, shares)
+        except pa.ArrowException as e:
+            raise _unreadable_cache(cfg, s, i, e) from None
         say(
             f"  source {store.name}: {store.num_docs:,} documents, {store.num_tokens:,} tokens "
             f"({time.time() - t0:.1f} s)"
         )
         stores.append(store)
     return stores
+
+
+def _load_store(cfg, s, i, tokenizer, encoder, tok_fp, seed, log, tmp, shares) -> TokenStore:
+    """One source (s=None: the synthetic tasks) -> its token store."""
+    if s is None:
+        loaded = src_mod.load_synthetic(cfg.synthetic, i, cfg, tokenizer, tok_fp, seed)
+        field, max_docs, max_tokens, streaming = "text", None, None, False
+    else:
+        loaded = src_mod.load_source(s, i, cfg, seed)
+        field, max_docs, max_tokens, streaming = (
+            s.text_field,
+            s.max_docs,
+            s.max_tokens,
+            s.streaming,
+        )
+        if streaming and cfg.num_tokens is not None:
+            # Read no more than this source's share of the budget (plus a margin for
+            # the random rounding of the draws).
+            need = int(shares[s.name] * cfg.num_tokens * 1.02) + 1
+            max_tokens = need if max_tokens is None else min(max_tokens, need)
+    if streaming:
+        return store_from_stream(
+            loaded, encoder, field, log, tmp, max_docs, max_tokens, cfg.num_proc
+        )
+    tokenized = tokenize_dataset(loaded, encoder, tok_fp, field, cfg.num_proc)
+    return store_from_dataset(tokenized, loaded, log, max_docs, max_tokens)
+
+
+def _unreadable_cache(cfg: DataConfig, s, i: int, err: BaseException) -> DataError:
+    """Arrow could not read a cached dataset: name the cache, and say how to rebuild it."""
+    lines = str(err).strip().splitlines()
+    why = f"{type(err).__name__}: {lines[0] if lines else ''}"
+    name = "synthetic" if s is None else s.name
+    cache = os.path.abspath(cfg.cache_dir) if cfg.cache_dir else "the datasets cache"
+    own = ("" if s is None or s.type not in ("arrow", "parquet")
+           else f" or its input data.sources[{i}].path={s.path}")
+    return DataError(f"data.cache_dir: cannot read source '{name}' from the datasets cache "
+                     f"{cache}{own} ({why}); delete {cache} to rebuild it")
 
 
 def prepare_data(
