@@ -145,8 +145,9 @@ class ModelConfig:
     cache_dir: str = ".cache/l2a"
     # Keep the converted model in memory only (benchmarks with random weights).
     cache: bool = True
-    # Attention of the dense baseline (l2a.enabled=false): an HF attn_implementation.
-    dense_attn_implementation: str = "sdpa"
+    # Attention of the dense baseline (l2a.enabled=false): an HF attn_implementation, or
+    # auto: flash_attention_4 where flash-attn-4 runs (Hopper / Blackwell, bf16), else sdpa.
+    dense_attn_implementation: str = "auto"
 
     def __post_init__(self) -> None:
         if (self.base is None) == (self.random_base is None):
@@ -184,7 +185,13 @@ class L2AConfig:
     router_threshold: float = 0.5
     dense_prob: float = 0.1
     layers: list[int] | None = None
-    attn_backend: str = "auto"
+    attn_backend: str = "auto"  # auto | torch | triton | flex | fa4 (kernels/backends.py)
+    # Global branch: q/o projections, QK-norm and RoPE for routed tokens only (same loss and
+    # gradients); false under sequence parallelism, where routed counts differ per rank.
+    routed_projections: bool = True
+    # Residual add + norm, router, QK-norm + RoPE and gated add in torch.compile'd regions
+    # (l2a/fused.py): fewer kernels, fp32 intermediates recomputed instead of saved.
+    fused_elementwise: bool = False
     # Router sparsity: every other `l2a.*` key (sparsity_target, lambda_final,
     # lambda_schedule, multiplier_*, ...) belongs to train.sparsity.SparsityConfig, which
     # validates it; built by `build_l2a`.
@@ -192,7 +199,7 @@ class L2AConfig:
 
     def __post_init__(self) -> None:
         _choice("l2a.init", self.init, ("paper", "identity"))
-        _choice("l2a.attn_backend", self.attn_backend, ("auto", "torch", "triton"))
+        _choice("l2a.attn_backend", self.attn_backend, ("auto", "torch", "triton", "flex", "fa4"))
         _positive("l2a.window", self.window)
         _positive("l2a.router_tau", self.router_tau)
         if not 0.0 < self.router_threshold < 1.0:
