@@ -13,7 +13,13 @@ All kernels of a table run in one process on one GPU, side by side:
   triton_token_sparse      ours (kernels.token_sparse_attention), routing compaction timed;
   local_triton, local_flex the local branch alone (window 4095), ours and FlexAttention;
   flash_attn, local_flash_attn  flash-attn's kernel, dense causal and windowed (native
-                           GQA), where the flash-attn package is installed.
+                           GQA), where the flash-attn package is installed;
+  fa4_dense                FlashAttention-4 (flash_attn.cute) dense causal, native GQA;
+  flex_flash_token_sparse  flex_token_sparse with FlexAttention's FLASH backend
+                           (FlashAttention-4 with the block mask), written the obvious way;
+  fa4_token_sparse, local_fa4   our ops with backend="fa4" (compacted block mask; the
+                           windowed FlashAttention-4 kernel), where flash-attn-4 runs;
+  auto_token_sparse, auto_local our ops with backend="auto" (what the model runs here).
 Useful TFLOP/s = causal dense FLOPs x routed fraction / time (fwd: 4 T^2/2 D Hq, fwd+bwd
 3.5x that); for the local branch, the FLOPs of the window band.
 Writes bench/results/<gpu>-<date>.json and prints a markdown table.
@@ -136,14 +142,33 @@ def flash_attn_dense(window: int | None = None):
     return fn
 
 
-def flex_token_sparse(route: torch.Tensor, dynamic: bool):
+def fa4_available() -> bool:
+    from kernels.backends import fa4_suits
+
+    return fa4_suits(torch.empty(1, 1, 1, D, device="cuda", dtype=torch.bfloat16))
+
+
+def fa4_dense():
+    """FlashAttention-4 dense causal, layout (B, T, H, D) (the transposes are timed)."""
+    from flash_attn.cute import flash_attn_func
+
+    def fn(q, k, v):
+        o = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)[0]
+        return o.transpose(1, 2)
+
+    return fn
+
+
+def flex_token_sparse(route: torch.Tensor, dynamic: bool, flash: bool = False):
     """What a PyTorch expert would write with FlexAttention (B = 1).
 
     dynamic=True: one compile serves every routed count (Q_LEN changes with the fraction);
-    dynamic=False: compiled for this exact shape (the headline comparison)."""
+    dynamic=False: compiled for this exact shape (the headline comparison).
+    flash=True: FlexAttention's FLASH backend (FlashAttention-4 kernels)."""
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
     flex = torch.compile(flex_attention, dynamic=dynamic)
+    options = {"BACKEND": "FLASH"} if flash else None
 
     def fn(q, k, v):
         T = q.shape[2]
@@ -154,25 +179,24 @@ def flex_token_sparse(route: torch.Tensor, dynamic: bool):
 
         mask = create_block_mask(mask_mod, 1, None, pos.numel(), T, device=q.device, _compile=True)
         qc = q[:, :, pos.long()]
-        oc = flex(qc, k, v, block_mask=mask, enable_gqa=True)
+        oc = flex(qc, k, v, block_mask=mask, enable_gqa=True, kernel_options=options)
         out = torch.zeros_like(q)
         return out.index_copy(2, pos.long(), oc)
 
     return fn
 
 
-def ours_token_sparse(route: torch.Tensor):
+def ours_token_sparse(route: torch.Tensor, backend: str = "triton"):
     from kernels import token_sparse_attention
 
-    return lambda q, k, v: token_sparse_attention(q, k, v, route, backend="triton")
+    return lambda q, k, v: token_sparse_attention(q, k, v, route, backend=backend)
 
 
 def local(impl: str):
-    if impl == "triton":
-        from kernels.sliding_window.gpu import sliding_window_attention_triton as f
-    else:
-        from kernels.sliding_window.flex import sliding_window_attention_flex as f
-    return lambda q, k, v: f(q, k, v, WINDOW, None, D**-0.5)
+    """Our sliding-window op with backend `impl` (triton, flex, fa4, auto)."""
+    from kernels import sliding_window_attention
+
+    return lambda q, k, v: sliding_window_attention(q, k, v, WINDOW, None, D**-0.5, backend=impl)
 
 
 def environment() -> dict:
@@ -211,11 +235,31 @@ def run_table(lengths, fractions, passes, kernels_sel) -> list[dict]:
                 jobs.append((f"sdpa_{name}", 1.0, sdpa_dense(name), (q, ke, ve), "dense"))
         if "flash_attn" in kernels_sel and flash_attn_available():
             jobs.append(("flash_attn", 1.0, flash_attn_dense(), (q, k, v), "dense"))
+        fa4 = "fa4" in kernels_sel and fa4_available()
+        if fa4:
+            jobs.append(("fa4_dense", 1.0, fa4_dense(), (q, k, v), "dense"))
         for f in fractions:
             route = make_route(T, f, "cuda")
             if "ours" in kernels_sel:
                 jobs.append(
                     ("triton_token_sparse", f, ours_token_sparse(route), (q, k, v), "sparse")
+                )
+            if "auto" in kernels_sel:
+                jobs.append(
+                    ("auto_token_sparse", f, ours_token_sparse(route, "auto"), (q, k, v), "sparse")
+                )
+            if fa4:
+                jobs.append(
+                    ("fa4_token_sparse", f, ours_token_sparse(route, "fa4"), (q, k, v), "sparse")
+                )
+                jobs.append(
+                    (
+                        "flex_flash_token_sparse",
+                        f,
+                        flex_token_sparse(route, True, flash=True),
+                        (q, k, v),
+                        "sparse",
+                    )
                 )
             if "flex" in kernels_sel:
                 jobs.append(
@@ -232,8 +276,16 @@ def run_table(lengths, fractions, passes, kernels_sel) -> list[dict]:
                         )
                     )
         if "local" in kernels_sel:
-            for impl in ("triton", "flex"):
-                jobs.append((f"local_{impl}", 1.0, local(impl), (q, k, v), "window"))
+            impls = ["triton", "flex"] + (["fa4"] if fa4 else []) + (["auto"] if "auto" in kernels_sel else [])
+            # The model's layout: projections give (B, T, H, D) memory seen as (B, H, T, D),
+            # which FlashAttention-4 takes without a copy.
+            model_layout = tuple(
+                t.detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_(True)
+                for t in (q, k, v)
+            )
+            for impl in impls:
+                args = model_layout if impl in ("fa4", "auto") else (q, k, v)
+                jobs.append((f"local_{impl}", 1.0, local(impl), args, "window"))
             if "flash_attn" in kernels_sel and flash_attn_available():
                 jobs.append(
                     ("local_flash_attn", 1.0, flash_attn_dense(WINDOW), (q, k, v), "window")
@@ -282,6 +334,9 @@ def markdown(env: dict, records: list[dict]) -> str:
         f"Hq={HQ}, Hkv={HKV}, D={D} ({env['date'][:10]}). ms (useful TFLOP/s); "
         "ratio = ours / SDPA-cuDNN dense in the same run.",
         "",
+        "vs flex: ours against FlexAttention written the obvious way (triton_token_sparse against "
+        "the default backend; auto / fa4 against the FLASH backend where it ran).",
+        "",
         "| T | pass | kernel | routed | ms | useful TFLOP/s | vs cuDNN | vs flex |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -293,9 +348,11 @@ def markdown(env: dict, records: list[dict]) -> str:
                 flex = find("flex_token_sparse_static", T, r["fraction"], p) or find(
                     "flex_token_sparse", T, r["fraction"], p
                 )
+                flash = find("flex_flash_token_sparse", T, r["fraction"], p)
+                flex = flash if flash and r["kernel"] != "triton_token_sparse" else flex
                 vs_flex = (
                     f"{r['ms'] / flex['ms']:.3f}x"
-                    if flex and r["kernel"] == "triton_token_sparse"
+                    if flex and r["kernel"] in ("triton_token_sparse", "auto_token_sparse", "fa4_token_sparse")
                     else ""
                 )
                 lines.append(
@@ -425,8 +482,9 @@ def main(argv=None) -> None:
     ap.add_argument(
         "--kernels",
         nargs="+",
-        default=["sdpa", "flash_attn", "flex", "ours", "local"],
-        help="flash_attn runs only where the flash-attn package is installed",
+        default=["sdpa", "flash_attn", "flex", "ours", "local", "fa4", "auto"],
+        help="flash_attn runs only where the flash-attn package is installed, fa4 where "
+        "flash-attn-4 runs (Hopper / Blackwell)",
     )
     ap.add_argument(
         "--out", type=Path, default=None, help="JSON path (default bench/results/<gpu>-<date>.json)"

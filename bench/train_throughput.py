@@ -5,8 +5,15 @@ DeepSpeed ZeRO-3, bf16, activation checkpointing, one sequence per GPU per step:
 
 * `l2a`: the L2A model (Triton kernels), sparsity driven to `--sparsity-target` by the
   target controller so the measured steps run at a known sparsity;
-* `dense`: the same base model without L2A, attention by PyTorch SDPA restricted to the
-  cuDNN (then flash) backend; same trainable set (attention + norms).
+* `l2a_full`: the same with `l2a.routed_projections=false` (the global branch's q/o
+  projections for every token), for the before/after comparison;
+* `l2a_fused`: `l2a` with `l2a.fused_elementwise=true` (l2a/fused.py);
+* `dense`: the same base model without L2A, same trainable set (attention + norms),
+  attention by `model.dense_attn_implementation=auto`: FlashAttention-4 where flash-attn-4
+  is installed on Hopper / Blackwell, else SDPA restricted to the cuDNN (then flash) backend;
+* `dense_sdpa`: the dense baseline on SDPA-cuDNN whatever is installed.
+
+The JSON records the attention each variant ran (`attention`).
 
 Throughput is measured over the steps after `--skip-steps` (compilation, autotuning and the
 sparsity ramp). Records tokens/s per GPU, peak GPU memory and the memory resident between
@@ -115,10 +122,16 @@ def _config(args, variant: str, seq_len: int):
         "optim.warmup_steps=1",
         f"l2a.window={args.window}",
     ]
-    if variant == "dense":
+    if variant.startswith("dense"):
         overrides.append("l2a=dense")
+        if variant == "dense_sdpa":
+            overrides.append("model.dense_attn_implementation=sdpa")
     else:
         overrides += [f"l2a.sparsity_target={args.sparsity_target}", "+l2a.target_ramp=0.0"]
+        if variant == "l2a_full":
+            overrides.append("l2a.routed_projections=false")
+        if variant == "l2a_fused":
+            overrides.append("l2a.fused_elementwise=true")
     overrides += args.override
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
@@ -127,6 +140,23 @@ def _config(args, variant: str, seq_len: int):
     raw = OmegaConf.to_container(cfg, resolve=True)
     raw["data"] = SimpleNamespace(seq_len=seq_len)  # synthetic batches: no data pipeline
     return from_container(raw, data_builder=lambda d: d), overrides
+
+
+def attention_used(cfg) -> dict:
+    """What attention a variant runs on this machine, as resolved at build time."""
+    from kernels.backends import resolve
+    from train.build_model import dense_attn_implementation
+
+    if not cfg.l2a.enabled:
+        return {"dense": dense_attn_implementation(cfg.model.dense_attn_implementation, torch.bfloat16)}
+    shape = cfg.model.random_base or {}
+    head_dim = shape.get("head_dim") or shape.get("hidden_size", 4096) // shape.get("num_attention_heads", 32)
+    probe = torch.empty(1, 1, 1, head_dim, device="cuda", dtype=torch.bfloat16)
+    return {
+        "l2a_backend": resolve(cfg.l2a.attn_backend, probe),
+        "routed_projections": cfg.l2a.routed_projections,
+        "fused_elementwise": cfg.l2a.fused_elementwise,
+    }
 
 
 def kernel_category(name: str) -> str:
@@ -206,7 +236,7 @@ def run_variant(args, variant: str, seq_len: int) -> dict:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     attn = contextlib.nullcontext()
-    if variant == "dense" and cuda:
+    if variant.startswith("dense") and cuda:
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
         # cuDNN first; flash, then memory-efficient, where cuDNN cannot take the call
@@ -255,6 +285,7 @@ def run_variant(args, variant: str, seq_len: int) -> dict:
         raise SystemExit(f"{variant}: trainer exited with {code}")
     result = {
         "variant": variant,
+        "attention": attention_used(cfg),
         "exit_code": code,
         "wall_s": wall,
         "seq_len": seq_len,
@@ -290,7 +321,7 @@ def run_variant(args, variant: str, seq_len: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--variants", default="l2a,dense", help="comma-separated: l2a, dense")
+    p.add_argument("--variants", default="l2a,dense", help="comma-separated: l2a, l2a_full, l2a_fused, dense, dense_sdpa")
     p.add_argument("--model", default="qwen3_1p7b_random", help="conf/model option")
     p.add_argument("--deepspeed", default="zero3", help="conf/deepspeed option")
     p.add_argument("--seq-len", default="32768",

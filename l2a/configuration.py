@@ -13,7 +13,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import Qwen2Config, Qwen3Config
 
 L2A_INIT_MODES = ("paper", "identity")
-L2A_ATTN_BACKENDS = ("auto", "torch", "triton")
+L2A_ATTN_BACKENDS = ("auto", "torch", "triton", "flex", "fa4")
 
 
 def _validate_l2a_fields(cfg) -> None:
@@ -32,6 +32,9 @@ def _validate_l2a_fields(cfg) -> None:
         raise ValueError(
             f"l2a_attn_backend: must be one of {L2A_ATTN_BACKENDS}, got {cfg.l2a_attn_backend!r}"
         )
+    for name in ("l2a_routed_projections", "l2a_fused_elementwise"):
+        if not isinstance(getattr(cfg, name), bool):
+            raise ValueError(f"{name}: must be true or false, got {getattr(cfg, name)!r}")
     if cfg.l2a_layers is not None:
         bad = [i for i in cfg.l2a_layers if not 0 <= i < cfg.num_hidden_layers]
         if bad:
@@ -61,6 +64,12 @@ class L2AConfigMixin:
     l2a_global_layers: list[int] | None = None
     l2a_init: str = "paper"
     l2a_attn_backend: str = "auto"
+    # Global branch: q_proj / QK-norm / RoPE / o_proj for routed tokens only (same result;
+    # off under sequence parallelism, where the routed count differs per rank).
+    l2a_routed_projections: bool = False
+    # The elementwise work around the branches (residual add + norm, router, QK-norm +
+    # RoPE, gated add) in torch.compile'd regions (l2a/fused.py).
+    l2a_fused_elementwise: bool = False
 
     def __post_init__(self, **kwargs):
         # Runs the family config's own __post_init__ (next in the MRO) first.

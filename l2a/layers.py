@@ -14,19 +14,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.models.qwen2.modeling_qwen2 import Qwen2MLP, Qwen2RotaryEmbedding
 from transformers.models.qwen3.modeling_qwen3 import (
     Qwen3MLP,
     Qwen3RotaryEmbedding,
-    apply_rotary_pos_emb,
     rotate_half,
 )
 
 from kernels import sliding_window_attention, token_sparse_attention
+from kernels.token_sparse.compact import routed_query_attention, routed_slots
 
 from .cache import cache_slots
+from .fused import add_rms_norm, compiled, gated_add, gated_scatter_add, norm_rope, router
 from .rmsnorm import LeanRMSNorm
 from .router_logit import router_logit
 
@@ -66,6 +68,12 @@ class AttentionContext:
     doc_ids: torch.Tensor | None = None
     cache: Any | None = None
     backend: str = "auto"
+    # Global branch: project queries and output for routed tokens only, in steps without
+    # the dense path and without a cache (config ``l2a_routed_projections``).
+    routed_projections: bool = False
+    # The elementwise work around the branches in torch.compile'd regions (l2a/fused.py;
+    # config ``l2a_fused_elementwise``; training / uncached forwards only).
+    fused: bool = False
 
     def doc_ids_for(self, num_keys: int) -> torch.Tensor | None:
         if self.doc_ids is None or self.doc_ids.shape[1] == num_keys:
@@ -126,11 +134,9 @@ class L2ABranchAttention(nn.Module):
         q = self.q_proj(x).view(shape)
         k = self.k_proj(x).view(shape)
         v = self.v_proj(x).view(shape).transpose(1, 2)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = q.transpose(1, 2), k.transpose(1, 2)
         cos, sin = position_embeddings
-        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        q = self._norm_rope(q, self.q_norm, cos, sin, ctx.fused)
+        k = self._norm_rope(k, self.k_norm, cos, sin, ctx.fused)
         if ctx.cache is not None:
             # With a cache, k/v hold the cached keys too and q the last T of them.
             k, v = ctx.cache.update(k, v, cache_slot)
@@ -147,11 +153,50 @@ class L2ABranchAttention(nn.Module):
         bsz, seq, _ = x.shape
         k = self.k_proj(x).view(bsz, seq, -1, self.head_dim)
         v = self.v_proj(x).view(bsz, seq, -1, self.head_dim).transpose(1, 2)
-        if self.k_norm is not None:
-            k = self.k_norm(k)
-        cos, sin = (t.unsqueeze(1) for t in position_embeddings)
-        k = k.transpose(1, 2)
-        ctx.cache.update((k * cos) + (rotate_half(k) * sin), v, cache_slot)
+        cos, sin = position_embeddings
+        ctx.cache.update(self._norm_rope(k, self.k_norm, cos, sin, False), v, cache_slot)
+
+    @staticmethod
+    def _norm_rope(x, norm, cos, sin, fused: bool) -> torch.Tensor:
+        """``x (B, n, H, D)`` -> QK-norm (Qwen3) and RoPE at ``cos``/``sin (B, n, D)``, as
+        ``(B, H, n, D)``: transformers' ``apply_rotary_pos_emb`` formula, per tensor so that
+        queries and keys may sit at different positions."""
+        if fused:
+            weight, eps = (norm.weight, norm.variance_epsilon) if norm is not None else (None, 0.0)
+            return compiled(norm_rope)(x, weight, eps, cos, sin)
+        if norm is not None:
+            x = norm(x)
+        x = x.transpose(1, 2)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        return (x * cos) + (rotate_half(x) * sin)
+
+    def forward_routed(
+        self,
+        x: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        ctx: AttentionContext,
+        route: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The token-sparse branch with queries and output projected for routed tokens only
+        (keys and values for every token). Returns ``(a, slots, valid)``: ``a (B, R, hidden)``
+        is ``o_proj`` *without its bias* of the routed rows listed by ``slots``/``valid``
+        (``kernels.token_sparse.compact.routed_slots``); padding rows are zero."""
+        bsz, seq, hidden = x.shape
+        k = self.k_proj(x).view(bsz, seq, -1, self.head_dim)
+        v = self.v_proj(x).view(bsz, seq, -1, self.head_dim).transpose(1, 2)
+        slots, valid = routed_slots(route)  # one host sync: R is a shape
+        R = slots.shape[1]
+        xs = x.gather(1, slots[:, :, None].expand(bsz, R, hidden))
+        q = self.q_proj(xs).view(bsz, R, self.num_heads, self.head_dim)
+        cos, sin = (t.expand(bsz, -1, -1) for t in position_embeddings)
+        rows = slots[:, :, None].expand(bsz, R, cos.shape[-1])
+        k = self._norm_rope(k, self.k_norm, cos, sin, ctx.fused)
+        q = self._norm_rope(q, self.q_norm, cos.gather(1, rows), sin.gather(1, rows), ctx.fused)
+        o = routed_query_attention(
+            q, k, v, route, ctx.doc_ids, self.scaling, backend=ctx.backend, slots=(slots, valid)
+        )
+        o = o.transpose(1, 2).reshape(bsz, R, self.num_heads * self.head_dim)
+        return F.linear(o, self.o_proj.weight), slots, valid
 
 
 class L2AAttention(nn.Module):
@@ -175,11 +220,13 @@ class L2AAttention(nn.Module):
             self.router = nn.Linear(config.hidden_size, 1, bias=False)
             self.global_attn = L2ABranchAttention(config, family)
 
-    def route(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def route(self, g: torch.Tensor, fused: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Router on the normed stream g (B, T, hidden) -> (soft p, hard d), both (B, T).
 
         Computed in fp32: a bf16 logit near the threshold would flip decisions between the
         forward pass and the recomputation of activation checkpointing."""
+        if fused:
+            return compiled(router)(g, self.router.weight, self.tau, self.logit_threshold)
         logit = router_logit(g, self.router.weight)  # no fp32 copy of g kept for backward
         return torch.sigmoid(logit / self.tau), logit >= self.logit_threshold
 
@@ -193,25 +240,35 @@ class L2AAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Returns the updated residual stream, router probabilities p and decisions d
         (None, None for a local-only layer)."""
-        hidden = hidden + self.local_attn(
-            local_input, position_embeddings, ctx, self.local_slot, window=self.window
-        )
+        local = self.local_attn(local_input, position_embeddings, ctx, self.local_slot, window=self.window)
         if not self.has_global:
-            return hidden, None, None
-        g = self.global_norm(hidden)
-        p, d = self.route(g)
+            return hidden + local, None, None
+        if ctx.fused:
+            norm = self.global_norm
+            hidden, g = compiled(add_rms_norm)(hidden, local, norm.weight, norm.variance_epsilon)
+            p, d = self.route(g, fused=True)
+        else:
+            hidden = hidden + local
+            g = self.global_norm(hidden)
+            p, d = self.route(g)
         if ctx.cache is not None and not dense and not bool(d.any()):
             # Generation: no token of this call is routed, so the global branch adds nothing;
             # only its keys and values are computed, for the cache.
             self.global_attn.cache_keys(g, position_embeddings, ctx, self.global_slot)
             return hidden, p, d
+        epilogue = compiled if ctx.fused else (lambda fn: fn)
+        if ctx.routed_projections and not dense and ctx.cache is None:
+            # Routed rows only: unrouted rows of the attention output are zero, so their
+            # branch output is o_proj's bias (gated by d = 0 forward, and giving p the same
+            # gradient, bias . dL/dhidden, as the full path).
+            a, slots, valid = self.global_attn.forward_routed(g, position_embeddings, ctx, d)
+            bias = self.global_attn.o_proj.bias
+            return epilogue(gated_scatter_add)(hidden, a, d, p, slots, valid, bias), p, d
         # Stochastic dense path: the global branch runs for every token and is still gated
         # by d~, so the router gets a gradient for tokens it has switched off.
         attn_route = torch.ones_like(d) if dense else d
         a = self.global_attn(g, position_embeddings, ctx, self.global_slot, route=attn_route)
-        gate = d.to(p.dtype) + p - p.detach()  # straight-through: forward d, gradient of p
-        hidden = hidden + gate.unsqueeze(-1).to(a.dtype) * a
-        return hidden, p, d
+        return epilogue(gated_add)(hidden, a, d, p), p, d
 
 
 class L2ADecoderLayer(GradientCheckpointingLayer):

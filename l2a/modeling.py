@@ -101,7 +101,12 @@ class _L2AModelBase(L2APreTrainedModel):
         past = past_key_values.get_seq_length() if past_key_values is not None else 0
         if position_ids is None:
             position_ids = torch.arange(past, past + seq, device=device).unsqueeze(0).expand(bsz, -1)
-        ctx = AttentionContext(backend=self.config.l2a_attn_backend, cache=past_key_values)
+        ctx = AttentionContext(
+            backend=self.config.l2a_attn_backend,
+            cache=past_key_values,
+            routed_projections=getattr(self.config, "l2a_routed_projections", False),
+            fused=bool(getattr(self.config, "l2a_fused_elementwise", False)) and past_key_values is None,
+        )
         ctx.doc_ids = key_doc_ids(attention_mask, position_ids, doc_ids, past, seq)
 
         hidden = inputs_embeds

@@ -29,7 +29,8 @@ while [ $# -gt 0 ]; do
       # Triton compiling kernels on the CPU, and the GPU has room for several small cases.
       XDIST=$($PY -c "import xdist" 2>/dev/null && echo "-n ${TEST_WORKERS:-8}")
       timeout "${TEST_TIMEOUT:-400}" $PY -m pytest -q -m gpu -p no:warnings --durations=10 $XDIST \
-        tests/kernels tests/l2a/test_gpu_model.py 2>&1 | tee "$OUT/tests.log" | tail -40
+        tests/kernels tests/l2a/test_gpu_model.py tests/l2a/test_routed_projections.py \
+        tests/l2a/test_fused.py 2>&1 | tee "$OUT/tests.log" | tail -40
       shift ;;
     train-tests)
       timeout "${TEST_TIMEOUT:-400}" $PY -m pytest -q -m gpu -p no:warnings --durations=10 \

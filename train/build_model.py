@@ -66,6 +66,24 @@ def _base_dir_for_random(cfg: RunConfig) -> Path:
     return build_tiny_base(out, shape=cfg.model.random_base, seed=cfg.train.seed)
 
 
+def dense_attn_implementation(name: str, dtype: torch.dtype) -> str:
+    """`model.dense_attn_implementation`, with `auto` resolved: FlashAttention-4 where it
+    runs (the fastest dense baseline on Hopper / Blackwell), else SDPA (cuDNN on H100/H200
+    when the caller prefers it, as bench.train_throughput does)."""
+    if name != "auto":
+        return name
+    from kernels.backends import FA4_DTYPES, fa4_installed
+
+    if (
+        torch.cuda.is_available()
+        and torch.cuda.get_device_capability()[0] in (9, 10)
+        and dtype in FA4_DTYPES
+        and fa4_installed()
+    ):
+        return "flash_attention_4"
+    return "sdpa"
+
+
 def _set_rope(model, rope_theta: float | None, max_pos: int | None) -> None:
     """Long-context RoPE on a loaded dense model (the L2A conversion does this itself)."""
     if rope_theta is None and max_pos is None:
@@ -92,7 +110,8 @@ def _create(cfg: RunConfig, dtype: torch.dtype, device: torch.device):
         tokenizer = byte_tokenizer()
         config = qwen3_config(m.random_base, vocab_size=len(tokenizer))
         base = random_qwen3(config, seed=cfg.train.seed, device=device, dtype=dtype,
-                            attn_implementation=None if cfg.l2a.enabled else m.dense_attn_implementation)
+                            attn_implementation=None if cfg.l2a.enabled
+                            else dense_attn_implementation(m.dense_attn_implementation, dtype))
     else:
         source = str(_base_dir_for_random(cfg)) if m.base is None else m.base
         try:
@@ -147,7 +166,8 @@ def build_model(cfg: RunConfig, dist: DistInfo, dtype: torch.dtype, ds_config: d
             save_atomically(model, tokenizer, path, overwrite=True)
             del model
         barrier()
-        kwargs = {} if cfg.l2a.enabled else {"attn_implementation": cfg.model.dense_attn_implementation}
+        kwargs = {} if cfg.l2a.enabled else {
+            "attn_implementation": dense_attn_implementation(cfg.model.dense_attn_implementation, dtype)}
         # Created before from_pretrained: transformers looks it up to partition on load.
         zero3 = zero3_partitioned_loading(cfg, ds_config)
         try:
@@ -158,5 +178,8 @@ def build_model(cfg: RunConfig, dist: DistInfo, dtype: torch.dtype, ds_config: d
                               f"({_first_line(e)}); delete it (rm -r {path}) to convert again"
                               ) from None
     model.config.use_cache = False
+    if cfg.l2a.enabled:  # a runtime switch, not a conversion setting (not in the cache key)
+        model.config.l2a_routed_projections = cfg.l2a.routed_projections
+        model.config.l2a_fused_elementwise = cfg.l2a.fused_elementwise
     model.train()
     return model, tokenizer, path, zero3

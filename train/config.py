@@ -145,8 +145,9 @@ class ModelConfig:
     cache_dir: str = ".cache/l2a"
     # Keep the converted model in memory only (benchmarks with random weights).
     cache: bool = True
-    # Attention of the dense baseline (l2a.enabled=false): an HF attn_implementation.
-    dense_attn_implementation: str = "sdpa"
+    # Attention of the dense baseline (l2a.enabled=false): an HF attn_implementation, or
+    # auto: flash_attention_4 where flash-attn-4 runs (Hopper / Blackwell, bf16), else sdpa.
+    dense_attn_implementation: str = "auto"
 
     def __post_init__(self) -> None:
         if self.base is None and self.random_base is None:
@@ -187,7 +188,14 @@ class L2AConfig:
     router_threshold: float = 0.5
     dense_prob: float = 0.1
     layers: list[int] | None = None
-    attn_backend: str = "auto"
+    attn_backend: str = "auto"  # auto | torch | triton | flex | fa4 (kernels/backends.py)
+    # Global branch: q/o projections, QK-norm and RoPE for routed tokens only (same loss and
+    # gradients); false under sequence parallelism, where routed counts differ per rank.
+    # Off by default until a GPU measurement shows it faster (one host sync per layer).
+    routed_projections: bool = False
+    # Residual add + norm, router, QK-norm + RoPE and gated add in torch.compile'd regions
+    # (l2a/fused.py): fewer kernels, fp32 intermediates recomputed instead of saved.
+    fused_elementwise: bool = False
     # Router sparsity: every other `l2a.*` key (sparsity_target, lambda_final,
     # lambda_schedule, multiplier_*, ...) belongs to train.sparsity.SparsityConfig, which
     # validates it; built by `build_l2a`.
@@ -195,7 +203,7 @@ class L2AConfig:
 
     def __post_init__(self) -> None:
         _choice("l2a.init", self.init, ("paper", "identity"))
-        _choice("l2a.attn_backend", self.attn_backend, ("auto", "torch", "triton"))
+        _choice("l2a.attn_backend", self.attn_backend, ("auto", "torch", "triton", "flex", "fa4"))
         _positive("l2a.window", self.window)
         _positive("l2a.router_tau", self.router_tau)
         if not 0.0 < self.router_threshold < 1.0:
@@ -478,7 +486,7 @@ def from_container(raw: dict, data_builder=None) -> RunConfig:
     name = raw["name"]
     if not isinstance(name, str) or not name or "/" in name:
         _fail("name", "must be a non-empty string without '/'", name)
-    return RunConfig(
+    run = RunConfig(
         name=name,
         model=build(ModelConfig, raw["model"], "model"),
         data=(data_builder or build_data_config)(raw["data"]),
@@ -487,6 +495,11 @@ def from_container(raw: dict, data_builder=None) -> RunConfig:
         l2a=build_l2a(raw["l2a"]),
         train=build(TrainConfig, raw["train"], "train"),
     )
+    if run.l2a.enabled and run.l2a.routed_projections and run.train.sequence_parallel > 1:
+        # The compacted global branch bypasses the attention core that Ulysses wraps, and
+        # routed counts differ per rank of a sequence-parallel group.
+        _fail("l2a.routed_projections", "must be false with train.sequence_parallel > 1", True)
+    return run
 
 
 def _explicit_base_wins(raw: dict, overrides: list[str]) -> None:

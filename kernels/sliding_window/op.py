@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from ..backends import resolve
 from ..decode import DECODE_MAX_QUERIES, decode_attention
-from ..utils import check_doc_ids, check_qkv, default_scale, resolve_backend
+from ..utils import check_doc_ids, check_qkv, default_scale
 from .naive import sliding_window_attention_naive
 
 
@@ -34,7 +35,7 @@ def sliding_window_attention(
         doc_ids: optional `(B, Tk)` int ids of contiguous packed documents over the keys
             (None: one doc); padding is one more document.
         scale: softmax scale, default `D ** -0.5`.
-        backend: `auto` (GPU kernel on CUDA, PyTorch elsewhere), `torch`, or `triton`.
+        backend: `auto`, `torch`, `triton`, `flex` or `fa4` (kernels/backends.py).
 
     Returns:
         `(B, Hq, T, D)` in q's dtype.
@@ -43,11 +44,19 @@ def sliding_window_attention(
     window = check_window(window)
     check_doc_ids(doc_ids, B, k.shape[2], q.device)
     scale = default_scale(scale, D)
-    backend = resolve_backend(backend, q)
+    backend = resolve(backend, q)
     if backend == "torch":
         return sliding_window_attention_naive(q, k, v, window, doc_ids, scale)
     if T < k.shape[2] and T <= DECODE_MAX_QUERIES:
         return decode_attention(q, k, v, window, doc_ids, scale)
+    if backend == "fa4" and T == k.shape[2]:
+        from .fa4 import sliding_window_attention_fa4
+
+        return sliding_window_attention_fa4(q, k, v, window, doc_ids, scale)
+    if backend == "flex" and T == k.shape[2]:
+        from .flex import sliding_window_attention_flex
+
+        return sliding_window_attention_flex(q, k, v, window, doc_ids, scale)
     from .gpu import sliding_window_attention_gpu
 
     return sliding_window_attention_gpu(q, k, v, window, doc_ids, scale)

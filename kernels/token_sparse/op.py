@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from ..backends import resolve
 from ..decode import DECODE_MAX_QUERIES, decode_attention
-from ..utils import check_doc_ids, check_qkv, check_route, default_scale, resolve_backend
+from ..utils import check_doc_ids, check_qkv, check_route, default_scale
 from .naive import token_sparse_attention_naive
 
 
@@ -31,7 +32,7 @@ def token_sparse_attention(
             query at `i` sees key `j` iff `j <= i` and `doc_ids[j] == doc_ids[i]`. None: one
             document. Padding is one more document.
         scale: softmax scale, default `D ** -0.5`.
-        backend: `auto` (Triton on CUDA, PyTorch elsewhere), `torch`, or `triton`.
+        backend: `auto`, `torch`, `triton`, `flex` or `fa4` (kernels/backends.py).
 
     Returns:
         `(B, Hq, T, D)` in q's dtype; rows of unrouted positions are exactly zero.
@@ -43,11 +44,20 @@ def token_sparse_attention(
     check_route(route, B, T, q.device)
     check_doc_ids(doc_ids, B, k.shape[2], q.device)
     scale = default_scale(scale, D)
-    backend = resolve_backend(backend, q)
+    backend = resolve(backend, q, token_sparse=True)
     if backend == "torch":
         return token_sparse_attention_naive(q, k, v, route, doc_ids, scale)
     if T < k.shape[2] and T <= DECODE_MAX_QUERIES:
         return decode_attention(q, k, v, None, doc_ids, scale, route)
+    if backend in ("flex", "fa4") and T == k.shape[2]:
+        from .compact import _gather_rows, _scatter_rows, routed_slots
+        from .flex import routed_query_attention_flex
+
+        slots, valid = routed_slots(route)
+        o_c = routed_query_attention_flex(
+            _gather_rows(q, slots), k, v, slots, valid, doc_ids, scale, flash=backend == "fa4"
+        )
+        return _scatter_rows(o_c, slots, T)
     from .triton_op import token_sparse_attention_triton
 
     return token_sparse_attention_triton(q, k, v, route, doc_ids, scale)

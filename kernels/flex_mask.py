@@ -1,0 +1,93 @@
+"""FlexAttention block masks from block-level bounds, for queries at given positions.
+
+Queries are given by their positions `q_pos (B, Q)`, ascending per row: every position for
+the local branch, the routed positions (compacted) for the token-sparse branch. A query at
+`p` sees key `j` iff `j <= p`, `p - j < window` and both lie in one document. The mask is
+built from block-level bounds (O(Q/block x T/block) booleans), never from a dense Q x T
+token mask: a key block is *full* for a query block when one document spans both and every
+pair is inside the window and causal, *partial* when some pair may be visible (the
+mask_mod then decides per token), skipped otherwise. Document equality is tested on
+document start positions, which are monotone along the sequence.
+"""
+
+from __future__ import annotations
+
+import torch
+
+BLOCK = 128
+
+
+def _dense_to_ordered(dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    dense = dense.to(torch.int32)
+    num = dense.sum(dim=-1).to(torch.int32)
+    idx = torch.argsort(dense, dim=-1, descending=True, stable=True).to(torch.int32)
+    return num.contiguous(), idx.contiguous()
+
+
+def _pad_to_blocks(x: torch.Tensor, block: int) -> torch.Tensor:
+    """Right-pad `(B, n)` to a multiple of `block` with its last column: the mask_mod may be
+    evaluated at indices past the length, and must read in-bounds values there."""
+    pad = -x.shape[1] % block
+    return torch.cat([x, x[:, -1:].expand(-1, pad)], dim=1) if pad else x
+
+
+def query_block_mask(
+    q_pos: torch.Tensor, starts: torch.Tensor, window: int | None, block: int = BLOCK
+):
+    """BlockMask for queries at `q_pos (B, Q)` (ascending) over keys with document starts
+    `starts (B, T)` and a causal window of `window` keys (None: plain causal).
+
+    The mask_mod captures tensors only, never a Python number: under a dynamic-shape
+    compile a captured number derived from a shape is a symbolic scalar, which
+    FlexAttention's FLASH backend cannot inline (torch 2.11: "NYI: ... captures a dynamic
+    scalar"). The window, when there is one, travels as a 0-d device tensor."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    B, Q = q_pos.shape
+    T = starts.shape[1]
+    dev = starts.device
+    nq, nk = (Q + block - 1) // block, (T + block - 1) // block
+    q_first = torch.arange(nq, device=dev) * block
+    q_last = torch.clamp(q_first + block - 1, max=Q - 1)
+    k_first = torch.arange(nk, device=dev) * block
+    k_last = torch.clamp(k_first + block - 1, max=T - 1)
+    qs, qe = q_pos[:, q_first].long(), q_pos[:, q_last].long()  # (B, nq)
+    sq_first, sq_last = starts.gather(1, qs), starts.gather(1, qe)
+    sk_first, sk_last = starts[:, k_first], starts[:, k_last]  # (B, nk)
+    qs, qe = qs[:, :, None], qe[:, :, None]
+    ks, ke = k_first[None, None, :], k_last[None, None, :]
+    win = T if window is None else window  # block bounds: plain ints, outside the mask_mod
+    any_pair = (ks <= qe) & (qs - ke < win)
+    any_pair = any_pair & (sq_first[:, :, None] <= sk_last[:, None, :])
+    any_pair = any_pair & (sk_first[:, None, :] <= sq_last[:, :, None])
+    one_doc = (sq_first == sq_last)[:, :, None] & (sk_first == sk_last)[:, None, :]
+    one_doc = one_doc & (sq_first[:, :, None] == sk_first[:, None, :])
+    full = (ke <= qs) & (qe - ks < win) & one_doc
+    partial = any_pair & ~full
+    kv_num, kv_idx = _dense_to_ordered(partial[:, None])
+    full_num, full_idx = _dense_to_ordered(full[:, None])
+    pos = _pad_to_blocks(q_pos.to(torch.int32), block)
+    doc = _pad_to_blocks(starts.to(torch.int32), block)
+
+    if window is None:
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            p = pos[b, q_idx]
+            return (kv_idx <= p) & (doc[b, p] == doc[b, kv_idx])
+
+    else:
+        win_t = torch.tensor(window, dtype=torch.int32, device=dev)
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            p = pos[b, q_idx]
+            return (kv_idx <= p) & (p - kv_idx < win_t) & (doc[b, p] == doc[b, kv_idx])
+
+    return BlockMask.from_kv_blocks(
+        kv_num,
+        kv_idx,
+        full_num,
+        full_idx,
+        BLOCK_SIZE=block,
+        mask_mod=mask_mod,
+        seq_lengths=(Q, T),
+    )

@@ -1,0 +1,120 @@
+"""Token-sparse attention with the queries given in compacted form (routed rows only).
+
+The layer projects queries for routed tokens only (`q_proj`, QK-norm, RoPE on R rows
+instead of T), so the op takes `q_c (B, Hq, R, D)`: row `c` of batch row `b` is the
+`c`-th routed position of `b` in position order; rows at or past `count[b]` are padding
+(R is the largest routed count of the batch). Keys and values stay `(B, Hkv, T, D)`.
+
+`routed_slots` gives the gather index of those rows. Backends: `torch` (the reference:
+scattered back to positions and run through the token-sparse reference), `triton` (the
+same scatter around our kernels, which compact the queries themselves), `flex` / `fa4`
+(FlexAttention on the compacted queries directly, kernels/token_sparse/flex.py).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..flash.routing import build_routing
+from ..utils import check_doc_ids, check_qkv, check_route, default_scale
+
+
+def routed_slots(route: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(slots, valid)`, both `(B, R)` with `R = max routed count of a row`.
+
+    `slots[b, :count[b]]` are the routed positions of row `b` in position order; the
+    padding slots after them are unrouted positions of that row, so the slots of a row are
+    distinct (a scatter-add through them never collides). `valid` marks the routed slots.
+    One host synchronisation: the projections need `R` as a shape.
+    """
+    routing = build_routing(route, None)
+    R = int(routing.count.max()) if route.numel() else 0
+    slots = routing.order[:, :R].long()
+    valid = torch.arange(R, device=route.device)[None, :] < routing.count[:, None]
+    return slots, valid
+
+
+def _scatter_rows(q_c: torch.Tensor, slots: torch.Tensor, T: int) -> torch.Tensor:
+    """`(B, H, R, D)` compacted rows -> `(B, H, T, D)` rows at their positions, zeros
+    elsewhere (padding rows land at unrouted positions, which the token-sparse op ignores)."""
+    B, H, R, D = q_c.shape
+    idx = slots[:, None, :, None].expand(B, H, R, D)
+    return q_c.new_zeros(B, H, T, D).scatter(2, idx, q_c)
+
+
+def _gather_rows(o: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    B, H, _, D = o.shape
+    return o.gather(2, slots[:, None, :, None].expand(B, H, slots.shape[1], D))
+
+
+def routed_query_attention_naive(q_c, k, v, route, doc_ids=None, scale=None) -> torch.Tensor:
+    """The reference: queries scattered to their positions, the token-sparse reference,
+    rows gathered back. Padding rows come out zero (unrouted rows are exact zeros)."""
+    from .naive import token_sparse_attention_naive
+
+    slots, _ = routed_slots(route)
+    full = _scatter_rows(q_c, slots, k.shape[2])
+    return _gather_rows(token_sparse_attention_naive(full, k, v, route, doc_ids, scale), slots)
+
+
+def _check_rows(q_c: torch.Tensor, slots: torch.Tensor) -> None:
+    if q_c.shape[2] != slots.shape[1]:
+        raise ValueError(
+            f"q: {q_c.shape[2]} compacted rows, expected the largest routed count {slots.shape[1]}"
+        )
+
+
+def routed_query_attention(
+    q_c: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    route: torch.Tensor,
+    doc_ids: torch.Tensor | None = None,
+    scale: float | None = None,
+    backend: str = "auto",
+    *,
+    slots: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Causal attention of compacted routed queries against every key.
+
+    Args:
+        q_c: `(B, Hq, R, D)`, rows in the order of `routed_slots(route)`; R = the largest
+            routed count of a row (rows past a row's count are padding).
+        k, v: `(B, Hkv, T, D)`, GQA as in `token_sparse_attention`.
+        route: `(B, T)` bool, which positions the rows of `q_c` are.
+        doc_ids, scale: as in `token_sparse_attention`.
+        backend: `auto`, `torch`, `triton`, `flex` or `fa4` (kernels/backends.py).
+        slots: `routed_slots(route)` where the caller has it (saves a host sync).
+
+    Returns:
+        `(B, Hq, R, D)` in q's dtype; padding rows are zero and get zero gradient.
+    """
+    from ..backends import resolve
+
+    # Checked as the positional op sees them: a meta tensor of q's full shape (no memory).
+    if not isinstance(q_c, torch.Tensor) or q_c.dim() != 4:
+        raise ValueError(f"q: expected shape (B, Hq, R, D), got {getattr(q_c, 'shape', q_c)}")
+    B, Hq, _, D = q_c.shape
+    T = k.shape[2] if isinstance(k, torch.Tensor) and k.dim() == 4 else 0
+    full_meta = torch.empty(B, Hq, T, D, dtype=q_c.dtype, device="meta")
+    check_qkv(full_meta, k.to("meta"), v.to("meta"))
+    if q_c.device != k.device or q_c.device != v.device:
+        raise ValueError(f"q, k, v must be on one device, got {q_c.device}, {k.device}, {v.device}")
+    check_route(route, B, T, q_c.device)
+    check_doc_ids(doc_ids, B, T, q_c.device)
+    scale = default_scale(scale, D)
+    backend = resolve(backend, q_c, token_sparse=True)
+    slots, valid = routed_slots(route) if slots is None else slots
+    _check_rows(q_c, slots)
+    if backend in ("flex", "fa4"):
+        from .flex import routed_query_attention_flex
+
+        return routed_query_attention_flex(
+            q_c, k, v, slots, valid, doc_ids, scale, flash=backend == "fa4"
+        )
+    if backend == "torch":
+        from .naive import token_sparse_attention_naive as positional
+    else:
+        from .triton_op import token_sparse_attention_triton as positional
+    full = _scatter_rows(q_c, slots, T)
+    return _gather_rows(positional(full, k, v, route, doc_ids, scale), slots)

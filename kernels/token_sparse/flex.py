@@ -1,0 +1,87 @@
+"""Token-sparse attention of compacted queries through FlexAttention.
+
+`q_c (B, Hq, R, D)` attends to all keys with a block mask over (R compacted queries) x
+(T keys), built from block-level bounds on the queries' positions (kernels/flex_mask.py).
+`flash=True` asks FlexAttention for its FLASH backend (FlashAttention-4 kernels with the
+block mask). Compiled once with dynamic shapes: the routed count R changes every step
+without recompiling.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+import torch
+
+from ..flex_mask import query_block_mask
+from ..utils import doc_start_positions
+
+MIN_ROWS = 128  # one FlexAttention query block
+
+
+def _flex_call(q, k, v, block_mask, scale, enable_gqa, kernel_options):
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return flex_attention(
+        q,
+        k,
+        v,
+        block_mask=block_mask,
+        scale=scale,
+        enable_gqa=enable_gqa,
+        kernel_options=kernel_options,
+    )
+
+
+@functools.cache
+def _compiled_flex(dynamic: bool):
+    # Our own compiled function (its own recompile budget, kernels/sliding_window/flex.py
+    # says why); dynamic: one graph for every routed count; fullgraph: no silent eager
+    # fallback, which would materialise (B, H, R, T) scores. Inductor's CPU FlexAttention
+    # fails to compile with dynamic shapes (torch 2.13), so CPU (tests only) is static.
+    return torch.compile(_flex_call, dynamic=dynamic, fullgraph=True)
+
+
+def routed_query_attention_flex(q_c, k, v, slots, valid, doc_ids, scale: float, flash: bool):
+    """`slots`, `valid`: `routed_slots(route)`. Padding rows get the last position as a
+    stand-in (so positions stay ascending for the block bounds) and are zeroed after."""
+    B, _, R, _ = q_c.shape
+    T = k.shape[2]
+    if R == 0:
+        return q_c * 0 + (k.sum() + v.sum()) * 0  # attached to q, k, v: zero gradients
+    if doc_ids is None:
+        starts = torch.zeros(B, T, dtype=torch.int32, device=q_c.device)
+    else:
+        starts = doc_start_positions(doc_ids)
+    q_pos = torch.where(valid, slots, T - 1).to(torch.int32)
+    short = MIN_ROWS - R
+    if short > 0:
+        # FlexAttention's compiled kernels reject GQA with fewer queries than one block;
+        # a layer that routes few tokens pads with rows at the last position (sliced off).
+        q_c = torch.cat([q_c, q_c.new_zeros(B, q_c.shape[1], short, q_c.shape[3])], dim=2)
+        q_pos = torch.cat([q_pos, q_pos.new_full((B, short), T - 1)], dim=1)
+    mask = query_block_mask(q_pos, starts, None)
+    o = _flex(q_c, k, v, mask, scale, flash)
+    return o[:, :, :R] * valid[:, None, :, None].to(o.dtype)
+
+
+_FLASH_FAILED: list[str] = []
+
+
+def _flex(q, k, v, mask, scale, flash: bool):
+    """FlexAttention, FLASH backend if asked; if that backend fails to compile, one warning
+    and FlexAttention's default (Triton) backend from then on, instead of a crashed run."""
+    gqa = q.shape[1] != k.shape[1]
+    fn = _compiled_flex(q.is_cuda)
+    if flash and not _FLASH_FAILED:
+        try:
+            return fn(q, k, v, mask, scale, gqa, {"BACKEND": "FLASH"})
+        except Exception as exc:  # noqa: BLE001  (InductorError, or a CuTe DSL error)
+            _FLASH_FAILED.append(f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+            warnings.warn(
+                "FlexAttention's FLASH backend failed, using its default backend for the "
+                f"token-sparse branch from now on: {_FLASH_FAILED[0]}",
+                stacklevel=3,
+            )
+    return fn(q, k, v, mask, scale, gqa, None)
