@@ -622,6 +622,7 @@ class Trainer:
         self.engine.destroy() if hasattr(self.engine, "destroy") else None
         del self.engine, self.optimizer, self.module
         self._release_zero3_loading()
+        self._release_groups()
 
     def _release_zero3_loading(self) -> None:
         if self._zero3_loading is not None:
@@ -631,6 +632,8 @@ class Trainer:
             # constructed partitioned under zero.Init.
             unset_hf_deepspeed_config()
             self._zero3_loading = None
+
+    def _release_groups(self) -> None:
         if self.mpu is not None:
             from train.sequence_parallel import release_groups
 

@@ -34,3 +34,17 @@ def slurm_cluster():
         else:
             os.environ["SLURM_CONF"] = old
         cluster.stop()
+
+
+# What an in-process run earlier in the same pytest session leaves in os.environ: the
+# single-process rendezvous of train.distributed (RANK ... MASTER_PORT) and the run
+# timestamp of train.config. Jobs started from here must derive their own, as on a login
+# node (an inherited MASTER_PORT replaces the job-id port of launch/slurm_job.sh).
+_INHERITED = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
+              "MASTER_PORT", "L2A_RUN_TIMESTAMP")
+
+
+@pytest.fixture(autouse=True)
+def _clean_launch_environment(monkeypatch):
+    for name in _INHERITED:
+        monkeypatch.delenv(name, raising=False)
