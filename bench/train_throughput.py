@@ -151,7 +151,8 @@ def attention_used(cfg) -> dict:
         return {"dense": dense_attn_implementation(cfg.model.dense_attn_implementation, torch.bfloat16)}
     shape = cfg.model.random_base or {}
     head_dim = shape.get("head_dim") or shape.get("hidden_size", 4096) // shape.get("num_attention_heads", 32)
-    probe = torch.empty(1, 1, 1, head_dim, device="cuda", dtype=torch.bfloat16)
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # --cpu-smoke
+    probe = torch.empty(1, 1, 1, head_dim, device=device, dtype=torch.bfloat16)
     return {
         "l2a_backend": resolve(cfg.l2a.attn_backend, probe),
         "routed_projections": cfg.l2a.routed_projections,

@@ -620,6 +620,9 @@ class Trainer:
     def close(self) -> None:
         """Free the engine (several runs in one process: tests, Hydra's basic multirun)."""
         self.engine.destroy() if hasattr(self.engine, "destroy") else None
+        from train.zero3_leaks import release_destroyed_engine
+
+        release_destroyed_engine(self.module)  # else this run's memory outlives it
         del self.engine, self.optimizer, self.module
         self._release_zero3_loading()
         self._release_groups()
