@@ -43,19 +43,19 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 
-QWEN3_8B = dict(
-    hidden_size=4096,
-    intermediate_size=12288,
-    num_hidden_layers=36,
-    num_attention_heads=32,
-    num_key_value_heads=8,
-    head_dim=128,
-    vocab_size=151936,
-    tie_word_embeddings=False,
-    rms_norm_eps=1e-6,
-    max_position_embeddings=131072,
-    rope_parameters={"rope_type": "default", "rope_theta": 5e6},
-)
+
+
+def qwen3_8b_shape() -> dict:
+    """Qwen3-8B's shape from the `model=qwen3_8b_random` preset (one definition for every
+    benchmark), with the preset's rope theta in transformers' `rope_parameters` form."""
+    from omegaconf import OmegaConf
+
+    m = OmegaConf.load(ROOT / "conf" / "model" / "qwen3_8b_random.yaml")
+    shape = OmegaConf.to_container(m.random_base)
+    shape["rope_parameters"] = {"rope_type": "default", "rope_theta": float(m.rope_theta)}
+    return shape
+
+
 TINY = dict(
     hidden_size=64,
     intermediate_size=128,
@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     from l2a.convert import convert_model
     from l2a.prune import measure_global_usage, prune_global_branches, select_global_layers
 
-    shape = dict(TINY if args.tiny else QWEN3_8B)
+    shape = dict(TINY) if args.tiny else qwen3_8b_shape()
     if args.tiny:
         args.lengths = [n for n in args.lengths if n <= 512] or [96, 160]
         args.window, args.calib_len = min(args.window, 32), min(args.calib_len, 64)

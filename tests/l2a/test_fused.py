@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from grad_helpers import loss_outputs_grads
 
 import l2a.layers
 from l2a.convert import convert_model
@@ -33,12 +34,7 @@ def _batch(vocab):
 def _run(model, ids, pos, fused, routed=True, dense=False):
     model.config.l2a_fused_elementwise = fused
     model.config.l2a_routed_projections = routed
-    model.zero_grad(set_to_none=True)
-    out = model(ids, position_ids=pos, labels=ids, l2a_dense=dense)
-    loss = out.loss + 0.1 * sum(p.mean() for p in out.router_probs)
-    loss.backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    return loss.detach(), out, grads
+    return loss_outputs_grads(model, ids, pos, dense)
 
 
 def _assert_same(a, b):

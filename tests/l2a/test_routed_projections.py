@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from grad_helpers import loss_outputs_grads
 
 from l2a.convert import convert_model
 
@@ -43,13 +44,7 @@ def _packed_batch(vocab, seed=0):
 
 def _run(model, ids, pos, routed, dense=False):
     model.config.l2a_routed_projections = routed
-    model.zero_grad(set_to_none=True)
-    out = model(ids, position_ids=pos, labels=ids, l2a_dense=dense)
-    # The router's straight-through gradient flows through the regulariser and the gate.
-    loss = out.loss + 0.1 * sum(p.mean() for p in out.router_probs)
-    loss.backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    return loss.detach(), out, grads
+    return loss_outputs_grads(model, ids, pos, dense)
 
 
 def _assert_same(a, b):
