@@ -188,10 +188,12 @@ class Trainer:
         self._build_engine()
         self._release_zero3_loading()  # only from_pretrained needed it; export must not see it
         self._build_controller()
-        from eval.training import build_training_eval  # None unless train.eval_every > 0
+        self.evaluator = None
+        if cfg.train.eval_every:  # the eval package (task generators) only when asked for
+            from eval.training import build_training_eval
 
-        self.evaluator = build_training_eval(cfg.train, self.module.lm, self.tokenizer,
-                                             self.dist.is_main, cfg.deepspeed.stage)
+            self.evaluator = build_training_eval(cfg.train, self.module.lm, self.tokenizer,
+                                                 self.dist.is_main, cfg.deepspeed.stage)
 
     # ------------------------------------------------------------------ construction
     def _deepspeed_gradient_divisor(self) -> int:
