@@ -9,27 +9,37 @@ within one haystack unit of it).
 
 Tasks (RULER's names in brackets):
 - ``niah_single`` (niah_single_2): one needle "One of the special magic numbers for <key>
-  is: <value>." at depth ``depth`` of the haystack;
+  is: <value>." at depth ``depth`` of the haystack; where one value is asked, the question
+  is in the singular ("A special magic number is hidden ...") as RULER rewrites it;
 - ``niah_multikey`` (niah_multikey_1): the queried needle at ``depth``, three distractor
   keys at seeded depths;
 - ``niah_multivalue``: four values for the queried key, the first at ``depth``;
 - ``niah_multiquery``: four keys asked at once, the first at ``depth``;
-- ``variable_tracking`` (vt): one chain of five assignments ``VAR X = 12345`` in the haystack;
+- ``variable_tracking`` (vt): one chain of five assignments ``VAR X = 12345`` in the haystack,
+  after RULER's one-shot example: a whole task of about 500 tokens (RULER's noise filler,
+  three-letter names, another value) with its answer;
 - ``common_words`` (cwe): a numbered word list, 10 words 30 times (6 below 4K tokens), the
-  others 3 times (once below 4K); name the 10 common ones;
+  others 3 times (once below 4K); name the 10 common ones. Before it, as in RULER, one worked
+  example: a list of 40 words (10 of them 10 times, the rest 3 times; below 4K: 20 words, 3
+  times and once) with its answer; its words are none of the real list's;
 - ``frequent_words`` (fwe): coded words drawn from a Zipf (alpha 2) distribution; name the
-  three most frequent (the most frequent "word" is the noise "...").
+  three most frequent (the most frequent "word" is the noise "..."). No example (RULER's
+  script has an ``--add_fewshot`` flag that it never reads).
+
+Examples are part of the prompt and so of its token budget; the prompt always ends with the
+real question's answer prefix.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import string
 from dataclasses import asdict, dataclass, field
 
 from eval.errors import EvalError
-from eval.haystack import Haystack
+from eval.haystack import NOISE, Haystack
 from train.data.synthetic import _distinct, _number, _pseudo_word, _word_key
 from train.data.textgen import seeded_random
 from train.data.tokenizer import TextEncoder
@@ -51,6 +61,16 @@ NIAH_TEMPLATE = (
 )
 NIAH_ANSWER_PREFIX = " The special magic numbers for {query} mentioned in the provided text are"
 NIAH_NEEDLE = "One of the special magic numbers for {key} is: {value}."
+
+
+def niah_question(template: str, singular: bool) -> str:
+    """RULER's rewrite of the template (and answer prefix) when a single value is asked."""
+    if not singular:
+        return template
+    for a, b in (("Some", "A"), ("are all", "is"), ("are", "is"), ("numbers", "number")):
+        template = template.replace(a, b)
+    return template
+
 VT_TEMPLATE = (
     "Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n"
     "{context}\nQuestion: Find all variables that are assigned the value {query} in the text above."
@@ -166,31 +186,54 @@ def _niah(task, rng, depth, budget, enc, units, what):
     depths = [depth] + [rng.random() for _ in needles[1:]]
     texts = [(d, NIAH_NEEDLE.format(key=k, value=v)) for d, (k, v) in zip(depths, needles)]
     query = queried[0] if len(queried) == 1 else ", ".join(queried[:-1]) + ", and " + queried[-1]
-    head, tail = _split_template(NIAH_TEMPLATE, query=query)
-    tail += NIAH_ANSWER_PREFIX.format(query=query)
+    singular = num_queries * num_values == 1
+    head, tail = _split_template(niah_question(NIAH_TEMPLATE, singular), query=query)
+    tail += niah_question(NIAH_ANSWER_PREFIX, singular).format(query=query)
     prompt, n = _fill(enc, units, budget, lambda us: head + _insert(us, texts) + tail, what)
     return prompt, n, [v for k in queried for v in values[k]]
 
 
-def _variable_tracking(rng, budget, enc, units, what, num_hops: int = 4):
-    names = _distinct(lambda r: "".join(r.choice(string.ascii_uppercase) for _ in range(5)), rng,
-                      num_hops + 1)
-    value = str(rng.randint(10_000, 99_999))
+# RULER builds variable tracking's one-shot example as a task of 500 tokens on its noise filler.
+VT_EXAMPLE_TOKENS = 500
+
+
+def _vt_names(rng, n: int, letters: int) -> list[str]:
+    return _distinct(lambda r: "".join(r.choice(string.ascii_uppercase) for _ in range(letters)),
+                     rng, n)
+
+
+def _vt_prompt(rng, names, value, budget, enc, units, what, before: str = ""):
     statements = [f"VAR {names[0]} = {value}."]
     statements += [f"VAR {names[i]} = VAR {names[i - 1]}." for i in range(1, len(names))]
     depths = sorted(rng.random() for _ in statements)  # in order: the chain must read forward
     texts = list(zip(depths, statements))
     head, tail = _split_template(VT_TEMPLATE, query=value)
     tail += VT_ANSWER_PREFIX.format(num_v=len(names), query=value)
-    prompt, n = _fill(enc, units, budget, lambda us: head + _insert(us, texts) + tail, what)
+    return _fill(enc, units, budget, lambda us: before + head + _insert(us, texts) + tail, what)
+
+
+def _variable_tracking(rng, budget, enc, units, what, num_hops: int = 4):
+    names = _vt_names(rng, num_hops + 1, 5)
+    value = str(rng.randint(10_000, 99_999))
+    # The one-shot example: three-letter names (never a real five-letter one), its own value.
+    ex_names, ex_value = _vt_names(rng, num_hops + 1, 3), value
+    while ex_value == value:
+        ex_value = str(rng.randint(10_000, 99_999))
+    ex_prompt, _ = _vt_prompt(rng, ex_names, ex_value, VT_EXAMPLE_TOKENS, enc,
+                              itertools.repeat(" " + NOISE), what)
+    example = ex_prompt + " " + " ".join(ex_names) + "\n"  # after "they are: ": two spaces, as RULER
+    prompt, n = _vt_prompt(rng, names, value, budget, enc, units, what, before=example)
     return prompt, n, names
 
 
-def _unique(make, rng, n: int) -> list[str]:
-    """n distinct draws in draw order (a set: the word pools reach tens of thousands)."""
+def _unique(make, rng, n: int, exclude=frozenset()) -> list[str]:
+    """n distinct draws in draw order, none in `exclude` (a set: the word pools reach tens of
+    thousands)."""
     seen: dict[str, None] = {}
     while len(seen) < n:
-        seen.setdefault(make(rng))
+        w = make(rng)
+        if w not in exclude:
+            seen.setdefault(w)
     return list(seen)
 
 
@@ -214,18 +257,37 @@ def _largest_fitting(build, budget: int, enc: TextEncoder, lo: int, hi: int, wha
     return best[1], best[2], best[0]
 
 
+def _cwe_word(rng) -> str:
+    return _pseudo_word(rng, 3)
+
+
+def _numbered(words: list[str]) -> str:
+    return " ".join(f"{i + 1}. {w}" for i, w in enumerate(words))
+
+
+def _cwe_prompt(common, rare, repeats: int, rare_repeats: int, order_seed: float) -> str:
+    words = common * repeats + rare * rare_repeats
+    random.Random(order_seed).shuffle(words)
+    head, tail = _split_template(CWE_TEMPLATE)
+    return head + _numbered(words) + tail + CWE_ANSWER_PREFIX
+
+
 def _common_words(rng, length, budget, enc, what, num_common: int = 10):
-    repeats, rare_repeats = (30, 3) if length >= 4096 else (6, 1)
-    pool = _unique(lambda r: _pseudo_word(r, 3), rng, num_common + budget // 2 + 1)
+    # RULER's (list, example) shapes: (repeats, rare repeats), (words, repeats, rare repeats).
+    (repeats, rare_repeats), (ex_words, ex_repeats, ex_rare_repeats) = (
+        ((30, 3), (40, 10, 3)) if length >= 4096 else ((6, 1), (20, 3, 1)))
+    pool = _unique(_cwe_word, rng, num_common + budget // 2 + 1)
     common, rare = pool[:num_common], pool[num_common:]
     order_seed = rng.random()
+    # The worked example (drawn after the list, so the list is the same with or without it):
+    # words the real list never uses, so an echo of the example's answer scores nothing.
+    ex = _unique(_cwe_word, rng, ex_words, exclude=set(pool))
+    ex_common = ex[:num_common]
+    example = (_cwe_prompt(ex_common, ex[num_common:], ex_repeats, ex_rare_repeats, rng.random())
+               + " " + _numbered(ex_common) + "\n")
 
     def build(n):
-        words = common * repeats + rare[:n] * rare_repeats
-        random.Random(order_seed).shuffle(words)
-        context = " ".join(f"{i + 1}. {w}" for i, w in enumerate(words))
-        head, tail = _split_template(CWE_TEMPLATE)
-        return head + context + tail + CWE_ANSWER_PREFIX, common
+        return example + _cwe_prompt(common, rare[:n], repeats, rare_repeats, order_seed), common
 
     prompt, tokens, _ = _largest_fitting(build, budget, enc, 0, len(rare), what)
     return prompt, tokens, common

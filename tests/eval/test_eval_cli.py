@@ -16,7 +16,8 @@ from eval.__main__ import run
 from eval.errors import EvalError
 
 ROOT = Path(__file__).resolve().parents[2]
-SMALL = {"tasks": ["niah_single", "variable_tracking"], "lengths": [512], "depths": [0.0, 1.0],
+# 1024: variable tracking's one-shot example alone takes about 500 tokens.
+SMALL = {"tasks": ["niah_single", "variable_tracking"], "lengths": [1024], "depths": [0.0, 1.0],
          "samples": 1, "max_new_tokens": 4,
          "perplexity": {"data": "generated", "rows": 1, "buckets": 4, "lengths": [256]}}
 
@@ -35,7 +36,7 @@ def test_run_writes_results_table_and_plots(model_dir, tmp_path, capsys):
     assert cells == {("niah_single", 0.0), ("niah_single", 1.0), ("niah_single", "all"),
                      ("variable_tracking", None)}
     for c in res["tasks"]:
-        assert c["length"] == 512 and c["samples"] >= 1 and 0.0 <= c["score"] <= 1.0
+        assert c["length"] == 1024 and c["samples"] >= 1 and 0.0 <= c["score"] <= 1.0
     assert [p["length"] for p in res["perplexity"]] == [256] and res["perplexity"][0]["tokens"] == 255
     assert len(res["perplexity_by_position"]) == 4
     assert len(res["routing"]["heldout"][0]["layer_sparsity"]) == 2
@@ -52,7 +53,7 @@ def test_run_writes_results_table_and_plots(model_dir, tmp_path, capsys):
     ({"eval": {**SMALL, "perplexity": {"lengths": [9000]}}}, ["eval.perplexity.lengths[0]: 9000 is above"]),
     ({"eval": {**SMALL, "lengths": [100]}}, ["niah_single at length 100: needs at least"]),
     ({"eval": {**SMALL, "haystack": "EMPTY"}}, ["eval.haystack: ", "holds no text"]),
-    ({"eval": {**SMALL, "haystack": "SHORT"}}, ["eval.haystack: ", "has 10 tokens, the longest length needs 512"]),
+    ({"eval": {**SMALL, "haystack": "SHORT"}}, ["eval.haystack: ", "has 10 tokens, the longest length needs 1024"]),
     ({"model": {"path": "NOTMODEL"}}, ["model.path: ", "is not a model"]),
     ({"model": {"path": "BADCKPT"}}, ["model.path: ", "incomplete checkpoint"]),
     ({"model": {"random": "nope"}}, ["model.random: no conf/model/nope.yaml"]),

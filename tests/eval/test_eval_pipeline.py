@@ -31,6 +31,17 @@ def test_oracle_scores_one_wrong_oracle_zero(tok):
     assert cells[("variable_tracking", 1024, None)]["score"] == 1.0
 
 
+def test_common_words_oracle_reads_the_list_not_the_example(tok):
+    """A model that counts the asked list scores 1; one that copies the worked example's
+    answer (also in the prompt) scores 0."""
+    cfg = _cfg(tasks=["common_words"], lengths=[2048], depths=[0.5], samples=2, max_new_tokens=120)
+    good = evaluate(Oracle(tok), tok, cfg, log=lambda s: None)
+    bad = evaluate(Oracle(tok, wrong=True), tok, cfg, log=lambda s: None)
+    assert [r["score"] for r in good["samples"]] == [1.0, 1.0]
+    assert [r["score"] for r in bad["samples"]] == [0.0, 0.0]
+    assert all(len(r["prediction"].split()) == 20 for r in bad["samples"])  # it did answer
+
+
 def test_random_model_scores_zero_and_reports_routing(tok):
     model = tiny_l2a()
     res = evaluate(model, tok, _cfg(tasks=["niah_single"], lengths=[512], depths=[0.5], samples=1,
