@@ -5,6 +5,8 @@ pruned (local-only layers).
     python -m bench.inference                       # Qwen3-8B shape, 32K/64K/128K, one GPU
     python -m bench.inference --lengths 131072 --decode-steps 16
     python -m bench.inference --tiny                # tiny shape on CPU: a smoke run
+    python -m bench.inference --lengths 131072 --decode-steps 4 --variants dense l2a \
+        --profile-prefill 131072                    # 128K prefill: both projection modes
 
 Models have random weights (bf16, built on the GPU directly). The L2A routers are biased
 to a stated routed fraction (``--routed``): each layer's routing threshold is set, in one
@@ -15,10 +17,22 @@ that fraction; the timed runs record the fraction actually routed. Batch 1, one 
   the query heads so that cuDNN takes it; flash, then memory-efficient as fallbacks),
   decoding with HF's default SDPA call (native GQA), and through
   FlashAttention-4 (``flash_attention_4``) where ``flash_attn.cute`` is installed.
-- l2a: the converted model (window ``--window``), Triton kernels for prefill; decoding
-  steps skip the global branch of layers that route nothing.
+- l2a: the converted model (window ``--window``), Triton kernels for prefill, the global
+  branch's q/o projections for every token; decoding steps skip the global branch of
+  layers that route nothing.
+- l2a_routed_proj: the same model with ``l2a_routed_projections`` on: in the prefill the
+  global branch's q_proj / QK-norm / RoPE / o_proj run for routed tokens only (k/v for
+  every token, they go in the cache). ``--projections`` picks which of these run;
+  ``routed_fused`` (``l2a_routed_proj_fused``) adds ``l2a_fused_elementwise`` (the
+  elementwise work around the branches torch.compile'd; its compilation falls in the
+  warm-up).
 - l2a_pruned: the same model with the global branch kept in half of the layers (the most
-  used ones on the calibration pass, ``l2a.prune``).
+  used ones on the calibration pass, ``l2a.prune``), in the last ``--projections`` mode.
+
+Every variant records the options it ran with (``options``). ``--profile-prefill LENGTH``
+adds, per variant, a ``torch.profiler`` run of one prefill of that length (after one
+unprofiled prefill, unless LENGTH was just timed): GPU kernel time per category and the
+25 longest kernels (``bench/prefill_profile.py``).
 
 All variants use caches of the same growing buffers (``l2a.cache``), so no variant pays a
 ``torch.cat`` of its whole cache per generated token. TTFT = one prefill forward of the
@@ -126,6 +140,10 @@ def calibrate_routers(model, fraction: float, length: int, device, seed: int = 0
     model(ids, use_cache=False, logits_to_keep=1)
 
 
+# --projections: the L2A variant each mode runs as.
+L2A_MODES = {"full": "l2a", "routed": "l2a_routed_proj", "routed_fused": "l2a_routed_proj_fused"}
+
+
 def _dense_cache(model):
     from l2a.cache import DenseCache
 
@@ -195,9 +213,11 @@ def measure(
     return result
 
 
-def run_variant(name: str, model, make_cache, lengths, args, device, context=None) -> dict:
+def run_variant(
+    name: str, model, make_cache, lengths, args, device, context=None, options=None
+) -> dict:
     """Warm-up (kernel compilation) on a short prompt, then every length; an OOM is recorded
-    and the next length still runs."""
+    and the next length still runs. Then the prefill profile if ``--profile-prefill``."""
     print(f"[{name}] warm-up", flush=True)
     measure(model, make_cache, min(args.calib_len, min(lengths)), 2, device, context)
     rows = []
@@ -212,7 +232,21 @@ def run_variant(name: str, model, make_cache, lengths, args, device, context=Non
             _free(device)
         print(f"[{name}] {json.dumps(row)}", flush=True)
         rows.append(row)
-    return {"runs": rows}
+    result = {"options": options or {}, "runs": rows}
+    if args.profile_prefill:
+        from bench.prefill_profile import profile_prefill
+
+        length = args.profile_prefill
+        just_ran = bool(rows) and rows[-1]["length"] == length and "error" not in rows[-1]
+        try:
+            prof = profile_prefill(model, make_cache, length, device, context, warm=not just_ran)
+        except torch.cuda.OutOfMemoryError as err:
+            prof = {"length": length, "error": f"out of memory: {str(err).splitlines()[0]}"}
+        _free(device)
+        print(f"[{name}] profile {json.dumps({k: prof.get(k) for k in ('kernel_ms', 'error')})}",
+              flush=True)
+        result["profile"] = prof
+    return result
 
 
 class _nullcontext:
@@ -295,7 +329,7 @@ def _summary(results: dict, longest: int) -> dict:
     if dense:
         fastest = min(dense, key=lambda v: at(v, "ttft_s"))
         out["fastest_dense"] = fastest
-        for v in ("l2a", "l2a_pruned"):
+        for v in (v for v in results if v.startswith("l2a")):
             if at(v, "ttft_s"):
                 out[f"{v}_prefill_speedup_vs_fastest_dense"] = round(
                     at(fastest, "ttft_s") / at(v, "ttft_s"), 3
@@ -324,6 +358,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calib-len", type=int, default=4096)
     ap.add_argument("--variants", nargs="+", default=["dense", "l2a", "l2a_pruned"])
     ap.add_argument(
+        "--projections",
+        nargs="+",
+        default=["full", "routed"],
+        help="L2A variants to time: full (global q/o projections for every token), routed "
+        "(for routed tokens only, l2a_routed_projections), routed_fused (routed and "
+        "l2a_fused_elementwise)",
+    )
+    ap.add_argument(
+        "--profile-prefill",
+        type=int,
+        default=None,
+        metavar="LENGTH",
+        help="per variant, profile one prefill of LENGTH tokens (kernel time by category)",
+    )
+    ap.add_argument(
         "--tiny", action="store_true", help="tiny shape, short lengths (a CPU smoke run)"
     )
     ap.add_argument("--out", type=Path, default=None)
@@ -338,6 +387,21 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         print(f"bench.inference: error: --variants: unknown {bad}", file=sys.stderr)
         return 2
+    bad = sorted(set(args.projections) - set(L2A_MODES))
+    if bad:
+        print(
+            f"bench.inference: error: --projections: expected some of {list(L2A_MODES)}, "
+            f"got {bad}",
+            file=sys.stderr,
+        )
+        return 2
+    if args.profile_prefill is not None and args.profile_prefill < 1:
+        print(
+            "bench.inference: error: --profile-prefill: must be a positive token count, "
+            f"got {args.profile_prefill}",
+            file=sys.stderr,
+        )
+        return 2
     import l2a  # noqa: F401
     from l2a.convert import convert_model
     from l2a.prune import measure_global_usage, prune_global_branches, select_global_layers
@@ -345,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
     shape = dict(TINY) if args.tiny else qwen3_8b_shape()
     if args.tiny:
         args.lengths = [n for n in args.lengths if n <= 512] or [96, 160]
+        if args.profile_prefill:
+            args.profile_prefill = min(args.profile_prefill, 512)
         args.window, args.calib_len = min(args.window, 32), min(args.calib_len, 64)
         args.decode_steps = min(args.decode_steps, 4)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
@@ -363,6 +429,12 @@ def main(argv: list[str] | None = None) -> int:
         "routed_target": args.routed,
         "calibration_tokens": args.calib_len,
         "pruned_layers": None,
+        "options": {
+            "variants": args.variants,
+            "projections": args.projections,
+            "decode_steps": args.decode_steps,
+            "profile_prefill": args.profile_prefill,
+        },
         "results": results,
     }
     if args.out is not None:
@@ -382,13 +454,15 @@ def main(argv: list[str] | None = None) -> int:
     if "dense" in args.variants:
         ctx = _sdpa_cudnn_first if device.type == "cuda" else None
         results["dense_sdpa"] = run_variant(
-            "dense_sdpa", base, _dense_cache, args.lengths, args, device, ctx
+            "dense_sdpa", base, _dense_cache, args.lengths, args, device, ctx,
+            {"attention": "sdpa, cuDNN first" if ctx else "sdpa"},
         )
         if _fa4_available() and device.type == "cuda":
             try:
                 base.set_attn_implementation("flash_attention_4")
                 results["dense_fa4"] = run_variant(
-                    "dense_fa4", base, _dense_cache, args.lengths, args, device
+                    "dense_fa4", base, _dense_cache, args.lengths, args, device, None,
+                    {"attention": "flash_attention_4"},
                 )
             except (ImportError, ValueError, RuntimeError) as err:
                 results["dense_fa4"] = {"error": str(err).splitlines()[0]}
@@ -400,9 +474,24 @@ def main(argv: list[str] | None = None) -> int:
         del base
         _free(device)
         calibrate_routers(model, args.routed, args.calib_len, device)
+
+        def l2a_options(mode: str) -> dict:
+            model.config.l2a_routed_projections = mode != "full"
+            model.config.l2a_fused_elementwise = mode == "routed_fused"
+            return {
+                "routed_projections": model.config.l2a_routed_projections,
+                "fused_elementwise": model.config.l2a_fused_elementwise,
+                "attn_backend": model.config.l2a_attn_backend,
+            }
+
         if "l2a" in args.variants:
-            results["l2a"] = run_variant("l2a", model, _l2a_cache, args.lengths, args, device)
-            write()
+            for mode in args.projections:
+                name = L2A_MODES[mode]
+                opts = l2a_options(mode)
+                results[name] = run_variant(
+                    name, model, _l2a_cache, args.lengths, args, device, None, opts
+                )
+                write()
         if "l2a_pruned" in args.variants:
             gen = torch.Generator().manual_seed(1)
             calib = [
@@ -416,8 +505,10 @@ def main(argv: list[str] | None = None) -> int:
             keep = select_global_layers(usage, sorted(usage), keep_fraction=0.5)
             prune_global_branches(model, keep)
             pruned_layers = sorted(set(usage) - set(keep))
+            # In the last --projections mode (routed projections by default).
+            opts = l2a_options(args.projections[-1])
             results["l2a_pruned"] = run_variant(
-                "l2a_pruned", model, _l2a_cache, args.lengths, args, device
+                "l2a_pruned", model, _l2a_cache, args.lengths, args, device, None, opts
             )
     report["pruned_layers"] = pruned_layers
     write()

@@ -25,6 +25,7 @@ from transformers.models.qwen3.modeling_qwen3 import (
 )
 
 from kernels import sliding_window_attention, token_sparse_attention
+from kernels.decode import DECODE_MAX_QUERIES
 from kernels.token_sparse.compact import routed_query_attention, routed_slots
 
 from .cache import cache_slots
@@ -69,10 +70,11 @@ class AttentionContext:
     cache: Any | None = None
     backend: str = "auto"
     # Global branch: project queries and output for routed tokens only, in steps without
-    # the dense path and without a cache (config ``l2a_routed_projections``).
+    # the dense path: training, uncached forwards and prefills (also chunks onto a cache)
+    # longer than a decoding step (config ``l2a_routed_projections``).
     routed_projections: bool = False
     # The elementwise work around the branches in torch.compile'd regions (l2a/fused.py;
-    # config ``l2a_fused_elementwise``; training / uncached forwards only).
+    # config ``l2a_fused_elementwise``; training, uncached forwards and prefills).
     fused: bool = False
 
     def doc_ids_for(self, num_keys: int) -> torch.Tensor | None:
@@ -176,10 +178,12 @@ class L2ABranchAttention(nn.Module):
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
         ctx: AttentionContext,
         route: torch.Tensor,
+        cache_slot: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The token-sparse branch with queries and output projected for routed tokens only
-        (keys and values for every token). Returns ``(a, slots, valid)``: ``a (B, R, hidden)``
-        is ``o_proj`` *without its bias* of the routed rows listed by ``slots``/``valid``
+        (keys and values for every token, into the cache at ``cache_slot`` when there is
+        one). Returns ``(a, slots, valid)``: ``a (B, R, hidden)`` is ``o_proj`` *without
+        its bias* of the routed rows listed by ``slots``/``valid``
         (``kernels.token_sparse.compact.routed_slots``); padding rows are zero."""
         bsz, seq, hidden = x.shape
         k = self.k_proj(x).view(bsz, seq, -1, self.head_dim)
@@ -192,8 +196,12 @@ class L2ABranchAttention(nn.Module):
         rows = slots[:, :, None].expand(bsz, R, cos.shape[-1])
         k = self._norm_rope(k, self.k_norm, cos, sin, ctx.fused)
         q = self._norm_rope(q, self.q_norm, cos.gather(1, rows), sin.gather(1, rows), ctx.fused)
+        if ctx.cache is not None:
+            # The queries are the last `seq` of the cached keys (slots index the queries).
+            k, v = ctx.cache.update(k, v, cache_slot)
         o = routed_query_attention(
-            q, k, v, route, ctx.doc_ids, self.scaling, backend=ctx.backend, slots=(slots, valid)
+            q, k, v, route, ctx.doc_ids_for(k.shape[2]), self.scaling, backend=ctx.backend,
+            slots=(slots, valid),
         )
         o = o.transpose(1, 2).reshape(bsz, R, self.num_heads * self.head_dim)
         return F.linear(o, self.o_proj.weight), slots, valid
@@ -251,17 +259,22 @@ class L2AAttention(nn.Module):
             hidden = hidden + local
             g = self.global_norm(hidden)
             p, d = self.route(g)
-        if ctx.cache is not None and not dense and not bool(d.any()):
+        step = ctx.cache is not None and hidden.shape[1] <= DECODE_MAX_QUERIES
+        if step and not dense and not bool(d.any()):
             # Generation: no token of this call is routed, so the global branch adds nothing;
-            # only its keys and values are computed, for the cache.
+            # only its keys and values are computed, for the cache. (A decoding step only:
+            # a prefill practically always routes some token, and the check is a host sync.)
             self.global_attn.cache_keys(g, position_embeddings, ctx, self.global_slot)
             return hidden, p, d
         epilogue = compiled if ctx.fused else (lambda fn: fn)
-        if ctx.routed_projections and not dense and ctx.cache is None:
+        if ctx.routed_projections and not dense and not step:
             # Routed rows only: unrouted rows of the attention output are zero, so their
             # branch output is o_proj's bias (gated by d = 0 forward, and giving p the same
-            # gradient, bias . dL/dhidden, as the full path).
-            a, slots, valid = self.global_attn.forward_routed(g, position_embeddings, ctx, d)
+            # gradient, bias . dL/dhidden, as the full path). Decoding steps keep the full
+            # path: a few rows, and the folded decoding attention (kernels/decode.py).
+            a, slots, valid = self.global_attn.forward_routed(
+                g, position_embeddings, ctx, d, self.global_slot
+            )
             bias = self.global_attn.o_proj.bias
             return epilogue(gated_scatter_add)(hidden, a, d, p, slots, valid, bias), p, d
         # Stochastic dense path: the global branch runs for every token and is still gated

@@ -16,6 +16,7 @@ from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
+from kernels.decode import DECODE_MAX_QUERIES
 from kernels.utils import doc_ids_from_position_ids
 
 from .cache import L2ACache
@@ -105,7 +106,9 @@ class _L2AModelBase(L2APreTrainedModel):
             backend=self.config.l2a_attn_backend,
             cache=past_key_values,
             routed_projections=getattr(self.config, "l2a_routed_projections", False),
-            fused=bool(getattr(self.config, "l2a_fused_elementwise", False)) and past_key_values is None,
+            # With a cache: prefills only (a decoding step's few rows gain nothing from it).
+            fused=bool(getattr(self.config, "l2a_fused_elementwise", False))
+            and (past_key_values is None or seq > DECODE_MAX_QUERIES),
         )
         ctx.doc_ids = key_doc_ids(attention_mask, position_ids, doc_ids, past, seq)
 

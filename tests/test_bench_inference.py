@@ -12,16 +12,20 @@ def test_tiny_run_writes_every_variant(tmp_path):
     out = tmp_path / "inference.json"
     assert main(["--tiny", "--lengths", "48", "--decode-steps", "2", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
-    assert set(report["results"]) == {"dense_sdpa", "l2a", "l2a_pruned"}
+    assert set(report["results"]) == {"dense_sdpa", "l2a", "l2a_routed_proj", "l2a_pruned"}
     layers, window = TINY["num_hidden_layers"], report["window"]
     per_token = 2 * TINY["num_key_value_heads"] * TINY["head_dim"] * 4  # k and v, fp32
     kv = {v: r["runs"][0]["kv_bytes_after_prefill"] for v, r in report["results"].items()}
     assert kv["dense_sdpa"] == layers * 48 * per_token
     assert kv["l2a"] == layers * (48 + min(48, window - 1)) * per_token
+    assert kv["l2a_routed_proj"] == kv["l2a"]
     kept = layers - len(report["pruned_layers"])
     assert len(report["pruned_layers"]) == layers // 2
     assert kv["l2a_pruned"] == (kept * 48 + layers * min(48, window - 1)) * per_token
-    for variant in ("l2a", "l2a_pruned"):
+    options = {v: r["options"].get("routed_projections") for v, r in report["results"].items()}
+    assert options == {"dense_sdpa": None, "l2a": False, "l2a_routed_proj": True, "l2a_pruned": True}
+    assert report["options"]["projections"] == ["full", "routed"]
+    for variant in ("l2a", "l2a_routed_proj", "l2a_pruned"):
         run = report["results"][variant]["runs"][0]
         assert run["ttft_s"] > 0 and run["decode_tokens_per_s"] > 0
         assert 0.0 < run["routed_fraction_prefill"] < 1.0
@@ -33,4 +37,69 @@ def test_tiny_run_writes_every_variant(tmp_path):
 def test_bad_arguments_exit_2(tmp_path, capsys):
     assert main(["--tiny", "--routed", "1.5", "--out", str(tmp_path / "x.json")]) == 2
     assert "--routed" in capsys.readouterr().err
+    assert main(["--tiny", "--projections", "sparse", "--out", str(tmp_path / "x.json")]) == 2
+    assert "--projections" in capsys.readouterr().err
+    assert main(["--tiny", "--profile-prefill", "0", "--out", str(tmp_path / "x.json")]) == 2
+    assert "--profile-prefill" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+
+
+def test_projection_modes_reach_the_model(tmp_path, monkeypatch):
+    """--projections routed runs the routed-only global branch in the prefill, full never."""
+    from l2a.layers import L2ABranchAttention
+
+    calls = []
+    original = L2ABranchAttention.forward_routed
+
+    def counting(self, *args, **kwargs):
+        calls.append(args[0].shape[1])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(L2ABranchAttention, "forward_routed", counting)
+    common = ["--tiny", "--lengths", "48", "--decode-steps", "1", "--variants", "l2a"]
+    assert main([*common, "--projections", "full", "--out", str(tmp_path / "a.json")]) == 0
+    assert calls == []
+    assert main([*common, "--projections", "routed", "--out", str(tmp_path / "b.json")]) == 0
+    assert 48 in calls  # the 48-token prefill (not only the short warm-up)
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert set(report["results"]) == {"l2a_routed_proj"}
+
+
+def test_profile_prefill_records_kernel_time_by_category(tmp_path):
+    from bench.prefill_profile import CATEGORIES
+
+    out = tmp_path / "p.json"
+    args = ["--tiny", "--lengths", "48", "--decode-steps", "1", "--variants", "l2a",
+            "--projections", "routed", "--profile-prefill", "64", "--out", str(out)]
+    assert main(args) == 0
+    report = json.loads(out.read_text())
+    assert report["options"]["profile_prefill"] == 64
+    prof = report["results"]["l2a_routed_proj"]["profile"]
+    assert prof["length"] == 64 and set(prof["kernel_ms"]) == set(CATEGORIES)
+    assert abs(sum(prof["kernel_ms"].values()) - prof["kernel_ms_total"]) < 0.01
+    assert prof["kernel_ms"]["matmul"] > 0  # the projections and the MLP are matmuls
+    top = [k["ms"] for k in prof["top_kernels"]]
+    assert 0 < len(top) <= 25 and top == sorted(top, reverse=True)
+
+
+def test_kernel_categories_of_real_kernel_names():
+    """Names as the CUDA profiler reports them (cuBLAS, cuDNN, PyTorch, our Triton kernels)."""
+    from bench.prefill_profile import kernel_category
+
+    names = {
+        "nvjet_hsh_256x128_64x4_1x2_h_bz_coopA_NTN": "matmul",
+        "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x256x64_warpgroupsize2x1x1": "matmul",
+        "cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7_64x128x128_4x1x1": "attention",
+        "attn_fwd_kernel": "attention",
+        "kernel_cutlass_kernel_flash_attncuteflash_fwd_sm90FlashAttentionForwardSm90": "attention",
+        "void at::native::elementwise_kernel<128, 4, at::native::gpu_kernel_impl_nocast<"
+        "at::native::direct_copy_kernel_cuda(at::TensorIteratorBase&)": "copy_index",
+        "void at::native::_scatter_gather_elementwise_kernel<128, 4>": "copy_index",
+        "void at::native::(anonymous namespace)::CatArrayBatchedCopy<...>": "copy_index",
+        "void at::native::vectorized_elementwise_kernel<4, at::native::BinaryFunctor<"
+        "c10::BFloat16, c10::BFloat16, c10::BFloat16, at::native::binary_internal::MulFunctor<float> > >": "elementwise",
+        "void at::native::reduce_kernel<512, 1, at::native::ReduceOp<float, at::native::MeanOps<float, float>>>": "elementwise",
+        "void at::cuda::cub::DeviceScanKernel<...>": "other",
+    }
+    for name, want in names.items():
+        assert kernel_category(name) == want, name

@@ -5,6 +5,10 @@ instead of T), so the op takes `q_c (B, Hq, R, D)`: row `c` of batch row `b` is 
 `c`-th routed position of `b` in position order; rows at or past `count[b]` are padding
 (R is the largest routed count of the batch). Keys and values stay `(B, Hkv, T, D)`.
 
+The queries may be the last `Tq` of `Tk` key positions (a prefill chunk against a KV
+cache): `route (B, Tq)` and `slots` are then over the queries, forward only on the Triton
+path, as for `token_sparse_attention`.
+
 `routed_slots` gives the gather index of those rows. Backends: `torch` (the reference:
 scattered back to positions and run through the token-sparse reference), `triton` (the
 same scatter around our kernels, which compact the queries themselves), `flex` / `fa4`
@@ -53,7 +57,7 @@ def routed_query_attention_naive(q_c, k, v, route, doc_ids=None, scale=None) -> 
     from .naive import token_sparse_attention_naive
 
     slots, _ = routed_slots(route)
-    full = _scatter_rows(q_c, slots, k.shape[2])
+    full = _scatter_rows(q_c, slots, route.shape[1])
     return _gather_rows(token_sparse_attention_naive(full, k, v, route, doc_ids, scale), slots)
 
 
@@ -80,8 +84,9 @@ def routed_query_attention(
     Args:
         q_c: `(B, Hq, R, D)`, rows in the order of `routed_slots(route)`; R = the largest
             routed count of a row (rows past a row's count are padding).
-        k, v: `(B, Hkv, T, D)`, GQA as in `token_sparse_attention`.
-        route: `(B, T)` bool, which positions the rows of `q_c` are.
+        k, v: `(B, Hkv, Tk, D)`, GQA as in `token_sparse_attention`.
+        route: `(B, Tq)` bool, `Tq <= Tk`, which positions the rows of `q_c` are; the
+            queries are the last `Tq` key positions (`Tq == Tk` without a KV cache).
         doc_ids, scale: as in `token_sparse_attention`.
         backend: `auto`, `torch`, `triton`, `flex` or `fa4` (kernels/backends.py).
         slots: `routed_slots(route)` where the caller has it (saves a host sync).
@@ -96,11 +101,12 @@ def routed_query_attention(
         raise ValueError(f"q: expected shape (B, Hq, R, D), got {getattr(q_c, 'shape', q_c)}")
     B, Hq, _, D = q_c.shape
     T = k.shape[2] if isinstance(k, torch.Tensor) and k.dim() == 4 else 0
-    full_meta = torch.empty(B, Hq, T, D, dtype=q_c.dtype, device="meta")
+    Tq = route.shape[1] if isinstance(route, torch.Tensor) and route.dim() == 2 else T
+    full_meta = torch.empty(B, Hq, Tq, D, dtype=q_c.dtype, device="meta")
     check_qkv(full_meta, k.to("meta"), v.to("meta"))
     if q_c.device != k.device or q_c.device != v.device:
         raise ValueError(f"q, k, v must be on one device, got {q_c.device}, {k.device}, {v.device}")
-    check_route(route, B, T, q_c.device)
+    check_route(route, B, Tq, q_c.device)
     check_doc_ids(doc_ids, B, T, q_c.device)
     scale = default_scale(scale, D)
     backend = resolve(backend, q_c, token_sparse=True)
@@ -109,12 +115,14 @@ def routed_query_attention(
     if backend in ("flex", "fa4"):
         from .flex import routed_query_attention_flex
 
+        # Key positions of the rows (the queries are the last Tq keys).
+        key_slots = slots + (T - Tq) if Tq < T else slots
         return routed_query_attention_flex(
-            q_c, k, v, slots, valid, doc_ids, scale, flash=backend == "fa4"
+            q_c, k, v, key_slots, valid, doc_ids, scale, flash=backend == "fa4"
         )
     if backend == "torch":
         from .naive import token_sparse_attention_naive as positional
     else:
         from .triton_op import token_sparse_attention_triton as positional
-    full = _scatter_rows(q_c, slots, T)
+    full = _scatter_rows(q_c, slots, Tq)
     return _gather_rows(positional(full, k, v, route, doc_ids, scale), slots)

@@ -81,6 +81,26 @@ def test_token_sparse_suffix(backend, case):
         assert torch.all(o.transpose(1, 2)[~route] == 0)
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] > DECODE_MAX_QUERIES])
+def test_compacted_queries_suffix(backend, case):
+    """`routed_query_attention` with the routed queries of a chunk at the end of the keys
+    (a prefill chunk with routed-only projections): rows = the reference's routed rows."""
+    from kernels.token_sparse.compact import routed_query_attention, routed_slots
+
+    tq, tk, Hq, Hkv, D, n_docs = case
+    q, k, v, doc_ids, g = _inputs(tq, tk, Hq, Hkv, D, n_docs, seed=3 * tq + tk)
+    for kind in ("random", "all", "none"):
+        route = make_route(2, tq, kind, g)
+        slots, valid = routed_slots(route)
+        idx = slots[:, None, :, None].expand(2, Hq, slots.shape[1], D)
+        o_c = routed_query_attention(q.gather(2, idx), k, v, route, doc_ids, backend=backend)
+        ref = _reference(q, k, v, None, doc_ids, route).gather(2, idx)
+        ref = ref * valid[:, None, :, None]
+        assert o_c.shape == ref.shape
+        assert rel_err(o_c, ref, floor=1e-3) < 1e-5, (kind, rel_err(o_c, ref))
+
+
 def test_triton_suffix_has_no_backward():
     q, k, v, _, _ = _inputs(DECODE_MAX_QUERIES + 4, 50, 4, 2, 16, 1, seed=0)
     q.requires_grad_(True)
