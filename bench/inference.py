@@ -219,7 +219,12 @@ def run_variant(
     """Warm-up (kernel compilation) on a short prompt, then every length; an OOM is recorded
     and the next length still runs. Then the prefill profile if ``--profile-prefill``."""
     print(f"[{name}] warm-up", flush=True)
-    measure(model, make_cache, min(args.calib_len, min(lengths)), 2, device, context)
+    try:
+        measure(model, make_cache, min(args.calib_len, min(lengths)), 2, device, context)
+    except RuntimeError as err:  # e.g. a compile failure (fused variant): record, go on
+        print(f"[{name}] warm-up failed: {err}", flush=True)
+        _free(device)
+        return {"options": options or {}, "error": f"warm-up: {str(err).splitlines()[0]}"}
     rows = []
     for length in lengths:
         try:

@@ -103,3 +103,26 @@ def test_kernel_categories_of_real_kernel_names():
     }
     for name, want in names.items():
         assert kernel_category(name) == want, name
+
+
+def test_a_variant_that_fails_its_warm_up_is_recorded(tmp_path, monkeypatch):
+    """A variant whose warm-up raises (a compile failure of the fused variant, say) leaves
+    an error in the report; the others still run."""
+    import bench.inference as bench
+
+    real = bench.measure
+
+    def failing(model, *args, **kwargs):
+        if model.config.l2a_fused_elementwise:
+            raise RuntimeError("compile failed\nsecond line")
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "measure", failing)
+    out = tmp_path / "f.json"
+    args = ["--tiny", "--lengths", "48", "--decode-steps", "1", "--variants", "l2a",
+            "--projections", "routed_fused", "routed", "--out", str(out)]
+    assert main(args) == 0
+    results = json.loads(out.read_text())["results"]
+    assert results["l2a_routed_proj_fused"]["error"] == "warm-up: compile failed"
+    assert results["l2a_routed_proj_fused"]["options"]["fused_elementwise"] is True
+    assert results["l2a_routed_proj"]["runs"][0]["ttft_s"] > 0
