@@ -41,6 +41,10 @@ EVAL_EXTRA = ["eval.depths=[0.0,0.5,1.0]"]
 PRUNE_FRACTIONS = [0.25, 0.5]
 MAX_SHARD_BYTES = 12 << 20  # the 46 MiB base in 4 shards, each under the device's 16 MiB
 MAX_SHARDS = 8  # files a device call brings back
+# Under a deadline (bench.study_device): a training run needs at least MIN_TRAIN_S to be
+# worth starting, an evaluation or pruning MIN_STEP_S; a step stopped at the deadline gets
+# SIGTERM and is killed STOP_GRACE_S later (run_step's grace under a deadline).
+MIN_TRAIN_S, MIN_STEP_S, STOP_GRACE_S = 30.0, 10.0, 10.0
 # No progress bar, wandb or per-run plot (the device has no matplotlib; `report` plots).
 QUIET = ["train.progress_bar=false", "train.wandb.mode=disabled", "train.plot=false"]
 # --scale tiny: the same chain on CPU in about a minute (tiny model, 512-token rows).
@@ -81,25 +85,32 @@ def read_json(path: Path, default=None):
     return json.loads(path.read_text()) if path.exists() else default
 
 
+# The steps running now (several at once under bench.study_device): what a deadline kills.
+LIVE: set[subprocess.Popen] = set()
+
+
 def run_step(argv: list[str], log: Path, max_seconds: float | None = None,
-             env: dict | None = None) -> tuple[int, float]:
+             env: dict | None = None, grace: float = 120.0) -> tuple[int, float]:
     """Run one command with its output in `log`. Past `max_seconds` it gets SIGTERM (the
-    trainer then checkpoints and exits 75), then SIGKILL 120 s later. -> (exit code, wall s)."""
+    trainer then checkpoints and exits 75), then SIGKILL `grace` s later. -> (exit code, wall s)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     with open(log, "w") as out:
         child_env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
         proc = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
                                 env={**child_env, **(env or {})})
+        LIVE.add(proc)
         try:
             rc = proc.wait(timeout=max_seconds)
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGTERM)
             try:
-                rc = proc.wait(timeout=120)
+                rc = proc.wait(timeout=grace)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 rc = proc.wait()
+        finally:
+            LIVE.discard(proc)
     return rc, time.time() - t0
 
 
@@ -247,6 +258,15 @@ class Study:
         self.archives = Path(args.data_archives).resolve() if args.data_archives else None
         self.env = {"L2A_STUDY_BASE": str(self.base_dir), "WANDB_MODE": "disabled",
                     "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+        # Set by bench.study_device (not on the command line): the data unpacked once before
+        # concurrent runs, one GPU per Study, extra training overrides (train.max_steps=...),
+        # and a wall-clock deadline (epoch s) by which every step has ended; a training run
+        # stops `reserve_s` before it, leaving that time to its evaluation and pruning.
+        self.unpacked = getattr(args, "data_unpacked", False)
+        self.env.update(getattr(args, "env", None) or {})
+        self.train_overrides = list(getattr(args, "train_overrides", None) or [])
+        self.deadline = getattr(args, "deadline", None)
+        self.reserve_s = getattr(args, "reserve_s", 0.0)
 
     def extra(self, step: str) -> list[str]:
         if self.scale == "tiny":
@@ -341,8 +361,13 @@ class Study:
     def train_module(self, seq_len: int) -> str:
         if self.archives is None:
             return "train"
-        self.unpack_data(seq_len)
+        if not self.unpacked:
+            self.unpack_data(seq_len)
         return "bench.study_train"
+
+    def time_left(self, reserve: float = 0.0) -> float | None:
+        """Seconds until the deadline less `reserve` (None: no deadline)."""
+        return None if self.deadline is None else self.deadline - reserve - time.time()
 
     def prepare(self, lengths: list[str | None]) -> None:
         for length in lengths:
@@ -360,12 +385,20 @@ class Study:
     def _train(self, name: str, overrides: list[str], seq_len: int) -> dict:
         run_dir = self.runs / name
         log = self.runs / "logs" / f"{name}.log"
-        argv = [sys.executable, "-m", self.train_module(seq_len), *overrides, *QUIET,
-                f"hydra.run.dir={run_dir}"]
-        rc, wall = self.runner(argv, log, self.max_seconds, self.env)
+        argv = [sys.executable, "-m", self.train_module(seq_len), *overrides,
+                *self.train_overrides, *QUIET, f"hydra.run.dir={run_dir}"]
+        cap = self.max_seconds
+        left = self.time_left(self.reserve_s)
+        if left is not None:
+            if left < MIN_TRAIN_S:
+                raise StudyError(f"{name}: not started, {max(left, 0):.0f} s left before the "
+                                 "deadline less the reserve for evaluation")
+            cap = left if cap is None else min(cap, left)
+        rc, wall = self.runner(argv, log, cap, self.env)
         if rc == 75:  # stopped at --max-minutes: export what the last checkpoint holds
             rc2, _ = self.runner([sys.executable, "-m", "train.export", str(run_dir),
-                               str(run_dir / "export")], log.with_suffix(".export.log"))
+                                  str(run_dir / "export")], log.with_suffix(".export.log"),
+                                 None, self.env)
             if rc2 != 0:
                 raise StudyError(f"{name}: export after the time cap failed ({log})")
         elif rc != 0:
@@ -380,6 +413,7 @@ class Study:
             "run_dir": str(run_dir), "completed": rc == 0, "wall_s": round(wall, 1),
             "steps": last.get("step", 0), "tokens": last.get("tokens", 0),
             "gpu_time_s": round(train_s * world, 1), "final_lm_loss": last.get("lm_loss"),
+            "tokens_per_s": round(last.get("tokens", 0) / train_s) if train_s else None,
             "sparsity": last.get("sparsity", 0.0),
             "layer_sparsity": [last[k] for k in sorted(
                 (k for k in last if k.startswith("sparsity/layer_")),
@@ -435,11 +469,15 @@ class Study:
             return {"skipped": missing}
         log = out_dir.with_suffix(".log")
         heldout = self.heldout_dir(seq_len)
+        left = self.time_left(STOP_GRACE_S)
+        if left is not None and left < MIN_STEP_S:
+            return {"skipped": "no time left before the deadline"}
         rc, wall = self.runner(eval_command(model_dir, out_dir, self.eval_lengths(),
                                             heldout if heldout.exists() else None, seq_len,
-                                            seed, self.extra("eval")), log, None, self.env)
+                                            seed, self.extra("eval")), log, left, self.env)
         if rc != 0:
-            return {"failed": f"exit {rc}: {_tail(log)}", "log": str(log)}
+            why = " (stopped at the deadline)" if left is not None and wall >= left else ""
+            return {"failed": f"exit {rc}{why}: {_tail(log)}", "log": str(log)}
         result = parse_eval(out_dir)
         result["kv_bytes"] = kv_bytes(model_dir, self.eval_lengths())
         return {**result, "wall_s": round(wall, 1)}
@@ -465,9 +503,13 @@ class Study:
                     continue
                 out = run_dir / f"pruned-{fraction}"
                 log = out.with_suffix(".log")
+                left = self.time_left(STOP_GRACE_S)
+                if left is not None and left < MIN_STEP_S:
+                    rec["evals"][str(fraction)] = {"skipped": "no time left before the deadline"}
+                    continue
                 rc, _ = self.runner(prune_command(Path(rec["train"]["export_dir"]), out, fraction,
                                                   self.heldout_dir(self.seq_len_of(rec)),
-                                                  rec["train_length"]), log, None, self.env)
+                                                  rec["train_length"]), log, left, self.env)
                 if rc != 0:
                     rec["evals"][str(fraction)] = {"failed": f"prune exit {rc}: {_tail(log)}"}
                     continue

@@ -1,0 +1,177 @@
+"""bench.study_device, the study's device call, without training anything: how runs are
+spread over GPUs and slots, the deadline (runs not started, steps skipped, the call still
+ends with its tar), the training overrides and time cap a run gets, and what the tar holds."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from bench import study, study_device
+
+
+def test_plan_spreads_runs_over_gpus_and_slots():
+    arms = ["dense", "l2a", "l2a_s08", "l2a_s09"]
+    slots = study_device.plan(arms, ["16k"], [0, 1], ["0", "1"], per_gpu=4)
+    assert len(slots) == 8 and all(len(q) == 1 for _, q in slots)  # all 8 at once
+    runs = [r for _, q in slots for r in q]
+    assert sorted(runs) == sorted((a, "16k", s) for a in arms for s in (0, 1))  # each once
+    for gpu in ("0", "1"):
+        assert sum(len(q) for g, q in slots if g == gpu) == 4
+    # Fewer slots than runs: queues of two per slot, still four runs per GPU.
+    slots = study_device.plan(arms, ["16k"], [0, 1], ["0", "1"], per_gpu=2)
+    assert [len(q) for _, q in slots] == [2, 2, 2, 2]
+    assert sorted(g for g, _ in slots) == ["0", "0", "1", "1"]
+    # CPU: no GPU named, `per_gpu` slots.
+    slots = study_device.plan(arms[:2], ["16k"], [0], [], per_gpu=2)
+    assert [(g, len(q)) for g, q in slots] == [(None, 1), (None, 1)]
+
+
+def test_gpu_list_keeps_the_parents_device_names(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")  # a child given "0" would use GPU 0
+    assert study_device.gpu_list(None) == ["1"]
+    assert study_device.gpu_list("0,1") == ["0", "1"]
+
+
+def _fake_train_runner(calls):
+    """Stands in for `python -m bench.study_train`: records the call, writes 2 steps of
+    metrics (1,000 tokens each, 0.5 s each) and exits 0."""
+    def runner(argv, log, max_seconds=None, env=None):
+        calls.append((argv, max_seconds, env))
+        run_dir = Path(next(a for a in argv if a.startswith("hydra.run.dir=")).split("=", 1)[1])
+        run_dir.mkdir(parents=True)
+        rows = [{"step": i, "tokens": 1000 * i, "step_time_s": 0.5, "lm_loss": 2.0 / i}
+                for i in (1, 2)]
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("ok\n")
+        return 0, 1.0
+    return runner
+
+
+def _args(tmp_path, **over):
+    base = dict(scale="tiny", runs=str(tmp_path / "runs"), results=str(tmp_path / "results"),
+                base_dir=str(tmp_path / "base"), max_minutes=None,
+                data_archives=str(tmp_path / "archives"), data_unpacked=True)
+    return argparse.Namespace(**{**base, **over})
+
+
+def test_run_gets_the_step_count_its_gpu_and_a_cap_before_the_deadline(tmp_path):
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "config.json").write_text("{}")
+    calls = []
+    deadline = time.time() + 600
+    s = study.Study(_args(tmp_path, deadline=deadline, reserve_s=180, max_minutes=20,
+                          train_overrides=["train.max_steps=7"],
+                          env={"CUDA_VISIBLE_DEVICES": "1"}), runner=_fake_train_runner(calls))
+    s.extend(["l2a_s08"], ["16k"], [1])
+    [(argv, cap, env)] = calls
+    assert argv[1:3] == ["-m", "bench.study_train"]  # unpacked already: no archive needed
+    steps = [a for a in argv if a.startswith("train.max_steps=")]
+    assert steps[-1] == "train.max_steps=7"  # the last one wins over --scale tiny's 3
+    assert 600 - 180 - 5 < cap <= 600 - 180  # deadline less the reserve, not --max-minutes
+    assert env["CUDA_VISIBLE_DEVICES"] == "1"
+    rec = json.loads(s.run_path("l2a_s08", "16k", 1).read_text())["train"]
+    assert rec["steps"] == 2 and rec["tokens_per_s"] == 2000  # 2,000 tokens in 1 s of steps
+
+
+def test_past_the_deadline_runs_are_not_started_and_the_tar_is_written(tmp_path, capsys,
+                                                                       monkeypatch):
+    monkeypatch.setenv("L2A_DATA_DIR", str(tmp_path / "unpacked"))
+    # An archive with one data set and a base whose bundle holds the pretraining record.
+    (tmp_path / "data" / "prepared" / "study_tiny-512").mkdir(parents=True)
+    (tmp_path / "data" / "prepared" / "study_tiny-512" / "meta.json").write_text("{}")
+    (tmp_path / "archives").mkdir()
+    with tarfile.open(tmp_path / "archives" / "study-512.tar.xz", "w:xz") as tar:
+        tar.add(tmp_path / "data" / "prepared", arcname="prepared")
+    base = tmp_path / "base"
+    base.mkdir()
+    (tmp_path / "pre.json").write_text(json.dumps({"step": "pretrain", "seed": 0}))
+    (tmp_path / "config.json").write_text("{}")
+    with tarfile.open(base / study.BASE_BUNDLE, "w") as tar:
+        tar.add(tmp_path / "config.json", arcname="config.json")
+        tar.add(tmp_path / "pre.json", arcname="study-results/pretrain-seed0.json")
+    out = tmp_path / "out"
+    rc = study_device.main([
+        "arms", "--scale", "tiny", "--out", str(out), "--data-archives", str(tmp_path / "archives"),
+        "--base-dir", str(base), "--runs", str(tmp_path / "runs"), "--arms", "dense,l2a",
+        "--seeds", "0", "--per-gpu", "2", "--gpus", "", "--deadline-minutes", "1",
+        "--started-at", str(time.time() - 120)])
+    assert rc == 0
+    assert (tmp_path / "unpacked" / "prepared" / "study_tiny-512" / "meta.json").exists()
+    assert list(out.iterdir()) == [out / study_device.TAR_NAME]  # one file comes back
+    with tarfile.open(out / study_device.TAR_NAME) as tar:
+        names = sorted(tar.getnames())
+        summary = json.load(tar.extractfile("results/device-summary.json"))
+    assert names == ["results/device-summary.json", "results/pretrain-seed0.json"]
+    for name in ("dense-16k-seed0", "l2a-16k-seed0"):
+        run = summary["runs"][name]
+        assert run["completed"] is False and "not started" in run["error"]
+    printed = capsys.readouterr().out
+    assert "dense-16k-seed0: not trained: " in printed and "packed " in printed
+
+
+def test_pack_keeps_records_and_reports_not_weights(tmp_path, monkeypatch):
+    # The layout bench.study_device leaves: <runs>/<run>/ is one run's `bench.study --runs`,
+    # holding logs/<run>.log and the run directory <run>/ (its evaluations, pruned models).
+    runs, results = tmp_path / "runs", tmp_path / "runs" / "results"
+    r = "dense-16k-seed0/dense-16k-seed0"
+    files = {
+        "results/run-dense-16k-seed0.json": "{}",
+        "dense-16k-seed0/logs/dense-16k-seed0.log": "log",
+        f"{r}/metrics.jsonl": "{}",
+        f"{r}/summary.json": "{}",
+        f"{r}/eval.log": "log",
+        f"{r}/eval/results.json": "{}",
+        f"{r}/eval/.hydra/config.yaml": "{}",
+        f"{r}/pruned-0.5/prune_report.json": "{}",
+        f"{r}/pruned-0.5/config.json": "{}",  # a model: stays
+        f"{r}/export/config.json": "{}",
+        f"{r}/export/model.safetensors": "x" * 100,
+        f"{r}/checkpoints/step_00000003/state.json": "x",
+    }
+    for rel, text in files.items():
+        (runs / rel).parent.mkdir(parents=True, exist_ok=True)
+        (runs / rel).write_text(text)
+    tar = study_device.pack(tmp_path / "out" / "t.tar.gz", results, runs, tmp_path / "nobase")
+    with tarfile.open(tar) as t:
+        names = sorted(t.getnames())
+    assert names == sorted(["results/run-dense-16k-seed0.json",
+                            "runs/dense-16k-seed0/logs/dense-16k-seed0.log",
+                            *(f"runs/{r}/{f}" for f in ("metrics.jsonl", "summary.json", "eval.log",
+                                                         "eval/results.json",
+                                                         "pruned-0.5/prune_report.json"))])
+    monkeypatch.setattr(study_device, "MAX_TAR_BYTES", 1)  # too big: the logs stay behind
+    tar = study_device.pack(tmp_path / "out" / "t.tar.gz", results, runs, tmp_path / "nobase")
+    with tarfile.open(tar) as t:
+        assert not [n for n in t.getnames() if n.endswith(".log")]
+        assert "results/run-dense-16k-seed0.json" in t.getnames()
+
+
+def test_summary_line_per_run(tmp_path, capsys):
+    results = tmp_path / "results"
+    study.write_json(results / "run-l2a-16k-seed1.json", {
+        "train": {"steps": 120, "tokens": 15728640, "tokens_per_s": 91000,
+                  "final_lm_loss": 1.25, "sparsity": 0.81, "completed": False, "wall_s": 300},
+        "evals": {"0.0": {"retrieval": {"16384": 0.5, "2048": 1.0}},
+                  "0.5": {"skipped": "no time left before the deadline"}}})
+    s = study_device.summarize(results, ["l2a-16k-seed1", "dense-16k-seed1"],
+                               {"dense-16k-seed1": "dense-16k-seed1: exit 1: boom"})
+    study_device.print_summary(s)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        "l2a-16k-seed1: 120 steps (stopped), 91,000 tokens/s, lm loss 1.2500, sparsity 0.810"
+        " | pruned 0.0: 2048:1.00 16384:0.50 | pruned 0.5: no time left before the deadline",
+        "dense-16k-seed1: not trained: dense-16k-seed1: exit 1: boom"]
+
+
+@pytest.mark.parametrize("mode", ["pretrain", "arms"])
+def test_out_is_required(mode, monkeypatch, capsys):
+    monkeypatch.delenv("OUT", raising=False)
+    assert study_device.main([mode]) == 2
+    assert capsys.readouterr().err.strip() == "error: --out: give the output folder (or set OUT)"
