@@ -467,7 +467,7 @@ class Study:
         missing = tool_missing("eval")
         if missing:
             return {"skipped": missing}
-        log = out_dir.with_suffix(".log")
+        log = out_dir.with_name(out_dir.name + ".log")  # eval-pruned-0.25.log, not -0.log
         heldout = self.heldout_dir(seq_len)
         left = self.time_left(STOP_GRACE_S)
         if left is not None and left < MIN_STEP_S:
@@ -502,7 +502,7 @@ class Study:
                     rec["evals"][str(fraction)] = {"skipped": missing}
                     continue
                 out = run_dir / f"pruned-{fraction}"
-                log = out.with_suffix(".log")
+                log = out.with_name(out.name + ".log")
                 left = self.time_left(STOP_GRACE_S)
                 if left is not None and left < MIN_STEP_S:
                     rec["evals"][str(fraction)] = {"skipped": "no time left before the deadline"}

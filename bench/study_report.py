@@ -303,9 +303,9 @@ python -m bench.study prune       # python -m l2a.prune (1/4, 1/2 of the layers)
 python -m bench.study report      # this page and the plots, from bench/results/study/*.json
 ```
 
-`--arms`, `--lengths`, `--seeds` pick a part (one device call per arm and length, see
-"Sizing"); `--max-minutes` stops a run in time (checkpoint, export, recorded as not
-completed); `--scale tiny` runs the chain on CPU in about a minute
+`--arms`, `--lengths`, `--seeds` pick a part (the device calls below run the arms of one
+length at once, see "Sizing"); `--max-minutes` stops a run in time (checkpoint, export,
+recorded as not completed); `--scale tiny` runs the chain on CPU in about a minute
 (`tests/study/test_study_smoke.py`).
 
 ## On a GPU machine without the data pipeline's packages
@@ -323,20 +323,38 @@ trainer the loader `python -m train` would build (same batches, same losses: tes
 CPU with `datasets` blocked). The corpus is then the preparing machine's
 (`bench/results/study/corpus.json` records it).
 
+The device calls run `scripts/study_device.sh` (`python -m bench.study_device`, after
+installing the carried wheels into /tmp/site); its deadline counts from its start, and
+whatever it brings back is written by then.
+
 ```bash
-# pretraining, one H200 (carry: .whl, .cache/study/data/study-2048.tar.xz)
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site
-python3 -m bench.study pretrain --data-archives .cache/study/data --max-minutes 6 \\
-    --base-dir $OUT/base --results $OUT/results
-# one arm at 16K, seeds 0 and 1 on two H200s, each then evaluated and pruned (carry: .whl,
-# the 16384 archive, and the base brought back by the call above, as .cache/study/base)
-for s in 0 1; do (export CUDA_VISIBLE_DEVICES=$s; a="--arms l2a_s08 --lengths 16k --seeds $s"
-  python3 -m bench.study extend $a --data-archives .cache/study/data --max-minutes 6 \\
-      --runs runs/study-$s --results $OUT/results &&
-  python3 -m bench.study eval $a --results $OUT/results &&
-  python3 -m bench.study prune $a --results $OUT/results) & done; wait
+# 1. pretraining on GPU 0 (the other GPU stays free); carry .whl and
+#    .cache/study/data/study-2048.tar.xz. Back: $OUT/base/ = 4 safetensors shards and
+#    base-files.tar (config, tokenizer, the run's record and log): 5 files, ~47 MiB.
+scripts/study_device.sh pretrain --gpus 0 --max-minutes 6 --out $OUT
+# 2. the four arms at 16K, seeds 0 and 1: 8 runs at once, 4 per GPU, each trained for
+#    train.max_steps=N (the LR schedule follows N), then evaluated and pruned; training stops
+#    --reserve-minutes (3) before the deadline, evaluation and pruning at it. Carry .whl,
+#    .cache/study/data/study-16384.tar.xz and the base of call 1 as .cache/study/base.
+#    Back: $OUT/study-arms.tar.gz (every record, summary, metrics, evaluation report, log).
+scripts/study_device.sh arms --lengths 16k --seeds 0,1 --per-gpu 4 --max-steps N \\
+    --deadline-minutes 9 --out $OUT
+# 3. (optional) the arms at 8K, seed 0: carry study-8192.tar.xz instead of the 16K one
+scripts/study_device.sh arms --lengths 8k --seeds 0 --per-gpu 2 --max-steps N \\
+    --deadline-minutes 9 --out $OUT
+# here: the base into place, the records beside the corpus manifest, the page
+rm -rf .cache/study/base && cp -r <call 1 files>/base .cache/study/base
+mkdir -p /tmp/study && tar xzf <call 2 files>/study-arms.tar.gz -C /tmp/study
+cp /tmp/study/results/*.json bench/results/study/
+python -m bench.study report
 ```
+
+A run stopped by the deadline is exported from its checkpoint and recorded as not
+completed; a run that never started, or whose evaluation or pruning did not fit, says so
+in its record and in `results/device-summary.json`. The call ends with one line per run:
+steps, tokens/s, final loss, sparsity, retrieval by length for each pruned fraction.
+The steps of one arm alone, without the concurrency: `python -m bench.study extend|eval|prune
+--arms A --lengths L --seeds S --data-archives .cache/study/data --max-minutes M`.
 
 ## Sizing (estimates, not measurements)
 
@@ -362,14 +380,18 @@ No part of this study has run on a GPU yet; these are the budgets it is sized to
   At the slower training estimate (~5.5 min at 16K) training, evaluation and pruning may
   not all fit in one call; `--max-minutes` then bounds the training, and a shorter
   evaluation (`EVAL_LENGTHS` in bench/study.py) or one seed per call makes room.
-- `--max-minutes 6` bounds every run (the commands above); a run stopped by it is
-  exported from its last checkpoint and marked not completed in the tables.
+- A 24M-parameter model leaves most of an H200 idle: the arms run 4 at a time per GPU
+  (`--per-gpu`), each slower than alone; `--max-steps` is picked from the pretraining's
+  measured throughput so that training ends before the deadline less the reserve, and a
+  run stopped by the deadline is exported from its last checkpoint and marked not
+  completed in the tables.
 - The base comes back from its call as 4 safetensors shards (bf16, 24.29M parameters:
   11.5-11.8 MiB each, 46.4 MiB in all, measured on a random base of the shape) and one
   tar of its config and tokenizer: 5 of the 8 files a call returns. It travels into the
   extension calls (carried with the wheels and one archive: 46.4 + 7.6 + 5.0 MiB plus the
-  repository, about 1 MiB: about 60 of the 64 MiB a call carries); it is not re-created in each call
-  (pretraining takes minutes and is not bitwise reproducible on GPU). The extension runs
+  repository, about 1.5 MiB: about 61 of the 64 MiB a call carries, so one length per
+  call); it is not re-created in each call (pretraining takes minutes and is not bitwise
+  reproducible on GPU). The extension runs
   are evaluated and pruned in the call that trains them; only their JSON comes back.
 
 ## Status

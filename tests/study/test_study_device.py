@@ -175,3 +175,18 @@ def test_out_is_required(mode, monkeypatch, capsys):
     monkeypatch.delenv("OUT", raising=False)
     assert study_device.main([mode]) == 2
     assert capsys.readouterr().err.strip() == "error: --out: give the output folder (or set OUT)"
+
+
+def test_evaluation_and_pruning_past_the_deadline_are_skipped_not_run(tmp_path):
+    def runner(*a, **k):
+        raise AssertionError("nothing may start past the deadline")
+
+    s = study.Study(_args(tmp_path, deadline=time.time() + study.STOP_GRACE_S), runner=runner)
+    study.write_json(s.run_path("l2a", "16k", 0), {
+        "arm": "l2a", "train_length": 16384, "seed": 0, "scale": "tiny", "evals": {},
+        "train": {"run_dir": str(tmp_path / "r"), "export_dir": str(tmp_path / "r" / "export")}})
+    s.evaluate()
+    s.prune()
+    evals = json.loads(s.run_path("l2a", "16k", 0).read_text())["evals"]
+    skipped = {"skipped": "no time left before the deadline"}
+    assert evals == {"0.0": skipped, "0.25": skipped, "0.5": skipped}
