@@ -30,6 +30,7 @@ from kernels.token_sparse.compact import routed_query_attention, routed_slots
 
 from .cache import cache_slots
 from .fused import add_rms_norm, compiled, gated_add, gated_scatter_add, norm_rope, router
+from .gated_output import GatedOutputProjection, straight_through_gate
 from .rmsnorm import LeanRMSNorm
 from .router_logit import router_logit
 
@@ -100,7 +101,7 @@ class L2ABranchAttention(nn.Module):
     Parameter names match the base model's ``self_attn`` so conversion is a rename.
     """
 
-    def __init__(self, config, family: Family):
+    def __init__(self, config, family: Family, gated_output: bool = False):
         super().__init__()
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         self.num_heads = config.num_attention_heads
@@ -111,7 +112,9 @@ class L2ABranchAttention(nn.Module):
         self.q_proj = nn.Linear(hidden, self.num_heads * self.head_dim, bias=qkv_bias)
         self.k_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=qkv_bias)
         self.v_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=qkv_bias)
-        self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=o_bias)
+        # The global branch's o_proj also takes the residual and the gate (l2a/gated_output.py).
+        out_proj = GatedOutputProjection if gated_output else nn.Linear
+        self.o_proj = out_proj(self.num_heads * self.head_dim, hidden, bias=o_bias)
         if family.qk_norm:
             self.q_norm = family.rmsnorm(self.head_dim, eps=config.rms_norm_eps)
             self.k_norm = family.rmsnorm(self.head_dim, eps=config.rms_norm_eps)
@@ -128,9 +131,12 @@ class L2ABranchAttention(nn.Module):
         cache_slot: int,
         window: int | None = None,
         route: torch.Tensor | None = None,
+        residual: torch.Tensor | None = None,
+        gate: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x: (B, T, hidden). ``window`` set: local branch; ``route`` set: token-sparse global
-        branch (rows of unrouted tokens are zero before o_proj); neither: dense causal."""
+        branch (rows of unrouted tokens are zero before o_proj); neither: dense causal.
+        ``residual`` and ``gate`` (a gated o_proj only): returns ``residual + gate * out``."""
         bsz, seq, _ = x.shape
         shape = (bsz, seq, -1, self.head_dim)
         q = self.q_proj(x).view(shape)
@@ -145,7 +151,8 @@ class L2ABranchAttention(nn.Module):
         doc_ids = ctx.doc_ids_for(k.shape[2])
 
         o = self.attention_core(q, k, v, route, window, doc_ids, self.scaling, ctx.backend)
-        return self.o_proj(o.transpose(1, 2).reshape(bsz, seq, -1))
+        o = o.transpose(1, 2).reshape(bsz, seq, -1)
+        return self.o_proj(o) if residual is None else self.o_proj(o, residual, gate)
 
     def cache_keys(
         self, x: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor], ctx, cache_slot: int
@@ -226,7 +233,7 @@ class L2AAttention(nn.Module):
         if self.has_global:
             self.global_norm = family.rmsnorm(config.hidden_size, eps=config.rms_norm_eps)
             self.router = nn.Linear(config.hidden_size, 1, bias=False)
-            self.global_attn = L2ABranchAttention(config, family)
+            self.global_attn = L2ABranchAttention(config, family, gated_output=True)
 
     def route(self, g: torch.Tensor, fused: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Router on the normed stream g (B, T, hidden) -> (soft p, hard d), both (B, T).
@@ -280,8 +287,13 @@ class L2AAttention(nn.Module):
         # Stochastic dense path: the global branch runs for every token and is still gated
         # by d~, so the router gets a gradient for tokens it has switched off.
         attn_route = torch.ones_like(d) if dense else d
-        a = self.global_attn(g, position_embeddings, ctx, self.global_slot, route=attn_route)
-        return epilogue(gated_add)(hidden, a, d, p), p, d
+        if ctx.fused:
+            a = self.global_attn(g, position_embeddings, ctx, self.global_slot, route=attn_route)
+            return epilogue(gated_add)(hidden, a, d, p), p, d
+        # o_proj and the gated add in one autograd node that does not keep the branch output.
+        out = self.global_attn(g, position_embeddings, ctx, self.global_slot, route=attn_route,
+                               residual=hidden, gate=straight_through_gate(d, p))
+        return out, p, d
 
 
 class L2ADecoderLayer(GradientCheckpointingLayer):

@@ -40,15 +40,18 @@ def _run_with_taps(model, ids):
         def norm_hook(_m, args, out, t=taps[i]):
             t["x_mid"], t["g"] = args[0].detach(), out.detach()
 
-        def attn_hook(_m, _args, out, t=taps[i]):
-            t["a"] = out.detach()
+        def attn_hook(proj, args, _out, t=taps[i]):
+            # a_t = o_proj(o_t): the global o_proj also performs the gated add
+            # (l2a/gated_output.py), so a is recomputed from its input.
+            with torch.no_grad():
+                t["a"] = torch.nn.functional.linear(args[0], proj.weight, proj.bias)
 
         def block_hook(_m, _args, out, t=taps[i]):
             out[0].retain_grad()
             t["x_out"] = out[0]
 
         handles += [attn.global_norm.register_forward_hook(norm_hook),
-                    attn.global_attn.register_forward_hook(attn_hook),
+                    attn.global_attn.o_proj.register_forward_hook(attn_hook),
                     attn.register_forward_hook(block_hook)]
     try:
         out = model(ids)
