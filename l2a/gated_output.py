@@ -32,8 +32,11 @@ class GatedResidualLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, residual, gate):
         a = F.linear(x, weight, bias)
-        # The same operations as l2a.fused.gated_add: the same bits in the forward.
-        out = residual + gate.unsqueeze(-1).to(a.dtype) * a
+        # The same operations as l2a.fused.gated_add (the same bits), in place: no
+        # temporaries beside the result (this runs again in the recomputation of a
+        # checkpointed layer, near the step's memory peak).
+        gated = a.mul_(gate.unsqueeze(-1).to(a.dtype))
+        out = gated.add_(residual) if residual.dtype == a.dtype else residual + gated
         ctx.save_for_backward(x, weight, bias, gate)
         return out
 

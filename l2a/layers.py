@@ -151,6 +151,9 @@ class L2ABranchAttention(nn.Module):
         doc_ids = ctx.doc_ids_for(k.shape[2])
 
         o = self.attention_core(q, k, v, route, window, doc_ids, self.scaling, ctx.backend)
+        # Under sequence parallelism the core keeps its own (all-to-all'd) copies: these are
+        # garbage now, not to be held through o_proj and the gated add.
+        del q, k, v
         o = o.transpose(1, 2).reshape(bsz, seq, -1)
         return self.o_proj(o) if residual is None else self.o_proj(o, residual, gate)
 
