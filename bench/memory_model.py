@@ -92,7 +92,8 @@ def param_counts(s: Shape, variant: str) -> tuple[int, int]:
 
 def layer_saved_bytes_per_token(s: Shape, variant: str, tiled_mlp_shards: int = 1,
                                 norms: str | None = None, router_copy: bool = False,
-                                zero3_linear: bool = False) -> float:
+                                zero3_linear: bool = False,
+                                branch_output_kept: bool = False) -> float:
     """Bytes per token that one recomputed decoder layer saves for its backward (bf16
     activations, h = hidden, q = heads * head_dim, k = kv_heads * head_dim, I = intermediate).
     The MLP is frozen, so its projections save no input; the attention projections are
@@ -117,9 +118,10 @@ def layer_saved_bytes_per_token(s: Shape, variant: str, tiled_mlp_shards: int = 
     ``LinearFunctionForZeroStage3`` (``memory_efficient_linear``, on by default), which saves
     a linear's input even when the weight is frozen: the untiled MLP then also keeps its
     input 2h and down_proj's input 2I (a tiled MLP recomputes those per shard).
-    L2A adds the global branch: as a branch, plus (lean) its norm's input 2h, the gated
-    output kept for the gate's gradient 2h, and (router_copy: before l2a/router_logit.py)
-    an fp32 copy of the router input 4h.
+    L2A adds the global branch: as a branch, plus (lean) its norm's input 2h, (router_copy:
+    before l2a/router_logit.py) an fp32 copy of the router input 4h, and
+    (branch_output_kept: before l2a/gated_output.py) the branch output kept for the gate's
+    gradient 2h.
     """
     norms = norms or ("lean" if variant == "l2a" else "hf")
     if norms not in ("hf", "lean"):
@@ -138,7 +140,8 @@ def layer_saved_bytes_per_token(s: Shape, variant: str, tiled_mlp_shards: int = 
         mlp = 2 * h
     total = branch + post_norm + mlp
     if variant == "l2a":
-        total += branch + (2 * h if lean else 0) + 2 * h + (4 * h if router_copy else 0)
+        total += (branch + (2 * h if lean else 0) + (4 * h if router_copy else 0)
+                  + (2 * h if branch_output_kept else 0))
     return total
 
 
@@ -191,6 +194,7 @@ def predict(
     offload_checkpoints: bool = False,
     norms: str | None = None,
     router_copy: bool = False,
+    branch_output_kept: bool = False,
     precision: str = "bf16",
     loss_chunk: int = 4096,
     reduce_bucket: int = 500_000_000,
@@ -220,7 +224,8 @@ def predict(
     buffers = 2 * reduce_bucket + ((one_layer + 2 * prefetch_bucket) if zero_stage == 3 else 0)
     checkpoints = 0.0 if offload_checkpoints else s.layers * 2 * s.hidden * t
     saved = layer_saved_bytes_per_token(s, variant, tiled_mlp_shards, norms, router_copy,
-                                        zero3_linear=zero_stage == 3) * t
+                                        zero3_linear=zero_stage == 3,
+                                        branch_output_kept=branch_output_kept) * t
     shards = max(tiled_mlp_shards, 1)
     # Two stream-wide gradients (into and out of the op being differentiated), and, in the
     # MLP's backward, the gradients of two intermediate tensors; tiled: of one shard, plus
@@ -254,6 +259,37 @@ CASES = [
 ]
 
 
+# Measured on 2x H200 (bench.train_throughput, Qwen3-8B shape, ZeRO-3, bf16, activation
+# checkpointing, train.tiled_mlp=auto, SP=2; docs/BENCHMARKS.md): (variant, seq_len, peak
+# GiB, activations GiB = peak - memory resident between steps, the L2A build kept the
+# global branch's output for backward, results JSON). Dense's 128K run is left out: its
+# resident memory included the preceding L2A run's.
+MEASURED_SP2 = [
+    ("l2a", 131072, 60.3, 29.6, True, "H200-x2-sp2-128k-qwen3-8b-tiled-2026-11-30.json"),
+    ("l2a", 393216, 103.1, 72.5, True, "H200-x2-sp2-384k-qwen3-8b-l2a-probe-2026-11-30.json"),
+    ("l2a", 524288, 130.47, 99.8, True, "H200-x2-sp2-512k-qwen3-8b-l2a-probe-2026-11-30.json"),
+    ("dense", 262144, 75.4, 56.0, False, "H200-x2-sp2-256k-qwen3-8b-dense-probe-2026-11-30.json"),
+    ("dense", 393216, 105.54, 86.14, False, "H200-x2-sp2-384k-qwen3-8b-dense-probe-2026-11-30.json"),
+]
+
+
+def checks() -> list[dict]:
+    """The measured SP=2 runs beside the model's prediction for the same build, and the
+    predictions for the next lengths that were not run (measured: None)."""
+    rows = []
+    points = [(v, n, peak, act, kept) for v, n, peak, act, kept, _ in MEASURED_SP2]
+    points += [("dense", 524288, None, None, False), ("l2a", 524288, None, None, False)]
+    for variant, seq, peak, act, kept in points:
+        s = SHAPES["qwen3_8b"]
+        b = predict("qwen3_8b", variant, seq, world=2, sp=2, zero_stage=3,
+                    tiled_mlp_shards=auto_shards(seq, 2, s.hidden), branch_output_kept=kept)
+        rows.append({"variant": variant, "seq_len": seq, "branch_output_kept": kept,
+                     "measured_peak": peak, "predicted_peak": round(b.peak / GIB, 2),
+                     "measured_activations": act,
+                     "predicted_activations": round(b.activations / GIB, 2)})
+    return rows
+
+
 def table() -> list[dict]:
     rows = []
     for label, shape, seq, world, sp, zero, tiled, offload in CASES:
@@ -263,7 +299,7 @@ def table() -> list[dict]:
         for variant in ("l2a", "dense"):
             b = predict(shape, variant, seq, world, sp, zero, tiled_mlp_shards=shards,
                         offload_checkpoints=offload, norms="hf" if before else None,
-                        router_copy=before and variant == "l2a")
+                        router_copy=before and variant == "l2a", branch_output_kept=before)
             rows.append({"case": label, "variant": variant, "shape": shape, "seq_len": seq,
                          "world": world, "sp": sp, "zero": zero, "tiled_mlp_shards": shards,
                          "offload_checkpoints": offload, **b.gib()})
@@ -281,7 +317,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tiled-mlp", default="off", help="off | auto | N")
     p.add_argument("--offload-checkpoints", action="store_true")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--check", action="store_true",
+                   help="the measured 2x H200 SP=2 runs against the model's predictions")
     args = p.parse_args(argv)
+    if args.check:
+        rows = checks()
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return 0
+        print("variant | seq_len | measured peak | predicted | measured activations | predicted")
+        for r in rows:
+            m = lambda v: "not run" if v is None else f"{v:.1f}"  # noqa: E731
+            print(f"{r['variant']} | {r['seq_len']} | {m(r['measured_peak'])} | "
+                  f"{r['predicted_peak']:.1f} | {m(r['measured_activations'])} | "
+                  f"{r['predicted_activations']:.1f}")
+        return 0
     if args.shape is None:
         rows = table()
     else:

@@ -31,11 +31,15 @@ def test_layer_saved_bytes_by_hand():
     assert layer_saved_bytes_per_token(TINY, "dense") == 344
     # ... under ZeRO-3's linear the MLP also keeps its input 2h and down_proj's input 2I.
     assert layer_saved_bytes_per_token(TINY, "dense", zero3_linear=True) == 344 + 16 + 32
-    # L2A, lean norms: local 2h + 8q + 6k, global 4h + 8q + 6k, gate 2h, post-norm 2h, MLP.
-    assert layer_saved_bytes_per_token(TINY, "l2a") == 16 + 88 + 32 + 88 + 16 + 16 + 96
+    # L2A, lean norms: local 2h + 8q + 6k, global 4h + 8q + 6k, post-norm 2h, MLP.
+    assert layer_saved_bytes_per_token(TINY, "l2a") == 16 + 88 + 32 + 88 + 16 + 96
+    # ... with the global branch's output kept for the gate's gradient: + 2h.
+    assert layer_saved_bytes_per_token(TINY, "l2a", branch_output_kept=True) == \
+        16 + 88 + 32 + 88 + 16 + 16 + 96
     # L2A as before: transformers' norms (8h + 12q + 10k per branch) + the router's fp32
     # copy 4h + gate 2h + post-norm 6h + MLP.
-    assert layer_saved_bytes_per_token(TINY, "l2a", norms="hf", router_copy=True) == \
+    assert layer_saved_bytes_per_token(TINY, "l2a", norms="hf", router_copy=True,
+                                       branch_output_kept=True) == \
         2 * (64 + 96 + 40) + 32 + 16 + 48 + 96
     # Tiled MLP: only its input (2h) instead of 3 x 2I.
     assert layer_saved_bytes_per_token(TINY, "dense", tiled_mlp_shards=4) == 344 - 96 + 16
@@ -135,3 +139,18 @@ def test_peak_replay_finds_the_live_allocations_at_the_peak():
         ("losses.py:90 _chunked_forward", "loss (chunked LM head + cross-entropy)"): 50,
         ("host.py:300 forward", "attention kernels [recomputed layer]"): 70,
     }
+
+
+def test_checks_hold_the_measured_runs_and_the_512k_predictions():
+    """The measured SP=2 points are each beside a prediction; not keeping the global
+    branch's output is one bf16 stream copy less per rank: 2 x 4096 x 262144 B = 2 GiB
+    at 512K tokens with SP=2."""
+    from bench.memory_model import GIB, checks, predict
+
+    rows = {(r["variant"], r["seq_len"], r["measured_peak"] is None): r for r in checks()}
+    assert rows[("dense", 393216, False)]["measured_peak"] == 105.54
+    assert rows[("dense", 524288, True)]["predicted_peak"] > 0
+    kept = predict("qwen3_8b", "l2a", 524288, world=2, sp=2, tiled_mlp_shards=64,
+                   branch_output_kept=True)
+    lean = predict("qwen3_8b", "l2a", 524288, world=2, sp=2, tiled_mlp_shards=64)
+    assert kept.peak - lean.peak == 2 * GIB
