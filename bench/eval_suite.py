@@ -119,7 +119,17 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.reset_peak_memory_stats()
             torch.cuda.synchronize()
         t = time.perf_counter()
-        res = evaluate(model, tok, cfg, log=lambda s: print(s, file=sys.stderr, flush=True))
+        progress = out.setdefault("progress", [])
+
+        def log(line: str, n=n, t=t) -> None:
+            # Every progress line lands in the JSON too, so that a run stopped by a time
+            # limit mid-length still records the samples it timed.
+            print(line, file=sys.stderr, flush=True)
+            progress.append({"length": n, "elapsed_s": round(time.perf_counter() - t, 3),
+                             "line": line})
+            _write(path, out)
+
+        res = evaluate(model, tok, cfg, log=log)
         if cuda:
             torch.cuda.synchronize()
         tasks = {}
