@@ -29,7 +29,10 @@ that fraction; the timed runs record the fraction actually routed. Batch 1, one 
 - l2a_pruned: the same model with the global branch kept in half of the layers (the most
   used ones on the calibration pass, ``l2a.prune``), in the last ``--projections`` mode.
 
-Every variant records the options it ran with (``options``). ``--profile-prefill LENGTH``
+Every variant records the options it ran with (``options``) and its warm-up (``warm_up``:
+prefills of several lengths until one compiles no torch.compile graph; per warm-up its
+length, seconds and graphs compiled); every timed run the graphs compiled during it
+(``compiles``, 0 when the warm-up covered every shape). ``--profile-prefill LENGTH``
 adds, per variant, a ``torch.profiler`` run of one prefill of that length (after one
 unprofiled prefill, unless LENGTH was just timed): GPU kernel time per category and the
 25 longest kernels (``bench/prefill_profile.py``).
@@ -213,22 +216,61 @@ def measure(
     return result
 
 
+def compile_count() -> int:
+    """Graphs torch.compile has compiled in this process so far (Dynamo's counter; a
+    recompilation counts as one more)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+# Warm-up prefills at most; they stop at the first one after the first that compiles nothing.
+WARM_UP_MAX = 4
+
+
+def warm_up(model, make_cache, lengths, args, device, context=None) -> list[dict]:
+    """Prefills (and two decoding steps each) until one compiles nothing, so that no timed
+    run pays a compilation: the first at ``--calib-len`` tokens (kernel compilation), then
+    other lengths and prompts, hence other routed counts per layer (new shapes for the
+    compiled regions of the fused variant: a compile there would show). Returns per
+    warm-up its length, prefill seconds and the graphs it compiled."""
+    from kernels.decode import DECODE_MAX_QUERIES
+
+    first = min(args.calib_len, min(lengths))
+    # Other lengths than the first and than each other, still prefills (> a decoding step).
+    sizes = [first] + [max(first // (i + 1) + 2 * i + 1, DECODE_MAX_QUERIES + i + 1)
+                       for i in range(1, WARM_UP_MAX)]
+    rows = []
+    for i, length in enumerate(sizes):
+        before = compile_count()
+        row = measure(model, make_cache, length, 2, device, context, seed=1000 + i)
+        rows.append({"length": length, "ttft_s": row["ttft_s"], "compiles": compile_count() - before})
+        if i > 0 and rows[-1]["compiles"] == 0:
+            break
+    return rows
+
+
 def run_variant(
     name: str, model, make_cache, lengths, args, device, context=None, options=None
 ) -> dict:
-    """Warm-up (kernel compilation) on a short prompt, then every length; an OOM is recorded
-    and the next length still runs. Then the prefill profile if ``--profile-prefill``."""
+    """Warm-up (``warm_up``: compilation), then every length; an OOM is recorded and the
+    next length still runs. Then the prefill profile if ``--profile-prefill``. Each timed
+    run records the graphs compiled during it (``compiles``: 0 unless the warm-up missed a
+    shape)."""
     print(f"[{name}] warm-up", flush=True)
     try:
-        measure(model, make_cache, min(args.calib_len, min(lengths)), 2, device, context)
+        warm = warm_up(model, make_cache, lengths, args, device, context)
     except RuntimeError as err:  # e.g. a compile failure (fused variant): record, go on
         print(f"[{name}] warm-up failed: {err}", flush=True)
         _free(device)
         return {"options": options or {}, "error": f"warm-up: {str(err).splitlines()[0]}"}
+    print(f"[{name}] warm-up {json.dumps(warm)}", flush=True)
     rows = []
     for length in lengths:
+        before = compile_count()
         try:
             row = measure(model, make_cache, length, args.decode_steps, device, context)
+            row["compiles"] = compile_count() - before
         except torch.cuda.OutOfMemoryError as err:
             row = {"length": length, "error": f"out of memory: {str(err).splitlines()[0]}"}
             _free(device)
@@ -237,7 +279,7 @@ def run_variant(
             _free(device)
         print(f"[{name}] {json.dumps(row)}", flush=True)
         rows.append(row)
-    result = {"options": options or {}, "runs": rows}
+    result = {"options": options or {}, "warm_up": warm, "runs": rows}
     if args.profile_prefill:
         from bench.prefill_profile import profile_prefill
 

@@ -10,8 +10,9 @@ results agree with the module path up to rounding), the module path (LeanRMSNorm
 router_logit: chunked, input-only saves) otherwise. Whether it is faster is for the
 `l2a_fused` variant of bench.train_throughput to show; nothing here claims it.
 
-Shapes change with the routed count every step: compiled with dynamic shapes, so that
-one graph serves every count. Under activation checkpointing the recomputation runs the
+Shapes change with the routed count every step and with the prompt length: compiled with
+dynamic shapes and without duck sizing, so that one graph serves every count and length
+(tests/l2a/test_fused_recompiles.py). Under activation checkpointing the recomputation runs the
 same compiled kernels on the same inputs, so router decisions are reproduced exactly.
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import functools
 
 import torch
+import torch.fx.experimental._config  # noqa: F401  (use_duck_shape)
 import torch.nn.functional as F
 
 
@@ -77,6 +79,28 @@ def gated_scatter_add(hidden, a_rows, d, p, slots, valid, bias):
 
 @functools.cache
 def compiled(fn):
-    """`fn` under torch.compile: dynamic shapes (one graph for every routed count), no
-    graph breaks."""
-    return torch.compile(fn, dynamic=True, fullgraph=True)
+    """`fn` under torch.compile: dynamic shapes (one graph for every routed count and
+    every length), no graph breaks, no duck sizing (see `_compile_without_duck_sizing`)."""
+    return _compile_without_duck_sizing(torch.compile(fn, dynamic=True, fullgraph=True))
+
+
+def _compile_without_duck_sizing(compiled_fn):
+    """Dynamo's duck sizing gives two dimensions that have the same size at the first call
+    one symbol; the hidden size comes from a parameter (static), so a prompt of exactly
+    ``hidden_size`` tokens (4096 for Qwen3-8B) pinned the token dimension to that
+    constant and the next length recompiled (seconds of Inductor inside a timed prefill).
+    Without duck sizing every token dimension gets a symbol of its own. The setting is
+    read when a frame is traced, so it is scoped to these calls (set and restored by hand:
+    ``config.patch`` costs ~10x more, and these run a few hundred times per forward)."""
+    config = torch.fx.experimental._config
+
+    @functools.wraps(compiled_fn)
+    def call(*args):
+        duck = config.use_duck_shape
+        config.use_duck_shape = False
+        try:
+            return compiled_fn(*args)
+        finally:
+            config.use_duck_shape = duck
+
+    return call

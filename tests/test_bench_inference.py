@@ -126,3 +126,47 @@ def test_a_variant_that_fails_its_warm_up_is_recorded(tmp_path, monkeypatch):
     assert results["l2a_routed_proj_fused"]["error"] == "warm-up: compile failed"
     assert results["l2a_routed_proj_fused"]["options"]["fused_elementwise"] is True
     assert results["l2a_routed_proj"]["runs"][0]["ttft_s"] > 0
+
+
+def test_warm_up_runs_until_nothing_compiles(monkeypatch):
+    """Warm-up prefills continue while they compile graphs (here the first two do), at
+    lengths that differ from each other and are prefills, not decoding steps."""
+    import argparse
+
+    import bench.inference as bench
+    from kernels.decode import DECODE_MAX_QUERIES
+
+    compiled, seen = [0], []
+
+    def fake_measure(model, make_cache, length, decode_steps, device, context, seed):
+        seen.append((length, seed))
+        compiled[0] += 3 if len(seen) <= 2 else 0
+        return {"ttft_s": 0.5}
+
+    monkeypatch.setattr(bench, "measure", fake_measure)
+    monkeypatch.setattr(bench, "compile_count", lambda: compiled[0])
+    rows = bench.warm_up(None, None, [4096, 8192], argparse.Namespace(calib_len=4096), None)
+    assert [r["compiles"] for r in rows] == [3, 3, 0]
+    lengths = [r["length"] for r in rows]
+    assert lengths[0] == 4096 and len(set(lengths)) == 3
+    assert min(lengths) > DECODE_MAX_QUERIES
+    assert len({seed for _, seed in seen}) == 3  # other prompts, hence other routed counts
+    # Never more than WARM_UP_MAX, even if every prefill compiles.
+    monkeypatch.setattr(bench, "compile_count", lambda: len(seen))
+    rows = bench.warm_up(None, None, [32], argparse.Namespace(calib_len=64), None)
+    assert len(rows) == bench.WARM_UP_MAX and min(r["length"] for r in rows) > DECODE_MAX_QUERIES
+
+
+def test_fused_variant_compiles_in_the_warm_up_only(tmp_path):
+    """The fused variant end to end (Inductor on the CPU): its graphs are compiled in the
+    warm-up, whose first prompt is as long as the model is wide (64 tokens, as 4096 on
+    Qwen3-8B), and no timed prefill of another length compiles anything."""
+    out = tmp_path / "fused.json"
+    args = ["--tiny", "--lengths", "96", "160", "--decode-steps", "1", "--variants", "l2a",
+            "--projections", "routed_fused", "--out", str(out)]
+    assert main(args) == 0
+    report = json.loads(out.read_text())
+    result = report["results"]["l2a_routed_proj_fused"]
+    assert report["model_shape"]["hidden_size"] == result["warm_up"][0]["length"] == 64
+    assert result["warm_up"][0]["compiles"] > 0 and result["warm_up"][-1]["compiles"] == 0
+    assert [run["compiles"] for run in result["runs"]] == [0, 0]
