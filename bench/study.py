@@ -24,6 +24,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -36,8 +37,12 @@ ARMS = {"dense": "study_dense", "l2a": "study_l2a", "l2a_s08": "study_l2a_s08",
         "l2a_s09": "study_l2a_s09"}
 LENGTHS = {"8k": 8192, "16k": 16384}
 EVAL_LENGTHS = [2048, 8192, 16384, 32768]  # 32768: beyond both trained lengths
-# NIAH at three depths, one sample per cell: 13 generations per length and model.
-EVAL_EXTRA = ["eval.depths=[0.0,0.5,1.0]"]
+# One sample per task and length, the needle at depth 0.5: 5 generations per length and
+# model, 20 in all; at most 48 new tokens (the longest answer, four 7-digit values, is 37
+# byte tokens; RULER's 128 are BPE tokens). Measured on 2x H200 with 4 evaluations sharing a
+# GPU: 24 ms per generated token (dense), 52 samples x up to 128 tokens in 117 s; the L2A
+# models 7-12 s per sample; this budget is about a fifth of those tokens.
+EVAL_EXTRA = ["eval.depths=[0.5]", "eval.max_new_tokens=48"]
 PRUNE_FRACTIONS = [0.25, 0.5]
 MAX_SHARD_BYTES = 12 << 20  # the 46 MiB base in 4 shards, each under the device's 16 MiB
 MAX_SHARDS = 8  # files a device call brings back
@@ -213,6 +218,32 @@ def parse_eval(out_dir: Path) -> dict:
         "layer_sparsity": heldout[-1]["layer_sparsity"] if heldout else None,
         "kv_bytes": {},
     }
+
+
+def import_for_threads() -> None:
+    """Import, in the calling thread, what the in-process parts of the steps import (`kv_bytes`;
+    `tool_missing("l2a.prune")`, which imports `l2a`). Call it before starting threads that run
+    steps: transformers' lazy top-level module is not thread-safe, and two threads importing
+    `AutoConfig` at once can get "cannot import name 'AutoConfig' from 'transformers'"."""
+    from transformers import AutoConfig  # noqa: F401
+
+    import l2a  # noqa: F401
+    import l2a.cache  # noqa: F401
+
+
+_EVAL_LINE = re.compile(r"^\[\d+/\d+\] (\w+) length (\d+)(?: depth ([\d.]+))?: score ([\d.]+)")
+
+
+def parse_eval_log(log: Path) -> list[dict]:
+    """The samples an evaluation scored before it was stopped, from its log lines
+    "[i/N] <task> length <L> [depth <d>]: score <s> (...)" (results.json is written at the end)."""
+    out = []
+    for line in (log.read_text(errors="replace").splitlines() if log.exists() else []):
+        m = _EVAL_LINE.match(line)
+        if m:
+            out.append({"task": m[1], "length": int(m[2]),
+                        "depth": None if m[3] is None else float(m[3]), "score": float(m[4])})
+    return out
 
 
 def kv_bytes(model_dir: Path, lengths: list[int], itemsize: int = 2) -> dict[str, int]:
@@ -477,16 +508,20 @@ class Study:
                                             seed, self.extra("eval")), log, left, self.env)
         if rc != 0:
             why = " (stopped at the deadline)" if left is not None and wall >= left else ""
-            return {"failed": f"exit {rc}{why}: {_tail(log)}", "log": str(log)}
+            return {"failed": f"exit {rc}{why}: {_tail(log)}", "log": str(log),
+                    "partial": parse_eval_log(log)}
         result = parse_eval(out_dir)
         result["kv_bytes"] = kv_bytes(model_dir, self.eval_lengths())
         return {**result, "wall_s": round(wall, 1)}
 
+    def evaluate_run(self, rec: dict) -> dict:
+        """`python -m eval` of one run's (unpruned) model."""
+        return self._evaluate(Path(rec["train"]["export_dir"]), Path(rec["train"]["run_dir"]) / "eval",
+                              self.seq_len_of(rec), rec["seed"])
+
     def evaluate(self, **which) -> None:
         for path, rec in self._records(**which):
-            run_dir = Path(rec["train"]["run_dir"])
-            result = self._evaluate(Path(rec["train"]["export_dir"]), run_dir / "eval",
-                                    self.seq_len_of(rec), rec["seed"])
+            result = self.evaluate_run(rec)
             rec["evals"]["0.0"] = result
             write_json(path, rec)
             print(f"eval {path.stem}: {sorted(result) if 'skipped' not in result else result['skipped']}")
@@ -495,30 +530,31 @@ class Study:
         for path, rec in self._records(**which):
             if rec["arm"] == "dense":
                 continue
-            run_dir = Path(rec["train"]["run_dir"])
             for fraction in PRUNE_FRACTIONS:
-                missing = tool_missing("l2a.prune")
-                if missing:
-                    rec["evals"][str(fraction)] = {"skipped": missing}
-                    continue
-                out = run_dir / f"pruned-{fraction}"
-                log = out.with_name(out.name + ".log")
-                left = self.time_left(STOP_GRACE_S)
-                if left is not None and left < MIN_STEP_S:
-                    rec["evals"][str(fraction)] = {"skipped": "no time left before the deadline"}
-                    continue
-                rc, _ = self.runner(prune_command(Path(rec["train"]["export_dir"]), out, fraction,
-                                                  self.heldout_dir(self.seq_len_of(rec)),
-                                                  rec["train_length"]), log, left, self.env)
-                if rc != 0:
-                    rec["evals"][str(fraction)] = {"failed": f"prune exit {rc}: {_tail(log)}"}
-                    continue
-                result = self._evaluate(out, run_dir / f"eval-pruned-{fraction}",
-                                        self.seq_len_of(rec), rec["seed"])
-                result["prune"] = parse_prune(out)
-                rec["evals"][str(fraction)] = result
+                rec["evals"][str(fraction)] = self.prune_and_evaluate(rec, fraction)
             write_json(path, rec)
             print(f"prune {path.stem}: {sorted(rec['evals'])}")
+
+    def prune_and_evaluate(self, rec: dict, fraction: float) -> dict:
+        """`python -m l2a.prune` of one run's model at `fraction`, then its evaluation."""
+        missing = tool_missing("l2a.prune")
+        if missing:
+            return {"skipped": missing}
+        run_dir = Path(rec["train"]["run_dir"])
+        out = run_dir / f"pruned-{fraction}"
+        log = out.with_name(out.name + ".log")
+        left = self.time_left(STOP_GRACE_S)
+        if left is not None and left < MIN_STEP_S:
+            return {"skipped": "no time left before the deadline"}
+        rc, _ = self.runner(prune_command(Path(rec["train"]["export_dir"]), out, fraction,
+                                          self.heldout_dir(self.seq_len_of(rec)),
+                                          rec["train_length"]), log, left, self.env)
+        if rc != 0:
+            return {"failed": f"prune exit {rc}: {_tail(log)}"}
+        result = self._evaluate(out, run_dir / f"eval-pruned-{fraction}", self.seq_len_of(rec),
+                                rec["seed"])
+        result["prune"] = parse_prune(out)
+        return result
 
 
 def data_root() -> Path:

@@ -11,13 +11,18 @@ pretrain: `bench.study pretrain` on one GPU; the base lands in <out>/base as saf
 shards plus base-files.tar (config, tokenizer, and the pretraining's record and log under
 study-results/ and study-logs/): at most 5 files, one folder deep.
 
-arms: the data unpacked once, then every (arm, length, seed) its own thread with its own run
-directory and GPU (runs spread round-robin over --gpus, --per-gpu at once on each), each
-`bench.study extend`, `eval`, `prune` in turn. A training run stops --reserve-minutes before
-the deadline (checkpoint, export, recorded as not completed), leaving that time to its
-evaluation and pruning; those are stopped at the deadline and recorded as failed or skipped.
-At the deadline whatever still runs is killed, and <out>/study-arms.tar.gz is written with
-every result JSON, run summary, metrics and log (no weights). One line per run is printed.
+arms: the data unpacked once, then every (arm, length, seed) trained in a thread with its own
+run directory and GPU (runs spread round-robin over --gpus, --per-gpu at once on each). A
+training run stops --reserve-minutes before the deadline (checkpoint, export, recorded as not
+completed), leaving that time to evaluation and pruning, which start once every run has
+trained: a queue of jobs (every model unpruned first, then the L2A models pruned by a half,
+then by a quarter) worked off by --eval-per-gpu processes per GPU (default 1). A job running
+at the deadline is killed and recorded as failed (with the samples it had scored, from its
+log), one not started as skipped. Then <out>/study-arms.tar.gz is written with every result
+JSON, run summary, metrics and log (no weights). One line per run is printed.
+
+The modules that steps import in this process are imported before any thread starts
+(`study.import_for_threads`): transformers' lazy import is not thread-safe.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import shutil
 import sys
 import tarfile
@@ -71,20 +77,68 @@ def study_args(a, **over) -> argparse.Namespace:
     return argparse.Namespace(**{**base, **over})
 
 
-def run_slot(a, queue, gpu: str | None, errors: dict) -> None:
-    """One slot's runs in turn: train, evaluate, prune. A failed run is recorded in `errors`."""
+def _study(a, name: str, gpu: str | None, **over) -> Study:
     env = {} if gpu is None else {"CUDA_VISIBLE_DEVICES": gpu}
+    return Study(study_args(a, runs=str(Path(a.runs) / name), env=env, **over), runner=runner)
+
+
+def _failed(errors: dict, name: str, e: Exception) -> None:
+    errors[name] = f"{type(e).__name__}: {e}" if not isinstance(e, StudyError) else str(e)
+    print(f"{name}: {errors[name]}", flush=True)
+
+
+def train_slot(a, queue, gpu: str | None, errors: dict) -> None:
+    """One training slot's runs in turn. A failed run is recorded in `errors`."""
     for arm, length, seed in queue:
         name = f"{arm}-{length}-seed{seed}"
-        s = Study(study_args(a, runs=str(Path(a.runs) / name), env=env), runner=runner)
-        which = {"arms": [arm], "lengths": [length], "seeds": [seed]}
         try:
-            s.extend([arm], [length], [seed])
-            s.evaluate(**which)
-            s.prune(**which)
+            _study(a, name, gpu).extend([arm], [length], [seed])
         except Exception as e:  # noqa: BLE001 - one run's failure must not end the others
-            errors[name] = f"{type(e).__name__}: {e}" if not isinstance(e, StudyError) else str(e)
-            print(f"{name}: {errors[name]}", flush=True)
+            _failed(errors, name, e)
+
+
+def eval_jobs(runs: list[tuple[str, str, int]]) -> list[tuple[str, str, int, float]]:
+    """(arm, length, seed, pruned fraction) in the order they run: every model unpruned
+    first (the headline comparison), then the L2A models pruned, the larger fraction first."""
+    jobs = [(*r, 0.0) for r in runs]
+    for fraction in sorted(study.PRUNE_FRACTIONS, reverse=True):
+        jobs += [(*r, fraction) for r in runs if r[0] != "dense"]
+    return jobs
+
+
+RECORD_LOCK = threading.Lock()  # a run's record gets results from several workers
+
+
+def record_eval(path: Path, fraction: float, result: dict) -> None:
+    with RECORD_LOCK:
+        rec = read_json(path)
+        if rec is not None:
+            rec["evals"][str(fraction)] = result
+            write_json(path, rec)
+
+
+def eval_worker(a, jobs: queue.Queue, gpu: str | None, errors: dict) -> None:
+    """Evaluation jobs off the shared queue until it is empty: one process at a time on `gpu`.
+    Each result goes into its run's record (read, updated, written under RECORD_LOCK)."""
+    while True:
+        try:
+            arm, length, seed, fraction = jobs.get_nowait()
+        except queue.Empty:
+            return
+        name = f"{arm}-{length}-seed{seed}"
+        s = _study(a, name, gpu, reserve_s=0.0)
+        path = s.run_path(arm, length, seed)
+        try:
+            rec = read_json(path)
+            if rec is None:  # not trained (its failure is in errors already)
+                continue
+            result = s.evaluate_run(rec) if fraction == 0.0 else s.prune_and_evaluate(rec, fraction)
+            record_eval(path, fraction, result)
+            print(f"eval {name} pruned {fraction}: "
+                  f"{result.get('retrieval') or result.get('skipped') or result.get('failed')}",
+                  flush=True)
+        except Exception as e:  # noqa: BLE001 - one job's failure must not end the others
+            _failed(errors, f"{name} pruned {fraction}", e)
 
 
 def gpu_list(value: str | None) -> list[str]:
@@ -112,17 +166,35 @@ def arms(a) -> int:
     slots = plan(_list(a.arms, ARMS), _list(a.lengths, LENGTHS),
                  [int(x) for x in _list(a.seeds)], gpus, a.per_gpu)
     errors: dict[str, str] = {}
-    threads = [threading.Thread(target=run_slot, args=(a, q, gpu, errors), daemon=True)
+    study.import_for_threads()  # before any thread: imports inside threads can race
+    # Training: --per-gpu runs at once on each GPU; they end by the deadline less the reserve.
+    threads = [threading.Thread(target=train_slot, args=(a, q, gpu, errors), daemon=True)
                for gpu, q in slots]
     for t in threads:
         t.start()
     for t in threads:
         t.join(max(0.0, a.deadline - PACK_MARGIN_S - time.time()))
+    # Then evaluation and pruning, --eval-per-gpu processes per GPU (one: a small model's
+    # generation is launch-bound, and processes sharing a GPU slow each other down).
+    jobs: queue.Queue = queue.Queue()
+    for job in eval_jobs([r for _, q in slots for r in q]):
+        jobs.put(job)
+    if not any(t.is_alive() for t in threads):
+        threads = [threading.Thread(target=eval_worker, args=(a, jobs, gpu, errors), daemon=True)
+                   for gpu in (gpus or [None]) for _ in range(a.eval_per_gpu)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(max(0.0, a.deadline - PACK_MARGIN_S - time.time()))
     late = sum(t.is_alive() for t in threads)
     kill_live()
     settle = max(time.time() + 2.0, a.deadline - PACK_MARGIN_S / 2)
     for t in threads:  # a slot whose step was just killed records it
         t.join(max(0.0, settle - time.time()))
+    while not jobs.empty():  # never started: said so in the record
+        arm, length, seed, fraction = jobs.get_nowait()
+        record_eval(Path(a.results) / f"run-{arm}-{length}-seed{seed}.json", fraction,
+                    {"skipped": "no time left before the deadline"})
     if late:
         print(f"deadline: {late} slot(s) still running were stopped", flush=True)
     planned = [f"{r[0]}-{r[1]}-seed{r[2]}" for _, q in slots for r in q]
@@ -246,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="pretrain: the base's seed")
     p.add_argument("--gpus", default=None, help="e.g. 0,1 (default: every visible GPU)")
     p.add_argument("--per-gpu", type=int, default=4, help="runs at once on each GPU")
+    p.add_argument("--eval-per-gpu", type=int, default=1,
+                   help="evaluation / pruning processes at once on each GPU, after training")
     p.add_argument("--max-steps", type=int, default=None,
                    help="train.max_steps of every run (the LR schedule follows it)")
     p.add_argument("--max-minutes", type=float, default=None, help="cap of one training run")

@@ -190,3 +190,117 @@ def test_evaluation_and_pruning_past_the_deadline_are_skipped_not_run(tmp_path):
     evals = json.loads(s.run_path("l2a", "16k", 0).read_text())["evals"]
     skipped = {"skipped": "no time left before the deadline"}
     assert evals == {"0.0": skipped, "0.25": skipped, "0.5": skipped}
+
+
+RACE = """
+import sys, threading
+from bench import study
+if sys.argv[2] == "preload":
+    study.import_for_threads()
+barrier, errors = threading.Barrier(8), []
+def one():
+    barrier.wait()
+    try:
+        study.kv_bytes(sys.argv[1], [1024])
+    except Exception as e:
+        errors.append(repr(e))
+threads = [threading.Thread(target=one) for _ in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(len(errors), errors[:1])
+"""
+
+
+def test_threads_compute_kv_bytes_without_an_import_race(tmp_path):
+    """8 threads of a fresh interpreter at once in `kv_bytes` (what the device's runs do when
+    their evaluations end together) after `import_for_threads`: no ImportError. Without it,
+    "cannot import name 'AutoConfig' from 'transformers'" (seen on the device)."""
+    import subprocess
+    import sys
+
+    from transformers import Qwen3Config
+
+    Qwen3Config(num_hidden_layers=2, num_key_value_heads=2, num_attention_heads=4,
+                hidden_size=64, head_dim=16).save_pretrained(tmp_path)
+    out = subprocess.run([sys.executable, "-c", RACE, str(tmp_path), "preload"],
+                         cwd=study.ROOT, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[0] == "0", out.stdout
+
+
+def test_eval_jobs_unpruned_first_then_the_larger_pruning():
+    runs = [("dense", "16k", 0), ("l2a", "16k", 0), ("l2a_s08", "16k", 1)]
+    assert study_device.eval_jobs(runs) == [
+        ("dense", "16k", 0, 0.0), ("l2a", "16k", 0, 0.0), ("l2a_s08", "16k", 1, 0.0),
+        ("l2a", "16k", 0, 0.5), ("l2a_s08", "16k", 1, 0.5),
+        ("l2a", "16k", 0, 0.25), ("l2a_s08", "16k", 1, 0.25)]
+
+
+def test_eval_workers_share_one_queue_and_write_every_record(tmp_path):
+    """Two workers (two GPUs) on one queue: each job's result lands in its run's record, none
+    lost to two workers writing one record; a job is run on the worker's GPU."""
+    import queue
+    import threading
+
+    calls = []
+
+    def runner(argv, log, max_seconds=None, env=None):
+        calls.append((argv[2], env["CUDA_VISIBLE_DEVICES"]))
+        if argv[2] == "eval":
+            out = Path(next(x for x in argv if x.startswith("hydra.run.dir=")).split("=", 1)[1])
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "results.json").write_text(json.dumps({"tasks": [
+                {"task": "niah_single", "length": 512, "depth": "all", "score": 1.0}]}))
+        else:  # l2a.prune
+            Path(argv[argv.index("--out") + 1]).mkdir(parents=True, exist_ok=True)
+        time.sleep(0.05)
+        return 0, 0.05
+
+    a = argparse.Namespace(**{**vars(_args(tmp_path)), "max_steps": None, "deadline": None,
+                              "reserve_minutes": 0.0})
+    a.runs, a.results = tmp_path / "runs", tmp_path / "results"
+    # One L2A run: its pruned jobs run at once on the two workers, both updating its record.
+    runs = [("l2a", "16k", 0), ("dense", "16k", 1)]
+    for arm, length, seed in runs:
+        rd = tmp_path / "runs" / f"{arm}-{length}-seed{seed}"
+        study.write_json(a.results / f"run-{arm}-{length}-seed{seed}.json", {
+            "arm": arm, "train_length": 16384, "seed": seed, "scale": "tiny", "evals": {},
+            "train": {"run_dir": str(rd), "export_dir": str(rd / "export")}})
+    jobs = queue.Queue()
+    for job in study_device.eval_jobs(runs):
+        jobs.put(job)
+    orig = study_device.runner
+    study_device.runner = runner
+    try:
+        import unittest.mock as mock
+
+        with mock.patch.object(study, "kv_bytes", lambda d, n: {}):
+            workers = [threading.Thread(target=study_device.eval_worker, args=(a, jobs, g, {}))
+                       for g in ("0", "1")]
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join()
+    finally:
+        study_device.runner = orig
+    for arm, length, seed in runs:
+        evals = json.loads((a.results / f"run-{arm}-{length}-seed{seed}.json").read_text())["evals"]
+        want = ["0.0"] if arm == "dense" else ["0.0", "0.25", "0.5"]
+        assert sorted(evals) == want
+        assert all(e["retrieval"] == {"512": 1.0} for e in evals.values())
+    assert sorted(c[0] for c in calls) == ["eval"] * 4 + ["l2a.prune"] * 2
+    assert {c[1] for c in calls} == {"0", "1"}
+
+
+def test_a_stopped_evaluation_keeps_the_samples_it_scored(tmp_path):
+    log = tmp_path / "eval.log"
+    log.write_text(  # the lines eval/generation.py logs, as in a device log cut by the deadline
+        "model: x (L2AQwen3ForCausalLM, torch.bfloat16, cuda:0)\n"
+        "perplexity at length 2048: loss 1.2346\n"
+        "[1/20] niah_single length 2048 depth 0.5: score 1.00 (2.1s)\n"
+        "[5/20] variable_tracking length 2048: score 0.40 (0.5s)\n"
+        "[6/20] niah_single length 8192 depth 0: score 0.00 (9.1s)\n")
+    assert study.parse_eval_log(log) == [
+        {"task": "niah_single", "length": 2048, "depth": 0.5, "score": 1.0},
+        {"task": "variable_tracking", "length": 2048, "depth": None, "score": 0.4},
+        {"task": "niah_single", "length": 8192, "depth": 0.0, "score": 0.0}]

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from train.data.errors import ConfigError
+from train.data.eval_format import TASKS as EVAL_FORMAT_TASKS
 
 SOURCE_TYPES = ("auto", "hub", "jsonl", "parquet", "text", "arrow", "generated", "files")
 LOCAL_SUFFIXES = {
@@ -37,6 +38,7 @@ SYNTHETIC_TASKS = (
     "kv_retrieval",
     "variable_tracking",
     "common_words",
+    *EVAL_FORMAT_TASKS,  # the evaluation suite's own format (train/data/eval_format.py)
 )
 
 

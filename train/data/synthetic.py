@@ -23,6 +23,7 @@ import string
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
+from train.data import eval_format
 from train.data.textgen import ADJECTIVES, NOUNS, TextGenerator, seeded_random
 from train.data.tokenizer import TextEncoder
 
@@ -224,6 +225,8 @@ def _fixed_tokens(layout: _Layout, enc: TextEncoder) -> int:
 def min_length(task: str, tokenizer, seed: int = 0, samples: int = 8) -> int:
     """Tokens that ``task`` needs besides filler (the largest over a few seeded draws)."""
     enc = _as_encoder(tokenizer)
+    if eval_format.is_eval_format(task):
+        return eval_format.min_length(task, enc, seed, samples)
     return max(
         _fixed_tokens(TASKS[task](seeded_random(seed, task, "min", i), (seed, i)), enc)
         for i in range(samples)
@@ -234,7 +237,10 @@ def generate_sample(
     task: str, length: int, tokenizer, seed: int = 0, index: int = 0
 ) -> SyntheticSample:
     """One sample of ``task`` whose ``text`` has at most ``length`` tokens (and within one
-    haystack unit of it). Raises ``ValueError`` if ``length`` is too short for the task."""
+    haystack unit of it). Raises ``ValueError`` if ``length`` is too short for the task.
+    ``eval_<task>``: the evaluation suite's own format (train/data/eval_format.py)."""
+    if eval_format.is_eval_format(task):
+        return eval_format.generate_sample(task, length, _as_encoder(tokenizer), seed, index)
     if task not in TASKS:
         raise ValueError(f"unknown synthetic task {task!r} (known: {', '.join(TASKS)})")
     enc = _as_encoder(tokenizer)
