@@ -41,8 +41,9 @@ EVAL_LENGTHS = [2048, 8192, 16384, 32768]  # 32768: beyond both trained lengths
 # model, 20 in all; at most 48 new tokens (the longest answer, four 7-digit values, is 37
 # byte tokens; RULER's 128 are BPE tokens). Measured on 2x H200 with 4 evaluations sharing a
 # GPU: 24 ms per generated token (dense), 52 samples x up to 128 tokens in 117 s; the L2A
-# models 7-12 s per sample; this budget is about a fifth of those tokens.
-EVAL_EXTRA = ["eval.depths=[0.5]", "eval.max_new_tokens=48"]
+# models 7-12 s per sample; this budget is about a fifth of those tokens. Perplexity: 8
+# held-out rows per length (one row took 3 s of the 122 s).
+EVAL_EXTRA = ["eval.depths=[0.5]", "eval.max_new_tokens=48", "eval.perplexity.rows=8"]
 PRUNE_FRACTIONS = [0.25, 0.5]
 MAX_SHARD_BYTES = 12 << 20  # the 46 MiB base in 4 shards, each under the device's 16 MiB
 MAX_SHARDS = 8  # files a device call brings back
@@ -232,18 +233,24 @@ def import_for_threads() -> None:
 
 
 _EVAL_LINE = re.compile(r"^\[\d+/\d+\] (\w+) length (\d+)(?: depth ([\d.]+))?: score ([\d.]+)")
+_PPL_LINE = re.compile(r"^perplexity at length (\d+): loss ([\d.]+)")
 
 
-def parse_eval_log(log: Path) -> list[dict]:
-    """The samples an evaluation scored before it was stopped, from its log lines
-    "[i/N] <task> length <L> [depth <d>]: score <s> (...)" (results.json is written at the end)."""
-    out = []
+def parse_eval_log(log: Path) -> dict:
+    """What an evaluation had measured before it was stopped (results.json is written at the
+    end), from its log: {"samples": [{task, length, depth, score}] of the lines
+    "[i/N] <task> length <L> [depth <d>]: score <s> (...)", "perplexity": {length: ppl} of
+    "perplexity at length <L>: loss <x>"}."""
+    import math
+
+    samples, ppl = [], {}
     for line in (log.read_text(errors="replace").splitlines() if log.exists() else []):
-        m = _EVAL_LINE.match(line)
-        if m:
-            out.append({"task": m[1], "length": int(m[2]),
-                        "depth": None if m[3] is None else float(m[3]), "score": float(m[4])})
-    return out
+        if m := _EVAL_LINE.match(line):
+            samples.append({"task": m[1], "length": int(m[2]),
+                            "depth": None if m[3] is None else float(m[3]), "score": float(m[4])})
+        elif m := _PPL_LINE.match(line):
+            ppl[m[1]] = math.exp(float(m[2]))
+    return {"samples": samples, "perplexity": ppl}
 
 
 def kv_bytes(model_dir: Path, lengths: list[int], itemsize: int = 2) -> dict[str, int]:

@@ -106,12 +106,14 @@ def headline(rows: dict) -> list[str]:
             cell = row["by_length"].get(length, {}).get("retrieval")
             s = row.get("heldout_sparsity") or row.get("train_sparsity")
             where = "held-out" if row.get("heldout_sparsity") else "training"
+            if d == 0:
+                lines.append(f"- {ARM_NAMES[arm]} at {length}: the dense arm scores 0 at {length}; "
+                             "no ratio" + ("" if cell else f" (and {ARM_NAMES[arm]} has no complete "
+                                                           "evaluation)") + ".")
+                continue
             if cell is None or d is None:
                 lines.append(f"- {ARM_NAMES[arm]} at {length}: no retrieval score at {length} "
                              "for it or for the dense arm: not evaluated.")
-                continue
-            if d == 0:
-                lines.append(f"- {ARM_NAMES[arm]} at {length}: the dense arm scores 0; no ratio.")
                 continue
             ratio = cell[0] / d
             sparse_enough = s is not None and s[0] >= BAR[0]
@@ -251,6 +253,44 @@ def tables(pre: list[dict], rows: dict) -> list[str]:
     return out
 
 
+def run_tables(runs: list[dict]) -> list[str]:
+    """One row per run (arm x length x seed): training, then what stopped evaluations had
+    measured (their log's samples and perplexity)."""
+    order = sorted(runs, key=lambda r: (r["train_length"], ARM_ORDER.index(r["arm"])
+                                        if r["arm"] in ARM_ORDER else 99, r["seed"]))
+    out = ["### Extension runs, one row per seed", "",
+           "| arm | length | seed | steps | tokens | sparsity (training, last step) | final lm loss | GPU s | tokens/s | completed |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in order:
+        t = r["train"]
+        loss = "-" if t.get("final_lm_loss") is None else f"{t['final_lm_loss']:.4f}"
+        rate = f"{t['tokens_per_s']:,}" if t.get("tokens_per_s") else "-"
+        out.append(f"| {ARM_NAMES.get(r['arm'], r['arm'])} | {r['train_length']} | {r['seed']} | "
+                   f"{t['steps']} | {t['tokens']:,} | {t['sparsity'] or 0:.3f} | {loss} | "
+                   f"{t['gpu_time_s']} | {rate} | {t['completed']} |")
+    out.append("")
+    stopped = []
+    for r in order:
+        for frac, ev in sorted((r.get("evals") or {}).items(), key=lambda kv: float(kv[0])):
+            part = (ev or {}).get("partial")
+            if not part:
+                continue
+            scores = [x["score"] for x in part["samples"]]
+            ppl = ", ".join(f"{n}: {v:.2f}" for n, v in sorted(part["perplexity"].items(),
+                                                                 key=lambda kv: int(kv[0])))
+            mean = f"{sum(scores) / len(scores):.2f}" if scores else "-"
+            lengths = sorted({x["length"] for x in part["samples"]})
+            stopped.append(f"| {ARM_NAMES.get(r['arm'], r['arm'])} | {r['train_length']} | "
+                           f"{r['seed']} | {float(frac):g} | {len(scores)} "
+                           f"({', '.join(map(str, lengths))}) | {mean} | {ppl or '-'} | "
+                           f"{ev['failed'].split(':')[0]} |")
+    if stopped:
+        out += ["### Evaluations stopped before the end (what their logs hold)", "",
+                "| arm | length | seed | pruned | samples scored (lengths) | mean score | perplexity by length | stopped |",
+                "|---|---:|---:|---:|---|---:|---|---|", *stopped, ""]
+    return out
+
+
 STATIC = """# Results: dense vs L2A context extension, in miniature
 
 Does a model extended with this framework's L2A layers keep up with dense extension? The
@@ -263,31 +303,38 @@ arm's retrieval score at the extended length.
 - **Corpus** (`conf/data/study.yaml`, docs/DATA.md "The study corpus"): the running
   Python's standard library (`*.py`, tests left out) and its site-packages (`*.py`, `*.md`,
   `*.rst`, `*.txt`, tests and `.dist-info` left out), one document per file, identical
-  files read once, 5% of the files held out by a hash of their path; mixed with the
-  pipeline's RULER-style synthetic tasks (passkey, NIAH single / multi-key / multi-value,
-  key-value retrieval, variable tracking). Weights 0.15 / 0.7 / 0.15. Byte tokens (the
-  offline byte tokenizer: nothing to train, identical on every machine).
+  files read once, 5% of the files held out by a hash of their path; mixed with synthetic
+  retrieval tasks: **the evaluation suite's own tasks** (`eval_niah_single`,
+  `eval_niah_multikey`, `eval_niah_multivalue`, `eval_niah_multiquery`,
+  `eval_variable_tracking`: `eval/tasks.py`'s RULER prompts with their answers appended,
+  train/data/eval_format.py) from seeds the evaluation never uses, beside the pipeline's
+  passkey and key-value retrieval. Weights 0.15 / 0.55 / 0.3. Byte tokens (the offline
+  byte tokenizer: nothing to train, identical on every machine). Why the evaluation's own
+  formats: the first device run (below) trained on the pipeline's own phrasing of the same
+  tasks and scored 0 on every retrieval sample, the dense arm at the base's own 2K
+  included; its models answered in the training data's template, not the question's.
 - **Base** (`conf/model/study_base.yaml`, `experiment=study_base`): Qwen3-shaped, 8 layers,
   hidden 512, 8 query heads over 2 KV heads of 64, MLP 1536, QK-norm, tied embeddings;
   24.1M parameters outside the 320 x 512 embedding. Random init, dense, every parameter
   trained (`train.trainable=all`), 2048-token rows, rope theta 10,000; 600 steps x 64 rows
   = 78.6M tokens; AdamW LR 1e-3, 5% warm-up, cosine to 1e-4, weight decay 0.1.
 - **Extension arms**, each from that base, to 8192 and 16384 tokens (`study_length=8k|16k`),
-  rope theta 500,000, 150 steps x 131,072 tokens = 19.7M tokens for every arm and length,
+  rope theta 500,000, 131,072 tokens per step for every arm and length (150 steps = 19.7M
+  tokens in the configs; the device calls set `--max-steps`, the LR schedule follows it),
   LR 2e-4 cosine with 5% warm-up, trainable set: attention (+ router) and norms:
   (a) `study_dense`: full attention (SDPA); (b) `study_l2a`: the paper's recipe scaled to
   a 2K base (paper init, window 255, tau 0.1, dense path on 10% of steps, regulariser
   lambda ramped linearly to 1e-8 x 131072 / length); (c) `study_l2a_s08`, `study_l2a_s09`:
   requested sparsity 0.8 / 0.9 (target mode). Seeds 0 and 1 of each (same base).
 - **Evaluation** (`python -m eval`, docs/EVAL.md): the retrieval tasks (NIAH single,
-  multi-key, multi-value, multi-query; variable tracking; NIAH at depths 0, 0.5 and 1, one
-  sample per cell) at 2K, 8K, 16K and 32K (beyond both trained lengths: extrapolation),
-  scored as RULER does; perplexity on the held-out files' rows at the lengths they cover
-  (up to the trained length); sparsity per layer on those rows; KV cache bytes per
-  sequence from the model's config (`l2a.cache.kv_cache_bytes`; dense: every layer, every
-  token), bf16. **Pruning** (`python -m l2a.prune`): a quarter and
-  a half of each L2A model's layers (the least used) made local-only, then evaluated again
-  with their KV bytes.
+  multi-key, multi-value, multi-query at needle depth 0.5; variable tracking; one sample
+  per task and length, `eval.seed` = the run's seed, at most 48 new tokens) at 2K, 8K, 16K
+  and 32K (beyond both trained lengths: extrapolation), scored as RULER does; perplexity
+  on 8 rows of the held-out files per length (up to the trained length); sparsity per
+  layer on those rows; KV cache bytes per sequence from the model's config
+  (`l2a.cache.kv_cache_bytes`; dense: every layer, every token), bf16. **Pruning**
+  (`python -m l2a.prune`): a quarter and a half of each L2A model's layers (the least
+  used) made local-only, then evaluated again with their KV bytes.
 
 ## Commands
 
@@ -295,18 +342,19 @@ arm's retrieval score at the extended length.
 python -m bench.study prepare     # data: 2K, 8K, 16K rows and the held-out files
 python -m bench.study pretrain    # base -> .cache/study/base (safetensors shards < 16 MiB)
 python -m bench.study extend      # 4 arms x {8k,16k} x seeds {0,1}; or one Hydra multirun:
-#   python -m train -m experiment=study_dense,study_l2a,study_l2a_s08,study_l2a_s09 \\
+#   python -m train -m experiment=study_dense,study_l2a,study_l2a_s08,study_l2a_s09 \\\\
 #       study_length=8k,16k train.seed=0,1
 python -m bench.study eval        # python -m eval on every extended model
 python -m bench.study prune       # python -m l2a.prune (1/4, 1/2 of the layers), eval again
 #   (eval and prune take --arms/--lengths/--seeds too: one process per GPU)
-python -m bench.study report      # this page and the plots, from bench/results/study/*.json
+python -m bench.study report      # this page and the plots, from bench/results/study/
 ```
 
-`--arms`, `--lengths`, `--seeds` pick a part (the device calls below run the arms of one
-length at once, see "Sizing"); `--max-minutes` stops a run in time (checkpoint, export,
-recorded as not completed); `--scale tiny` runs the chain on CPU in about a minute
-(`tests/study/test_study_smoke.py`).
+`--arms`, `--lengths`, `--seeds` pick a part; `--max-minutes` stops a run in time
+(checkpoint, export, recorded as not completed); `--scale tiny` runs the chain on CPU in
+about a minute (`tests/study/test_study_smoke.py`). `report` reads the records in
+`bench/results/study/` and in each of its subfolders (one per device run, with an
+`about.json` saying how it was run).
 
 ## On a GPU machine without the data pipeline's packages
 
@@ -315,119 +363,143 @@ brings DeepSpeed and Hydra, not the data pipeline's `datasets` / `pyarrow` (whic
 pandas, would not fit beside the base in the 64 MiB a call carries). So the data are
 prepared on a CPU machine and travel packed:
 `python -m bench.study prepare && python -m bench.study pack-data` writes
-`.cache/study/data/study-{2048,8192,16384}.tar.xz`, each with its held-out rows (measured
-here: 15.3, 5.0 and 5.0 MiB; xz preset 6, about 3 CPU-minutes in all).
-`--data-archives .cache/study/data` then unpacks the one a run needs and trains through
-`python -m bench.study_train`, which opens the prepared rows as they are and hands the
-trainer the loader `python -m train` would build (same batches, same losses: tested on
-CPU with `datasets` blocked). The corpus is then the preparing machine's
-(`bench/results/study/corpus.json` records it).
+`.cache/study/data/study-{2048,8192,16384}.tar.xz`, each with its held-out rows (with the
+current mix, measured here: 15.9, 4.9 and 4.9 MiB; xz preset 6). **A change of the data
+mix means rebuilding them.** `--data-archives .cache/study/data` then unpacks the one a
+run needs and trains through `python -m bench.study_train`, which opens the prepared rows
+as they are and hands the trainer the loader `python -m train` would build (same batches,
+same losses: tested on CPU with `datasets` blocked). The corpus is then the preparing
+machine's (`bench/results/study/corpus.json` records it).
 
 The device calls run `scripts/study_device.sh` (`python -m bench.study_device`, after
 installing the carried wheels into /tmp/site); its deadline counts from its start, and
-whatever it brings back is written by then.
+whatever it brings back is written by then. In an `arms` call the runs train first
+(`--per-gpu` at once on each GPU, each stopped `--reserve-minutes` before the deadline);
+then one job queue, every model unpruned first, then the L2A models pruned by a half,
+then by a quarter, is worked off by `--eval-per-gpu` (1) evaluation processes per GPU. A
+job cut by the deadline is recorded as failed with the samples its log shows scored; one
+never started as skipped.
 
 ```bash
-# 1. pretraining on GPU 0 (the other GPU stays free); carry .whl and
-#    .cache/study/data/study-2048.tar.xz. Back: $OUT/base/ = 4 safetensors shards and
-#    base-files.tar (config, tokenizer, the run's record and log): 5 files, ~47 MiB.
+# 1. pretraining on GPU 0; carry .whl and .cache/study/data/study-2048.tar.xz.
+#    Back: $OUT/base/ = 4 safetensors shards and base-files.tar (config, tokenizer, the
+#    run's record and log): 5 files, ~47 MiB.
 scripts/study_device.sh pretrain --gpus 0 --max-minutes 6 --out $OUT
-# 2. the four arms at 16K, seeds 0 and 1: 8 runs at once, 4 per GPU, each trained for
-#    train.max_steps=N (the LR schedule follows N), then evaluated and pruned; training stops
-#    --reserve-minutes (3) before the deadline, evaluation and pruning at it. Carry .whl,
+# 2. and 3. the four arms at 16K, one seed per call (2 runs per GPU); carry .whl,
 #    .cache/study/data/study-16384.tar.xz and the base of call 1 as .cache/study/base.
 #    Back: $OUT/study-arms.tar.gz (every record, summary, metrics, evaluation report, log).
-scripts/study_device.sh arms --lengths 16k --seeds 0,1 --per-gpu 4 --max-steps N \\
-    --deadline-minutes 9 --out $OUT
-# 3. (optional) the arms at 8K, seed 0: carry study-8192.tar.xz instead of the 16K one
-scripts/study_device.sh arms --lengths 8k --seeds 0 --per-gpu 2 --max-steps N \\
-    --deadline-minutes 9 --out $OUT
-# here: the base into place, the records beside the corpus manifest, the page
+scripts/study_device.sh arms --lengths 16k --seeds 0 --gpus 0,1 --per-gpu 2 --max-steps 80 \\\\
+    --deadline-minutes 8.6 --reserve-minutes 4.5 --out $OUT
+scripts/study_device.sh arms --lengths 16k --seeds 1 --gpus 0,1 --per-gpu 2 --max-steps 80 \\\\
+    --deadline-minutes 8.6 --reserve-minutes 4.5 --out $OUT
+# here: the base into place, the records into a folder of their own, the page
 rm -rf .cache/study/base && cp -r <call 1 files>/base .cache/study/base
 mkdir -p /tmp/study && tar xzf <call 2 files>/study-arms.tar.gz -C /tmp/study
-cp /tmp/study/results/*.json bench/results/study/
+mkdir -p bench/results/study/<device>-<date> && cp /tmp/study/results/*.json bench/results/study/<device>-<date>/
 python -m bench.study report
 ```
 
-A run stopped by the deadline is exported from its checkpoint and recorded as not
-completed; a run that never started, or whose evaluation or pruning did not fit, says so
-in its record and in `results/device-summary.json`. The call ends with one line per run:
-steps, tokens/s, final loss, sparsity, retrieval by length for each pruned fraction.
-The steps of one arm alone, without the concurrency: `python -m bench.study extend|eval|prune
---arms A --lengths L --seeds S --data-archives .cache/study/data --max-minutes M`.
+The call ends with one line per run: steps, tokens/s, final loss, sparsity, retrieval by
+length for each pruned fraction. The steps of one arm alone, without the concurrency:
+`python -m bench.study extend|eval|prune --arms A --lengths L --seeds S --data-archives
+.cache/study/data --max-minutes M`.
 
-## Sizing (estimates, not measurements)
+## Sizing (measured on 2x H200 where it says so)
 
-No part of this study has run on a GPU yet; these are the budgets it is sized to:
-
-- FLOPs per token (training, 6 x 24.1M parameters + causal attention 3.5 x 4 x T/2 x 512
-  per layer): 204M at 2K, 380M at 8K, 615M at 16K (dense attention).
-- docs/BENCHMARKS.md: the Qwen3-1.7B shape trains at 14,302 tokens/s per H200 at 32K,
-  about 336 TFLOP/s of model FLOPs. A 512-wide model uses the GPU less well; at a third
-  of that (110 TFLOP/s) pretraining runs at ~540K tokens/s (78.6M tokens: ~2.5 min) and a
-  16K dense arm at ~180K tokens/s (19.7M tokens: ~1.8 min); 8K faster. At a sixth, twice
-  that (pretraining ~5 min, a 16K dense arm ~3.7 min): every run still fits in one
-  10-minute device call on one H200 with the wheels' install, unpacking the data (seconds)
-  and start-up.
-- Risk to these numbers: rows pack several files each, and the dense arm's SDPA then
-  runs with a document mask (not the flash path the benchmarks timed).
-- L2A arms: at 32K the 1.7B L2A step took 1.16x the dense step (unfused element-wise
-  work); at 16K with window 255 its attention is smaller, the overhead similar: budget
-  1.5x the dense arm: ~3 min at 16K, ~5.5 min at the slower estimate.
-- Evaluation (not measured): 13 generations per length at 4 lengths per model, greedy,
-  at most 128 new tokens, on a 24M model: estimated well under a minute per model; the
-  L2A arm's call evaluates three models per seed (unpruned, a quarter and a half pruned).
-  At the slower training estimate (~5.5 min at 16K) training, evaluation and pruning may
-  not all fit in one call; `--max-minutes` then bounds the training, and a shorter
-  evaluation (`EVAL_LENGTHS` in bench/study.py) or one seed per call makes room.
-- A 24M-parameter model leaves most of an H200 idle: the arms run 4 at a time per GPU
-  (`--per-gpu`), each slower than alone; `--max-steps` is picked from the pretraining's
-  measured throughput so that training ends before the deadline less the reserve, and a
-  run stopped by the deadline is exported from its last checkpoint and marked not
-  completed in the tables.
-- The base comes back from its call as 4 safetensors shards (bf16, 24.29M parameters:
-  11.5-11.8 MiB each, 46.4 MiB in all, measured on a random base of the shape) and one
-  tar of its config and tokenizer: 5 of the 8 files a call returns. It travels into the
-  extension calls (carried with the wheels and one archive: 46.4 + 7.6 + 5.0 MiB plus the
-  repository, about 1.5 MiB: about 61 of the 64 MiB a call carries, so one length per
-  call); it is not re-created in each call (pretraining takes minutes and is not bitwise
-  reproducible on GPU). The extension runs
-  are evaluated and pruned in the call that trains them; only their JSON comes back.
+- Pretraining (measured): 600 steps, 78.6M tokens at 428,065 tokens/s on one H200, 183.7
+  GPU s, 210 s wall with start-up; one 10-minute call.
+- Extension at 16K (measured): 8 runs at once, 4 per GPU: 66-72K tokens/s each (~270K
+  tokens/s per GPU), 80 steps (10.5M tokens) in 146-158 GPU s, ~197 s wall each with
+  start-up; so 150 steps at that concurrency would take ~6 minutes of a call and leave no
+  room to evaluate.
+- Evaluation (measured, the first run's suite: 52 samples per model, up to 128 new
+  tokens): 4 processes per GPU at once: a dense model 122 s (24 ms per generated token),
+  an L2A model 7-12 s per sample (the six L2A evaluations were cut by the deadline after
+  35-42 samples). The suite now has 20 samples of at most 48 tokens (about a fifth of the
+  generated tokens) and runs one process per GPU after training, so each evaluation no
+  longer shares its GPU: **estimated** (not measured) at well under a minute per model.
+  One seed per call: 4 unpruned + 6 pruned evaluations and 6 prunings over 2 GPUs after
+  at most ~4 minutes of start-up and training (80 steps, 2 runs per GPU; 197 s wall at 4
+  per GPU); `--reserve-minutes 4.5` leaves them about 4.5 minutes. If they do not all fit,
+  the prunings by a quarter are the ones left out (the queue's order), and the records say
+  so.
+- The base comes back as 4 safetensors shards (bf16, 24.29M parameters: 46.4 MiB in all)
+  and one tar of its config and tokenizer: 5 of the 8 files a call returns. It travels into
+  the extension calls with the wheels and one archive: 46.4 + 7.6 + 4.9 MiB plus the
+  repository (about 1.5 MiB): about 61 of the 64 MiB a call carries, so one length per
+  call. The extension runs are evaluated and pruned in the call that trains them; only
+  their JSON and logs come back.
 
 ## Status
 
 """
 
 
-def render(pre: list[dict], runs: list[dict], rows: dict, made: list[Path], page: Path) -> str:
+def _has_records(d: Path) -> bool:
+    return any(d.glob("pretrain-seed*.json")) or any(d.glob("run-*.json"))
+
+
+def result_sets(results_dir: Path) -> list[Path]:
+    """The folders holding one study run's records each: the results folder itself and/or
+    its subfolders (one per device run, newest name last)."""
+    subs = sorted(d for d in results_dir.iterdir() if d.is_dir()) if results_dir.is_dir() else []
+    return [d for d in [results_dir, *subs] if _has_records(d)]
+
+
+STATUS_NOTE = ("Each device run of the study is one section below, with how it was run "
+               "(its `about.json`). The recipe above is the current one; a run made with an "
+               "earlier recipe says so in its notes.\n")
+
+
+def render_set(d: Path, page: Path) -> str:
+    """One study run: what it was (about.json: title, calls, notes), the headline, the tables
+    and the plots (written into `d`)."""
+    pre, runs = load(d)
+    rows = summarize(runs)
+    made = plots(rows, d) if rows else []
+    about = json.loads((d / "about.json").read_text()) if (d / "about.json").exists() else {}
+    text = f"## {about.get('title', d.name)}\n\n"
+    text += f"Records: `{os.path.relpath(d, page.parent)}/` ({len(pre)} pretraining, {len(runs)} extension runs).\n\n"
+    scales = sorted({p.get("scale", "full") for p in pre} | {r.get("scale", "full") for r in runs})
+    if scales != ["full"]:
+        text += (f"**These results are from `--scale {'/'.join(scales)}` runs** (the CPU smoke "
+                 "test's tiny model), not the study.\n\n")
+    if about.get("calls"):
+        text += "Device calls:\n\n```bash\n" + "\n".join(about["calls"]) + "\n```\n\n"
+    text += "".join(f"- {n}\n" for n in about.get("notes", [])) + ("\n" if about.get("notes") else "")
+    lines = headline(rows)
+    tested = any("of dense" in x for x in lines)
+    text += "### Headline\n\n" + ("\n".join(lines) or "No evaluated runs.") + "\n\n"
+    if not tested:
+        text += ("**The bar was not tested:** no L2A arm has a retrieval score to set against a "
+                 "non-zero dense score at the extended length.\n\n")
+    text += "\n".join(tables(pre, rows)) + "\n"
+    if runs:
+        text += "\n".join(run_tables(runs)) + "\n"
+    if made:
+        text += "### Plots\n\n" + "\n".join(
+            f"![{p.stem}]({os.path.relpath(p, page.parent)})" for p in made) + "\n\n"
+    return text
+
+
+def render(results_dir: Path, page: Path) -> str:
     text = STATIC
-    if not pre and not runs:
+    sets = result_sets(results_dir)
+    if not sets:
         text += ("**Not run yet.** No training or evaluation results exist in "
                  "`bench/results/study/` (`corpus.json` there is the manifest of the corpus "
                  "the data were prepared from): the study has not been run on a GPU, and "
                  "the tables and plots appear here once it has (`python -m bench.study "
                  "report`).\n")
         return text
-    scales = sorted({p.get("scale", "full") for p in pre} | {r.get("scale", "full") for r in runs})
-    if scales != ["full"]:
-        text += (f"**These results are from `--scale {'/'.join(scales)}` runs** (the CPU smoke "
-                 "test's tiny model), not the study.\n\n")
-    text += f"Result files: {len(pre)} pretraining, {len(runs)} extension runs.\n\n"
-    text += "## Headline\n\n" + ("\n".join(headline(rows)) or "No evaluated runs yet.") + "\n\n"
-    text += "## Tables\n\n" + "\n".join(tables(pre, rows)) + "\n"
-    if made:
-        text += "## Plots\n\n" + "\n".join(
-            f"![{p.stem}]({os.path.relpath(p, page.parent)})" for p in made) + "\n"
-    return text
+    text += STATUS_NOTE + "\n"
+    return text + "\n".join(render_set(d, page) for d in sets)
 
 
 def write_report(results_dir: Path, out: Path) -> Path:
-    pre, runs = load(results_dir)
-    rows = summarize(runs)
-    made = plots(rows, results_dir) if rows else []
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(render(pre, runs, rows, made, out))
+    tmp.write_text(render(results_dir, out))
     os.replace(tmp, out)
-    print(f"wrote {out}" + (f" and {len(made)} plot(s) in {results_dir}" if made else ""))
+    print(f"wrote {out}")
     return out

@@ -300,7 +300,9 @@ def test_a_stopped_evaluation_keeps_the_samples_it_scored(tmp_path):
         "[1/20] niah_single length 2048 depth 0.5: score 1.00 (2.1s)\n"
         "[5/20] variable_tracking length 2048: score 0.40 (0.5s)\n"
         "[6/20] niah_single length 8192 depth 0: score 0.00 (9.1s)\n")
-    assert study.parse_eval_log(log) == [
+    got = study.parse_eval_log(log)
+    assert got["samples"] == [
         {"task": "niah_single", "length": 2048, "depth": 0.5, "score": 1.0},
         {"task": "variable_tracking", "length": 2048, "depth": None, "score": 0.4},
         {"task": "niah_single", "length": 8192, "depth": 0.0, "score": 0.0}]
+    assert got["perplexity"] == {"2048": pytest.approx(3.4370, abs=1e-4)}  # e ** 1.2346
