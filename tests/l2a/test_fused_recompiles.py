@@ -8,8 +8,15 @@ The warm-up prompt has exactly ``hidden_size`` tokens, as the benchmark's (4096 
 size's value and every later length recompiled. Each layer has its own routing threshold
 (a float argument of the router region), as after the benchmark's calibration.
 
+Training steps (forward, backward, and activation checkpointing's recomputation) must
+compile once too: the routed count changes every step, packed rows change the document
+lengths, and a stochastic dense-path step adds the full-path epilogue once. The micro-batch
+size stays fixed within a run (Dynamo specialises a batch of 1), so these steps keep it at 1
+as bench.train_throughput does.
+
 Compiles are counted by Dynamo (``CompileCounter`` as the backend: the guards, hence the
-recompiles, are Dynamo's; the graph then runs eagerly), and once with Inductor itself."""
+recompiles, are Dynamo's; the graph then runs eagerly), and once with Inductor itself
+(for training: Inductor's forward and backward graphs as well)."""
 
 from __future__ import annotations
 
@@ -22,6 +29,7 @@ from torch._dynamo.testing import CompileCounter
 from torch._dynamo.utils import counters
 
 import l2a.fused
+from grad_helpers import loss_outputs_grads
 from kernels.decode import DECODE_MAX_QUERIES
 from l2a.cache import L2ACache
 from l2a.convert import convert_model
@@ -97,3 +105,63 @@ def test_prefills_compile_each_region_once_with_inductor(make_base, compile_with
     compile_with("inductor")
     counters.clear()
     _check_compiles_once(_model(make_base, layers=2), lambda: counters["stats"]["unique_graphs"])
+
+
+def _train_model(make_base, routed):
+    model = _model(make_base, layers=2)
+    model.config.l2a_routed_projections = routed
+    model.config.l2a_fused_elementwise = True
+    model.train().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def _train_step(model, doc_lengths, seed, dense=False):
+    """One forward + backward on one packed row; routed tokens per layer."""
+    ids = torch.randint(0, model.config.vocab_size, (1, sum(doc_lengths)),
+                        generator=torch.Generator().manual_seed(seed))
+    pos = torch.cat([torch.arange(n) for n in doc_lengths]).unsqueeze(0)
+    _, out, grads = loss_outputs_grads(model, ids, pos, dense)
+    assert any(name.endswith("router.weight") for name in grads)  # the backward ran through
+    return [int(d.sum()) for d in out.routes]
+
+
+def _check_training_compiles_once(model, routed, compiles):
+    """Warm-up: a sparse and a dense-path step of ``hidden_size`` tokens; then other routed
+    counts, other lengths and document splits, another dense-path step: ``compiles()`` must
+    not rise after the warm-up. Regions: add_rms_norm, router, norm_rope and the gated
+    epilogue of each path (gated_scatter_add for routed rows, gated_add for the full path,
+    which the dense path takes in either mode)."""
+    regions = 5 if routed else 4
+    warm = _train_step(model, [HIDDEN], seed=0)
+    _train_step(model, [HIDDEN], seed=0, dense=True)
+    assert compiles() == regions
+    counts = [warm]
+    for seed, docs in enumerate(([HIDDEN], [HIDDEN // 2, HIDDEN - 3], [7, 2 * HIDDEN + 5, 31]), start=1):
+        counts.append(_train_step(model, docs, seed=seed))
+        assert compiles() == regions, f"recompiled for a step of documents {docs}"
+    _train_step(model, [HIDDEN + 9, 40], seed=9, dense=True)
+    assert compiles() == regions, "recompiled for a dense-path step of another length"
+    assert len({tuple(c) for c in counts}) == len(counts), f"routed counts must differ: {counts}"
+
+
+@pytest.mark.parametrize("routed", [True, False], ids=["routed", "full"])
+def test_training_steps_compile_each_region_once(make_base, compile_with, routed):
+    counter = CompileCounter()
+    compile_with(counter)
+    _check_training_compiles_once(_train_model(make_base, routed), routed, lambda: counter.frame_count)
+
+
+def test_training_steps_compile_each_region_once_with_inductor(make_base, compile_with):
+    """Inductor compiles a forward and (at the first backward) a backward graph per region;
+    neither may be compiled again."""
+    compile_with("inductor")
+    counters.clear()
+
+    def compiles():
+        graphs = counters["stats"]["unique_graphs"]
+        inductor = sum(counters["inductor"][k] for k in ("fxgraph_cache_miss", "fxgraph_cache_hit",
+                                                          "fxgraph_cache_bypass"))
+        assert inductor == 2 * graphs, f"{inductor} Inductor graphs for {graphs} regions"
+        return graphs
+
+    _check_training_compiles_once(_train_model(make_base, routed=True), True, compiles)
