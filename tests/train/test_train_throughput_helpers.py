@@ -64,3 +64,32 @@ def test_config_carries_sequence_parallel_and_json_records_the_shape():
     assert shape["num_hidden_layers"] == 3  # the override, not the preset's 36
     assert (shape["hidden_size"], shape["num_key_value_heads"], shape["head_dim"]) == (4096, 8, 128)
     assert shape["vocab_size"] == 151936
+
+
+def test_dense_variants_pick_their_attention_whatever_the_preset():
+    """qwen3_8b_random pins `sdpa`: `dense` must still be the fastest dense baseline (auto:
+    FlashAttention-4 where it runs) and `dense_sdpa` the SDPA one; a user override wins."""
+    from bench.train_throughput import _config
+
+    args = SimpleNamespace(
+        model="qwen3_8b_random", deepspeed="zero3", steps=3, sequence_parallel=2,
+        no_activation_checkpointing=False, lr=1e-4, window=4095, sparsity_target=0.8, override=[],
+    )
+    assert _config(args, "dense", 4096)[0].model.dense_attn_implementation == "auto"
+    assert _config(args, "dense_sdpa", 4096)[0].model.dense_attn_implementation == "sdpa"
+    assert not _config(args, "dense", 4096)[0].l2a.enabled
+    args.override = ["model.dense_attn_implementation=flash_attention_2"]
+    assert _config(args, "dense", 4096)[0].model.dense_attn_implementation == "flash_attention_2"
+
+
+def test_speedups_pair_every_l2a_variant_with_every_dense_one_of_its_length():
+    from bench.train_throughput import speedups
+
+    results = {
+        "l2a_fused": {"variant": "l2a_fused", "seq_len": 8, "tokens_per_s_per_gpu": 300.0},
+        "dense": {"variant": "dense", "seq_len": 8, "tokens_per_s_per_gpu": 150.0},
+        "dense_sdpa": {"variant": "dense_sdpa", "seq_len": 8, "tokens_per_s_per_gpu": 120.0},
+        "dense@16": {"variant": "dense", "seq_len": 16, "tokens_per_s_per_gpu": 50.0},
+        "l2a": {"variant": "l2a", "seq_len": 8, "tokens_per_s_per_gpu": None},  # not timed
+    }
+    assert speedups(results) == {"l2a_fused/dense": 2.0, "l2a_fused/dense_sdpa": 2.5}
