@@ -117,9 +117,10 @@ def _train_model(make_base, routed):
 
 def _train_step(model, doc_lengths, seed, dense=False):
     """One forward + backward on one packed row; routed tokens per layer."""
+    device = model.device
     ids = torch.randint(0, model.config.vocab_size, (1, sum(doc_lengths)),
-                        generator=torch.Generator().manual_seed(seed))
-    pos = torch.cat([torch.arange(n) for n in doc_lengths]).unsqueeze(0)
+                        generator=torch.Generator().manual_seed(seed)).to(device)
+    pos = torch.cat([torch.arange(n) for n in doc_lengths]).unsqueeze(0).to(device)
     _, out, grads = loss_outputs_grads(model, ids, pos, dense)
     assert any(name.endswith("router.weight") for name in grads)  # the backward ran through
     return [int(d.sum()) for d in out.routes]
@@ -151,17 +152,32 @@ def test_training_steps_compile_each_region_once(make_base, compile_with, routed
     _check_training_compiles_once(_train_model(make_base, routed), routed, lambda: counter.frame_count)
 
 
+def _inductor_compiles():
+    """Regions compiled by Dynamo; each must have its Inductor forward and backward graph."""
+    graphs = counters["stats"]["unique_graphs"]
+    inductor = sum(counters["inductor"][k] for k in ("fxgraph_cache_miss", "fxgraph_cache_hit",
+                                                      "fxgraph_cache_bypass"))
+    assert inductor == 2 * graphs, f"{inductor} Inductor graphs for {graphs} regions"
+    return graphs
+
+
 def test_training_steps_compile_each_region_once_with_inductor(make_base, compile_with):
     """Inductor compiles a forward and (at the first backward) a backward graph per region;
     neither may be compiled again."""
     compile_with("inductor")
     counters.clear()
+    _check_training_compiles_once(_train_model(make_base, routed=True), True, _inductor_compiles)
 
-    def compiles():
-        graphs = counters["stats"]["unique_graphs"]
-        inductor = sum(counters["inductor"][k] for k in ("fxgraph_cache_miss", "fxgraph_cache_hit",
-                                                          "fxgraph_cache_bypass"))
-        assert inductor == 2 * graphs, f"{inductor} Inductor graphs for {graphs} regions"
-        return graphs
 
-    _check_training_compiles_once(_train_model(make_base, routed=True), True, compiles)
+@pytest.mark.gpu
+@pytest.mark.parametrize("routed", [True, False], ids=["routed", "full"])
+def test_gpu_bf16_training_steps_compile_each_region_once(make_base, compile_with, routed):
+    """The same on CUDA in bf16, Inductor writing Triton kernels (the attention is the
+    reference op, so only the fused regions compile)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    compile_with("inductor")
+    counters.clear()
+    model = _train_model(make_base, routed).to("cuda", torch.bfloat16)
+    model.config.l2a_attn_backend = "torch"
+    _check_training_compiles_once(model, routed, _inductor_compiles)

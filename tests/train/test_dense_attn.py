@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from train.build_model import dense_attn_implementation
@@ -25,3 +26,48 @@ def test_auto_is_sdpa_without_a_hopper_gpu_or_in_fp32(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
     monkeypatch.setattr("kernels.backends.fa4_installed", lambda: False)
     assert dense_attn_implementation("auto", torch.bfloat16) == "sdpa"
+
+
+@pytest.mark.gpu
+def test_gpu_auto_dense_runs_flash_attention_4_like_sdpa_per_document():
+    """The dense baseline on an H100/H200 with flash-attn-4: `auto` gives FlashAttention-4,
+    transformers finds the package itself (else it would fetch a hub kernel), and a packed
+    row (documents by position ids) gives each document's own SDPA logits and gradients."""
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] not in (9, 10):
+        pytest.skip("needs a Hopper or Blackwell GPU")
+    from kernels.backends import fa4_installed
+
+    if not fa4_installed():
+        pytest.skip("flash-attn-4 is not installed")
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+    from transformers.utils import is_flash_attn_4_available
+
+    assert is_flash_attn_4_available()
+    assert dense_attn_implementation("auto", torch.bfloat16) == "flash_attention_4"
+    cfg = Qwen3Config(vocab_size=301, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=64,
+                      max_position_embeddings=2048)
+    torch.manual_seed(0)
+    models = {impl: Qwen3ForCausalLM._from_config(cfg, attn_implementation=impl, dtype=torch.bfloat16).cuda()
+              for impl in ("flash_attention_4", "sdpa")}
+    models["sdpa"].load_state_dict(models["flash_attention_4"].state_dict())
+    lengths = [300, 77, 500]
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    ids = torch.randint(0, cfg.vocab_size, (1, sum(lengths)), device="cuda", generator=gen)
+    weights = torch.randn(1, sum(lengths), cfg.vocab_size, device="cuda", generator=gen)
+    starts = [sum(lengths[:i]) for i in range(len(lengths))]
+
+    def run(impl, spans):
+        model = models[impl]
+        model.zero_grad(set_to_none=True)
+        logits = torch.cat([model(ids[:, s:e], position_ids=pos).logits for s, e, pos in spans], dim=1)
+        (logits.float() * weights).sum().backward()
+        return logits.float(), {n: p.grad.float() for n, p in model.named_parameters()}
+
+    packed_pos = torch.cat([torch.arange(n, device="cuda") for n in lengths]).unsqueeze(0)
+    got, got_grads = run("flash_attention_4", [(0, sum(lengths), packed_pos)])
+    want, want_grads = run("sdpa", [(s, s + n, torch.arange(n, device="cuda").unsqueeze(0))
+                                    for s, n in zip(starts, lengths)])
+    assert (got - want).norm() <= 2e-2 * want.norm()
+    for name, g in want_grads.items():
+        assert (got_grads[name] - g).norm() <= 3e-2 * g.norm() + 1e-4, name
