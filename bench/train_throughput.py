@@ -8,6 +8,9 @@ DeepSpeed ZeRO-3, bf16, activation checkpointing, one sequence per GPU per step:
 * `l2a_full`: the same with `l2a.routed_projections=false` (the global branch's q/o
   projections for every token), for the before/after comparison;
 * `l2a_fused`: `l2a` with `l2a.fused_elementwise=true` (l2a/fused.py);
+* `l2a_routed`, `l2a_routed_fused`: `l2a`, `l2a_fused` with `l2a.routed_projections=true`
+  (q/o projections of the global branch for routed tokens only; not with
+  `--sequence-parallel` > 1, which the config refuses);
 * `dense`: the same base model without L2A, same trainable set (attention + norms),
   attention by `model.dense_attn_implementation=auto`: FlashAttention-4 where flash-attn-4
   is installed on Hopper / Blackwell, else SDPA restricted to the cuDNN (then flash) backend;
@@ -53,6 +56,7 @@ from types import SimpleNamespace
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+VARIANTS = ("l2a", "l2a_full", "l2a_fused", "l2a_routed", "l2a_routed_fused", "dense", "dense_sdpa")
 CONF = ROOT / "conf"
 
 
@@ -132,7 +136,9 @@ def _config(args, variant: str, seq_len: int):
         overrides += [f"l2a.sparsity_target={args.sparsity_target}", "+l2a.target_ramp=0.0"]
         if variant == "l2a_full":
             overrides.append("l2a.routed_projections=false")
-        if variant == "l2a_fused":
+        if variant in ("l2a_routed", "l2a_routed_fused"):
+            overrides.append("l2a.routed_projections=true")
+        if variant in ("l2a_fused", "l2a_routed_fused"):
             overrides.append("l2a.fused_elementwise=true")
     overrides += args.override
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
@@ -327,7 +333,7 @@ def run_variant(args, variant: str, seq_len: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--variants", default="l2a,dense", help="comma-separated: l2a, l2a_full, l2a_fused, dense, dense_sdpa")
+    p.add_argument("--variants", default="l2a,dense", help=f"comma-separated: {', '.join(VARIANTS)}")
     p.add_argument("--model", default="qwen3_1p7b_random", help="conf/model option")
     p.add_argument("--deepspeed", default="zero3", help="conf/deepspeed option")
     p.add_argument("--seq-len", default="32768",
@@ -364,6 +370,12 @@ def main(argv: list[str] | None = None) -> int:
         help="result JSON (default: $OUT/train_throughput.json or bench/results/)",
     )
     args = p.parse_args(argv)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants:
+        print(f"--variants: expected a comma-separated list of {', '.join(VARIANTS)}, got "
+              f"{args.variants!r}", file=sys.stderr)
+        return 2
     if not torch.cuda.is_available() and not args.cpu_smoke:
         print("bench.train_throughput needs CUDA GPUs (--cpu-smoke: check the command starts, "
               "fp32 on CPU, no memory figures)", file=sys.stderr)
@@ -376,7 +388,6 @@ def main(argv: list[str] | None = None) -> int:
     init_distributed()
     args.work_dir = broadcast_object(args.work_dir or tempfile.mkdtemp(prefix="l2a-bench-"))
     seq_lens = [int(x) for x in str(args.seq_len).split(",") if x.strip()]
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     rank = int(os.environ.get("RANK", "0"))
     results: dict = {}
     for variant in variants:

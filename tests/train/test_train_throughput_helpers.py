@@ -93,3 +93,10 @@ def test_speedups_pair_every_l2a_variant_with_every_dense_one_of_its_length():
         "l2a": {"variant": "l2a", "seq_len": 8, "tokens_per_s_per_gpu": None},  # not timed
     }
     assert speedups(results) == {"l2a_fused/dense": 2.0, "l2a_fused/dense_sdpa": 2.5}
+
+
+def test_unknown_variant_is_refused_before_anything_starts(capsys):
+    from bench.train_throughput import main
+
+    assert main(["--variants", "l2a,l2a_fsued", "--cpu-smoke"]) == 2
+    assert "--variants" in capsys.readouterr().err
