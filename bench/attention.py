@@ -220,8 +220,10 @@ def environment() -> dict:
     }
 
 
-def run_table(lengths, fractions, passes, kernels_sel) -> list[dict]:
-    records = []
+def run_table(lengths, fractions, passes, kernels_sel, records: list | None = None) -> list[dict]:
+    """Times every selected kernel; each record is appended to `records` (also printed) as
+    soon as it is measured, so a caller that is interrupted keeps the finished ones."""
+    records = [] if records is None else records
     for T in lengths:
         torch.manual_seed(T)
         q = torch.randn(1, HQ, T, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
@@ -509,8 +511,13 @@ def main(argv=None) -> None:
     if args.sweep is not None:
         result = {"env": env, "sweep": sweep(args.sweep_len, 0.2, args.sweep)}
     else:
-        records = run_table(args.lengths, args.fractions, args.passes, set(args.kernels))
-        result = {"env": env, "records": records}
+        records: list[dict] = []
+        try:
+            run_table(args.lengths, args.fractions, args.passes, set(args.kernels), records)
+            result = {"env": env, "records": records}
+        except KeyboardInterrupt:  # e.g. `timeout -s INT`: keep what was measured
+            print("[bench] interrupted: writing the records measured so far", file=sys.stderr)
+            result = {"env": env, "records": records, "interrupted": True}
         print(markdown(env, records))
     gpu = env["gpu"].replace("NVIDIA ", "").replace(" ", "-")
     path = args.out or Path(__file__).parent / "results" / f"{gpu}-{env['date'][:10]}.json"

@@ -50,3 +50,28 @@ def test_flash_attn_baseline_layout_window_and_gqa(monkeypatch):
 def test_flash_attn_absent_is_skipped_not_an_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "flash_attn", None)  # import raises ImportError
     assert not flash_attn_available()
+
+
+def test_interrupted_table_keeps_the_records_measured_so_far(monkeypatch, tmp_path, capsys):
+    """`timeout -s INT` on the benchmark (the fast-path device script) must still leave a
+    JSON with every record finished before the interrupt, marked as interrupted."""
+    import json
+
+    import bench.attention as ba
+
+    done = {"kernel": "sdpa_cudnn", "seq_len": 1024, "fraction": 1.0, "pass": "fwd", "ms": 1.0,
+            "useful_tflops": 1.0}
+
+    def table(lengths, fractions, passes, kernels, records):
+        records.append(done)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ba.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(ba, "environment", lambda: {"gpu": "G", "torch": "t", "triton": "t",
+                                                    "date": "2026-11-30T00:00:00"})
+    monkeypatch.setattr(ba, "run_table", table)
+    out = tmp_path / "a.json"
+    ba.main(["--lengths", "1024", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["interrupted"] is True and result["records"] == [done]
+    assert "| 1K | fwd | sdpa_cudnn |" in capsys.readouterr().out
