@@ -22,6 +22,7 @@ nothing of them):
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import types
 
@@ -50,40 +51,35 @@ def _mlp_math(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return mlp.down_proj(mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x))
 
 
+@functools.cache
 def _tiled_mlp_function():
     """DeepSpeed's ``TiledMLP`` whose forward writes each shard's output into one
     preallocated tensor instead of concatenating the shards at the end: the list of shard
     outputs and their concatenation are two ``tokens x hidden`` tensors at once, and with
     activation checkpointing this forward runs again in the layer's recomputation, at the
     step's memory peak. Backward is DeepSpeed's."""
-    global _TILED_MLP
-    if _TILED_MLP is None:
-        from deepspeed.runtime.sequence_parallel.ulysses_sp import TiledMLP
+    from deepspeed.runtime.sequence_parallel.ulysses_sp import TiledMLP
 
-        class TiledMLPInPlace(TiledMLP):
-            @staticmethod
-            def forward(ctx, fn, self, x, shards, compute_params):
-                ctx.fn, ctx.self, ctx.shards = fn, self, shards
-                ctx.compute_params = [p for p in compute_params if p.requires_grad]
-                ctx.save_for_backward(x)
-                out = None
-                with torch.no_grad():
-                    parts = torch.chunk(x, chunks=shards, dim=-2)
-                    offset = 0
-                    for x_shard in parts:
-                        y = fn(self, x_shard)
-                        if out is None:  # the output's width is the function's (hidden)
-                            out = y.new_empty(*x.shape[:-1], y.shape[-1])
-                        out.narrow(-2, offset, y.shape[-2]).copy_(y)
-                        offset += y.shape[-2]
-                        del y
-                return out
+    class TiledMLPInPlace(TiledMLP):
+        @staticmethod
+        def forward(ctx, fn, self, x, shards, compute_params):
+            ctx.fn, ctx.self, ctx.shards = fn, self, shards
+            ctx.compute_params = [p for p in compute_params if p.requires_grad]
+            ctx.save_for_backward(x)
+            out = None
+            with torch.no_grad():
+                parts = torch.chunk(x, chunks=shards, dim=-2)
+                offset = 0
+                for x_shard in parts:
+                    y = fn(self, x_shard)
+                    if out is None:  # the output's width is the function's (hidden)
+                        out = y.new_empty(*x.shape[:-1], y.shape[-1])
+                    out.narrow(-2, offset, y.shape[-2]).copy_(y)
+                    offset += y.shape[-2]
+                    del y
+            return out
 
-        _TILED_MLP = TiledMLPInPlace
-    return _TILED_MLP
-
-
-_TILED_MLP = None
+    return TiledMLPInPlace
 
 
 def _tiled_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:

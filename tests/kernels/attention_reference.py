@@ -91,3 +91,30 @@ def reference_with_grads(ref_fn, q, k, v, do, *args, **kwargs):
     o = ref_fn(q, k, v, *args, **kwargs)
     o.backward(do.double())
     return o.detach(), q.grad, k.grad, v.grad
+
+
+def check_block_mask_cover(bm, visible: torch.Tensor, block: int):
+    """A flex `BlockMask` against the token-level `visible` (B, rows, cols): no block is both
+    partial and full, skipped blocks hold no visible pair, full blocks only visible pairs.
+    Returns the (B, row blocks, col blocks) bool maps of partial and full blocks."""
+    B, rows, cols = visible.shape
+    nq, nk = (rows + block - 1) // block, (cols + block - 1) // block
+    padded = torch.nn.functional.pad(visible, (0, nk * block - cols, 0, nq * block - rows))
+    any_vis = padded.view(B, nq, block, nk, block).any(4).any(2)
+    cover = torch.ones(nq * block, nk * block, dtype=torch.bool)
+    cover[:rows, :cols] = False  # padding counts as visible for the "all" test
+    all_vis = (padded | cover).view(B, nq, block, nk, block).all(4).all(2)
+
+    def dense(num, idx):
+        out = torch.zeros(B, nq, nk, dtype=torch.bool)
+        for b in range(B):
+            for i in range(nq):
+                out[b, i, idx[b, 0, i, : num[b, 0, i]].long()] = True
+        return out
+
+    partial = dense(bm.kv_num_blocks, bm.kv_indices)
+    full = dense(bm.full_kv_num_blocks, bm.full_kv_indices)
+    assert not (partial & full).any()
+    assert ((partial | full) >= any_vis).all(), "a visible pair lies in a skipped block"
+    assert (full <= all_vis).all(), "a full block holds a masked pair"
+    return partial, full, any_vis

@@ -9,12 +9,11 @@ checked at block and token level without compiling anything.
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import torch
 from attention_reference import (
     allowed_mask,
+    check_block_mask_cover,
     make_route,
     random_doc_ids,
     reference_with_grads,
@@ -158,25 +157,7 @@ def test_query_block_mask_for_compacted_queries(T, n_docs, fraction, block, wind
     bi = torch.arange(B)[:, None, None]
     assert torch.equal(bm.mask_mod(bi, 0, qi, ki), visible)
 
-    nq, nk = (R + block - 1) // block, (T + block - 1) // block
-    padded = torch.nn.functional.pad(visible, (0, nk * block - T, 0, nq * block - R))
-    blocks = padded.view(B, nq, block, nk, block)
-    any_vis = blocks.any(4).any(2)
-    cover = torch.ones(nq * block, nk * block, dtype=torch.bool)
-    cover[:R, :T] = False  # padding counts as visible for the "all" test
-    all_vis = (padded | cover).view(B, nq, block, nk, block).all(4).all(2)
-
-    def dense(num, idx):
-        out = torch.zeros(B, nq, nk, dtype=torch.bool)
-        for b, i in itertools.product(range(B), range(nq)):
-            out[b, i, idx[b, 0, i, : num[b, 0, i]].long()] = True
-        return out
-
-    partial = dense(bm.kv_num_blocks, bm.kv_indices)
-    full = dense(bm.full_kv_num_blocks, bm.full_kv_indices)
-    assert not (partial & full).any()
-    assert ((partial | full) >= any_vis).all(), "a visible pair lies in a skipped block"
-    assert (full <= all_vis).all(), "a full block holds a masked pair"
+    _, full, _ = check_block_mask_cover(bm, visible, block)
     if window is None and n_docs == 1 and fraction > 0.1:
         assert full.any(), "no full block: the mask is all partial"
 

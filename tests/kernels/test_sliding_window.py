@@ -8,6 +8,7 @@ import pytest
 import torch
 from attention_reference import (
     allowed_mask,
+    check_block_mask_cover,
     random_doc_ids,
     reference_with_grads,
     rel_err,
@@ -121,25 +122,5 @@ def test_flex_block_mask_is_exact_at_block_level(T, window, n_docs, block):
     bm = sliding_window_block_mask(doc_start_positions(doc_ids), window, block=block)
     nb = (T + block - 1) // block
     visible = allowed_mask(T, doc_ids, 2, window)
-    pad = nb * block - T
-    vis_blocks = torch.nn.functional.pad(visible, (0, pad, 0, pad)).view(2, nb, block, nb, block)
-    any_vis = vis_blocks.any(4).any(2)
-    cover = torch.ones(nb * block, nb * block, dtype=torch.bool)
-    cover[:T, :T] = False  # padding counts as visible for the "all" test
-    all_vis = (torch.nn.functional.pad(visible, (0, pad, 0, pad)) | cover).view(
-        2, nb, block, nb, block
-    )
-    all_vis = all_vis.all(4).all(2)
-
-    def dense(num, idx):
-        out = torch.zeros(2, nb, nb, dtype=torch.bool)
-        for b, i in itertools.product(range(2), range(nb)):
-            out[b, i, idx[b, 0, i, : num[b, 0, i]].long()] = True
-        return out
-
-    partial = dense(bm.kv_num_blocks, bm.kv_indices)
-    full = dense(bm.full_kv_num_blocks, bm.full_kv_indices)
-    assert not (partial & full).any()
-    assert ((partial | full) >= any_vis).all(), "a visible pair lies in a skipped block"
-    assert (full <= all_vis).all(), "a full block holds a masked pair"
+    partial, full, any_vis = check_block_mask_cover(bm, visible, block)
     assert (full | partial).sum() <= any_vis.sum() + 2 * nb * 2  # no gross over-coverage

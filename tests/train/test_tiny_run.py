@@ -7,7 +7,13 @@ import json
 
 import pytest
 import torch
-from train_helpers import METHOD_FROZEN, METHOD_TRAINABLE, read_metrics, run_in_process
+from train_helpers import (
+    METHOD_FROZEN,
+    METHOD_TRAINABLE,
+    assert_same_steps,
+    read_metrics,
+    run_in_process,
+)
 
 REQUIRED = {"step", "loss", "lm_loss", "sparsity", "sparsity/layer_0", "sparsity/layer_1",
             "lambda", "reg", "lr", "grad_norm", "tokens_per_s"}
@@ -107,10 +113,7 @@ def test_activation_checkpointing_gives_the_same_steps(base_overrides, tmp_path)
     code_a, _ = run_in_process(short + ["train.activation_checkpointing=false"], tmp_path / "a")
     code_b, _ = run_in_process(short + ["train.activation_checkpointing=true"], tmp_path / "b")
     assert code_a == code_b == 0
-    a, b = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
-    for x, y in zip(a, b):
-        assert x["loss"] == pytest.approx(y["loss"], rel=1e-6)
-        assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-5)
+    assert_same_steps(tmp_path / "a", tmp_path / "b", loss_rel=1e-6, grad_rel=1e-5)
 
 
 def test_dense_baseline_trains_attention_only(shared_dirs, tmp_path):
@@ -152,8 +155,5 @@ def test_zero3_offload_matches_zero1(base_overrides, tmp_path):
     code_a, _ = run_in_process(short + ["deepspeed=zero1"], tmp_path / "zero1")
     code_b, _ = run_in_process(short + ["deepspeed=zero3_offload"], tmp_path / "offload")
     assert code_a == code_b == 0
-    a, b = read_metrics(tmp_path / "zero1"), read_metrics(tmp_path / "offload")
-    assert len(a) == len(b) == 2
-    for x, y in zip(a, b):
-        assert x["loss"] == pytest.approx(y["loss"], rel=1e-5)
-        assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-4)
+    assert_same_steps(tmp_path / "zero1", tmp_path / "offload", loss_rel=1e-5, grad_rel=1e-4,
+                      steps=2)

@@ -66,3 +66,17 @@ def run_cli(overrides: list[str], run_dir: Path, env: dict | None = None, timeou
 def read_metrics(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def assert_same_steps(run_a: Path, run_b: Path, loss_rel: float, grad_rel: float,
+                      steps: int | None = None) -> None:
+    """Two runs' metrics.jsonl: the same per-step loss and gradient norm (relative tolerance),
+    and `steps` records each when given."""
+    import pytest
+
+    a, b = read_metrics(run_a), read_metrics(run_b)
+    if steps is not None:
+        assert len(a) == len(b) == steps
+    for x, y in zip(a, b):
+        assert x["loss"] == pytest.approx(y["loss"], rel=loss_rel)
+        assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=grad_rel)
