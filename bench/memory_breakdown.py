@@ -80,8 +80,15 @@ def engine_static_bytes(engine) -> dict:
         # ZeRO-1/2 and 0: gradients live in the parameters' .grad (full or partitioned
         # during the step); counted where present.
         out["grads"] = _bytes_unique([p.grad for p in engine.module.parameters()], seen)
-    out["master_weights"] = _bytes_unique(
-        [p for g in inner.param_groups for p in g["params"]], seen)
+    # ZeRO-3 keeps its fp32 partitions in `fp32_partitioned_groups_flat` (what the inner
+    # optimizer steps on); elsewhere the inner optimizer's parameters are the master copy.
+    # (In an fp32 run they are the very tensors of `fp16_partitioned_groups_flat`, which
+    # are parameters: not a second copy.)
+    working = {id(t) for t in getattr(opt, "fp16_partitioned_groups_flat", None) or []}
+    masters = [t for t in getattr(opt, "fp32_partitioned_groups_flat", None) or []
+               if id(t) not in working]
+    masters += [p for g in inner.param_groups for p in g["params"]]
+    out["master_weights"] = _bytes_unique(masters, seen)
     out["optimizer_states"] = _bytes_unique(
         [v for st in inner.state.values() for v in st.values() if torch.is_tensor(v) and v.dim() > 0],
         seen)
@@ -255,6 +262,14 @@ def _throughput_args(args) -> SimpleNamespace:
         skip_steps=0, profile=False, override=list(args.override) + _overrides(args))
 
 
+def build_config(args, variant: str, targs: SimpleNamespace | None = None):
+    """The trainer config of `variant` as bench.train_throughput builds it, for this
+    benchmark's sequence length (the sequence-parallel checks divide it)."""
+    from bench.train_throughput import _config
+
+    return _config(targs or _throughput_args(args), variant, args.seq_len)
+
+
 def _loader(args, cfg, rank: int):
     from bench.train_throughput import SyntheticPackedLoader
 
@@ -270,42 +285,66 @@ def measure_gpu(args, variant: str) -> dict:
 
     import torch.distributed as dist
 
-    from bench.train_throughput import _config
     from train.trainer import Trainer
 
     run_dir = Path(args.work_dir) / variant
-    cfg, overrides = _config(_throughput_args(args), variant, run_dir)
+    cfg, overrides = build_config(args, variant)
     rank = int(os.environ.get("RANK", "0"))
     loader = _loader(args, cfg, rank)
-    attn = contextlib.nullcontext()
-    if variant == "dense":
+    def attn():
+        # A new context per use: sdpa_kernel's is a generator and cannot be entered twice.
+        if variant != "dense":
+            return contextlib.nullcontext()
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        attn = sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION,
+        return sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION,
                             SDPBackend.EFFICIENT_ATTENTION], set_priority=True)
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     trainer = Trainer(cfg, run_dir, overrides, loader=loader)
     result: dict = {"variant": variant, "overrides": overrides}
     try:
-        with attn:
+        with attn():
             for _ in range(args.warmup_steps):
                 trainer.train_step([next(loader)])
             torch.cuda.synchronize()
             result["static_bytes"] = engine_static_bytes(trainer.engine)
-            steps = [("normal", False)] + ([("dense_path", True)] if variant == "l2a" else [])
-            for name, dense in steps:
+            # The peaks come from steps without the allocation trace. The trace is taken in
+            # one more normal step, last (a failure there loses nothing else), with
+            # checkpoint early stopping off: with Python stacks recorded, the exception that
+            # stops a recomputation early, raised inside the tiled MLP's autograd Function,
+            # came out as "SystemError: ... returned NULL without setting an exception" on
+            # an H200 (torch 2.11). Without early stop a recomputation runs the whole layer,
+            # so the traced step's replayed peak may differ slightly from the untraced one.
+            steps = [("normal", False, False)]
+            if variant == "l2a":
+                steps.append(("dense_path", True, False))
+            if args.record:
+                steps.append(("normal_traced", False, True))
+            for name, dense, record in steps:
                 trainer.draw_dense = lambda step, _d=dense: _d
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
                 start = torch.cuda.memory_allocated()
-                record = args.record and name == "normal"
+                early_stop = contextlib.nullcontext()
                 if record:
+                    from torch.utils.checkpoint import set_checkpoint_early_stop
+
+                    early_stop = set_checkpoint_early_stop(False)
                     torch.cuda.memory._record_memory_history(max_entries=args.trace_entries,
                                                              stacks="python")
                 t0 = time.perf_counter()
-                trainer.train_step([next(loader)])
-                torch.cuda.synchronize()
+                try:
+                    with early_stop:
+                        trainer.train_step([next(loader)])
+                    torch.cuda.synchronize()
+                except Exception as e:  # noqa: BLE001  (only the traced step may fail here)
+                    if not record:
+                        raise
+                    torch.cuda.memory._record_memory_history(enabled=None)
+                    result[name] = {"error": f"{type(e).__name__}: {e}"[:400]}
+                    print(f"{variant} {name} step failed: {result[name]['error']}", flush=True)
+                    break
                 step_s = time.perf_counter() - t0
                 peak = torch.tensor([float(torch.cuda.max_memory_allocated())], device="cuda")
                 if dist.is_initialized():
@@ -316,6 +355,7 @@ def measure_gpu(args, variant: str) -> dict:
                 if record:
                     snap = torch.cuda.memory._snapshot()
                     torch.cuda.memory._record_memory_history(enabled=None)
+                    entry["checkpoint_early_stop"] = False
                     entry["at_peak"] = peak_allocations(snap, torch.cuda.current_device(), start)
                     if args.save_snapshot and rank == 0:
                         import pickle
@@ -324,12 +364,16 @@ def measure_gpu(args, variant: str) -> dict:
                         snap_path.parent.mkdir(parents=True, exist_ok=True)
                         snap_path.write_bytes(pickle.dumps(snap))
                         entry["snapshot"] = str(snap_path)
+                    del snap
                 result[name] = entry
+                if rank == 0:
+                    print(f"{variant} {name} step: peak {entry['peak_bytes_max_over_ranks'] / 2**30:.2f}"
+                          f" GiB (max over ranks), {step_s:.1f} s", flush=True)
     finally:
         trainer.close()
         del trainer
         torch.cuda.empty_cache()
-    with attn:
+    with attn():
         result["layer_saved"] = layer_saved_bytes(
             variant, cfg.model.random_base, args.layer_tokens, torch.device("cuda"),
             torch.bfloat16, args.tiled_mlp, args.window)
@@ -347,13 +391,16 @@ def summarise(result: dict) -> dict:
             peak = result[name]["peak_bytes_this_rank"]
             out[f"peak_{name}"] = round(peak / 2**30, 2)
             out[f"activations_{name}"] = round((peak - static) / 2**30, 2)
+            # What bench.train_throughput reports: the peak above what is allocated
+            # between steps (everything resident, whatever the accounting above names).
+            above = peak - result[name]["allocated_at_step_start_bytes"]
+            out[f"above_resident_{name}"] = round(above / 2**30, 2)
     return out
 
 
 def measure_cpu(args, variant: str) -> dict:
     """The degenerate form: a tiny model, fp32, one process on the CPU; the engine's static
     accounting and the per-layer saved tensors (no allocator peak on the CPU)."""
-    from bench.train_throughput import _config
     from train.trainer import Trainer
 
     run_dir = Path(args.work_dir) / variant
@@ -361,7 +408,7 @@ def measure_cpu(args, variant: str) -> dict:
     # Built in memory (nothing cached on disk); small ZeRO buckets (CPU RAM, not GPU).
     targs.override += ["model.cache=false", "deepspeed.reduce_bucket_size=100000",
                        "deepspeed.allgather_bucket_size=100000"]
-    cfg, overrides = _config(targs, variant, run_dir)
+    cfg, overrides = build_config(args, variant, targs)
     cfg.train.precision = "fp32"
     cfg.train.dist_backend = "gloo"
     loader = _loader(args, cfg, 0)
@@ -388,9 +435,7 @@ def measure_cpu(args, variant: str) -> dict:
 def measure_layer_only(args, variant: str) -> dict:
     """`--layer-only`: the tensors one decoder layer of the model's shape saves for backward
     (no trainer, no DeepSpeed: F.linear as torch has it unless a ZeRO-3 engine ran before)."""
-    from bench.train_throughput import _config
-
-    cfg, _ = _config(_throughput_args(args), variant, Path(args.work_dir) / variant)
+    cfg, _ = build_config(args, variant)
     on_gpu = torch.cuda.is_available() and not args.cpu
     layer = layer_saved_bytes(variant, cfg.model.random_base, args.layer_tokens,
                               torch.device("cuda" if on_gpu else "cpu"), torch.bfloat16,
@@ -484,15 +529,21 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
         results[variant] = (measure_cpu if args.cpu else measure_gpu)(args, variant)
+        if int(os.environ.get("RANK", "0")) == 0:
+            # After every variant: a call stopped in the next one keeps this one.
+            out = write_report(args, results)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
-    from bench.memory_model import SHAPES  # noqa: F401  (the model's shapes, for the reader)
+    print(json.dumps({v: r.get("summary_gib", r.get("static_bytes")) for v, r in results.items()},
+                     indent=2))
+    print(f"wrote {out}")
+    return 0
 
+
+def write_report(args, results: dict) -> Path:
     cfg_shape = None
     try:
-        from bench.train_throughput import _config
-
-        cfg_shape = _shape_of(_config(_throughput_args(args), "dense", Path(args.work_dir))[0])
+        cfg_shape = _shape_of(build_config(args, "dense")[0])
     except Exception:  # the shape is informative only
         pass
     report = {
@@ -508,16 +559,14 @@ def main(argv: list[str] | None = None) -> int:
         "activation_checkpointing": True,
         "tiled_mlp": args.tiled_mlp,
         "offload_checkpoints": args.offload_checkpoints,
+        "warmup_steps": args.warmup_steps,
         "torch": torch.__version__,
         "results": results,
     }
     out = _out_path(args)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    print(json.dumps({v: r.get("summary_gib", r.get("static_bytes")) for v, r in results.items()},
-                     indent=2))
-    print(f"wrote {out}")
-    return 0
+    return out
 
 
 if __name__ == "__main__":

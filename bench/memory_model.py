@@ -272,21 +272,35 @@ MEASURED_SP2 = [
     ("dense", 393216, 105.54, 86.14, False, "H200-x2-sp2-384k-qwen3-8b-dense-probe-2026-11-30.json"),
     ("l2a", 524288, 129.16, 98.49, False,
      "H200-x2-sp2-512k-qwen3-8b-l2a-probe-gated-2026-11-30.json"),
+    # bench.memory_breakdown, one process per variant's engine in turn (the ZeRO-3 release
+    # fixed), the gated o_proj: peak of a normal step, activations above the allocated
+    # memory at its start.
+    ("l2a", 131072, 59.78, 29.12, False, "H200-x2-sp2-128k-qwen3-8b-memory-breakdown-2026-11-30.json"),
+    ("dense", 131072, 51.84, 31.95, False,
+     "H200-x2-sp2-128k-qwen3-8b-memory-breakdown-2026-11-30.json"),
+]
+
+# Runs that ran out of memory on the 139.8 GiB card: (variant, seq_len, GiB allocated when
+# the failing request came + that request = the least the step needed, results JSON).
+OUT_OF_MEMORY_SP2 = [
+    ("dense", 524288, 131.72 + 4.0, "H200-x2-sp2-512k-qwen3-8b-dense-probe-2026-11-30.json"),
 ]
 
 
 def checks() -> list[dict]:
     """The measured SP=2 runs beside the model's prediction for the same build, and the
-    predictions for the next lengths that were not run (measured: None)."""
+    runs that ran out of memory (measured_peak None, `needed_at_least` the GiB the failing
+    step had asked for when it failed)."""
     rows = []
-    points = [(v, n, peak, act, kept) for v, n, peak, act, kept, _ in MEASURED_SP2]
-    points += [("dense", 524288, None, None, False)]
-    for variant, seq, peak, act, kept in points:
+    points = [(v, n, peak, act, kept, None) for v, n, peak, act, kept, _ in MEASURED_SP2]
+    points += [(v, n, None, None, False, least) for v, n, least, _ in OUT_OF_MEMORY_SP2]
+    for variant, seq, peak, act, kept, least in points:
         s = SHAPES["qwen3_8b"]
         b = predict("qwen3_8b", variant, seq, world=2, sp=2, zero_stage=3,
                     tiled_mlp_shards=auto_shards(seq, 2, s.hidden), branch_output_kept=kept)
         rows.append({"variant": variant, "seq_len": seq, "branch_output_kept": kept,
-                     "measured_peak": peak, "predicted_peak": round(b.peak / GIB, 2),
+                     "measured_peak": peak, "needed_at_least": least,
+                     "predicted_peak": round(b.peak / GIB, 2),
                      "measured_activations": act,
                      "predicted_activations": round(b.activations / GIB, 2)})
     return rows
@@ -329,8 +343,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         print("variant | seq_len | measured peak | predicted | measured activations | predicted")
         for r in rows:
-            m = lambda v: "not run" if v is None else f"{v:.1f}"  # noqa: E731
-            print(f"{r['variant']} | {r['seq_len']} | {m(r['measured_peak'])} | "
+            m = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
+            peak = (f"out of memory (needed >= {r['needed_at_least']:.1f})"
+                    if r["needed_at_least"] else m(r["measured_peak"]))
+            print(f"{r['variant']} | {r['seq_len']} | {peak} | "
                   f"{r['predicted_peak']:.1f} | {m(r['measured_activations'])} | "
                   f"{r['predicted_activations']:.1f}")
         return 0

@@ -230,13 +230,10 @@ def _max_over_ranks(value: float) -> float:
 
 
 def run_variant(args, variant: str, seq_len: int) -> dict:
-    from train.metrics import read_metrics
-    from train.trainer import Trainer
-
     run_dir = Path(args.work_dir) / f"{variant}-{seq_len}"
     cfg, overrides = _config(args, variant, seq_len)
     rank = int(os.environ.get("RANK", "0"))
-    vocab = cfg.model.random_base["vocab_size"]
+    vocab = cfg.model.random_base["vocab_size"] or 256  # null: the byte tokenizer (tiny)
     # The ranks of a sequence-parallel group train on the same rows (each on its slice).
     loader = SyntheticPackedLoader(seq_len, 1, vocab, rank // args.sequence_parallel,
                                    docs_per_row=args.docs_per_row)
@@ -258,6 +255,25 @@ def run_variant(args, variant: str, seq_len: int) -> dict:
             ],
             set_priority=True,
         )
+    watch = contextlib.nullcontext()
+    if cuda and args.stop_above_gib:
+        from bench.memory_limit import MemoryLimitWatch, cuda_peak_reader
+
+        def over_limit(peak: int, seconds: float) -> None:
+            _record_over_limit(args, variant, seq_len, rank, peak, seconds)
+            os._exit(3)  # the other ranks wait in a collective: end the launch
+
+        watch = MemoryLimitWatch(int(args.stop_above_gib * 2**30),
+                                 cuda_peak_reader(torch.cuda.current_device()), over_limit)
+    with watch:
+        return _train_variant(args, variant, seq_len, cfg, overrides, run_dir, rank, loader,
+                              cuda, attn)
+
+
+def _train_variant(args, variant, seq_len, cfg, overrides, run_dir, rank, loader, cuda, attn):
+    from train.metrics import read_metrics
+    from train.trainer import Trainer
+
     trainer = Trainer(cfg, run_dir, overrides, loader=loader)
     shape = model_shape(trainer.model_config)
     n_params, n_trainable = trainer.n_params, trainer.n_trainable
@@ -359,6 +375,9 @@ def main(argv: list[str] | None = None) -> int:
         help="after the timed steps, profile one more step: kernel time per category in the "
         "JSON, the top kernels in profile_<variant>.txt beside it",
     )
+    p.add_argument("--stop-above-gib", type=float, default=None,
+                   help="end the launch once a GPU's allocated peak passes this many GiB, "
+                   "recording when (a memory probe: the rest of the step adds nothing)")
     p.add_argument("--override", action="append", default=[], help="extra Hydra override")
     p.add_argument("--cpu-smoke", action="store_true",
                    help="allow a CPU run (fp32, gloo) to check that a command starts: use "
@@ -416,6 +435,25 @@ def _record_oom(args, variant: str, seq_len: int, rank: int, err: Exception, res
     path = out.with_name(f"{out.stem}.oom_{variant}.json")
     path.write_text(json.dumps(record, indent=2) + "\n")
     print(f"out of memory: {json.dumps(record)}", file=sys.stderr, flush=True)
+
+
+def _record_over_limit(args, variant: str, seq_len: int, rank: int, peak: int,
+                       seconds: float) -> None:
+    """--stop-above-gib: the probe's answer (this length needs more than the bound), written
+    before the launch is ended."""
+    out = _out_path(args)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    record = {"variant": variant, "seq_len": seq_len, "rank": rank,
+              "limit_gib": args.stop_above_gib, "peak_gib_when_stopped": round(peak / 2**30, 2),
+              "seconds_into_run": round(seconds, 1),
+              "gpu": torch.cuda.get_device_name(0), "num_gpus": int(os.environ.get("WORLD_SIZE", "1")),
+              "sequence_parallel": args.sequence_parallel, "model": args.model,
+              "deepspeed": args.deepspeed, "overrides": args.override,
+              "note": "stopped when the allocated peak passed the limit; the full peak of the "
+                      "step is at least this"}
+    path = out.with_name(f"{out.stem}.over_limit_{variant}_rank{rank}.json")
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"over the memory limit: {json.dumps(record)}", file=sys.stderr, flush=True)
 
 
 def speedups(results: dict) -> dict:

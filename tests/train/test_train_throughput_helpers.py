@@ -100,3 +100,25 @@ def test_unknown_variant_is_refused_before_anything_starts(capsys):
 
     assert main(["--variants", "l2a,l2a_fsued", "--cpu-smoke"]) == 2
     assert "--variants" in capsys.readouterr().err
+
+
+def test_cpu_smoke_trains_both_variants_on_the_tiny_model(tmp_path):
+    """The benchmark's whole path (config, synthetic rows, trainer, report) at CPU size, with
+    the memory-limit option given (it watches GPUs only): both variants train their steps
+    and their losses are near ln(vocab) (random weights: near-uniform predictions)."""
+    import json
+    import math
+
+    from bench.train_throughput import main
+
+    out = tmp_path / "tt.json"
+    assert main(["--cpu-smoke", "--model", "tiny", "--variants", "l2a,dense", "--seq-len", "96",
+                 "--steps", "2", "--skip-steps", "1", "--window", "16", "--stop-above-gib", "1",
+                 "--work-dir", str(tmp_path / "runs"), "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    shape = report["model_shape"]
+    assert shape["num_hidden_layers"] == 2
+    for variant in ("l2a", "dense"):
+        r = report["results"][variant]
+        assert r["steps"] == 2 and r["timed_steps"] == 1 and r["seq_len"] == 96
+        assert abs(r["final_lm_loss"] - math.log(shape["vocab_size"])) < 0.5, r["final_lm_loss"]
