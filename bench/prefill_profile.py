@@ -1,16 +1,8 @@
 """Where a prefill's GPU time goes: `torch.profiler` over one prefill forward, kernel time
 summed per category and the longest kernels listed (`bench.inference --profile-prefill`).
 
-Categories, by kernel name (first match wins, in this order):
-
-- attention: SDPA / cuDNN / FlashAttention kernels and our Triton attention kernels
-  (`attn_fwd_kernel`, ...);
-- matmul: cuBLAS / CUTLASS GEMMs (`gemm`, `nvjet`, `xmma`, `cutlass`, ...);
-- copy_index: copies, casts done by the copy kernel, cat, gather / scatter / index,
-  fills and memsets;
-- elementwise: the other elementwise and reduction kernels (norms, RoPE, SiLU, adds,
-  the router's logit, Inductor's `triton_poi` / `triton_red`);
-- other: the rest (cumsum, sort, ...).
+Categories: `bench.kernel_categories` (communication, attention, matmul, copy_index,
+elementwise, other), the same as the training profile's.
 
 On the CPU (the smoke run) there are no kernels: the CPU operators' self time stands in,
 with the same categories (`aten::mm` is a matmul there).
@@ -23,26 +15,7 @@ import time
 
 import torch
 
-CATEGORIES = ("attention", "matmul", "copy_index", "elementwise", "other")
-
-_PATTERNS = (
-    ("attention", ("attn", "attention", "flash", "fmha", "sdpa", "softmax")),
-    ("matmul", ("gemm", "gemv", "nvjet", "xmma", "cutlass", "cublas", "matmul",
-                "aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")),
-    ("copy_index", ("copy", "memcpy", "memset", "cat", "gather", "scatter", "index",
-                    "fill", "take", "clone", "contiguous")),
-    ("elementwise", ("elementwise", "vectorized", "unrolled", "reduce", "triton_poi",
-                     "triton_red", "triton_per", "aten::")),
-)
-
-
-def kernel_category(name: str) -> str:
-    """The category of a kernel (or, on the CPU, an operator) by its name."""
-    low = name.lower()
-    for category, needles in _PATTERNS:
-        if any(n in low for n in needles):
-            return category
-    return "other"
+from bench.kernel_categories import CATEGORIES, kernel_category
 
 
 def summarise(rows: list[tuple[str, int, float]], top: int = 25) -> dict:

@@ -464,11 +464,29 @@ class Study:
         rec = self._train(name, [*self.step_overrides(None), f"train.seed={seed}"],
                           self.seq_len(None))
         rec["base_files"] = save_sharded(Path(rec["export_dir"]), self.base_dir)
+        rec["probe"] = self.probe_base(name, Path(rec["export_dir"]))
         write_json(self.results / f"{name}.json", {"step": "pretrain", "seed": seed,
                                                     "scale": self.scale, "train": rec})
         print(f"{name}: {rec['steps']} steps, lm loss {rec['final_lm_loss']}, "
               f"{rec['gpu_time_s']} GPU s; base {self.base_dir} ({len(rec['base_files'])} files)")
         return rec
+
+    def probe_base(self, name: str, model_dir: Path) -> dict:
+        """bench.study_probe on the base (has it learned to copy a value from its context?),
+        on the GPU it trained on; a failure is recorded, not raised (the base is saved)."""
+        out = self.runs / f"{name}-probe.json"
+        log = self.runs / "logs" / f"{name}-probe.log"
+        rc, _ = self.runner([sys.executable, "-m", "bench.study_probe", str(model_dir),
+                             "--out", str(out), *(["--lengths", "256"] if self.scale == "tiny" else []),
+                             *(["--tasks", "passkey", "--samples", "2"] if self.scale == "tiny" else [])],
+                            log, None, self.env)
+        if rc != 0 or not out.exists():
+            return {"failed": f"exit {rc}: {_tail(log)}"}
+        res = read_json(out, {})
+        for r in res.get("rows", []):
+            print(f"probe {name}: {r['task']} at {r['length']}: answer nll {r['nll']:.3f}, "
+                  f"token accuracy {r['token_accuracy']:.2f}, exact {r['exact']:.2f}", flush=True)
+        return res
 
     def run_path(self, arm: str, length: str, seed: int) -> Path:
         return self.results / f"run-{arm}-{length}-seed{seed}.json"

@@ -168,22 +168,11 @@ def attention_used(cfg) -> dict:
     }
 
 
-def kernel_category(name: str) -> str:
-    """Coarse class of a GPU kernel by its name, for the per-step breakdown."""
-    n = name.lower()
-    if n.startswith("nccl"):
-        return "nccl"
-    if n.startswith("attn_") or any(k in n for k in ("sdpa", "fmha", "flash", "flex")):
-        return "attention"
-    if n.startswith(("nvjet", "cutlass")) or "gemm" in n or "xmma" in n:
-        return "matmul"
-    return "other"  # elementwise ops, copies, reductions, norms
-
-
 def profile_step(trainer, loader, variant: str, rank: int, out_dir: Path) -> dict:
     """One more step under torch.profiler. Rank 0 writes the GPU time per kernel (top 40)
     to `out_dir/profile_<variant>.txt` and returns the step's kernel time per category
-    (attention, matmul, nccl, other) in ms: what the step's time goes to."""
+    (bench.kernel_categories: communication, attention, matmul, copy_index, elementwise,
+    other) in ms: what the step's time goes to."""
     from torch.profiler import ProfilerActivity, profile
 
     torch.cuda.synchronize()
@@ -194,6 +183,8 @@ def profile_step(trainer, loader, variant: str, rank: int, out_dir: Path) -> dic
     wall_ms = (time.perf_counter() - t0) * 1e3
     if rank != 0:
         return {}
+    from bench.kernel_categories import kernel_category
+
     events = prof.key_averages()
     by_cat: dict[str, float] = {}
     for e in events:

@@ -82,29 +82,6 @@ def test_profile_prefill_records_kernel_time_by_category(tmp_path):
     assert 0 < len(top) <= 25 and top == sorted(top, reverse=True)
 
 
-def test_kernel_categories_of_real_kernel_names():
-    """Names as the CUDA profiler reports them (cuBLAS, cuDNN, PyTorch, our Triton kernels)."""
-    from bench.prefill_profile import kernel_category
-
-    names = {
-        "nvjet_hsh_256x128_64x4_1x2_h_bz_coopA_NTN": "matmul",
-        "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x256x64_warpgroupsize2x1x1": "matmul",
-        "cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7_64x128x128_4x1x1": "attention",
-        "attn_fwd_kernel": "attention",
-        "kernel_cutlass_kernel_flash_attncuteflash_fwd_sm90FlashAttentionForwardSm90": "attention",
-        "void at::native::elementwise_kernel<128, 4, at::native::gpu_kernel_impl_nocast<"
-        "at::native::direct_copy_kernel_cuda(at::TensorIteratorBase&)": "copy_index",
-        "void at::native::_scatter_gather_elementwise_kernel<128, 4>": "copy_index",
-        "void at::native::(anonymous namespace)::CatArrayBatchedCopy<...>": "copy_index",
-        "void at::native::vectorized_elementwise_kernel<4, at::native::BinaryFunctor<"
-        "c10::BFloat16, c10::BFloat16, c10::BFloat16, at::native::binary_internal::MulFunctor<float> > >": "elementwise",
-        "void at::native::reduce_kernel<512, 1, at::native::ReduceOp<float, at::native::MeanOps<float, float>>>": "elementwise",
-        "void at::cuda::cub::DeviceScanKernel<...>": "other",
-    }
-    for name, want in names.items():
-        assert kernel_category(name) == want, name
-
-
 def test_a_variant_that_fails_its_warm_up_is_recorded(tmp_path, monkeypatch):
     """A variant whose warm-up raises (a compile failure of the fused variant, say) leaves
     an error in the report; the others still run."""

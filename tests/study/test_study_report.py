@@ -142,3 +142,16 @@ def test_one_section_per_device_run_with_its_notes_and_stopped_evaluations(tmp_p
     assert "the dense arm scores 0 at 16384; no ratio" in page
     assert "**The bar was not tested:**" in page
     assert (d / "retrieval_by_length.png").exists()  # the plots beside their records
+
+
+def test_no_verdict_against_a_dense_arm_that_has_not_learned_the_tasks(results):
+    """A dense arm right on 4% of the samples (partial credit) is no yardstick: 0 against
+    0.04 is "not testable", not "misses the bar"; 0.5 is the floor where a ratio is read."""
+    for seed in (0, 1):
+        f = results / f"run-dense-16k-seed{seed}.json"
+        run = json.loads(f.read_text())
+        run["evals"]["0.0"]["retrieval"]["16384"] = 0.04
+        f.write_text(json.dumps(run))
+    lines = headline(summarize(load(results)[1]))
+    assert lines and all("not testable" in x and "0.040" in x for x in lines), lines
+    assert not any("of dense" in x for x in lines)

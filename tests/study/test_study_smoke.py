@@ -62,6 +62,11 @@ def test_pretraining_trains_every_parameter_and_ships_small_shards(chain):
     assert all(f["bytes"] < 16 << 20 for f in pre["base_files"])
     saved = json.loads((Path(s.results) / "pretrain-seed0.json").read_text())
     assert saved["scale"] == "tiny" and saved["train"]["tokens"] == 4 * 4 * 512
+    # The retrieval probe ran on the base: a 4-step tiny model cannot copy a passkey, and
+    # its answer costs about what a near-uniform guess over the byte vocabulary does.
+    (row,) = saved["train"]["probe"]["rows"]
+    assert row["task"] == "passkey" and row["length"] == 256 and row["exact"] == 0.0
+    assert row["nll"] > 2.0
 
 
 def test_extension_arms_start_from_the_base(chain):
