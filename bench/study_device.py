@@ -1,7 +1,7 @@
 """The study in one device call (docs/RESULTS.md, "On a GPU machine"): several runs at once
 per GPU, a wall-clock deadline, and what comes back packed under the call's output folder.
 
-    python -m bench.study_device pretrain --out $OUT --gpus 0 --max-minutes 6
+    python -m bench.study_device pretrain --out $OUT --gpus 0 --max-minutes 8
     python -m bench.study_device arms --out $OUT --lengths 16k --seeds 0,1 --per-gpu 4 \\
         --max-steps 150 --deadline-minutes 9
 

@@ -318,7 +318,8 @@ arm's retrieval score at the extended length.
   `eval_niah_multikey`, `eval_niah_multivalue`, `eval_niah_multiquery`,
   `eval_variable_tracking`: `eval/tasks.py`'s RULER prompts with their answers appended,
   train/data/eval_format.py) from seeds the evaluation never uses, beside the pipeline's
-  passkey and key-value retrieval. Weights 0.15 / 0.55 / 0.3. Byte tokens (the offline
+  passkey and key-value retrieval. Weights 0.1 / 0.4 / 0.5 (0.15 / 0.55 / 0.3 up to the second
+  device run). Byte tokens (the offline
   byte tokenizer: nothing to train, identical on every machine). Why the evaluation's own
   formats: the first device run (below) trained on the pipeline's own phrasing of the same
   tasks and scored 0 on every retrieval sample, the dense arm at the base's own 2K
@@ -326,8 +327,9 @@ arm's retrieval score at the extended length.
 - **Base** (`conf/model/study_base.yaml`, `experiment=study_base`): Qwen3-shaped, 8 layers,
   hidden 512, 8 query heads over 2 KV heads of 64, MLP 1536, QK-norm, tied embeddings;
   24.1M parameters outside the 320 x 512 embedding. Random init, dense, every parameter
-  trained (`train.trainable=all`), 2048-token rows, rope theta 10,000; 600 steps x 64 rows
-  = 78.6M tokens; AdamW LR 1e-3, 5% warm-up, cosine to 1e-4, weight decay 0.1.
+  trained (`train.trainable=all`), 2048-token rows, rope theta 10,000; 1500 steps x 64 rows
+  = 196.6M tokens (600 steps = 78.6M up to the second device run, whose base had not learned
+  to copy a value: `bench.study_probe`); AdamW LR 1e-3, 5% warm-up, cosine to 1e-4, weight decay 0.1.
 - **Extension arms**, each from that base, to 8192 and 16384 tokens (`study_length=8k|16k`),
   rope theta 500,000, 131,072 tokens per step for every arm and length (150 steps = 19.7M
   tokens in the configs; the device calls set `--max-steps`, the LR schedule follows it),
@@ -374,7 +376,9 @@ pandas, would not fit beside the base in the 64 MiB a call carries). So the data
 prepared on a CPU machine and travel packed:
 `python -m bench.study prepare && python -m bench.study pack-data` writes
 `.cache/study/data/study-{2048,8192,16384}.tar.xz`, each with its held-out rows (with the
-current mix, measured here: 15.9, 4.9 and 4.9 MiB; xz preset 6). **A change of the data
+current mix and the 1500-step pretraining's 206M tokens, measured here: 39.2, 4.8 and 4.8
+MiB; xz preset 6; the pretraining call carries 39.2 + 8.4 MiB of wheels + the repository,
+about 49 of its 64 MiB). **A change of the data
 mix means rebuilding them.** `--data-archives .cache/study/data` then unpacks the one a
 run needs and trains through `python -m bench.study_train`, which opens the prepared rows
 as they are and hands the trainer the loader `python -m train` would build (same batches,
@@ -394,7 +398,7 @@ never started as skipped.
 # 1. pretraining on GPU 0; carry .whl and .cache/study/data/study-2048.tar.xz.
 #    Back: $OUT/base/ = 4 safetensors shards and base-files.tar (config, tokenizer, the
 #    run's record and log): 5 files, ~47 MiB.
-scripts/study_device.sh pretrain --gpus 0 --max-minutes 6 --out $OUT
+scripts/study_device.sh pretrain --gpus 0 --max-minutes 8 --out $OUT
 # 2. and 3. the four arms at 16K, one seed per call (2 runs per GPU); carry .whl,
 #    .cache/study/data/study-16384.tar.xz and the base of call 1 as .cache/study/base.
 #    Back: $OUT/study-arms.tar.gz (every record, summary, metrics, evaluation report, log).
@@ -416,8 +420,11 @@ length for each pruned fraction. The steps of one arm alone, without the concurr
 
 ## Sizing (measured on 2x H200 where it says so)
 
-- Pretraining (measured): 600 steps, 78.6M tokens at 428,065 tokens/s on one H200, 183.7
-  GPU s, 210 s wall with start-up; one 10-minute call.
+- Pretraining (measured): 600 steps, 78.6M tokens at 428,065 and 453,657 tokens/s on one
+  H200 (two runs), 183.7 and 173.4 GPU s, 210 s wall with start-up. The recipe's 1500 steps
+  (196.6M tokens): **estimated** at 7.2 minutes from those rates, inside one 10-minute call
+  with `--max-minutes 8` (a run stopped by it is exported and recorded as not completed).
+  The data archive for 2048-token rows grows with the tokens (see above).
 - Extension at 16K (measured): 8 runs at once, 4 per GPU: 66-72K tokens/s each (~270K
   tokens/s per GPU), 80 steps (10.5M tokens) in 146-158 GPU s, ~197 s wall each with
   start-up; so 150 steps at that concurrency would take ~6 minutes of a call and leave no

@@ -45,8 +45,8 @@ def test_pretraining_preset():
     c = _cfg("experiment=study_base")
     assert c.train.trainable == "all" and not c.l2a.enabled
     assert c.data.seq_len == 2048 and c.model.random_base["num_hidden_layers"] == 8
-    assert c.train.max_steps * c.train.global_batch_size * c.data.seq_len == 78_643_200
-    assert c.data.num_tokens == int(78_643_200 * 1.05)
+    assert c.train.max_steps * c.train.global_batch_size * c.data.seq_len == 196_608_000
+    assert c.data.num_tokens == int(196_608_000 * 1.05)
 
 
 def test_trainable_is_validated():
