@@ -157,14 +157,21 @@ def layer_saved_bytes(variant: str, shape: dict, tokens: int, device: torch.devi
 
 
 # --------------------------------------------------------------------------- the peak
+_ULYSSES_A2A = ("_partition_global_sequence", "_combine_local_sequences")
+
 CATEGORIES = [
-    # (category, predicate on the frames' "file:function" strings), first match wins
+    # (category, predicate on one frame's "file:function" string). An allocation takes the
+    # category of its innermost frame that matches any of these, checked in this order: the
+    # tiled MLP's backward recomputes the whole layer, so every allocation of that
+    # recomputation has the tiled MLP on its stack, further out than what made it.
     ("loss (chunked LM head + cross-entropy)", lambda f: "train/losses.py" in f),
     ("ZeRO (gathered parameters, gradient buckets)", lambda f: "deepspeed/runtime/zero" in f),
-    ("tiled MLP", lambda f: "ulysses_sp.py" in f),
+    ("Ulysses all-to-all (attention's sequence parallelism)",
+     lambda f: "ulysses_sp.py" in f and f.rsplit(":", 1)[-1] in _ULYSSES_A2A),
     ("attention kernels", lambda f: "/kernels/" in f or "sdpa_attention" in f),
     ("norms", lambda f: "rmsnorm.py" in f or "RMSNorm.forward" in f),
     ("router", lambda f: "router_logit.py" in f),
+    ("tiled MLP", lambda f: "ulysses_sp.py" in f or "train/memory.py" in f),
     ("MLP", lambda f: "MLP.forward" in f),
 ]
 
@@ -178,9 +185,10 @@ def _site(frames: list[dict]) -> tuple[str, str]:
             else "(no Python frame: autograd backward)")
     joined = "\n".join(names)
     recompute = "recompute_fn" in joined or "unpack_hook" in joined
-    for cat, pred in CATEGORIES:
-        if any(pred(n) for n in names):
-            return site, (cat + (" [recomputed layer]" if recompute else ""))
+    for name in names:  # innermost first
+        for cat, pred in CATEGORIES:
+            if pred(name):
+                return site, (cat + (" [recomputed layer]" if recompute else ""))
     if not ours:
         return site, "backward (autograd)"
     if recompute:

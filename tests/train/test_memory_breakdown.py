@@ -125,19 +125,38 @@ def test_peak_replay_finds_the_live_allocations_at_the_peak():
     loss = [fr("/repo/train/losses.py", 90, "_chunked_forward")]
     kern = [fr("/repo/kernels/flash/host.py", 300, "forward"),
             fr("/x/torch/utils/checkpoint.py", 1, "recompute_fn")]
+    # As on the H200: the attention's all-to-all and our attention kernel, recomputed for
+    # the backward that the tiled MLP's backward started (the tiled MLP is further out).
+    outer = [fr("/site/deepspeed/runtime/sequence_parallel/ulysses_sp.py", 1026, "backward"),
+             fr("/x/torch/utils/checkpoint.py", 1, "unpack_hook")]
+    a2a = [fr("/site/deepspeed/runtime/sequence_parallel/ulysses_sp.py", 226,
+              "_partition_global_sequence"), *outer]
+    fa = [fr("/repo/kernels/flash/host.py", 94, "attention_fwd"), *outer]
+    # The LM head's weight gathered by ZeRO-3 inside the chunked loss: a gathered parameter
+    # (innermost), not the loss's own memory.
+    head = [fr("/site/deepspeed/runtime/zero/partition_parameters.py", 1388,
+               "_all_gather_sequential"), *loss]
     trace = [
+        {"action": "alloc", "addr": 7, "size": 5, "frames": head},
+        {"action": "alloc", "addr": 5, "size": 30, "frames": a2a},
+        {"action": "alloc", "addr": 6, "size": 20, "frames": fa},
         {"action": "alloc", "addr": 1, "size": 100, "frames": norm},
         {"action": "alloc", "addr": 2, "size": 50, "frames": loss},
         {"action": "free_requested", "addr": 2, "size": 50, "frames": loss},  # not yet free
-        {"action": "alloc", "addr": 3, "size": 70, "frames": kern},  # peak: 1000 + 220
+        {"action": "alloc", "addr": 3, "size": 70, "frames": kern},  # peak: 1000 + 275
         {"action": "free_completed", "addr": 2, "size": 50, "frames": loss},
         {"action": "free_completed", "addr": 3, "size": 70, "frames": kern},
-        {"action": "alloc", "addr": 4, "size": 60, "frames": []},  # 1000 + 160: below
+        {"action": "alloc", "addr": 4, "size": 60, "frames": []},  # 1000 + 215: below
     ]
     out = peak_allocations({"device_traces": [trace]}, 0, start_bytes=1000)
-    assert out["replayed_peak_bytes"] == 1220
+    assert out["replayed_peak_bytes"] == 1275
     sites = {(s["site"], s["category"]): s["bytes"] for s in out["top_sites"]}
     assert sites == {
+        ("partition_parameters.py:1388 _all_gather_sequential",
+         "ZeRO (gathered parameters, gradient buckets)"): 5,
+        ("ulysses_sp.py:226 _partition_global_sequence",
+         "Ulysses all-to-all (attention's sequence parallelism) [recomputed layer]"): 30,
+        ("host.py:94 attention_fwd", "attention kernels [recomputed layer]"): 20,
         ("rmsnorm.py:40 forward", "norms"): 100,
         ("losses.py:90 _chunked_forward", "loss (chunked LM head + cross-entropy)"): 50,
         ("host.py:300 forward", "attention kernels [recomputed layer]"): 70,
