@@ -47,6 +47,8 @@ EVAL_EXTRA = ["eval.depths=[0.5]", "eval.max_new_tokens=48", "eval.perplexity.ro
 PRUNE_FRACTIONS = [0.25, 0.5]
 MAX_SHARD_BYTES = 12 << 20  # the 46 MiB base in 4 shards, each under the device's 16 MiB
 MAX_SHARDS = 8  # files a device call brings back
+# The base probe takes seconds on a GPU (64 forwards of <= 2K tokens); never the call's end.
+PROBE_CAP_S = 120.0
 # Under a deadline (bench.study_device): a training run needs at least MIN_TRAIN_S to be
 # worth starting, an evaluation or pruning MIN_STEP_S; a step stopped at the deadline gets
 # SIGTERM and is killed STOP_GRACE_S later (run_step's grace under a deadline).
@@ -479,7 +481,7 @@ class Study:
         rc, _ = self.runner([sys.executable, "-m", "bench.study_probe", str(model_dir),
                              "--out", str(out), *(["--lengths", "256"] if self.scale == "tiny" else []),
                              *(["--tasks", "passkey", "--samples", "2"] if self.scale == "tiny" else [])],
-                            log, None, self.env)
+                            log, PROBE_CAP_S, self.env)
         if rc != 0 or not out.exists():
             return {"failed": f"exit {rc}: {_tail(log)}"}
         res = read_json(out, {})

@@ -398,7 +398,7 @@ never started as skipped.
 # 1. pretraining on GPU 0; carry .whl and .cache/study/data/study-2048.tar.xz.
 #    Back: $OUT/base/ = 4 safetensors shards and base-files.tar (config, tokenizer, the
 #    run's record and log): 5 files, ~47 MiB.
-scripts/study_device.sh pretrain --gpus 0 --max-minutes 8 --out $OUT
+scripts/study_device.sh pretrain --gpus 0 --max-minutes 8 --deadline-minutes 9.4 --out $OUT
 # 2. and 3. the four arms at 16K, one seed per call (2 runs per GPU); carry .whl,
 #    .cache/study/data/study-16384.tar.xz and the base of call 1 as .cache/study/base.
 #    Back: $OUT/study-arms.tar.gz (every record, summary, metrics, evaluation report, log).
