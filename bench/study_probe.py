@@ -33,6 +33,17 @@ PROBE_SEED = 7919
 UNIFORM_DIGIT_NLL = math.log(10)
 
 
+def check_task(task: str) -> None:
+    """A one-line ValueError for a task the synthetic generator does not know (before any
+    model is loaded)."""
+    from train.data import eval_format
+    from train.data.synthetic import TASKS as PIPELINE_TASKS
+
+    if task not in PIPELINE_TASKS and not eval_format.is_eval_format(task):
+        known = ", ".join([*PIPELINE_TASKS, *eval_format.TASKS])
+        raise ValueError(f"unknown task {task!r} (known: {known})")
+
+
 @torch.no_grad()
 def answer_scores(model, tokenizer, task: str, length: int, samples: int = 8,
                   seed: int = PROBE_SEED) -> dict:
@@ -84,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench.study_probe: {a.model_dir}: no config.json (not a saved model)", file=sys.stderr)
         return 2
     try:
+        for t in filter(None, a.tasks.split(",")):
+            check_task(t)
         res = probe(a.model_dir, [t for t in a.tasks.split(",") if t],
                     [int(x) for x in a.lengths.split(",") if x], a.samples)
     except ValueError as e:  # a length too short for a task, an unknown task
