@@ -247,16 +247,9 @@ def _shape_of(cfg) -> dict:
 
 
 def _overrides(args) -> list[str]:
-    import inspect
-
-    from bench.train_throughput import _config
-
-    extra = [f"train.tiled_mlp={args.tiled_mlp}",
-             f"train.offload_checkpoints={str(args.offload_checkpoints).lower()}"]
-    # Where bench.train_throughput sets the sequence-parallel size itself, leave it to it.
-    if args.sequence_parallel > 1 and "sequence_parallel" not in inspect.getsource(_config):
-        extra.append(f"train.sequence_parallel={args.sequence_parallel}")
-    return extra
+    # (bench.train_throughput's `_config` sets the sequence-parallel size from the args.)
+    return [f"train.tiled_mlp={args.tiled_mlp}",
+            f"train.offload_checkpoints={str(args.offload_checkpoints).lower()}"]
 
 
 def _throughput_args(args) -> SimpleNamespace:
@@ -279,13 +272,9 @@ def build_config(args, variant: str, targs: SimpleNamespace | None = None):
 
 
 def _loader(args, cfg, rank: int):
-    from bench.train_throughput import SyntheticPackedLoader
+    from bench.train_throughput import synthetic_loader
 
-    # Sequence parallelism: the ranks of one group read the same row (the trainer gives
-    # each its slice); other groups read other rows.
-    row_rank = rank // max(args.sequence_parallel, 1)
-    vocab = cfg.model.random_base["vocab_size"] or 256
-    return SyntheticPackedLoader(args.seq_len, 1, vocab, row_rank, docs_per_row=args.docs_per_row)
+    return synthetic_loader(cfg, args.seq_len, rank, args.sequence_parallel, args.docs_per_row)
 
 
 def measure_gpu(args, variant: str) -> dict:
@@ -535,11 +524,12 @@ def main(argv: list[str] | None = None) -> int:
     init_distributed("gloo" if args.cpu else "auto")
     args.work_dir = broadcast_object(args.work_dir or tempfile.mkdtemp(prefix="l2a-mem-"))
     results = {}
+    shape = _shape_of(build_config(args, "dense")[0])
     for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
         results[variant] = (measure_cpu if args.cpu else measure_gpu)(args, variant)
         if int(os.environ.get("RANK", "0")) == 0:
             # After every variant: a call stopped in the next one keeps this one.
-            out = write_report(args, results)
+            out = write_report(args, results, shape)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     print(json.dumps({v: r.get("summary_gib", r.get("static_bytes")) for v, r in results.items()},
@@ -548,18 +538,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def write_report(args, results: dict) -> Path:
-    cfg_shape = None
-    try:
-        cfg_shape = _shape_of(build_config(args, "dense")[0])
-    except Exception:  # the shape is informative only
-        pass
+def write_report(args, results: dict, shape: dict) -> Path:
     report = {
         "benchmark": "memory_breakdown",
         "device": "cpu" if args.cpu else torch.cuda.get_device_name(0),
         "num_gpus": 0 if args.cpu else int(os.environ.get("WORLD_SIZE", "1")),
         "model": args.model,
-        "shape": cfg_shape,
+        "shape": shape,
         "seq_len": args.seq_len,
         "sequence_parallel": args.sequence_parallel,
         "deepspeed": args.deepspeed,

@@ -68,6 +68,7 @@ TINY = {
     "eval_lengths": [512, 1024],
     "eval": ["eval.tasks=[niah_single]", "eval.depths=[0.5]", "eval.max_new_tokens=12",
              "eval.perplexity.buckets=2"],
+    "probe": ["--tasks", "passkey", "--lengths", "256", "--samples", "2"],
 }
 
 
@@ -479,9 +480,7 @@ class Study:
         out = self.runs / f"{name}-probe.json"
         log = self.runs / "logs" / f"{name}-probe.log"
         rc, _ = self.runner([sys.executable, "-m", "bench.study_probe", str(model_dir),
-                             "--out", str(out), *(["--lengths", "256"] if self.scale == "tiny" else []),
-                             *(["--tasks", "passkey", "--samples", "2"] if self.scale == "tiny" else [])],
-                            log, PROBE_CAP_S, self.env)
+                             "--out", str(out), *self.extra("probe")], log, PROBE_CAP_S, self.env)
         if rc != 0 or not out.exists():
             return {"failed": f"exit {rc}: {_tail(log)}"}
         res = read_json(out, {})

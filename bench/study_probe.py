@@ -68,16 +68,23 @@ def answer_scores(model, tokenizer, task: str, length: int, samples: int = 8,
             "token_accuracy": round(right / tokens, 4), "exact": round(exact / samples, 4)}
 
 
-def probe(model_dir: str | Path, tasks=TASKS, lengths=LENGTHS, samples: int = 8,
-          device: str | None = None) -> dict:
+def load(model_dir: str | Path, device: str | None = None, dtype: torch.dtype | None = None):
+    """(model, tokenizer) of a saved study model (dense or L2A) on `device` (default: the
+    GPU if there is one), in `dtype` (default: bf16 on a GPU, fp32 on the CPU)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import l2a  # noqa: F401  (registers the L2A model classes)
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=torch.bfloat16 if device == "cuda" else torch.float32).to(device).eval()
+    dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
+    return model, AutoTokenizer.from_pretrained(model_dir)
+
+
+def probe(model_dir: str | Path, tasks=TASKS, lengths=LENGTHS, samples: int = 8,
+          device: str | None = None) -> dict:
+    model, tok = load(model_dir, device)
+    model.eval()
     rows = [answer_scores(model, tok, t, n, samples) for t in tasks for n in lengths]
     return {"model": str(model_dir), "probe_seed": PROBE_SEED,
             "uniform_digit_nll": round(UNIFORM_DIGIT_NLL, 4), "rows": rows}

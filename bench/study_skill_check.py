@@ -40,15 +40,11 @@ def train_batch(tokenizer, task: str, length: int, step: int, batch: int) -> tor
 def skill_check(model_dir: str | Path, task: str, length: int, steps: int, batch: int = 4,
                 lr: float = 3e-4, probe_every: int = 40, probe_lengths: list[int] | None = None,
                 samples: int = 8, device: str | None = None, seed: int = 0) -> dict:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    import l2a  # noqa: F401  (registers the L2A model classes)
-    from bench.study_probe import answer_scores
+    from bench.study_probe import answer_scores, load
 
     torch.manual_seed(seed)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
+    model, tok = load(model_dir, device, torch.float32)  # fp32: it trains
+    device = str(next(model.parameters()).device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     probe_lengths = probe_lengths or [length]
     rows, t0 = [], time.perf_counter()

@@ -102,6 +102,15 @@ class SyntheticPackedLoader:
         self.step = int(state["step"])
 
 
+def synthetic_loader(cfg, seq_len: int, rank: int, sequence_parallel: int,
+                     docs_per_row: int) -> SyntheticPackedLoader:
+    """One row per step for `rank`: the ranks of a sequence-parallel group read the same row
+    (the trainer gives each its slice), other groups other rows."""
+    vocab = cfg.model.random_base["vocab_size"] or 256  # null: the byte tokenizer (tiny)
+    return SyntheticPackedLoader(seq_len, 1, vocab, rank // max(sequence_parallel, 1),
+                                 docs_per_row=docs_per_row)
+
+
 def _config(args, variant: str, seq_len: int):
     from hydra import compose, initialize_config_dir
 
@@ -221,13 +230,13 @@ def _max_over_ranks(value: float) -> float:
 
 
 def run_variant(args, variant: str, seq_len: int) -> dict:
+    from train.metrics import read_metrics
+    from train.trainer import Trainer
+
     run_dir = Path(args.work_dir) / f"{variant}-{seq_len}"
     cfg, overrides = _config(args, variant, seq_len)
     rank = int(os.environ.get("RANK", "0"))
-    vocab = cfg.model.random_base["vocab_size"] or 256  # null: the byte tokenizer (tiny)
-    # The ranks of a sequence-parallel group train on the same rows (each on its slice).
-    loader = SyntheticPackedLoader(seq_len, 1, vocab, rank // args.sequence_parallel,
-                                   docs_per_row=args.docs_per_row)
+    loader = synthetic_loader(cfg, seq_len, rank, args.sequence_parallel, args.docs_per_row)
     cuda = torch.cuda.is_available()  # else --cpu-smoke: no memory figures
     if cuda:
         torch.cuda.empty_cache()
@@ -246,25 +255,6 @@ def run_variant(args, variant: str, seq_len: int) -> dict:
             ],
             set_priority=True,
         )
-    watch = contextlib.nullcontext()
-    if cuda and args.stop_above_gib:
-        from bench.memory_limit import MemoryLimitWatch, cuda_peak_reader
-
-        def over_limit(peak: int, seconds: float) -> None:
-            _record_over_limit(args, variant, seq_len, rank, peak, seconds)
-            os._exit(3)  # the other ranks wait in a collective: end the launch
-
-        watch = MemoryLimitWatch(int(args.stop_above_gib * 2**30),
-                                 cuda_peak_reader(torch.cuda.current_device()), over_limit)
-    with watch:
-        return _train_variant(args, variant, seq_len, cfg, overrides, run_dir, rank, loader,
-                              cuda, attn)
-
-
-def _train_variant(args, variant, seq_len, cfg, overrides, run_dir, rank, loader, cuda, attn):
-    from train.metrics import read_metrics
-    from train.trainer import Trainer
-
     trainer = Trainer(cfg, run_dir, overrides, loader=loader)
     shape = model_shape(trainer.model_config)
     n_params, n_trainable = trainer.n_params, trainer.n_trainable
@@ -283,7 +273,8 @@ def _train_variant(args, variant, seq_len, cfg, overrides, run_dir, rank, loader
     trainer.train_step = step_and_measure
     t0 = time.perf_counter()
     with attn:
-        code = trainer.fit()
+        with _memory_limit(args, variant, seq_len, rank):
+            code = trainer.fit()
         wall = time.perf_counter() - t0
         profile = None
         if args.profile and code == 0:
@@ -426,6 +417,21 @@ def _record_oom(args, variant: str, seq_len: int, rank: int, err: Exception, res
     path = out.with_name(f"{out.stem}.oom_{variant}.json")
     path.write_text(json.dumps(record, indent=2) + "\n")
     print(f"out of memory: {json.dumps(record)}", file=sys.stderr, flush=True)
+
+
+def _memory_limit(args, variant: str, seq_len: int, rank: int):
+    """--stop-above-gib: a watch over this GPU's allocated peak that records the probe's
+    answer and ends the launch once the peak passes the bound (a no-op otherwise)."""
+    if not (torch.cuda.is_available() and args.stop_above_gib):
+        return contextlib.nullcontext()
+    from bench.memory_limit import MemoryLimitWatch, cuda_peak_reader
+
+    def over_limit(peak: int, seconds: float) -> None:
+        _record_over_limit(args, variant, seq_len, rank, peak, seconds)
+        os._exit(3)  # the other ranks wait in a collective: end the launch
+
+    return MemoryLimitWatch(int(args.stop_above_gib * 2**30),
+                            cuda_peak_reader(torch.cuda.current_device()), over_limit)
 
 
 def _record_over_limit(args, variant: str, seq_len: int, rank: int, peak: int,
