@@ -24,6 +24,8 @@ import torch
 import torch.fx.experimental._config  # noqa: F401  (use_duck_shape)
 import torch.nn.functional as F
 
+from .gated_output import straight_through_gate
+
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """Qwen2/Qwen3 RMSNorm: normalised in fp32, cast back, then scaled."""
@@ -61,14 +63,14 @@ def norm_rope(x, weight, eps: float, cos, sin):
 
 def gated_add(hidden, a, d, p):
     """`hidden + gate * a` with the straight-through gate (forward d, gradient of p)."""
-    gate = d.to(p.dtype) + p - p.detach()
+    gate = straight_through_gate(d, p)
     return hidden + gate.unsqueeze(-1).to(a.dtype) * a
 
 
 def gated_scatter_add(hidden, a_rows, d, p, slots, valid, bias):
     """`gated_add` with the branch output given for the rows `slots` only (`valid` marks
     routed rows) and o_proj's bias, if any, for every token."""
-    gate = d.to(p.dtype) + p - p.detach()
+    gate = straight_through_gate(d, p)
     gate_rows = gate.gather(1, slots) * valid
     idx = slots.unsqueeze(-1).expand_as(a_rows)
     hidden = hidden.scatter_add(1, idx, gate_rows.unsqueeze(-1).to(a_rows.dtype) * a_rows)
