@@ -3,7 +3,8 @@
 Reads what the call left in a directory: `tests.xml` (pytest's junit), `attention.json`
 (bench.attention) and `train.json` (bench.train_throughput), any of them missing, and prints
 (and writes to `summary.json` there) the GPU test counts and failures, the attention ratios
-of the issue's targets and each training variant's step times, sparsity and speedups.
+of the issue's targets and each training variant's step times (all timed steps, those off
+the dense path, expected), sparsity (and whether it was pinned) and speedups.
 
     python -m bench.fast_path_summary $OUT
 """
@@ -69,7 +70,8 @@ def train_summary(path: Path) -> dict | None:
     if not path.exists():
         return None
     data = json.loads(path.read_text())
-    keys = ("attention", "mean_step_s", "tokens_per_s_per_gpu", "sparsity", "peak_memory_gib")
+    keys = ("attention", "mean_step_s", "routed_step_s", "expected_step_s", "tokens_per_s_per_gpu",
+            "sparsity", "pinned_sparsity", "peak_memory_gib")
     variants = {}
     for name, r in data.get("results", {}).items():
         entry = {k: r.get(k) for k in keys}
@@ -80,7 +82,9 @@ def train_summary(path: Path) -> dict | None:
         variants[name] = entry
     return {"seq_len": data.get("seq_len"), "sequence_parallel": data.get("sequence_parallel"),
             "skip_steps": data.get("skip_steps"), "variants": variants,
-            "speedups": data.get("speedups", {})}
+            "speedups": data.get("speedups", {}),
+            # Over the steps off the dense path only (absent from results before it existed).
+            "routed_speedups": data.get("routed_speedups", {})}
 
 
 def summarize(out_dir: Path) -> dict:

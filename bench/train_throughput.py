@@ -18,6 +18,17 @@ DeepSpeed ZeRO-3, bf16, activation checkpointing, one sequence per GPU per step:
 
 The JSON records the attention each variant ran (`attention`), every step's time, sparsity
 and dense-path flag (`per_step`), and `speedups`: each L2A variant over each dense one.
+The step time is also split by path: `routed_step_s` (mean over timed steps off the
+stochastic dense path), `dense_path_step_s` (over dense-path steps; null if none was timed)
+and `expected_step_s` (the two weighted by `l2a.dense_prob`; null unless both are measured;
+the routed mean for dense variants), with `tokens_per_s_per_gpu_routed` and
+`routed_speedups` from the routed mean: with few timed steps one dense-path step moves the
+plain mean a lot.
+
+`--pin-sparsity` (benchmark only) makes every L2A layer route exactly `1 - --sparsity-target`
+of each row's tokens from the first step (the top tokens by router logit; bench/pin_sparsity.py)
+instead of waiting for the target controller (tens of steps from random weights): the timed
+steps of a short run at long context then run at the target. Recorded as `pinned_sparsity`.
 
 Throughput is measured over the steps after `--skip-steps` (compilation, autotuning and the
 sparsity ramp). Records tokens/s per GPU, peak GPU memory and the memory resident between
@@ -256,6 +267,12 @@ def run_variant(args, variant: str, seq_len: int) -> dict:
             set_priority=True,
         )
     trainer = Trainer(cfg, run_dir, overrides, loader=loader)
+    pinned = args.sparsity_target if args.pin_sparsity and cfg.l2a.enabled else None
+    if pinned is not None:
+        from bench.pin_sparsity import pin_routed_fraction
+
+        if not pin_routed_fraction(trainer.module, pinned):
+            raise SystemExit(f"{variant}: --pin-sparsity found no L2A layer with a global branch")
     shape = model_shape(trainer.model_config)
     n_params, n_trainable = trainer.n_params, trainer.n_trainable
     # Memory allocated at the end of every step (after the optimizer step, the activations
@@ -305,17 +322,22 @@ def run_variant(args, variant: str, seq_len: int) -> dict:
         # Parameters + gradient buffers + optimizer states (allocated between steps).
         "resident_between_steps_gib": round(steady, 2),
         "activation_peak_gib": round(peak - steady, 2),
+        "pinned_sparsity": pinned,
     }
     if rank == 0:
         rows = read_metrics(run_dir)
         timed = [r for r in rows if r["step"] > args.skip_steps]
         step_s = sum(r["step_time_s"] for r in timed) / max(len(timed), 1)
         tokens_per_step = seq_len * world // args.sequence_parallel
+        split = step_time_split(timed, cfg.l2a.dense_prob if cfg.l2a.enabled else 0.0)
+        routed_s = split["routed_step_s"]
         result.update(
             steps=len(rows),
             timed_steps=len(timed),
             mean_step_s=step_s,
             tokens_per_s_per_gpu=tokens_per_step / step_s / world if timed else None,
+            **split,
+            tokens_per_s_per_gpu_routed=tokens_per_step / routed_s / world if routed_s else None,
             sparsity=sum(r["sparsity"] for r in timed) / max(len(timed), 1),
             final_sparsity=rows[-1]["sparsity"] if rows else None,
             final_lm_loss=rows[-1]["lm_loss"] if rows else None,
@@ -327,6 +349,23 @@ def run_variant(args, variant: str, seq_len: int) -> dict:
         if profile:
             result["profile_kernel_ms"] = profile
     return result
+
+
+def step_time_split(timed: list[dict], dense_prob: float) -> dict:
+    """Mean step time of the timed steps off and on the stochastic dense path, and the
+    expected step time at `dense_prob` (the fraction of dense-path steps in a long run)."""
+    def mean(xs):
+        return sum(xs) / len(xs) if xs else None
+
+    routed = mean([r["step_time_s"] for r in timed if not r.get("dense")])
+    dense_path = mean([r["step_time_s"] for r in timed if r.get("dense")])
+    if routed is None or (dense_prob > 0 and dense_path is None):
+        expected = None
+    elif dense_prob > 0:
+        expected = (1.0 - dense_prob) * routed + dense_prob * dense_path
+    else:
+        expected = routed
+    return {"routed_step_s": routed, "dense_path_step_s": dense_path, "expected_step_s": expected}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -342,6 +381,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--skip-steps", type=int, default=10, help="steps left out of the timing")
     p.add_argument("--sparsity-target", type=float, default=0.8)
+    p.add_argument("--pin-sparsity", action="store_true",
+                   help="L2A variants route exactly 1 - --sparsity-target of each row's tokens "
+                   "(top by router logit) from the first step, not after the controller's ramp "
+                   "(benchmark only; recorded as pinned_sparsity)")
     p.add_argument("--window", type=int, default=4095)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument(
@@ -453,11 +496,12 @@ def _record_over_limit(args, variant: str, seq_len: int, rank: int, peak: int,
     print(f"over the memory limit: {json.dumps(record)}", file=sys.stderr, flush=True)
 
 
-def speedups(results: dict) -> dict:
-    """tokens/s per GPU of every L2A variant over every dense one of the same length, e.g.
-    `l2a_fused/dense` (the fastest dense baseline here) and `l2a_fused/dense_sdpa`."""
+def speedups(results: dict, rate_key: str = "tokens_per_s_per_gpu") -> dict:
+    """tokens/s per GPU (`rate_key`) of every L2A variant over every dense one of the same
+    length, e.g. `l2a_fused/dense` (the fastest dense baseline here) and
+    `l2a_fused/dense_sdpa`."""
     def rate(r):
-        return r.get("tokens_per_s_per_gpu")
+        return r.get(rate_key)
 
     out = {}
     for key, r in results.items():
@@ -492,6 +536,7 @@ def _write_report(args, results: dict, final: bool) -> None:
             results["l2a"]["tokens_per_s_per_gpu"] / results["dense"]["tokens_per_s_per_gpu"]
         )
     report["speedups"] = speedups(results)
+    report["routed_speedups"] = speedups(results, "tokens_per_s_per_gpu_routed")
     out = _out_path(args)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")

@@ -28,7 +28,9 @@ def test_summary_of_a_call(tmp_path, capsys):
     (tmp_path / "attention.json").write_text(json.dumps({"records": records, "interrupted": True}))
     step = {"step": 2, "step_time_s": 30.04, "sparsity": 0.8, "dense": True}
     train = {"seq_len": "131072", "sequence_parallel": 2, "skip_steps": 1, "speedups": {"l2a_fused/dense": 1.1},
-             "results": {"l2a_fused": {"mean_step_s": 30.04, "per_step": [step]}}}
+             "routed_speedups": {"l2a_fused/dense": 1.3},
+             "results": {"l2a_fused": {"mean_step_s": 30.04, "routed_step_s": 25.0, "pinned_sparsity": 0.8,
+                                       "per_step": [step]}}}
     (tmp_path / "train.json").write_text(json.dumps(train))
     assert main([str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -43,6 +45,9 @@ def test_summary_of_a_call(tmp_path, capsys):
                              "local_auto_vs_fa4_window T=131072": 1.1, "dense_fa4_vs_cudnn T=131072": 0.9}
     assert summary["train"]["variants"]["l2a_fused"]["per_step"] == ["2: 30.0s sparsity 0.80 dense-path"]
     assert summary["train"]["speedups"] == {"l2a_fused/dense": 1.1}
+    assert summary["train"]["routed_speedups"] == {"l2a_fused/dense": 1.3}
+    fused = summary["train"]["variants"]["l2a_fused"]
+    assert (fused["routed_step_s"], fused["pinned_sparsity"], fused["expected_step_s"]) == (25.0, 0.8, None)
 
 
 def test_missing_outputs_are_null(tmp_path):

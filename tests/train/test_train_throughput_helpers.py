@@ -88,8 +88,9 @@ def test_unknown_variant_is_refused_before_anything_starts(capsys):
 
 def test_cpu_smoke_trains_both_variants_on_the_tiny_model(tmp_path):
     """The benchmark's whole path (config, synthetic rows, trainer, report) at CPU size, with
-    the memory-limit option given (it watches GPUs only): both variants train their steps
-    and their losses are near ln(vocab) (random weights: near-uniform predictions)."""
+    the memory-limit option given (it watches GPUs only) and --pin-sparsity: both variants
+    train their steps and their losses are near ln(vocab) (random weights: near-uniform
+    predictions); the L2A variant runs at the target sparsity from its first step."""
     import json
     import math
 
@@ -98,6 +99,7 @@ def test_cpu_smoke_trains_both_variants_on_the_tiny_model(tmp_path):
     out = tmp_path / "tt.json"
     assert main(["--cpu-smoke", "--model", "tiny", "--variants", "l2a,dense", "--seq-len", "96",
                  "--steps", "2", "--skip-steps", "1", "--window", "16", "--stop-above-gib", "1",
+                 "--pin-sparsity", "--sparsity-target", "0.8",
                  "--work-dir", str(tmp_path / "runs"), "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     shape = report["model_shape"]
@@ -106,3 +108,33 @@ def test_cpu_smoke_trains_both_variants_on_the_tiny_model(tmp_path):
         r = report["results"][variant]
         assert r["steps"] == 2 and r["timed_steps"] == 1 and r["seq_len"] == 96
         assert abs(r["final_lm_loss"] - math.log(shape["vocab_size"])) < 0.5, r["final_lm_loss"]
+        assert r["routed_step_s"] is not None
+    l2a, dense = report["results"]["l2a"], report["results"]["dense"]
+    assert l2a["pinned_sparsity"] == 0.8 and dense["pinned_sparsity"] is None
+    # round(0.2 * 96) = 19 of 96 tokens routed per row and layer: within 1/96 of the target.
+    assert [abs(s["sparsity"] - 0.8) <= 1 / 96 for s in l2a["per_step"]] == [True, True], l2a["per_step"]
+    assert dense["expected_step_s"] == dense["routed_step_s"] == dense["mean_step_s"]
+    assert set(report["routed_speedups"]) == {"l2a/dense"}
+
+
+def _rows(*steps):
+    return [{"step": i + 2, "step_time_s": s, "sparsity": 0.8, "dense": dense}
+            for i, (s, dense) in enumerate(steps)]
+
+
+def test_step_time_split_weights_the_dense_path_by_its_probability():
+    from bench.train_throughput import step_time_split
+
+    # Routed steps 10 s and 12 s (mean 11), one dense-path step of 30 s; dense_prob 0.1:
+    # a long run's step takes 0.9 * 11 + 0.1 * 30 = 12.9 s on average.
+    split = step_time_split(_rows((10.0, False), (30.0, True), (12.0, False)), 0.1)
+    assert split["routed_step_s"] == 11.0 and split["dense_path_step_s"] == 30.0
+    assert abs(split["expected_step_s"] - 12.9) < 1e-12
+    # No dense-path step timed: its time is unknown, and so is the expectation.
+    assert step_time_split(_rows((10.0, False), (12.0, False)), 0.1) == {
+        "routed_step_s": 11.0, "dense_path_step_s": None, "expected_step_s": None}
+    # Only dense-path steps timed: no routed mean.
+    assert step_time_split(_rows((30.0, True)), 0.1)["expected_step_s"] is None
+    # A dense variant (dense_prob 0, no dense flag set): every step is a routed step.
+    assert step_time_split(_rows((4.0, False), (6.0, False)), 0.0) == {
+        "routed_step_s": 5.0, "dense_path_step_s": None, "expected_step_s": 5.0}
