@@ -471,9 +471,14 @@ STATUS_NOTE = ("Each device run of the study is one section below, with how it w
 def render_set(d: Path, page: Path) -> str:
     """One study run: what it was (about.json: title, calls, notes), the headline, the tables
     and the plots (written into `d`)."""
+    # study_position imports this module's names: imported here, not at the top.
+    from bench.study_position import load_position, position_plot, position_table, summarize_position
+
     pre, runs = load(d)
     rows = summarize(runs)
+    by_position = summarize_position(load_position(d))
     made = plots(rows, d) if rows else []
+    made += [p for p in [position_plot(by_position, d)] if p]
     about = json.loads((d / "about.json").read_text()) if (d / "about.json").exists() else {}
     text = f"## {about.get('title', d.name)}\n\n"
     text += f"Records: `{os.path.relpath(d, page.parent)}/` ({len(pre)} pretraining, {len(runs)} extension runs).\n\n"
@@ -490,7 +495,7 @@ def render_set(d: Path, page: Path) -> str:
     if not tested:
         text += ("**The bar was not tested:** no L2A arm has a retrieval score to set against a "
                  f"dense score of at least {MIN_DENSE_SCORE} at the extended length.\n\n")
-    text += "\n".join(tables(pre, rows)) + "\n"
+    text += "\n".join(tables(pre, rows) + position_table(by_position)) + "\n"
     if runs:
         text += "\n".join(run_tables(runs)) + "\n"
     if made:

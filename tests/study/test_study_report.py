@@ -155,3 +155,36 @@ def test_no_verdict_against_a_dense_arm_that_has_not_learned_the_tasks(results):
     lines = headline(summarize(load(results)[1]))
     assert lines and all("not testable" in x and "0.040" in x for x in lines), lines
     assert not any("of dense" in x for x in lines)
+
+
+def _buckets(length: int, ppls: list[float]) -> list[dict]:
+    width = length // len(ppls)
+    return [{"length": length, "bucket": i, "start": i * width, "end": (i + 1) * width,
+             "tokens": width, "loss": None, "ppl": v} for i, v in enumerate(ppls)]
+
+
+def test_perplexity_by_position_is_the_mean_over_seeds_at_the_trained_length(results, tmp_path):
+    """Two seeds of the dense 16K arm with per-bucket perplexities chosen by hand, at 8K and
+    at 16K: the table holds, per bucket at 16K, the mean of the two seeds' values."""
+    at_16k = {0: [4.0, 3.0, 2.0, 2.0, 2.0, 2.0, 1.0, 1.5],
+              1: [5.0, 3.5, 2.5, 1.0, 2.0, 3.0, 2.0, 2.0]}
+    for seed, ppls in at_16k.items():
+        _write(results / "logs", f"eval-results-dense-16k-seed{seed}.json", {
+            "perplexity": [{"length": 16384, "rows": 8}],
+            "perplexity_by_position": _buckets(8192, [9.0 + seed] * 8) + _buckets(16384, ppls)})
+    page = write_report(results, tmp_path / "docs" / "RESULTS.md").read_text()
+    assert "### Perplexity by position" in page and "Evaluated at 16384 tokens (8 held-out rows per seed):" in page
+    assert ("| arm | trained at | n | 0-2K | 2K-4K | 4K-6K | 6K-8K | 8K-10K | 10K-12K | "
+            "12K-14K | 14K-16K |") in page
+    # (4+5)/2, (3+3.5)/2, (2+2.5)/2, (2+1)/2, (2+2)/2, (2+3)/2, (1+2)/2, (1.5+2)/2
+    assert ("| dense | 16384 | 2 | 4.500 | 3.250 | 2.250 | 1.500 | 2.000 | 2.500 | 1.500 | "
+            "1.750 |") in page
+    assert "Evaluated at 8192" not in page  # the 8K buckets of a 16K run are not shown
+    assert (results / "ppl_by_position.png").read_bytes()[:4] == b"\x89PNG"
+    assert "](../results/ppl_by_position.png)" in page
+
+
+def test_no_perplexity_by_position_without_eval_results(results, tmp_path):
+    page = write_report(results, tmp_path / "docs" / "RESULTS.md").read_text()
+    assert "Perplexity by position" not in page and "ppl_by_position" not in page
+    assert not (results / "ppl_by_position.png").exists()
