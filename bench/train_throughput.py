@@ -188,13 +188,34 @@ def attention_used(cfg) -> dict:
     }
 
 
+def _timed_step(trainer, loader) -> float:
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    trainer.train_step([next(loader)])
+    torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+# Stochastic dense-path steps run (untraced) before the profiled routed step, at most this many.
+MAX_DENSE_PATH_BEFORE_PROFILE = 3
+
+
 def profile_step(trainer, loader, variant: str, rank: int, out_dir: Path) -> dict:
     """One more step under torch.profiler. Rank 0 writes the GPU time per kernel (top 40)
     to `out_dir/profile_<variant>.txt` and returns the step's kernel time per category
     (bench.kernel_categories: communication, attention, matmul, copy_index, elementwise,
-    other) in ms: what the step's time goes to."""
+    other) in ms: what the step's time goes to.
+
+    The profiled step is a routed one, the kind that makes up 1 - dense_prob of a run: the
+    trainer's dense-path draw is a function of the step, so a dense-path step drawn next runs
+    first, untraced, and its wall time comes back as `dense_path_step_s` (a measurement of
+    that kind of step, which a short timed window may lack)."""
     from torch.profiler import ProfilerActivity, profile
 
+    dense_path_s = []
+    while trainer.draw_dense(trainer.step) and len(dense_path_s) < MAX_DENSE_PATH_BEFORE_PROFILE:
+        dense_path_s.append(_timed_step(trainer, loader))
+    profiled_dense = trainer.draw_dense(trainer.step)
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -214,7 +235,8 @@ def profile_step(trainer, loader, variant: str, rank: int, out_dir: Path) -> dic
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"profile_{variant}.txt").write_text(table + "\n")
     print(f"[{variant}] profile of one step:\n{table[:6000]}", flush=True)
-    return {"step_wall_ms": round(wall_ms, 1), **{k: round(v, 1) for k, v in by_cat.items()}}
+    return {"step_wall_ms": round(wall_ms, 1), "dense_path": profiled_dense,
+            "dense_path_step_s": dense_path_s, **{k: round(v, 1) for k, v in by_cat.items()}}
 
 
 def _out_path(args) -> Path:
@@ -329,7 +351,8 @@ def run_variant(args, variant: str, seq_len: int) -> dict:
         timed = [r for r in rows if r["step"] > args.skip_steps]
         step_s = sum(r["step_time_s"] for r in timed) / max(len(timed), 1)
         tokens_per_step = seq_len * world // args.sequence_parallel
-        split = step_time_split(timed, cfg.l2a.dense_prob if cfg.l2a.enabled else 0.0)
+        split = step_time_split(timed, cfg.l2a.dense_prob if cfg.l2a.enabled else 0.0,
+                                (profile or {}).get("dense_path_step_s", ()))
         routed_s = split["routed_step_s"]
         result.update(
             steps=len(rows),
@@ -351,21 +374,27 @@ def run_variant(args, variant: str, seq_len: int) -> dict:
     return result
 
 
-def step_time_split(timed: list[dict], dense_prob: float) -> dict:
+def step_time_split(timed: list[dict], dense_prob: float, later_dense_path_s: list[float] = ()) -> dict:
     """Mean step time of the timed steps off and on the stochastic dense path, and the
-    expected step time at `dense_prob` (the fraction of dense-path steps in a long run)."""
+    expected step time at `dense_prob` (the fraction of dense-path steps in a long run).
+    `later_dense_path_s`: dense-path steps timed after the window (before --profile's step),
+    used only when the window has none (`dense_path_from` says which)."""
     def mean(xs):
         return sum(xs) / len(xs) if xs else None
 
     routed = mean([r["step_time_s"] for r in timed if not r.get("dense")])
     dense_path = mean([r["step_time_s"] for r in timed if r.get("dense")])
+    source = "timed steps" if dense_path is not None else None
+    if dense_path is None and later_dense_path_s:
+        dense_path, source = mean(list(later_dense_path_s)), "after the timed steps"
     if routed is None or (dense_prob > 0 and dense_path is None):
         expected = None
     elif dense_prob > 0:
         expected = (1.0 - dense_prob) * routed + dense_prob * dense_path
     else:
         expected = routed
-    return {"routed_step_s": routed, "dense_path_step_s": dense_path, "expected_step_s": expected}
+    return {"routed_step_s": routed, "dense_path_step_s": dense_path, "dense_path_from": source,
+            "expected_step_s": expected}
 
 
 def main(argv: list[str] | None = None) -> int:

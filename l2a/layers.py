@@ -288,8 +288,12 @@ class L2AAttention(nn.Module):
             bias = self.global_attn.o_proj.bias
             return epilogue(gated_scatter_add)(hidden, a, d, p, slots, valid, bias), p, d
         # Stochastic dense path: the global branch runs for every token and is still gated
-        # by d~, so the router gets a gradient for tokens it has switched off.
-        attn_route = torch.ones_like(d) if dense else d
+        # by d~, so the router gets a gradient for tokens it has switched off. Every token
+        # routed is plain causal attention, so it goes to the dense causal kernel (route
+        # None, window None), not to the token-sparse one with an all-ones route: on an H200
+        # at 128K that step took 36.8 s through the token-sparse Triton kernel against 27.5 s
+        # for a whole dense step on FlashAttention-4 (docs/BENCHMARKS.md).
+        attn_route = None if dense else d
         if ctx.fused:
             a = self.global_attn(g, position_embeddings, ctx, self.global_slot, route=attn_route)
             return epilogue(gated_add)(hidden, a, d, p), p, d

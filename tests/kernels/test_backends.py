@@ -129,6 +129,24 @@ def test_resolve():
         resolve("fa4", q)  # never on CPU tensors
 
 
+def test_auto_picks_fa4_for_both_branches_where_it_suits(monkeypatch):
+    """Where FlashAttention-4 suits the input (Hopper / Blackwell, installed), `auto` runs it
+    for the window and for the token-sparse branch up to head dim 128 (what the token-sparse
+    FLASH path's GPU tests cover); larger head dims keep the other backends."""
+    import kernels.backends as backends
+
+    monkeypatch.setattr(backends, "fa4_suits", lambda q: True)
+    for D in (64, 128):
+        q = torch.zeros(1, 2, 3, D)
+        assert resolve("auto", q) == "fa4"
+        assert resolve("auto", q, token_sparse=True) == "fa4"
+    q = torch.zeros(1, 2, 3, 256)
+    assert resolve("auto", q) == "fa4"
+    assert resolve("auto", q, token_sparse=True) == "torch"  # CPU tensor: the reference
+    monkeypatch.setattr(backends, "fa4_suits", lambda q: False)
+    assert resolve("auto", torch.zeros(1, 2, 3, 64), token_sparse=True) == "torch"
+
+
 # ---------------------------------------------------------------- FlexAttention masks
 def _mask_cases():
     for T, n_docs, fraction, block in [(1000, 4, 0.3, 64), (513, 1, 0.05, 32), (700, 6, 1.0, 128)]:

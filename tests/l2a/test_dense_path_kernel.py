@@ -1,0 +1,73 @@
+"""The stochastic dense path runs the global branch through the dense causal kernel.
+
+Every token routed is plain causal attention, so a dense-path step hands the global branch's
+core no route (and no window) instead of an all-ones route to the token-sparse kernel. The
+expectation comes from the method, not from the code: the step must give the same loss and
+the same gradient for every parameter as the token-sparse kernel with every token routed,
+on an odd length, with two packed documents and GQA (4 query heads, 2 KV heads).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kernels import token_sparse_attention
+from l2a.convert import convert_model
+from test_router import _set_router
+
+
+T = 37  # odd; two documents of 20 and 17 tokens
+
+
+def _inputs(vocab):
+    g = torch.Generator().manual_seed(5)
+    ids = torch.randint(0, vocab, (1, T), generator=g)
+    pos = torch.cat([torch.arange(20), torch.arange(T - 20)]).unsqueeze(0)
+    return ids, pos
+
+
+def _dense_step(model, ids, pos):
+    model.zero_grad(set_to_none=True)
+    out = model(ids, position_ids=pos, labels=ids, l2a_dense=True)
+    out.loss.backward()
+    return out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _all_routed_core(calls):
+    def core(q, k, v, route, window, doc_ids, scale, backend):
+        calls.append((route, window))
+        ones = torch.ones(q.shape[0], q.shape[2], dtype=torch.bool, device=q.device)
+        return token_sparse_attention(q, k, v, ones, doc_ids, scale, backend=backend)
+    return core
+
+
+def test_dense_path_uses_the_dense_kernel_with_the_same_gradients(base_model):
+    model = convert_model(base_model, init="paper", window=8)
+    model.train()
+    _set_router(model, seed=1, scale=0.3)
+    ids, pos = _inputs(base_model.config.vocab_size)
+
+    seen = []
+    for layer in model.model.layers:
+        attn = layer.self_attn.global_attn
+        inner = attn.attention_core
+
+        def spy(q, k, v, route, window, *rest, _inner=inner):
+            seen.append((route, window))
+            return _inner(q, k, v, route, window, *rest)
+        attn.attention_core = spy
+    loss, grads = _dense_step(model, ids, pos)
+    assert seen and all(route is None and window is None for route, window in seen)
+
+    reference_calls = []
+    for layer in model.model.layers:
+        layer.self_attn.global_attn.attention_core = _all_routed_core(reference_calls)
+    ref_loss, ref_grads = _dense_step(model, ids, pos)
+    assert len(reference_calls) == len(model.model.layers)
+
+    torch.testing.assert_close(loss, ref_loss, atol=1e-5, rtol=1e-5)
+    assert grads.keys() == ref_grads.keys()
+    # The global branch's projections and the router get their gradient through this path.
+    assert any("global_attn.q_proj" in n for n in grads) and any("router" in n for n in grads)
+    for name in grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], atol=1e-5, rtol=1e-4, msg=name)
