@@ -9,7 +9,8 @@
 #       GPU 1: bench.attention at 128K, 20% routed, fwd+bwd (attention.json); both stopped by
 #              SIGINT after PHASE_A_S (default 210) seconds, keeping what finished; then
 #       both:  bench.train_throughput at 128K, Qwen3-8B shape, SP=2, l2a_fused and dense,
-#              3 steps (1 untimed) unless the args say otherwise (train.json).
+#              3 steps (1 untimed), routed fraction pinned at the target (--pin-sparsity),
+#              unless the args say otherwise (train.json).
 #   scripts/fast_path_device.sh train [bench.train_throughput args]
 #       the training comparison alone (e.g. `--variants l2a,dense_sdpa --steps 5 --skip-steps 2`).
 #
@@ -81,7 +82,7 @@ else
   say "training comparison (at most ${BUDGET}s): $*"
   timeout -s TERM -k 20 "$BUDGET" "$PY" -m torch.distributed.run --nproc_per_node=2 -m bench.train_throughput \
     --model qwen3_8b_random --seq-len 131072 --sequence-parallel 2 --override train.tiled_mlp=auto \
-    --variants l2a_fused,dense --steps 3 --skip-steps 1 --work-dir /tmp/fast_train \
+    --variants l2a_fused,dense --steps 3 --skip-steps 1 --pin-sparsity --work-dir /tmp/fast_train \
     --out "$OUT/train.json" "$@" 2>&1 | tagged train
   say "training comparison exited with ${PIPESTATUS[0]}"
 fi

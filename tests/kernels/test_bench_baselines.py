@@ -75,3 +75,28 @@ def test_interrupted_table_keeps_the_records_measured_so_far(monkeypatch, tmp_pa
     result = json.loads(out.read_text())
     assert result["interrupted"] is True and result["records"] == [done]
     assert "| 1K | fwd | sdpa_cudnn |" in capsys.readouterr().out
+
+
+def test_time_with_retry_keeps_the_first_error_and_gives_up_after_two():
+    from bench.attention import time_with_retry
+
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("cold compile failed")
+        return 12.5
+
+    ms, errors = time_with_retry(flaky, "flaky")
+    assert ms == 12.5 and len(calls) == 2
+    assert errors == ["RuntimeError: cold compile failed"]
+
+    def broken():
+        calls.append(1)
+        raise ValueError("never works")
+
+    calls.clear()
+    ms, errors = time_with_retry(broken, "broken")
+    assert ms is None and len(calls) == 2 and len(errors) == 2
+    assert time_with_retry(lambda: 3.0, "fine") == (3.0, [])
