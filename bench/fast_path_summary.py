@@ -21,6 +21,9 @@ ATTENTION_RATIOS = {
     "global_auto_vs_flex_flash": ("auto_token_sparse", "flex_flash_token_sparse"),
     "global_fa4_vs_flex_flash": ("fa4_token_sparse", "flex_flash_token_sparse"),
     "global_triton_vs_flex_flash": ("triton_token_sparse", "flex_flash_token_sparse"),
+    # The same against FLASH compiled for the exact shape (where the dynamic compile fails).
+    "global_auto_vs_flex_flash_static": ("auto_token_sparse", "flex_flash_token_sparse_static"),
+    "global_fa4_vs_flex_flash_static": ("fa4_token_sparse", "flex_flash_token_sparse_static"),
     "local_auto_vs_fa4_window": ("local_auto", "local_fa4"),
     "local_triton_vs_fa4_window": ("local_triton", "local_fa4"),
     "dense_fa4_vs_cudnn": ("fa4_dense", "sdpa_cudnn"),

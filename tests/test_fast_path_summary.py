@@ -24,7 +24,8 @@ def test_summary_of_a_call(tmp_path, capsys):
     (tmp_path / "tests.xml").write_text(JUNIT)
     records = [_rec("sdpa_cudnn", 900.0), _rec("fa4_dense", 810.0), _rec("local_fa4", 50.0),
                _rec("local_auto", 55.0), _rec("auto_token_sparse", 120.0, 0.2),
-               _rec("flex_flash_token_sparse", 160.0, 0.2), _rec("auto_token_sparse", 1.0, 0.2, "fwd")]
+               _rec("flex_flash_token_sparse", 160.0, 0.2), _rec("auto_token_sparse", 1.0, 0.2, "fwd"),
+               _rec("flex_flash_token_sparse_static", 150.0, 0.2)]
     (tmp_path / "attention.json").write_text(json.dumps({"records": records, "interrupted": True}))
     step = {"step": 2, "step_time_s": 30.04, "sparsity": 0.8, "dense": True}
     train = {"seq_len": "131072", "sequence_parallel": 2, "skip_steps": 1, "speedups": {"l2a_fused/dense": 1.1},
@@ -42,6 +43,7 @@ def test_summary_of_a_call(tmp_path, capsys):
     att = summary["attention"]
     assert att["interrupted"] is True
     assert att["ratios"] == {"global_auto_vs_flex_flash@0.2 T=131072": 0.75,
+                             "global_auto_vs_flex_flash_static@0.2 T=131072": 0.8,
                              "local_auto_vs_fa4_window T=131072": 1.1, "dense_fa4_vs_cudnn T=131072": 0.9}
     assert summary["train"]["variants"]["l2a_fused"]["per_step"] == ["2: 30.0s sparsity 0.80 dense-path"]
     assert summary["train"]["speedups"] == {"l2a_fused/dense": 1.1}
