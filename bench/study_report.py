@@ -464,8 +464,10 @@ def result_sets(results_dir: Path) -> list[Path]:
 
 
 STATUS_NOTE = ("Each device run of the study is one section below, with how it was run "
-               "(its `about.json`). The recipe above is the current one; a run made with an "
-               "earlier recipe says so in its notes.\n")
+               "(its `about.json`), oldest first: the last section is the newest run and "
+               "holds the current answer (its headline and its notes' reading). The recipe "
+               "above is the current one; a run made with an earlier recipe says so in its "
+               "notes.\n")
 
 
 def render_set(d: Path, page: Path) -> str:
