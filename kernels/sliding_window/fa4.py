@@ -26,7 +26,10 @@ def sliding_window_attention_fa4(q, k, v, window: int, doc_ids, scale: float) ->
     # FlashAttention-4's layout is (B, T, H, D); the layer's projections produce exactly
     # that before their transpose, so these are views, not copies, in the model.
     qt, kt, vt = (t.transpose(1, 2).contiguous() for t in (q, k, v))
-    win = (min(window, T) - 1, 0)
+    # A window covering the whole row is plain causal attention: say so (left None), because
+    # FlashAttention-4 runs any left window on its local path (smaller key tiles on sm90:
+    # `_tile_size_fwd_sm90`), which the dense-path step's window-T call would otherwise take.
+    win = (window - 1 if window < T else None, 0)
     if doc_ids is None:
         o = flash_attn_func(qt, kt, vt, softmax_scale=scale, causal=True, window_size=win)[0]
     else:
