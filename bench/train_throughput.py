@@ -9,8 +9,9 @@ DeepSpeed ZeRO-3, bf16, activation checkpointing, one sequence per GPU per step:
   projections for every token), for the before/after comparison;
 * `l2a_fused`: `l2a` with `l2a.fused_elementwise=true` (l2a/fused.py);
 * `l2a_routed`, `l2a_routed_fused`: `l2a`, `l2a_fused` with `l2a.routed_projections=true`
-  (q/o projections of the global branch for routed tokens only; not with
-  `--sequence-parallel` > 1, which the config refuses);
+  (q/o projections of the global branch for routed tokens only; with
+  `--sequence-parallel` > 1 through uneven all-to-alls of the routed query rows, tested
+  on CPU with gloo only);
 * `dense`: the same base model without L2A, same trainable set (attention + norms),
   attention by `model.dense_attn_implementation=auto`: FlashAttention-4 where flash-attn-4
   is installed on Hopper / Blackwell, else SDPA restricted to the cuDNN (then flash) backend;

@@ -5,7 +5,8 @@ branch on RMSNorm_global of the stream *after* the local branch, straight-throug
 Nothing here knows about ranks or processes: under sequence parallelism (Ulysses,
 `train/sequence_parallel.py`) a rank runs these modules on its slice of the sequence and
 only the attention core (``L2ABranchAttention.attention_core``) is wrapped from outside, to
-see whole sequences for a subset of heads; the router decision is per token.
+see whole sequences for a subset of heads (and, with routed-only projections, the routed
+core ``L2ABranchAttention.routed_attention_core``); the router decision is per token.
 """
 
 from __future__ import annotations
@@ -95,6 +96,13 @@ def sequence_attention_core(q, k, v, route, window, doc_ids, scale, backend):
     return sliding_window_attention(q, k, v, window, doc_ids, scale, backend=backend)
 
 
+def routed_query_core(q_c, k, v, route, doc_ids, scale, backend, slots, valid):
+    """Compacted routed queries ``q_c (B, Hq, R, D)`` (rows listed by ``slots``/``valid``,
+    ``routed_slots(route)``) against every key ``k, v (B, Hkv, T, D)`` -> ``(B, Hq, R, D)``,
+    padding rows zero. Sequence parallelism replaces it per module (train/sequence_parallel.py)."""
+    return routed_query_attention(q_c, k, v, route, doc_ids, scale, backend=backend, slots=(slots, valid))
+
+
 class L2ABranchAttention(nn.Module):
     """One attention branch: q/k/v/o projections (+ QK-norm for Qwen3), RoPE, attention.
 
@@ -122,6 +130,7 @@ class L2ABranchAttention(nn.Module):
             self.q_norm = self.k_norm = None
         # Replaceable per module from outside (sequence parallelism wraps it with all-to-alls).
         self.attention_core = sequence_attention_core
+        self.routed_attention_core = routed_query_core
 
     def forward(
         self,
@@ -209,9 +218,8 @@ class L2ABranchAttention(nn.Module):
         if ctx.cache is not None:
             # The queries are the last `seq` of the cached keys (slots index the queries).
             k, v = ctx.cache.update(k, v, cache_slot)
-        o = routed_query_attention(
-            q, k, v, route, ctx.doc_ids_for(k.shape[2]), self.scaling, backend=ctx.backend,
-            slots=(slots, valid),
+        o = self.routed_attention_core(
+            q, k, v, route, ctx.doc_ids_for(k.shape[2]), self.scaling, ctx.backend, slots, valid
         )
         o = o.transpose(1, 2).reshape(bsz, R, self.num_heads * self.head_dim)
         return F.linear(o, self.o_proj.weight), slots, valid

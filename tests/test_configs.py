@@ -238,12 +238,9 @@ def test_cli_unknown_group_option_fails(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def test_routed_projections_refused_under_sequence_parallelism():
-    """The compacted global branch bypasses the attention core that Ulysses wraps: the two
-    together are a one-line config error, either alone is fine."""
-    from train.config import ConfigError
-
-    with pytest.raises(ConfigError, match=r"^l2a\.routed_projections: must be false"):
-        _validate(["experiment=tiny", "train.sequence_parallel=2", "l2a.routed_projections=true"])
+def test_routed_projections_accepted_under_sequence_parallelism():
+    """Routed-only projections have their own sequence-parallel core
+    (train/sequence_parallel.RoutedUlyssesCore): the two together validate."""
+    cfg = _validate(["experiment=tiny", "train.sequence_parallel=2", "l2a.routed_projections=true"])[1]
+    assert cfg.l2a.routed_projections and cfg.train.sequence_parallel == 2
     assert _validate(["experiment=tiny", "train.sequence_parallel=2"])[1].l2a.routed_projections is False
-    assert _validate(["experiment=tiny", "l2a.routed_projections=true"])[1].l2a.routed_projections

@@ -190,7 +190,7 @@ class L2AConfig:
     layers: list[int] | None = None
     attn_backend: str = "auto"  # auto | torch | triton | flex | fa4 (kernels/backends.py)
     # Global branch: q/o projections, QK-norm and RoPE for routed tokens only (same loss and
-    # gradients); false under sequence parallelism, where routed counts differ per rank.
+    # gradients; also under sequence parallelism: train/sequence_parallel.RoutedUlyssesCore).
     # Off by default until a GPU measurement shows it faster (one host sync per layer).
     routed_projections: bool = False
     # Residual add + norm, router, QK-norm + RoPE and gated add in torch.compile'd regions
@@ -495,10 +495,6 @@ def from_container(raw: dict, data_builder=None) -> RunConfig:
         l2a=build_l2a(raw["l2a"]),
         train=build(TrainConfig, raw["train"], "train"),
     )
-    if run.l2a.enabled and run.l2a.routed_projections and run.train.sequence_parallel > 1:
-        # The compacted global branch bypasses the attention core that Ulysses wraps, and
-        # routed counts differ per rank of a sequence-parallel group.
-        _fail("l2a.routed_projections", "must be false with train.sequence_parallel > 1", True)
     return run
 
 

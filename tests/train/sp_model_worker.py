@@ -1,8 +1,10 @@
 """Run under torchrun (2 processes, gloo) by test_sequence_parallel.py: tiny Qwen3 and Qwen2
 L2A models on packed rows, once whole on every rank (the reference: what sequence
 parallelism 1 computes) and once with sequence parallelism 2 (each rank a slice). Writes
-`<out>/model_rank<r>.json`: per family and path (normal, dense) the largest differences of
-loss, router probabilities, decisions and every trainable parameter's gradient.
+`<out>/model_rank<r>.json`: per family and path (normal, dense, routed: normal steps with
+routed-only global projections, `l2a_routed_projections`) the largest differences of loss,
+router probabilities, decisions and every trainable parameter's gradient; for `routed` also
+against SP=2 with full projections, and each slice's routed count per layer.
 
     torchrun --nproc_per_node=2 tests/train/sp_model_worker.py <out dir> [cuda]
 
@@ -108,6 +110,21 @@ def grads(model, group=None):
     return out
 
 
+def grad_rel_err(g, ref_g):
+    return {k: float((g[k] - ref_g[k]).abs().max() / ref_g[k].abs().max().clamp_min(1e-12))
+            for k in ref_g}
+
+
+def slice_counts(routes, n):
+    """Per layer, the routed rows each rank's slice compacts to (its rows' largest count),
+    and whether some row of a slice routes fewer (padding rows)."""
+    out = []
+    for d in routes:
+        per = d.view(d.shape[0], n, -1).sum(-1)  # (B, n)
+        out.append({"counts": per.amax(0).tolist(), "padding": bool((per != per.amax(0)).any())})
+    return out
+
+
 def compare(ref_model, sp_model, full, part, dense, group):
     ref_model.zero_grad(set_to_none=True)
     sp_model.zero_grad(set_to_none=True)
@@ -121,9 +138,10 @@ def compare(ref_model, sp_model, full, part, dense, group):
     reg = LAMBDA * router_regulariser(p, part["router_mask"]).detach()
     total = total - (dist.get_world_size(group) - 1) * reg
     ref_g, g = grads(ref_model), grads(sp_model, group)
-    grad_err = {k: float((g[k] - ref_g[k]).abs().max() / ref_g[k].abs().max().clamp_min(1e-12))
-                for k in ref_g}
     return {
+        "_loss": float(total),
+        "_grads": g,
+        "_routes": ref_d,
         "loss_err": abs(float(total) - float(ref_loss)),
         "lm_err": abs(lm - ref_lm),
         "ref_loss": float(ref_loss),
@@ -132,10 +150,24 @@ def compare(ref_model, sp_model, full, part, dense, group):
         "routes_mismatch": max(float((a != b).float().mean()) for a, b in zip(d, ref_d)),
         "routed_fraction": [float(x.float().mean()) for x in ref_d],
         "sparsity_err": float((s - ref_s).abs().max()),
-        "grad_rel_err": grad_err,
+        "grad_rel_err": grad_rel_err(g, ref_g),
         "grad_nonzero": {k: bool(v.abs().max() > 0) for k, v in ref_g.items()},
         "router_grad": [ref_g[k].flatten()[:8].tolist() for k in sorted(ref_g) if "router" in k],
     }
+
+
+ROUTED_CALLS: list = []
+
+
+def count_routed_calls():
+    """Count the calls of the SP routed core (so that a path silently not taken shows)."""
+    call = sp_mod.RoutedUlyssesCore.__call__
+
+    def counted(self, *args, **kwargs):
+        ROUTED_CALLS.append(1)
+        return call(self, *args, **kwargs)
+
+    sp_mod.RoutedUlyssesCore.__call__ = counted
 
 
 def main() -> int:
@@ -152,6 +184,7 @@ def main() -> int:
     mpu = sp_mod.init_groups(dist.get_world_size())
     group = mpu.get_sequence_parallel_group()
     rank, n = dist.get_rank(group), dist.get_world_size(group)
+    count_routed_calls()
     full = batch()
     part = sp_mod.shard_batch(full, rank, n)
     results = {}
@@ -160,9 +193,21 @@ def main() -> int:
         ref = tiny_l2a(family, kv)
         spm = copy.deepcopy(ref)
         wrapped = sp_mod.apply_to_model(spm, group, micro_batch_size=full["input_ids"].shape[0])
-        for dense in (False, True):
-            results[f"{family}/{'dense' if dense else 'normal'}"] = {
-                **compare(ref, spm, full, part, dense, group), "wrapped": wrapped}
+        for path in ("normal", "dense", "routed"):
+            for m in (ref, spm):
+                m.config.l2a_routed_projections = path == "routed"
+            before = len(ROUTED_CALLS)
+            results[f"{family}/{path}"] = {
+                **compare(ref, spm, full, part, path == "dense", group), "wrapped": wrapped,
+                "routed_core_calls": len(ROUTED_CALLS) - before}
+        # Routed-only projections under SP=2 against full projections under SP=2.
+        routed, normal = results[f"{family}/routed"], results[f"{family}/normal"]
+        routed["vs_full_loss_err"] = abs(routed["_loss"] - normal["_loss"])
+        routed["vs_full_grad_rel_err"] = grad_rel_err(routed["_grads"], normal["_grads"])
+        routed["slices"] = slice_counts(routed["_routes"], n)
+        for r in (results[f"{family}/{p}"] for p in ("normal", "dense", "routed")):
+            for k in ("_loss", "_grads", "_routes"):
+                r.pop(k, None)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"model_rank{dist.get_rank()}.json").write_text(json.dumps(results, indent=1))
     dist.destroy_process_group()

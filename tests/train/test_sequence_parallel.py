@@ -4,7 +4,10 @@ processes, gloo.
 * Model level (tests/train/sp_model_worker.py): tiny Qwen3 (GQA 4/2) and Qwen2 (MQA 4/1: KV
   replicated) L2A models on packed rows whose documents cross the slice boundary, SP=2
   against the whole row on one rank: loss, router probabilities and decisions, sparsity and
-  the gradient of every trainable parameter (LM loss + regulariser), normal and dense path.
+  the gradient of every trainable parameter (LM loss + regulariser), normal and dense path,
+  and normal steps with routed-only global projections (`l2a.routed_projections`: ranks
+  compact different, odd numbers of routed rows, uneven all-to-alls), which also equal
+  SP=2 with full projections.
   Tolerance: fp32, gradients within 1e-5 of their largest entry, probabilities 1e-6.
 * Trainer level: SP=2 under ZeRO 1, 2 and 3 (also with ZeRO-3's partitioned loading)
   reproduces the per-step loss, gradient norm and sparsity of one process holding the whole
@@ -47,13 +50,15 @@ def _torchrun(script: str, *args: str, fault: str | None = None) -> subprocess.C
 
 
 @pytest.mark.slow
-def test_model_sp2_matches_whole_row_qwen3_qwen2_normal_and_dense(tmp_path):
+def test_model_sp2_matches_whole_row_qwen3_qwen2_normal_dense_routed(tmp_path):
     proc = _torchrun("sp_model_worker.py", str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-4000:]
     for rank in (0, 1):
         res = json.loads((tmp_path / f"model_rank{rank}.json").read_text())
-        assert set(res) == {"qwen3/normal", "qwen3/dense", "qwen2/normal", "qwen2/dense"}
+        assert set(res) == {f"{f}/{p}" for f in ("qwen3", "qwen2") for p in ("normal", "dense", "routed")}
         for key, r in res.items():
+            # The routed core runs (once per global branch) exactly in routed-projection steps.
+            assert r["routed_core_calls"] == (2 if key.endswith("/routed") else 0), key
             assert r["wrapped"] == 4, key  # 2 layers x 2 branches
             # Decisions that matter: some tokens routed, some not, in every layer.
             assert all(0.1 < f < 0.9 for f in r["routed_fraction"]), (key, r["routed_fraction"])
@@ -65,6 +70,18 @@ def test_model_sp2_matches_whole_row_qwen3_qwen2_normal_and_dense(tmp_path):
             bad = {k: v for k, v in r["grad_rel_err"].items() if v > 1e-5}
             assert not bad, (key, bad)
         for family in ("qwen3", "qwen2"):
+            r = res[f"{family}/routed"]
+            # SP=2 with routed-only projections also equals SP=2 with full projections.
+            assert r["vs_full_loss_err"] < 1e-5, (family, r["vs_full_loss_err"])
+            bad = {k: v for k, v in r["vs_full_grad_rel_err"].items() if v > 1e-5}
+            assert not bad, (family, bad)
+            # The case the uneven exchange is for, in every layer: the ranks compact different
+            # numbers of rows, one of them odd, and some row of a slice is padding.
+            # (Qwen3, GQA: an odd count in every layer; Qwen2, MQA: KV replicated.)
+            for layer in r["slices"]:
+                c = layer["counts"]
+                assert c[0] != c[1] and layer["padding"], (family, layer)
+                assert family == "qwen2" or any(x % 2 for x in c), (family, layer)
             # The dense path gives the router a gradient through tokens it switched off.
             assert res[f"{family}/dense"]["router_grad"] != res[f"{family}/normal"]["router_grad"]
 
