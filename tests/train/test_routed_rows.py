@@ -66,3 +66,32 @@ def test_one_row_has_no_padding_and_no_reordering():
     assert rows.slots.tolist() == [[2, 3, 8, 10, 11]] and bool(rows.valid.all())
     none = whole_row_routed_rows(torch.zeros(1, T, dtype=torch.bool), N)
     assert none.counts == [0, 0] and none.slots.shape == (1, 0)
+
+
+def test_flex_block_bounds_hold_for_the_whole_row_layout():
+    """The FlexAttention path (the `auto` backend on Hopper with flash-attn-4) builds its block
+    mask from the first and last row position of each query block, with padding rows at the
+    last position: on the layout given to the core, skipped blocks hold no visible pair and
+    full blocks only visible ones (several blocks, packed documents, padding mid-row before
+    reordering)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kernels"))
+    from attention_reference import allowed_mask, check_block_mask_cover, random_doc_ids
+
+    from kernels.flex_mask import query_block_mask
+    from kernels.utils import doc_start_positions
+
+    B, T, block = 2, 640, 32
+    g = torch.Generator().manual_seed(0)
+    doc_ids = random_doc_ids(B, T, 3, g)
+    # Routed fractions per (row, slice): each slice pads one row by many rows.
+    fraction = torch.tensor([[0.5, 0.1], [0.1, 0.4]]).repeat_interleave(T // N, dim=1)
+    route = torch.rand(B, T, generator=g) < fraction
+    rows = whole_row_routed_rows(route, N)
+    assert rows.order is not None
+    q_pos = torch.where(rows.valid, rows.slots, T - 1)  # as routed_query_attention_flex does
+    mask = query_block_mask(q_pos.int(), doc_start_positions(doc_ids), None, block=block)
+    visible = allowed_mask(T, doc_ids, B).gather(1, q_pos[:, :, None].expand(B, q_pos.shape[1], T))
+    check_block_mask_cover(mask, visible, block)
