@@ -287,9 +287,8 @@ class RoutedUlyssesCore:
     group j to rank j, which runs the original core on the whole row for Hq/N heads; the
     output rows go back. Not an nn.Module (the model's state dict is unchanged)."""
 
-    def __init__(self, inner, group, num_heads: int, num_kv_heads: int):
+    def __init__(self, inner, group):
         self.inner, self.group = inner, group
-        self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
 
     def __call__(self, q_c, k, v, route, doc_ids, scale, backend, slots, valid):
         n, rank = dist.get_world_size(self.group), dist.get_rank(self.group)
@@ -356,8 +355,7 @@ def apply_to_model(model: torch.nn.Module, group, micro_batch_size: int) -> int:
                 seq_length_is_variable=True,
             )
             module.attention_core = UlyssesCore(module.attention_core, ulysses, group)
-            module.routed_attention_core = RoutedUlyssesCore(
-                module.routed_attention_core, group, module.num_heads, module.num_kv_heads)
+            module.routed_attention_core = RoutedUlyssesCore(module.routed_attention_core, group)
             n += 1
     return n
 
