@@ -206,6 +206,7 @@ def test_deepspeed_options_fill_stages():
         ("l2a.lambda_schedule=exp", "l2a.lambda_schedule: must be one of"),
         ("deepspeed.offload_param=cpu", "deepspeed.offload_param: needs deepspeed.stage=3"),
         ("data.seq_len=0", "data.seq_len"),
+        ("train.sequence_parallel_window=ring", "train.sequence_parallel_window: must be halo or ulysses"),
     ],
 )
 def test_bad_override_names_the_path(override, message):

@@ -352,6 +352,9 @@ class TrainConfig:
     # many consecutive ranks, each holding a contiguous slice of every row. Batch sizes and
     # `global_batch_size` count rows, i.e. data-parallel groups, not ranks.
     sequence_parallel: int = 1
+    # The local branch under sequence parallelism: `halo` (each rank keeps its slice and gets
+    # the window's keys from the ranks before it) or `ulysses` (all-to-all, as the global one).
+    sequence_parallel_window: str = "halo"
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
     grad_clip: float = 1.0  # 0 disables
     # What trains: `l2a` (the method's set: attention branches, router, norms; MLPs,
@@ -397,6 +400,8 @@ class TrainConfig:
         _positive("train.micro_batch_size", self.micro_batch_size)
         _positive("train.grad_accum_steps", self.grad_accum_steps)
         _positive("train.sequence_parallel", self.sequence_parallel)
+        if self.sequence_parallel_window not in ("halo", "ulysses"):
+            _fail("train.sequence_parallel_window", "must be halo or ulysses", self.sequence_parallel_window)
         if self.global_batch_size is not None:
             _positive("train.global_batch_size", self.global_batch_size)
             if self.global_batch_size % self.micro_batch_size:

@@ -7,7 +7,9 @@ runs embeddings, norms, MLPs, router, gate and loss on that slice only. Only the
 core of every branch (`L2ABranchAttention.attention_core`) is wrapped (`apply_to_model`):
 DeepSpeed's `UlyssesSPAttentionHF` all-to-alls q/k/v from (B, H, T/N, D) to (B, H/N, T, D),
 the unchanged kernels run on whole sequences for H/N heads, and the output goes back to the
-slice. KV heads are replicated when there are fewer than N (DeepSpeed's rule).
+slice. KV heads are replicated when there are fewer than N (DeepSpeed's rule). The local
+branch needs only the window before each query: by default it keeps the slice and gets the
+window's keys and values from the ranks before it (train/sequence_halo.py).
 
 With routed-only global projections (`l2a.routed_projections`) the global branch calls
 `L2ABranchAttention.routed_attention_core` instead, on this rank's compacted routed queries
@@ -178,6 +180,11 @@ def gather_router_outputs(probs, routes, group) -> tuple[tuple, tuple]:
 
 
 # --------------------------------------------------------------------------- attention
+# How the local (sliding-window) branch runs under sequence parallelism: `halo` keeps the
+# slice and exchanges the window's keys (train/sequence_halo.py); `ulysses` all-to-alls it
+# like the global branch.
+SP_WINDOW_MODES = ("halo", "ulysses")
+
 class UlyssesCore:
     """Replaces one branch's attention core: gathers the route over the SP group and runs
     the original core on whole sequences for H/N heads through DeepSpeed's
@@ -337,17 +344,26 @@ class _NoEvalModule:
 _NoEval = _NoEvalModule()
 
 
-def apply_to_model(model: torch.nn.Module, group, micro_batch_size: int) -> int:
-    """Wrap the attention cores (full and routed) of every L2A branch of `model` for
-    sequence parallelism over `group`; returns the number of branches wrapped."""
+def apply_to_model(model: torch.nn.Module, group, micro_batch_size: int, window: str = "halo") -> int:
+    """Wrap the attention cores (full and routed) of every L2A branch of `model` for sequence
+    parallelism over `group`; returns the number of branches wrapped. `window`
+    (`train.sequence_parallel_window`): the local branches through `halo` exchange
+    (train/sequence_halo.py) or Ulysses like the global ones."""
     from deepspeed.runtime.sequence_parallel.ulysses_sp import UlyssesSPAttentionHF
 
-    from l2a.layers import L2ABranchAttention
+    from l2a.layers import L2AAttention, L2ABranchAttention
+    from train.sequence_halo import HaloWindowCore
 
+    if window not in SP_WINDOW_MODES:
+        raise ConfigError(f"train.sequence_parallel_window: must be one of {', '.join(SP_WINDOW_MODES)}, got {window!r}")
+    local = {id(m.local_attn) for m in model.modules() if isinstance(m, L2AAttention)}
     cfg = model.config
     n = 0
     for module in model.modules():
-        if isinstance(module, L2ABranchAttention):
+        if isinstance(module, L2ABranchAttention) and window == "halo" and id(module) in local:
+            module.attention_core = HaloWindowCore(module.attention_core, group)
+            n += 1
+        elif isinstance(module, L2ABranchAttention):
             ulysses = UlyssesSPAttentionHF(
                 attn=None, batch_size=micro_batch_size, attn_head_count=module.num_heads,
                 attn_head_size=module.head_dim, kv_head_count=module.num_kv_heads,

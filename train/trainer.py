@@ -238,7 +238,8 @@ class Trainer:
             micro = self.cfg.train.micro_batch_size
             if self.cfg.l2a.enabled:
                 self.mpu = sequence_parallel.init_groups(self.sp)
-                sequence_parallel.apply_to_model(model, self.mpu.get_sequence_parallel_group(), micro)
+                sequence_parallel.apply_to_model(model, self.mpu.get_sequence_parallel_group(), micro,
+                                                 window=self.cfg.train.sequence_parallel_window)
             else:
                 self.mpu = sequence_parallel.apply_to_dense_model(model, self.sp, micro)
 

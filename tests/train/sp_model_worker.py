@@ -37,7 +37,7 @@ SEQ = 24
 DEVICE = torch.device("cpu")
 
 
-def tiny_l2a(family: str, kv_heads: int):
+def tiny_l2a(family: str, kv_heads: int, window: int = 4):
     from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
     torch.manual_seed(0)
@@ -46,7 +46,7 @@ def tiny_l2a(family: str, kv_heads: int):
               rms_norm_eps=1e-6, head_dim=16)
     base = (Qwen3ForCausalLM(Qwen3Config(**kw)) if family == "qwen3"
             else Qwen2ForCausalLM(Qwen2Config(**kw)))
-    model = convert_model(base.float(), init="paper", window=4)
+    model = convert_model(base.float(), init="paper", window=window)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("router.weight"):
@@ -188,24 +188,31 @@ def main() -> int:
     full = batch()
     part = sp_mod.shard_batch(full, rank, n)
     results = {}
-    # Qwen3 with GQA 4/2 (2 KV heads: split); Qwen2 with MQA 4/1 (KV replicated to 2).
-    for family, kv in (("qwen3", 2), ("qwen2", 1)):
-        ref = tiny_l2a(family, kv)
+    # Qwen3 with GQA 4/2 (2 KV heads: split); Qwen2 with MQA 4/1 (KV replicated to 2). The
+    # local branch by halo exchange (window 4, and 16: wider than a 12-token slice) and by
+    # Ulysses all-to-all.
+    for family, kv, local, window in (("qwen3", 2, "halo", 4), ("qwen2", 1, "halo", 4),
+                                      ("qwen3", 2, "halo", 16), ("qwen3", 2, "ulysses", 4)):
+        ref = tiny_l2a(family, kv, window)
         spm = copy.deepcopy(ref)
-        wrapped = sp_mod.apply_to_model(spm, group, micro_batch_size=full["input_ids"].shape[0])
+        wrapped = sp_mod.apply_to_model(spm, group, micro_batch_size=full["input_ids"].shape[0],
+                                        window=local)
+        cores = sorted({type(m.attention_core).__name__ for m in spm.modules()
+                        if hasattr(m, "attention_core")})
+        key = f"{family}/{local}/w{window}"
         for path in ("normal", "dense", "routed"):
             for m in (ref, spm):
                 m.config.l2a_routed_projections = path == "routed"
             before = len(ROUTED_CALLS)
-            results[f"{family}/{path}"] = {
+            results[f"{key}/{path}"] = {
                 **compare(ref, spm, full, part, path == "dense", group), "wrapped": wrapped,
-                "routed_core_calls": len(ROUTED_CALLS) - before}
+                "cores": cores, "routed_core_calls": len(ROUTED_CALLS) - before}
         # Routed-only projections under SP=2 against full projections under SP=2.
-        routed, normal = results[f"{family}/routed"], results[f"{family}/normal"]
+        routed, normal = results[f"{key}/routed"], results[f"{key}/normal"]
         routed["vs_full_loss_err"] = abs(routed["_loss"] - normal["_loss"])
         routed["vs_full_grad_rel_err"] = grad_rel_err(routed["_grads"], normal["_grads"])
         routed["slices"] = slice_counts(routed["_routes"], n)
-        for r in (results[f"{family}/{p}"] for p in ("normal", "dense", "routed")):
+        for r in (results[f"{key}/{p}"] for p in ("normal", "dense", "routed")):
             for k in ("_loss", "_grads", "_routes"):
                 r.pop(k, None)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -55,11 +55,16 @@ def test_model_sp2_matches_whole_row_qwen3_qwen2_normal_dense_routed(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     for rank in (0, 1):
         res = json.loads((tmp_path / f"model_rank{rank}.json").read_text())
-        assert set(res) == {f"{f}/{p}" for f in ("qwen3", "qwen2") for p in ("normal", "dense", "routed")}
+        configs = ("qwen3/halo/w4", "qwen2/halo/w4", "qwen3/halo/w16", "qwen3/ulysses/w4")
+        paths = ("normal", "dense", "routed")
+        assert set(res) == {f"{c}/{p}" for c in configs for p in paths}
         for key, r in res.items():
             # The routed core runs (once per global branch) exactly in routed-projection steps.
             assert r["routed_core_calls"] == (2 if key.endswith("/routed") else 0), key
             assert r["wrapped"] == 4, key  # 2 layers x 2 branches
+            # The local branches by halo exchange unless Ulysses was asked for.
+            expected = ["UlyssesCore"] if "/ulysses/" in key else ["HaloWindowCore", "UlyssesCore"]
+            assert r["cores"] == expected, (key, r["cores"])
             # Decisions that matter: some tokens routed, some not, in every layer.
             assert all(0.1 < f < 0.9 for f in r["routed_fraction"]), (key, r["routed_fraction"])
             assert r["routes_equal"], key
@@ -69,21 +74,23 @@ def test_model_sp2_matches_whole_row_qwen3_qwen2_normal_dense_routed(tmp_path):
             assert all(r["grad_nonzero"].values()), key
             bad = {k: v for k, v in r["grad_rel_err"].items() if v > 1e-5}
             assert not bad, (key, bad)
-        for family in ("qwen3", "qwen2"):
-            r = res[f"{family}/routed"]
+        for config in configs:
+            r = res[f"{config}/routed"]
             # SP=2 with routed-only projections also equals SP=2 with full projections.
-            assert r["vs_full_loss_err"] < 1e-5, (family, r["vs_full_loss_err"])
+            assert r["vs_full_loss_err"] < 1e-5, (config, r["vs_full_loss_err"])
             bad = {k: v for k, v in r["vs_full_grad_rel_err"].items() if v > 1e-5}
-            assert not bad, (family, bad)
+            assert not bad, (config, bad)
+        for config in ("qwen3/halo/w4", "qwen2/halo/w4"):
             # The case the uneven exchange is for, in every layer: the ranks compact different
             # numbers of rows, one of them odd, and some row of a slice is padding.
             # (Qwen3, GQA: an odd count in every layer; Qwen2, MQA: KV replicated.)
-            for layer in r["slices"]:
+            for layer in res[f"{config}/routed"]["slices"]:
                 c = layer["counts"]
-                assert c[0] != c[1] and layer["padding"], (family, layer)
-                assert family == "qwen2" or any(x % 2 for x in c), (family, layer)
+                assert c[0] != c[1] and layer["padding"], (config, layer)
+                assert config.startswith("qwen2") or any(x % 2 for x in c), (config, layer)
+        for config in configs:
             # The dense path gives the router a gradient through tokens it switched off.
-            assert res[f"{family}/dense"]["router_grad"] != res[f"{family}/normal"]["router_grad"]
+            assert res[f"{config}/dense"]["router_grad"] != res[f"{config}/normal"]["router_grad"]
 
 
 @pytest.mark.gpu
