@@ -7,7 +7,7 @@
 #   scripts/fast_path_device.sh batch [bench.train_throughput args]
 #       GPU 0: the GPU tests of the fast path (pytest -m gpu, junit in tests.xml), while
 #       GPU 1: bench.attention at 128K, 20% routed, fwd+bwd (attention.json); both stopped by
-#              SIGINT after PHASE_A_S (default 210) seconds, keeping what finished; then
+#              SIGINT after PHASE_A_S (default 240) seconds, keeping what finished; then
 #       both:  bench.train_throughput at 128K, Qwen3-8B shape, SP=2, l2a_fused and dense,
 #              3 steps (1 untimed), routed fraction pinned at the target (--pin-sparsity),
 #              unless the args say otherwise (train.json).
@@ -28,7 +28,7 @@ mkdir -p "$OUT"
 LOG="$OUT/log.txt"
 PY=${PYTHON:-python3}
 DEADLINE_S=${DEADLINE_S:-570}
-PHASE_A_S=${PHASE_A_S:-210}
+PHASE_A_S=${PHASE_A_S:-240}
 export PYTHONUNBUFFERED=1 TORCH_EXTENSIONS_DIR=/tmp/torch_extensions_fast
 export PYTHONPATH=/tmp/fa4site:/tmp/fa4site/nvidia_cutlass_dsl/dsl_packages:/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
 
