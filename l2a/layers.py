@@ -30,6 +30,7 @@ from kernels.decode import DECODE_MAX_QUERIES
 from kernels.token_sparse.compact import routed_query_attention, routed_slots
 
 from .cache import cache_slots
+from .dense_path import dense_forward_routed_backward
 from .fused import add_rms_norm, compiled, gated_add, gated_scatter_add, norm_rope, router
 from .gated_output import GatedOutputProjection, straight_through_gate
 from .rmsnorm import LeanRMSNorm
@@ -142,10 +143,14 @@ class L2ABranchAttention(nn.Module):
         route: torch.Tensor | None = None,
         residual: torch.Tensor | None = None,
         gate: torch.Tensor | None = None,
+        backward_route: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x: (B, T, hidden). ``window`` set: local branch; ``route`` set: token-sparse global
         branch (rows of unrouted tokens are zero before o_proj); neither: dense causal.
-        ``residual`` and ``gate`` (a gated o_proj only): returns ``residual + gate * out``."""
+        ``residual`` and ``gate`` (a gated o_proj only): returns ``residual + gate * out``.
+        ``backward_route`` (a dense-path step): dense causal forward whose backward runs
+        token-sparse over these routed queries (l2a/dense_path.py: exact when the gate
+        zeroes the output's gradient at the other rows)."""
         bsz, seq, _ = x.shape
         shape = (bsz, seq, -1, self.head_dim)
         q = self.q_proj(x).view(shape)
@@ -159,7 +164,11 @@ class L2ABranchAttention(nn.Module):
             k, v = ctx.cache.update(k, v, cache_slot)
         doc_ids = ctx.doc_ids_for(k.shape[2])
 
-        o = self.attention_core(q, k, v, route, window, doc_ids, self.scaling, ctx.backend)
+        if backward_route is not None:
+            o = dense_forward_routed_backward(self.attention_core, q, k, v, backward_route, doc_ids,
+                                              self.scaling, ctx.backend)
+        else:
+            o = self.attention_core(q, k, v, route, window, doc_ids, self.scaling, ctx.backend)
         # Under sequence parallelism the core keeps its own (all-to-all'd) copies: these are
         # garbage now, not to be held through o_proj and the gated add.
         del q, k, v
@@ -297,17 +306,20 @@ class L2AAttention(nn.Module):
             return epilogue(gated_scatter_add)(hidden, a, d, p, slots, valid, bias), p, d
         # Stochastic dense path: the global branch runs for every token and is still gated
         # by d~, so the router gets a gradient for tokens it has switched off. Every token
-        # routed is plain causal attention, so it goes to the dense causal kernel (route
+        # attending is plain causal attention, so it goes to the dense causal kernel (route
         # None, window None), not to the token-sparse one with an all-ones route: on an H200
         # at 128K that step took 36.8 s through the token-sparse Triton kernel against 27.5 s
-        # for a whole dense step on FlashAttention-4 (docs/BENCHMARKS.md).
-        attn_route = None if dense else d
+        # for a whole dense step on FlashAttention-4 (docs/BENCHMARKS.md). The gate's forward
+        # value d zeroes the gradient of unrouted rows, so the backward is token-sparse.
+        attn_route, backward_route = (None, d) if dense else (d, None)
         if ctx.fused:
-            a = self.global_attn(g, position_embeddings, ctx, self.global_slot, route=attn_route)
+            a = self.global_attn(g, position_embeddings, ctx, self.global_slot, route=attn_route,
+                                 backward_route=backward_route)
             return epilogue(gated_add)(hidden, a, d, p), p, d
         # o_proj and the gated add in one autograd node that does not keep the branch output.
         out = self.global_attn(g, position_embeddings, ctx, self.global_slot, route=attn_route,
-                               residual=hidden, gate=straight_through_gate(d, p))
+                               residual=hidden, gate=straight_through_gate(d, p),
+                               backward_route=backward_route)
         return out, p, d
 
 

@@ -1,9 +1,11 @@
-"""The stochastic dense path runs the global branch through the dense causal kernel.
+"""The stochastic dense path: dense causal forward, token-sparse backward.
 
-Every token routed is plain causal attention, so a dense-path step hands the global branch's
-core no route (and no window) instead of an all-ones route to the token-sparse kernel. The
+Every token attending is plain causal attention, so a dense-path step hands the global
+branch's core no route (and no window) in the forward instead of an all-ones route to the
+token-sparse kernel; the gate's forward value d zeroes the output gradient of unrouted rows,
+so the backward runs the core token-sparse over the routed rows (l2a/dense_path.py). The
 expectation comes from the method, not from the code: the step must give the same loss and
-the same gradient for every parameter as the token-sparse kernel with every token routed,
+the same gradient for every parameter as attention over every token with a full backward,
 on an odd length, with two packed documents and GQA (4 query heads, 2 KV heads).
 """
 
@@ -30,7 +32,8 @@ def _dense_step(model, ids, pos):
     model.zero_grad(set_to_none=True)
     out = model(ids, position_ids=pos, labels=ids, l2a_dense=True)
     out.loss.backward()
-    return out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return out.loss.detach(), grads, out.routes
 
 
 def _all_routed_core(calls):
@@ -48,22 +51,29 @@ def test_dense_path_uses_the_dense_kernel_with_the_same_gradients(base_model):
     ids, pos = _inputs(base_model.config.vocab_size)
 
     seen = []
-    for layer in model.model.layers:
+    for i, layer in enumerate(model.model.layers):
         attn = layer.self_attn.global_attn
         inner = attn.attention_core
 
-        def spy(q, k, v, route, window, *rest, _inner=inner):
-            seen.append((route, window))
+        def spy(q, k, v, route, window, *rest, _inner=inner, _i=i):
+            seen.append((_i, route, window, torch.is_grad_enabled()))
             return _inner(q, k, v, route, window, *rest)
         attn.attention_core = spy
-    loss, grads = _dense_step(model, ids, pos)
-    assert seen and all(route is None and window is None for route, window in seen)
+    loss, grads, routes = _dense_step(model, ids, pos)
+    layers = len(model.model.layers)
+    # Forward: every query (no route, no window); backward: the layer's routed queries only.
+    forward, backward = seen[:layers], seen[layers:]
+    assert [(i, r, w) for i, r, w, _ in forward] == [(i, None, None) for i in range(layers)]
+    assert sorted(i for i, *_ in backward) == list(range(layers))
+    for i, route, window, grad_enabled in backward:
+        assert window is None and grad_enabled and torch.equal(route, routes[i]), i
+    assert all(0 < r.float().mean() < 1 for r in routes)  # decisions that matter
 
-    reference_calls = []
+    reference_calls = []  # every call attends for every token: a full backward
     for layer in model.model.layers:
         layer.self_attn.global_attn.attention_core = _all_routed_core(reference_calls)
-    ref_loss, ref_grads = _dense_step(model, ids, pos)
-    assert len(reference_calls) == len(model.model.layers)
+    ref_loss, ref_grads, _ = _dense_step(model, ids, pos)
+    assert len(reference_calls) == 2 * layers
 
     torch.testing.assert_close(loss, ref_loss, atol=1e-5, rtol=1e-5)
     assert grads.keys() == ref_grads.keys()
