@@ -91,11 +91,16 @@ def train_summary(path: Path) -> dict | None:
 
 
 def summarize(out_dir: Path) -> dict:
-    return {
+    """Also `train_<name>.json` beside `train.json` (e.g. the before run of
+    `scripts/fast_path_device.sh compare`), as `train_<name>`."""
+    out = {
         "tests": tests_summary(out_dir / "tests.xml"),
         "attention": attention_summary(out_dir / "attention.json"),
         "train": train_summary(out_dir / "train.json"),
     }
+    for path in sorted(out_dir.glob("train_*.json")):
+        out[path.stem] = train_summary(path)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,16 +13,23 @@
 #              unless the args say otherwise (train.json).
 #   scripts/fast_path_device.sh train [bench.train_throughput args]
 #       the training comparison alone (e.g. `--variants l2a,dense_sdpa --steps 5 --skip-steps 2`).
+#   scripts/fast_path_device.sh compare [bench.train_throughput args]
+#       before / after, each step profiled (--profile): the L2A layer as first measured
+#       (l2a_fused, Triton global branch, Ulysses local branch: train_before.json, at most
+#       BEFORE_S, default 200 s), then the args' variants, by default l2a_routed_fused and
+#       dense (FlashAttention-4 both branches, routed projections, halo local branch:
+#       train.json).
 #
-# Everything stops by DEADLINE_S (default 570) seconds after the start. $OUT gets at most six
-# files: log.txt (every step's output, prefixed), tests.xml, attention.json, train.json
-# (train.oom_<variant>.json only if a variant ran out of memory) and summary.json
-# (bench.fast_path_summary, also printed last).
+# Everything stops by DEADLINE_S (default 570) seconds after the start. $OUT gets at most
+# eight files (the device's limit): log.txt (every step's output, prefixed), summary.json
+# (bench.fast_path_summary, also printed last) and, by job, tests.xml and attention.json
+# (batch), train.json, train_before.json (compare), profile_<variant>.txt (--profile),
+# train.oom_<variant>.json (only if a variant ran out of memory).
 set -uo pipefail
 START=$(date +%s)
 cd "$(dirname "$0")/.."
 JOB=${1:-}; shift || true
-case "$JOB" in batch|train) ;; *) echo "usage: scripts/fast_path_device.sh batch|train [bench.train_throughput args]" >&2; exit 2 ;; esac
+case "$JOB" in batch|train|compare) ;; *) echo "usage: scripts/fast_path_device.sh batch|train|compare [bench.train_throughput args]" >&2; exit 2 ;; esac
 OUT=${OUT:-fast_out}
 mkdir -p "$OUT"
 LOG="$OUT/log.txt"
@@ -75,16 +82,25 @@ if [ "$JOB" = batch ]; then
   grep -E "^\[tests\] .*(passed|failed|error)" "$LOG" | tail -3
 fi
 
-BUDGET=$(( $(left) - 10 ))
-if [ "$BUDGET" -lt 120 ]; then
-  say "no time left for the training comparison (${BUDGET}s)"
-else
-  say "training comparison (at most ${BUDGET}s): $*"
-  timeout -s TERM -k 20 "$BUDGET" "$PY" -m torch.distributed.run --nproc_per_node=2 -m bench.train_throughput \
+# `train_run SECONDS OUT_JSON [args]`: bench.train_throughput at 128K, Qwen3-8B shape, SP=2.
+train_run() {
+  local budget=$1 out=$2; shift 2
+  if [ "$budget" -lt 120 ]; then say "no time left for $out (${budget}s)"; return; fi
+  say "training comparison into $out (at most ${budget}s): $*"
+  timeout -s TERM -k 20 "$budget" "$PY" -m torch.distributed.run --nproc_per_node=2 -m bench.train_throughput \
     --model qwen3_8b_random --seq-len 131072 --sequence-parallel 2 --override train.tiled_mlp=auto \
     --variants l2a_fused,dense --steps 3 --skip-steps 1 --pin-sparsity --work-dir /tmp/fast_train \
-    --out "$OUT/train.json" "$@" 2>&1 | tagged train
+    --out "$out" "$@" 2>&1 | tagged train
   say "training comparison exited with ${PIPESTATUS[0]}"
+}
+
+if [ "$JOB" = compare ]; then
+  BEFORE_S=${BEFORE_S:-200}
+  train_run "$BEFORE_S" "$OUT/train_before.json" --variants l2a_fused --profile \
+    --override l2a.attn_backend=triton --override train.sequence_parallel_window=ulysses
+  train_run $(( $(left) - 10 )) "$OUT/train.json" --variants l2a_routed_fused,dense --profile "$@"
+else
+  train_run $(( $(left) - 10 )) "$OUT/train.json" "$@"
 fi
 "$PY" -m bench.fast_path_summary "$OUT" 2>&1 | tee -a "$LOG"
 say "done"

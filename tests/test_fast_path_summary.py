@@ -33,6 +33,10 @@ def test_summary_of_a_call(tmp_path, capsys):
              "results": {"l2a_fused": {"mean_step_s": 30.04, "routed_step_s": 25.0, "pinned_sparsity": 0.8,
                                        "per_step": [step]}}}
     (tmp_path / "train.json").write_text(json.dumps(train))
+    # compare's before run beside it; an out-of-memory record is not a train_<name> file.
+    before = {"results": {"l2a_fused": {"mean_step_s": 17.0, "routed_step_s": 17.0, "per_step": []}}}
+    (tmp_path / "train_before.json").write_text(json.dumps(before))
+    (tmp_path / "train.oom_dense.json").write_text("{}")
     assert main([str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert json.loads(capsys.readouterr().out) == summary
@@ -50,6 +54,8 @@ def test_summary_of_a_call(tmp_path, capsys):
     assert summary["train"]["routed_speedups"] == {"l2a_fused/dense": 1.3}
     fused = summary["train"]["variants"]["l2a_fused"]
     assert (fused["routed_step_s"], fused["pinned_sparsity"], fused["expected_step_s"]) == (25.0, 0.8, None)
+    assert set(summary) == {"tests", "attention", "train", "train_before"}
+    assert summary["train_before"]["variants"]["l2a_fused"]["routed_step_s"] == 17.0
 
 
 def test_missing_outputs_are_null(tmp_path):
