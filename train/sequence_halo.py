@@ -6,19 +6,23 @@ and layer. The local branch does not need the whole sequence: a query sees at mo
 `window - 1` keys before it. So each rank keeps its slice and all its heads, receives the
 last `window - 1` keys and values before its slice (the "halo", from the ranks before it in
 the group) and runs the unchanged kernel on `[halo; slice]`. What crosses the wire per layer
-is `window - 1` tokens of k and v per rank instead of the whole slice's q, k, v and output.
+is each rank's last `min(window - 1, T/N)` tokens of k and v (and document ids), sent only to
+the ranks whose halo needs them (the next one, or the next few when the window is longer
+than a slice), instead of the whole slice's q, k, v and output.
 
 The kernels take queries and keys of one length (FlashAttention-4's and FlexAttention's
 paths), so the halo positions get zero queries whose outputs are dropped: `window - 1`
 extra query rows per rank (6% of a 64K slice at window 4095), no gradient from them.
 
-Gradients: the halo is an all-gather of every rank's last `min(window - 1, slice)` keys and
-values (`torch.distributed.nn.functional.all_gather`, whose backward sums each chunk's
-gradient over the ranks that used it, on NCCL and on gloo). Activation checkpointing
-recomputes the layer, and with it this exchange, on every rank alike.
+Gradients: the tails travel by `train.sequence_parallel.exchange` (an all-to-all with split
+sizes, zero towards the ranks that need nothing), whose backward sends each received tail's
+gradient back to its sender. Activation checkpointing recomputes the layer, and with it this
+exchange, on every rank alike.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.distributed as dist
@@ -26,8 +30,9 @@ import torch.distributed as dist
 
 def halo_from_tails(tails: list[torch.Tensor], rank: int, width: int) -> torch.Tensor:
     """The `width` positions (dim 2) just before rank `rank`'s slice, from every rank's tail
-    (its last `min(width, slice)` positions): the tails of the ranks before it, in order,
-    cut to the last `width` (fewer at the start of the row; empty on rank 0)."""
+    (its last `min(width, slice)` positions, or nothing from a rank too far back to be
+    needed): the tails of the ranks before it, in order, cut to the last `width` (fewer at
+    the start of the row; empty on rank 0)."""
     if rank == 0:
         return tails[0][:, :, :0]
     return torch.cat(tails[:rank], dim=2)[:, :, -width:]
@@ -45,7 +50,7 @@ class HaloWindowCore:
     def __call__(self, q, k, v, route, window, doc_ids, scale, backend):
         if route is not None or window is None:
             raise ValueError("HaloWindowCore: the local (sliding-window) branch only")
-        from torch.distributed.nn.functional import all_gather
+        from train.sequence_parallel import exchange
 
         rank, n = dist.get_rank(self.group), dist.get_world_size(self.group)
         width = window - 1
@@ -55,12 +60,18 @@ class HaloWindowCore:
         if doc_ids is None:  # one document: ids equal on every rank
             doc_ids = torch.zeros(k.shape[0], local, dtype=torch.long, device=k.device)
         tail = min(width, local)  # the same on every rank: all slices have one length
-        kv_tails = all_gather(torch.cat([k[:, :, -tail:], v[:, :, -tail:]], dim=1).contiguous(),
-                              group=self.group)
-        halo = halo_from_tails(list(kv_tails), rank, width)
-        doc_parts = [torch.empty_like(doc_ids[:, -tail:]) for _ in range(n)]
-        dist.all_gather(doc_parts, doc_ids[:, -tail:].contiguous(), group=self.group)
-        halo_docs = halo_from_tails([d[:, None] for d in doc_parts], rank, width)[:, 0]
+        reach = math.ceil(width / local)  # how many slices before it a halo spans
+
+        def to_next(x):
+            """This rank's tail `x (B, C, tail, ...)` to the `reach` ranks after it; returns
+            what each rank sent here (empty from ranks whose tail this halo does not need)."""
+            none = x[:, :, :0]
+            send = [x if rank < j <= rank + reach else none for j in range(n)]
+            recv = [x.shape if rank - reach <= i < rank else none.shape for i in range(n)]
+            return exchange(send, recv, self.group)
+
+        halo = halo_from_tails(to_next(torch.cat([k[:, :, -tail:], v[:, :, -tail:]], dim=1)), rank, width)
+        halo_docs = halo_from_tails(to_next(doc_ids[:, None, -tail:]), rank, width)[:, 0]
         h = halo.shape[2]
         k_ext = torch.cat([halo[:, :hkv], k], dim=2)
         v_ext = torch.cat([halo[:, hkv:], v], dim=2)
