@@ -135,3 +135,21 @@ def default_scale(scale: float | None, D: int) -> float:
     if not scale > 0:
         raise ValueError(f"scale: expected a positive number, got {scale}")
     return scale
+
+
+# Dynamo's recompile limit (8 by default) counts the cache entries of one code object. Our
+# compiled FlexAttention calls get an entry per shape family (head counts, head dim, dtype,
+# FLASH backend or not, a routed count under one block padded or not), so a process that
+# runs several shapes (a GPU test session, the evaluation of several models) passes 8, and
+# under fullgraph=True that is a hard error (FailOnRecompileLimitHit, seen on an H200 in a
+# test session of the fast path, 2026-12-01).
+FLEX_RECOMPILE_LIMIT = 64
+
+
+def allow_recompiles(limit: int = FLEX_RECOMPILE_LIMIT) -> None:
+    """Raise dynamo's per-code-object recompile limit to `limit`. It is a global setting
+    (dynamo has none per function), so it is only ever raised: a user's higher one stands."""
+    import torch._dynamo.config as dynamo_config
+
+    if dynamo_config.recompile_limit < limit:
+        dynamo_config.recompile_limit = limit

@@ -1,24 +1,27 @@
 #!/usr/bin/env bash
 # The fast path's GPU work (FlashAttention-4 backends, routed projections, fused regions) on a
-# 2x H200 host, after FlashAttention-4 was installed into /tmp/fa4site by the two commands of
+# host of one or more H200s (run on 1 and 2), after FlashAttention-4 was installed into /tmp/fa4site by the two commands of
 # ../shared/device/fa4_wheels.sh (`.fa4a/fa4_device.sh stage`, `.fa4b/fa4_device.sh install`).
 # From the repository root, carrying .whl (scripts/device_wheels.sh):
 #
 #   scripts/fast_path_device.sh batch [bench.train_throughput args]
 #       GPU 0: the GPU tests of the fast path (pytest -m gpu, junit in tests.xml), while
 #       GPU 1: bench.attention at 128K, 20% routed, fwd+bwd (attention.json); both stopped by
-#              SIGINT after PHASE_A_S (default 240) seconds, keeping what finished; then
-#       both:  bench.train_throughput at 128K, Qwen3-8B shape, SP=2, l2a_fused and dense,
-#              3 steps (1 untimed), routed fraction pinned at the target (--pin-sparsity),
-#              unless the args say otherwise (train.json).
+#              SIGINT after PHASE_A_S (default 240) seconds, keeping what finished (on a
+#              one-GPU host the two run one after the other, PHASE_A_S each, so that the
+#              tests do not share the GPU with the timings); then
+#       all:   bench.train_throughput at 128K, Qwen3-8B shape, SP = the GPU count, l2a_fused
+#              and dense, 3 steps (1 untimed), routed fraction pinned at the target
+#              (--pin-sparsity), unless the args say otherwise (train.json).
 #   scripts/fast_path_device.sh train [bench.train_throughput args]
-#       the training comparison alone (e.g. `--variants l2a,dense_sdpa --steps 5 --skip-steps 2`).
+#       the training comparison alone (e.g. `--variants l2a,dense_sdpa --steps 5 --skip-steps 2`;
+#       one GPU at 32K: `--model qwen3_1p7b_random --seq-len 32768`).
 #   scripts/fast_path_device.sh compare [bench.train_throughput args]
 #       before / after, each step profiled (--profile): the L2A layer as first measured
 #       (l2a_fused, Triton global branch, Ulysses local branch: train_before.json, at most
 #       BEFORE_S, default 200 s), then the args' variants, by default l2a_routed_fused and
 #       dense (FlashAttention-4 both branches, routed projections, halo local branch:
-#       train.json).
+#       train.json). The args go to both runs (model, length), before their own.
 #
 # Everything stops by DEADLINE_S (default 570) seconds after the start. $OUT gets at most
 # eight files (the device's limit): log.txt (every step's output, prefixed), summary.json
@@ -59,21 +62,26 @@ from kernels.backends import fa4_installed
 print("torch", torch.__version__, "triton", triton.__version__, "transformers", transformers.__version__,
       "gpus", torch.cuda.device_count(), "flash_attn.cute", fa4_installed(),
       "transformers sees flash-attn-4", is_flash_attn_4_available())
-raise SystemExit(0 if fa4_installed() and torch.cuda.device_count() >= 2 else 3)
+raise SystemExit(0 if fa4_installed() and torch.cuda.device_count() >= 1 else 3)
 EOF
 if [ "${PIPESTATUS[0]}" != 0 ]; then
-  say "error: flash-attn-4 does not import or fewer than 2 GPUs: run the stage and install commands again"
+  say "error: flash-attn-4 does not import or no GPU: run the stage and install commands again"
   tail -3 "$LOG"; exit 3
 fi
+GPUS=$(nvidia-smi --query-gpu=index --format=csv,noheader | wc -l)
 
 if [ "$JOB" = batch ]; then
-  say "phase A: GPU tests on GPU 0, bench.attention on GPU 1 (at most ${PHASE_A_S}s)"
+  # One GPU: the tests first, then the timings alone on the GPU.
+  if [ "$GPUS" -ge 2 ]; then ATTN_GPU=1; else ATTN_GPU=0; fi
+  say "phase A: GPU tests on GPU 0, bench.attention on GPU $ATTN_GPU (at most ${PHASE_A_S}s each)"
   ( CUDA_VISIBLE_DEVICES=0 TORCHINDUCTOR_COMPILE_THREADS=4 timeout -s INT -k 30 "$PHASE_A_S" \
       "$PY" -m pytest -q -m gpu -p no:cacheprovider -n 6 --durations=15 -rfE --junitxml="$OUT/tests.xml" \
-      tests/kernels/test_backends.py tests/l2a/test_routed_projections.py tests/l2a/test_fused.py \
-      tests/l2a/test_fused_recompiles.py tests/train/test_dense_attn.py 2>&1 | tagged tests ) &
+      tests/l2a/test_fused.py tests/l2a/test_fused_recompiles.py tests/train/test_dense_attn.py \
+      tests/kernels/test_dense_path_backends.py tests/l2a/test_routed_projections.py \
+      tests/kernels/test_backends.py 2>&1 | tagged tests ) &
   TESTS=$!
-  ( CUDA_VISIBLE_DEVICES=1 TORCHINDUCTOR_COMPILE_THREADS=8 timeout -s INT -k 30 "$PHASE_A_S" \
+  [ "$GPUS" -ge 2 ] || wait $TESTS
+  ( CUDA_VISIBLE_DEVICES=$ATTN_GPU TORCHINDUCTOR_COMPILE_THREADS=8 timeout -s INT -k 30 "$PHASE_A_S" \
       "$PY" -m bench.attention --lengths 131072 --fractions 0.2 --passes fwdbwd \
       --kernels sdpa fa4 flex ours local auto --out "$OUT/attention.json" 2>&1 | tagged attention ) &
   ATTN=$!
@@ -82,13 +90,14 @@ if [ "$JOB" = batch ]; then
   grep -E "^\[tests\] .*(passed|failed|error)" "$LOG" | tail -3
 fi
 
-# `train_run SECONDS OUT_JSON [args]`: bench.train_throughput at 128K, Qwen3-8B shape, SP=2.
+# `train_run SECONDS OUT_JSON [args]`: bench.train_throughput at 128K, Qwen3-8B shape, SP = the
+# GPU count (the args may override any of these: argparse keeps the last).
 train_run() {
   local budget=$1 out=$2; shift 2
   if [ "$budget" -lt 120 ]; then say "no time left for $out (${budget}s)"; return; fi
   say "training comparison into $out (at most ${budget}s): $*"
-  timeout -s TERM -k 20 "$budget" "$PY" -m torch.distributed.run --nproc_per_node=2 -m bench.train_throughput \
-    --model qwen3_8b_random --seq-len 131072 --sequence-parallel 2 --override train.tiled_mlp=auto \
+  timeout -s TERM -k 20 "$budget" "$PY" -m torch.distributed.run --nproc_per_node="$GPUS" -m bench.train_throughput \
+    --model qwen3_8b_random --seq-len 131072 --sequence-parallel "$GPUS" --override train.tiled_mlp=auto \
     --variants l2a_fused,dense --steps 3 --skip-steps 1 --pin-sparsity --work-dir /tmp/fast_train \
     --out "$out" "$@" 2>&1 | tagged train
   say "training comparison exited with ${PIPESTATUS[0]}"
@@ -96,7 +105,7 @@ train_run() {
 
 if [ "$JOB" = compare ]; then
   BEFORE_S=${BEFORE_S:-200}
-  train_run "$BEFORE_S" "$OUT/train_before.json" --variants l2a_fused --profile \
+  train_run "$BEFORE_S" "$OUT/train_before.json" "$@" --variants l2a_fused --profile \
     --override l2a.attn_backend=triton --override train.sequence_parallel_window=ulysses
   train_run $(( $(left) - 10 )) "$OUT/train.json" --variants l2a_routed_fused,dense --profile "$@"
 else

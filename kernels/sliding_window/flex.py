@@ -8,7 +8,7 @@ import functools
 import torch
 
 from ..flex_mask import BLOCK, query_block_mask
-from ..utils import doc_start_positions
+from ..utils import allow_recompiles, doc_start_positions
 
 
 def _flex_call(q, k, v, block_mask, scale, enable_gqa):
@@ -24,6 +24,7 @@ def _compiled_flex():
     # caller that compiles it (a benchmark, a user's model); past the limit dynamo runs it
     # eagerly, which materialises the (B, H, T, T) scores: 2 TiB at 128K for 32 heads.
     # fullgraph: a graph break must fail loudly rather than fall back to that.
+    allow_recompiles()
     return torch.compile(_flex_call, dynamic=False, fullgraph=True)
 
 

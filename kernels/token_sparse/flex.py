@@ -15,7 +15,7 @@ import warnings
 import torch
 
 from ..flex_mask import query_block_mask
-from ..utils import doc_start_positions
+from ..utils import allow_recompiles, doc_start_positions
 
 MIN_ROWS = 128  # one FlexAttention query block
 
@@ -40,6 +40,7 @@ def _compiled_flex(dynamic: bool):
     # says why); dynamic: one graph for every routed count; fullgraph: no silent eager
     # fallback, which would materialise (B, H, R, T) scores. Inductor's CPU FlexAttention
     # fails to compile with dynamic shapes (torch 2.13), so CPU (tests only) is static.
+    allow_recompiles()
     return torch.compile(_flex_call, dynamic=dynamic, fullgraph=True)
 
 

@@ -245,3 +245,28 @@ def test_routed_count_changes_without_recompiling(backend):
     assert len(counts) == 3
     if backend == "fa4":
         _assert_flash_ran()
+
+
+@pytest.mark.parametrize("module", ["token_sparse", "sliding_window"])
+def test_flex_compile_raises_the_recompile_limit(module):
+    """Each compiled FlexAttention call has one dynamo entry per shape family; past dynamo's
+    default limit of 8 a fullgraph call fails hard (seen in a GPU test session), so making
+    the compiled function raises the limit, and never lowers a user's higher one."""
+    import importlib
+
+    import torch._dynamo.config as dynamo_config
+
+    from kernels.utils import FLEX_RECOMPILE_LIMIT
+
+    flex = importlib.import_module(f"kernels.{module}.flex")
+    args = (False,) if module == "token_sparse" else ()
+
+    def limit_after_compiling(start):
+        with dynamo_config.patch(recompile_limit=start):
+            flex._compiled_flex.cache_clear()
+            flex._compiled_flex(*args)
+            flex._compiled_flex.cache_clear()
+            return dynamo_config.recompile_limit
+
+    assert limit_after_compiling(8) == FLEX_RECOMPILE_LIMIT > 8
+    assert limit_after_compiling(500) == 500
