@@ -73,11 +73,17 @@ def train_summary(path: Path) -> dict | None:
     if not path.exists():
         return None
     data = json.loads(path.read_text())
-    keys = ("attention", "mean_step_s", "routed_step_s", "expected_step_s", "tokens_per_s_per_gpu",
+    keys = ("attention", "mean_step_s", "routed_step_s", "dense_path_step_s", "expected_step_s",
+            "tokens_per_s_per_gpu",
             "sparsity", "pinned_sparsity", "peak_memory_gib")
     variants = {}
     for name, r in data.get("results", {}).items():
         entry = {k: r.get(k) for k in keys}
+        prof = r.get("profile_kernel_ms")
+        if prof:
+            # Kernel time against the profiled step's wall time: far below it, the step is
+            # host-bound and the step times compare host overheads, not kernels.
+            entry["profile"] = {k: prof.get(k) for k in ("step_wall_ms", "kernel_ms", "attention", "matmul")}
         entry["per_step"] = [
             f"{s['step']}: {s['step_time_s']:.1f}s sparsity {s['sparsity']:.2f}{' dense-path' if s.get('dense') else ''}"
             for s in r.get("per_step", [])

@@ -44,3 +44,17 @@ def kernel_category(name: str) -> str:
         if any(n in low for n in needles):
             return category
     return "other"
+
+
+def cuda_api_summary(events, top: int = 8) -> dict:
+    """The host side of a profiled step: CPU time and call count of the CUDA runtime / driver
+    API calls a CUDA-only torch.profiler records (`cudaLaunchKernel`, `cuLaunchKernelEx`,
+    `cudaStreamSynchronize`, `cudaMemcpyAsync`, ...), the `top` by CPU time. A step whose wall
+    time is well above its kernel time is host-bound; these say where the host time went:
+    launches (many small kernels, a slow launch path) or waits (`...Synchronize`, blocking
+    copies: a host sync per routed count or document list). `events`: `key_averages()`."""
+    rows = [(e.key, e.self_cpu_time_total / 1e3, e.count) for e in events
+            if e.key.startswith("cu") and e.self_cpu_time_total > 0]
+    rows.sort(key=lambda r: -r[1])
+    return {"cpu_ms": {k: round(ms, 1) for k, ms, _ in rows[:top]},
+            "calls": {k: n for k, _, n in rows[:top]}}

@@ -31,7 +31,11 @@ def test_summary_of_a_call(tmp_path, capsys):
     train = {"seq_len": "131072", "sequence_parallel": 2, "skip_steps": 1, "speedups": {"l2a_fused/dense": 1.1},
              "routed_speedups": {"l2a_fused/dense": 1.3},
              "results": {"l2a_fused": {"mean_step_s": 30.04, "routed_step_s": 25.0, "pinned_sparsity": 0.8,
-                                       "per_step": [step]}}}
+                                       "per_step": [step],
+                                       "profile_kernel_ms": {"step_wall_ms": 20000.0, "kernel_ms": 8000.0,
+                                                             "attention": 3700.0, "matmul": 2400.0,
+                                                             "elementwise": 1900.0,
+                                                             "cuda_api": {"cpu_ms": {}, "calls": {}}}}}}
     (tmp_path / "train.json").write_text(json.dumps(train))
     # compare's before run beside it; an out-of-memory record is not a train_<name> file.
     before = {"results": {"l2a_fused": {"mean_step_s": 17.0, "routed_step_s": 17.0, "per_step": []}}}
@@ -54,6 +58,9 @@ def test_summary_of_a_call(tmp_path, capsys):
     assert summary["train"]["routed_speedups"] == {"l2a_fused/dense": 1.3}
     fused = summary["train"]["variants"]["l2a_fused"]
     assert (fused["routed_step_s"], fused["pinned_sparsity"], fused["expected_step_s"]) == (25.0, 0.8, None)
+    assert fused["profile"] == {"step_wall_ms": 20000.0, "kernel_ms": 8000.0, "attention": 3700.0,
+                                "matmul": 2400.0}
+    assert "profile" not in summary["train_before"]["variants"]["l2a_fused"]
     assert set(summary) == {"tests", "attention", "train", "train_before"}
     assert summary["train_before"]["variants"]["l2a_fused"]["routed_step_s"] == 17.0
 

@@ -45,3 +45,21 @@ def test_both_profiles_use_it():
 
     assert prefill.kernel_category is kernel_category and prefill.CATEGORIES == CATEGORIES
     assert "kernel_category" not in vars(train)  # no second classifier there
+
+
+def test_cuda_api_summary_keeps_the_api_calls_by_host_time():
+    """The host side of a profiled step: only CUDA runtime / driver API calls, largest CPU
+    time first, with their call counts; kernels (no CPU time) and operators are left out."""
+    from types import SimpleNamespace as E
+
+    from bench.kernel_categories import cuda_api_summary
+
+    events = [E(key="cudaLaunchKernel", self_cpu_time_total=900_000.0, count=12000),
+              E(key="attn_fwd_kernel", self_cpu_time_total=0.0, count=28),
+              E(key="cudaStreamSynchronize", self_cpu_time_total=2_500_000.0, count=112),
+              E(key="cuLaunchKernelEx", self_cpu_time_total=400_000.0, count=168),
+              E(key="aten::mm", self_cpu_time_total=50_000.0, count=300)]
+    got = cuda_api_summary(events, top=2)
+    assert list(got["cpu_ms"]) == ["cudaStreamSynchronize", "cudaLaunchKernel"]
+    assert got["cpu_ms"]["cudaStreamSynchronize"] == 2500.0
+    assert got["calls"] == {"cudaStreamSynchronize": 112, "cudaLaunchKernel": 12000}
