@@ -73,9 +73,8 @@ def train_summary(path: Path) -> dict | None:
     if not path.exists():
         return None
     data = json.loads(path.read_text())
-    keys = ("attention", "mean_step_s", "routed_step_s", "dense_path_step_s", "expected_step_s",
-            "tokens_per_s_per_gpu",
-            "sparsity", "pinned_sparsity", "peak_memory_gib")
+    keys = ("attention", "mean_step_s", "routed_step_s", "routed_step_median_s", "dense_path_step_s",
+            "expected_step_s", "tokens_per_s_per_gpu", "sparsity", "pinned_sparsity", "peak_memory_gib")
     variants = {}
     for name, r in data.get("results", {}).items():
         entry = {k: r.get(k) for k in keys}

@@ -20,7 +20,7 @@ DeepSpeed ZeRO-3, bf16, activation checkpointing, one sequence per GPU per step:
 The JSON records the attention each variant ran (`attention`), every step's time, sparsity
 and dense-path flag (`per_step`), and `speedups`: each L2A variant over each dense one.
 The step time is also split by path: `routed_step_s` (mean over timed steps off the
-stochastic dense path), `dense_path_step_s` (over dense-path steps; with none in the timed
+stochastic dense path; `routed_step_median_s` beside it), `dense_path_step_s` (over dense-path steps; with none in the timed
 window, those `--profile` ran before its routed step; `dense_path_from` says which; null if
 neither) and `expected_step_s` (the two weighted by `l2a.dense_prob`; null unless both are
 measured; the routed mean for dense variants), with `tokens_per_s_per_gpu_routed` and
@@ -60,6 +60,7 @@ import contextlib
 import gc
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -389,7 +390,8 @@ def step_time_split(timed: list[dict], dense_prob: float, later_dense_path_s: li
     def mean(xs):
         return sum(xs) / len(xs) if xs else None
 
-    routed = mean([r["step_time_s"] for r in timed if not r.get("dense")])
+    routed_times = [r["step_time_s"] for r in timed if not r.get("dense")]
+    routed = mean(routed_times)
     dense_path = mean([r["step_time_s"] for r in timed if r.get("dense")])
     source = "timed steps" if dense_path is not None else None
     if dense_path is None and later_dense_path_s:
@@ -400,8 +402,11 @@ def step_time_split(timed: list[dict], dense_prob: float, later_dense_path_s: li
         expected = (1.0 - dense_prob) * routed + dense_prob * dense_path
     else:
         expected = routed
-    return {"routed_step_s": routed, "dense_path_step_s": dense_path, "dense_path_from": source,
-            "expected_step_s": expected}
+    # The median beside the mean: with few timed steps one slow step (a second step still
+    # warming up: 34-51 s against a steady 12-22 s in one-GPU 128K runs) moves the mean.
+    median = statistics.median(routed_times) if routed_times else None
+    return {"routed_step_s": routed, "routed_step_median_s": median, "dense_path_step_s": dense_path,
+            "dense_path_from": source, "expected_step_s": expected}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -132,8 +132,8 @@ def test_step_time_split_weights_the_dense_path_by_its_probability():
     assert abs(split["expected_step_s"] - 12.9) < 1e-12
     # No dense-path step timed: its time is unknown, and so is the expectation.
     assert step_time_split(_rows((10.0, False), (12.0, False)), 0.1) == {
-        "routed_step_s": 11.0, "dense_path_step_s": None, "dense_path_from": None,
-        "expected_step_s": None}
+        "routed_step_s": 11.0, "routed_step_median_s": 11.0, "dense_path_step_s": None,
+        "dense_path_from": None, "expected_step_s": None}
     # ... unless one ran after the window (before --profile's routed step): 0.9 * 11 + 0.1 * 40.
     later = step_time_split(_rows((10.0, False), (12.0, False)), 0.1, [40.0])
     assert later["dense_path_step_s"] == 40.0 and later["dense_path_from"] == "after the timed steps"
@@ -144,5 +144,8 @@ def test_step_time_split_weights_the_dense_path_by_its_probability():
     assert step_time_split(_rows((30.0, True)), 0.1)["expected_step_s"] is None
     # A dense variant (dense_prob 0, no dense flag set): every step is a routed step.
     assert step_time_split(_rows((4.0, False), (6.0, False)), 0.0) == {
-        "routed_step_s": 5.0, "dense_path_step_s": None, "dense_path_from": None,
-        "expected_step_s": 5.0}
+        "routed_step_s": 5.0, "routed_step_median_s": 5.0, "dense_path_step_s": None,
+        "dense_path_from": None, "expected_step_s": 5.0}
+    # One slow routed step among three moves the mean, not the median.
+    slow = step_time_split(_rows((35.0, False), (12.0, False), (11.0, False)), 0.0)
+    assert slow["routed_step_s"] == 58.0 / 3 and slow["routed_step_median_s"] == 12.0
