@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The fast path's GPU work (FlashAttention-4 backends, routed projections, fused regions) on a
 # host of one or more H200s (run on 1 and 2), after FlashAttention-4 was installed into
-# /tmp/fa4site by the two commands of ../shared/device/fa4_wheels.sh (`.fa4a/fa4_device.sh stage`, `.fa4b/fa4_device.sh install`).
+# /tmp/fa4site by the two commands of ../shared/device/fa4_wheels.sh
+# (`.fa4a/fa4_device.sh stage`, `.fa4b/fa4_device.sh install`).
 # From the repository root, carrying .whl (scripts/device_wheels.sh):
 #
 #   scripts/fast_path_device.sh batch [bench.train_throughput args]
