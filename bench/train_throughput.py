@@ -22,10 +22,10 @@ and dense-path flag (`per_step`), and `speedups`: each L2A variant over each den
 The step time is also split by path: `routed_step_s` (mean over timed steps off the
 stochastic dense path; `routed_step_median_s` beside it), `dense_path_step_s` (over
 dense-path steps; with none in the timed window, those `--profile` ran before its routed
-step; `dense_path_from` says which; null if neither) and `expected_step_s` (the two weighted by `l2a.dense_prob`; null unless both are
-measured; the routed mean for dense variants), with `tokens_per_s_per_gpu_routed` and
-`routed_speedups` from the routed mean: with few timed steps one dense-path step moves the
-plain mean a lot.
+step; `dense_path_from` says which; null if neither) and `expected_step_s` (the two
+weighted by `l2a.dense_prob`; null unless both are measured; the routed mean for dense
+variants), with `tokens_per_s_per_gpu_routed` and `routed_speedups` from the routed mean:
+with few timed steps one dense-path step moves the plain mean a lot.
 
 `--pin-sparsity` (benchmark only) makes every L2A layer route exactly `1 - --sparsity-target`
 of each row's tokens from the first step (the top tokens by router logit; bench/pin_sparsity.py)
