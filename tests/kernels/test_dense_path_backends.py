@@ -12,15 +12,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from attention_reference import (
-    allowed_mask,
-    dense_attention,
-    make_route,
-    random_doc_ids,
-    reference_with_grads,
-    rel_err,
-    run_with_grads,
-)
+from attention_reference import allowed_mask, dense_attention, reference_with_grads, rel_err, run_with_grads
+from test_backends import _inputs
 
 from kernels.backends import fa4_suits
 from l2a.dense_path import dense_forward_routed_backward
@@ -38,17 +31,12 @@ def _dense_reference(q, k, v, doc_ids):
 
 
 def _check(case, backend, device, dtype):
-    kind, T, Hq, Hkv, D, n_docs = case
-    g = torch.Generator().manual_seed(T)
-    B = 2
-    q = torch.randn(B, Hq, T, D, generator=g).to(device, dtype)
-    k, v = (torch.randn(B, Hkv, T, D, generator=g).to(device, dtype) for _ in range(2))
-    route = make_route(B, T, kind, g).to(device)
-    doc_ids = random_doc_ids(B, T, n_docs, g).to(device) if n_docs > 1 else None
+    q, k, v, do, route, doc_ids = _inputs(case, device, dtype)
+    D = q.shape[-1]
     if backend == "fa4" and not fa4_suits(q):
         pytest.skip("flash-attn-4 not installed or not a Hopper/Blackwell GPU")
     # The gate's forward value zeroes the gradient at every unrouted row.
-    do = torch.randn(B, Hq, T, D, generator=g).to(device, dtype) * route[:, None, :, None]
+    do = do * route[:, None, :, None]
 
     def fn(q, k, v):
         return dense_forward_routed_backward(sequence_attention_core, q, k, v, route, doc_ids, D**-0.5, backend)
