@@ -191,19 +191,39 @@ def attention_used(cfg) -> dict:
     }
 
 
+def _sync() -> None:
+    if torch.cuda.is_available():  # else --cpu-smoke
+        torch.cuda.synchronize()
+
+
 def _timed_step(trainer, loader) -> float:
-    torch.cuda.synchronize()
+    _sync()
     t0 = time.perf_counter()
     trainer.train_step([next(loader)])
-    torch.cuda.synchronize()
+    _sync()
     return time.perf_counter() - t0
+
+
+def time_warm_dense_path(trainer, loader, n: int = 2) -> list[float]:
+    """Wall times of `n` dense-path steps after one untimed dense-path warm-up step (its
+    compilation and autotuning), the trainer's draw forced to the dense path meanwhile: the
+    dense-path step at the cost it has in a long run, where it recurs every 1 / dense_prob
+    steps."""
+    draw = trainer.draw_dense
+    trainer.draw_dense = lambda step: True
+    try:
+        _timed_step(trainer, loader)
+        return [_timed_step(trainer, loader) for _ in range(n)]
+    finally:
+        trainer.draw_dense = draw
 
 
 # Stochastic dense-path steps run (untraced) before the profiled routed step, at most this many.
 MAX_DENSE_PATH_BEFORE_PROFILE = 3
 
 
-def profile_step(trainer, loader, variant: str, rank: int, out_dir: Path) -> dict:
+def profile_step(trainer, loader, variant: str, rank: int, out_dir: Path, host: bool = True,
+                 python_stacks: bool = False, trace_dir: Path | None = None) -> dict:
     """One more step under torch.profiler. Rank 0 writes the GPU time per kernel (top 40)
     to `out_dir/profile_<variant>.txt` and returns the step's kernel time per category
     (bench.kernel_categories: communication, attention, matmul, copy_index, elementwise,
@@ -212,19 +232,43 @@ def profile_step(trainer, loader, variant: str, rank: int, out_dir: Path) -> dic
     The profiled step is a routed one, the kind that makes up 1 - dense_prob of a run: the
     trainer's dense-path draw is a function of the step, so a dense-path step drawn next runs
     first, untraced, and its wall time comes back as `dense_path_step_s` (a measurement of
-    that kind of step, which a short timed window may lack)."""
+    that kind of step, which a short timed window may lack).
+
+    `host`: one more routed step traced on the host too (bench.host_profile: GPU busy,
+    launches and syncs per step and per layer pass, host time by cause), returned under
+    `host`; `python_stacks`: a third with the Python tracer (`host_python`: host time by
+    package, the Python line behind each sync). Traces go to `trace_dir` and are deleted
+    once read (they run to hundreds of MB at long context)."""
     from torch.profiler import ProfilerActivity, profile
 
     dense_path_s = []
     while trainer.draw_dense(trainer.step) and len(dense_path_s) < MAX_DENSE_PATH_BEFORE_PROFILE:
         dense_path_s.append(_timed_step(trainer, loader))
     profiled_dense = trainer.draw_dense(trainer.step)
-    torch.cuda.synchronize()
+    # --cpu-smoke: the operators stand for the kernels.
+    activity = ProfilerActivity.CUDA if torch.cuda.is_available() else ProfilerActivity.CPU
+    _sync()
     t0 = time.perf_counter()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[activity]) as prof:
         trainer.train_step([next(loader)])
-        torch.cuda.synchronize()
+        _sync()
     wall_ms = (time.perf_counter() - t0) * 1e3
+    host_reports = {}
+    if host:
+        from bench.host_profile import profile_host, summary_lines
+
+        tdir = Path(trace_dir or tempfile.mkdtemp(prefix="l2a-trace-"))
+        modes = [("host", False)] + ([("host_python", True)] if python_stacks else [])
+        for key, stacks in modes:
+            # Routed steps only, like the kernel profile: a dense-path draw runs untraced.
+            while trainer.draw_dense(trainer.step) and len(dense_path_s) < 2 * MAX_DENSE_PATH_BEFORE_PROFILE:
+                dense_path_s.append(_timed_step(trainer, loader))
+            trace = tdir / f"trace_{variant}_{key}_rank{rank}.json"
+            report = profile_host(lambda: trainer.train_step([next(loader)]), trainer.module, trace, stacks)
+            trace.unlink(missing_ok=True)
+            host_reports[key] = report
+            if rank == 0:
+                print("\n".join(summary_lines(report, f"[{variant} {key}] ")), flush=True)
     if rank != 0:
         return {}
     from bench.kernel_categories import cuda_api_summary, kernel_category
@@ -243,7 +287,8 @@ def profile_step(trainer, loader, variant: str, rank: int, out_dir: Path) -> dic
     print(f"[{variant}] profile of one step:\n{table[:6000]}", flush=True)
     return {"step_wall_ms": round(wall_ms, 1), "dense_path": profiled_dense,
             "dense_path_step_s": dense_path_s, "kernel_ms": round(sum(by_cat.values()), 1),
-            "cuda_api": cuda_api_summary(events), **{k: round(v, 1) for k, v in by_cat.items()}}
+            "cuda_api": cuda_api_summary(events), **{k: round(v, 1) for k, v in by_cat.items()},
+            **host_reports}
 
 
 def _out_path(args) -> Path:
@@ -323,9 +368,14 @@ def run_variant(args, variant: str, seq_len: int) -> dict:
             code = trainer.fit()
         wall = time.perf_counter() - t0
         profile = None
+        warm_dense = []
+        if code == 0 and cfg.l2a.enabled and cfg.l2a.dense_prob > 0 and args.warm_dense_path_steps:
+            warm_dense = time_warm_dense_path(trainer, loader, args.warm_dense_path_steps)
         if args.profile and code == 0:
             # Its `dense_path_step_s` (seconds) goes into the step-time split, not the kernel ms.
-            profile = profile_step(trainer, loader, variant, rank, _out_path(args).parent)
+            profile = profile_step(trainer, loader, variant, rank, _out_path(args).parent,
+                                   python_stacks=args.profile_python,
+                                   trace_dir=Path(args.work_dir) / "traces")
     peak = _max_over_ranks(torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0)
     peak_reserved = _max_over_ranks(torch.cuda.max_memory_reserved() / 2**30 if cuda else 0.0)
     steady = _max_over_ranks(resident[-1] if resident else 0.0)
@@ -360,7 +410,7 @@ def run_variant(args, variant: str, seq_len: int) -> dict:
         step_s = sum(r["step_time_s"] for r in timed) / max(len(timed), 1)
         tokens_per_step = seq_len * world // args.sequence_parallel
         split = step_time_split(timed, cfg.l2a.dense_prob if cfg.l2a.enabled else 0.0,
-                                (profile or {}).pop("dense_path_step_s", ()))
+                                (profile or {}).pop("dense_path_step_s", ()), warm_dense)
         routed_s = split["routed_step_s"]
         result.update(
             steps=len(rows),
@@ -369,6 +419,9 @@ def run_variant(args, variant: str, seq_len: int) -> dict:
             tokens_per_s_per_gpu=tokens_per_step / step_s / world if timed else None,
             **split,
             tokens_per_s_per_gpu_routed=tokens_per_step / routed_s / world if routed_s else None,
+            tokens_per_s_per_gpu_expected=(tokens_per_step / split["expected_step_s"] / world
+                                           if split["expected_step_s"] else None),
+            warm_dense_path_steps_s=warm_dense,
             sparsity=sum(r["sparsity"] for r in timed) / max(len(timed), 1),
             final_sparsity=rows[-1]["sparsity"] if rows else None,
             final_lm_loss=rows[-1]["lm_loss"] if rows else None,
@@ -382,11 +435,15 @@ def run_variant(args, variant: str, seq_len: int) -> dict:
     return result
 
 
-def step_time_split(timed: list[dict], dense_prob: float, later_dense_path_s: list[float] = ()) -> dict:
+def step_time_split(timed: list[dict], dense_prob: float, later_dense_path_s: list[float] = (),
+                    warm_dense_path_s: list[float] = ()) -> dict:
     """Mean step time of the timed steps off and on the stochastic dense path, and the
     expected step time at `dense_prob` (the fraction of dense-path steps in a long run).
-    `later_dense_path_s`: dense-path steps timed after the window (before --profile's step),
-    used only when the window has none (`dense_path_from` says which)."""
+    `warm_dense_path_s`: dense-path steps timed after a warm-up dense-path step
+    (`time_warm_dense_path`); they win, since a dense-path step in a short window is often the
+    run's first, its compilation included. Else the window's dense-path steps; else
+    `later_dense_path_s` (drawn after the window, before --profile's step). `dense_path_from`
+    says which."""
     def mean(xs):
         return sum(xs) / len(xs) if xs else None
 
@@ -394,7 +451,9 @@ def step_time_split(timed: list[dict], dense_prob: float, later_dense_path_s: li
     routed = mean(routed_times)
     dense_path = mean([r["step_time_s"] for r in timed if r.get("dense")])
     source = "timed steps" if dense_path is not None else None
-    if dense_path is None and later_dense_path_s:
+    if warm_dense_path_s:
+        dense_path, source = mean(list(warm_dense_path_s)), "warm steps after a warm-up"
+    elif dense_path is None and later_dense_path_s:
         dense_path, source = mean(list(later_dense_path_s)), "after the timed steps"
     if routed is None or (dense_prob > 0 and dense_path is None):
         expected = None
@@ -441,6 +500,12 @@ def main(argv: list[str] | None = None) -> int:
         help="after the timed steps, profile one more step: kernel time per category in the "
         "JSON, the top kernels in profile_<variant>.txt beside it",
     )
+    p.add_argument("--warm-dense-path-steps", type=int, default=2,
+                   help="L2A with dense_prob > 0: after the timed window, time this many "
+                   "dense-path steps after one dense-path warm-up (0: off)")
+    p.add_argument("--profile-python", action="store_true",
+                   help="with --profile: one more step with the Python tracer (host time by "
+                   "package, the Python line behind every host sync; bench.host_profile)")
     p.add_argument("--stop-above-gib", type=float, default=None,
                    help="end the launch once a GPU's allocated peak passes this many GiB, "
                    "recording when (a memory probe: the rest of the step adds nothing)")
@@ -578,6 +643,8 @@ def _write_report(args, results: dict, final: bool) -> None:
         )
     report["speedups"] = speedups(results)
     report["routed_speedups"] = speedups(results, "tokens_per_s_per_gpu_routed")
+    # Dense-path steps counted at their rate: the speed-up of a long run.
+    report["expected_speedups"] = speedups(results, "tokens_per_s_per_gpu_expected")
     out = _out_path(args)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")

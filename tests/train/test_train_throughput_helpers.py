@@ -117,6 +117,31 @@ def test_cpu_smoke_trains_both_variants_on_the_tiny_model(tmp_path):
     assert set(report["routed_speedups"]) == {"l2a/dense"}
 
 
+def test_cpu_smoke_profile_records_the_host_and_warm_dense_path_steps(tmp_path):
+    """--profile's host record (bench.host_profile) on a run with dense-path steps: every
+    decoder layer's forward and recomputation marked once per profiled step (activation
+    checkpointing), and the dense-path step time taken from warm steps after a warm-up."""
+    import json
+
+    from bench.train_throughput import main
+
+    out = tmp_path / "tt.json"
+    assert main(["--cpu-smoke", "--model", "tiny", "--variants", "l2a", "--seq-len", "64",
+                 "--steps", "2", "--skip-steps", "1", "--window", "16", "--profile",
+                 "--override", "l2a.dense_prob=0.5", "--warm-dense-path-steps", "1",
+                 "--work-dir", str(tmp_path / "runs"), "--out", str(out)]) == 0
+    r = json.loads(out.read_text())["results"]["l2a"]
+    layers = r["model_shape"]["num_hidden_layers"]
+    host = r["profile_kernel_ms"]["host"]
+    assert host["passes"]["l2a.forward"]["count"] == layers
+    assert host["passes"]["l2a.recompute"]["count"] == layers
+    assert host["host_ms_traced"] > 0 and "aten_dispatch" in host["host_ms_by_cause"]
+    assert len(r["warm_dense_path_steps_s"]) == 1
+    assert r["dense_path_from"] == "warm steps after a warm-up"
+    assert r["dense_path_step_s"] == r["warm_dense_path_steps_s"][0]
+    assert not list((tmp_path / "runs" / "traces").glob("*.json"))  # traces deleted once read
+
+
 def _rows(*steps):
     return [{"step": i + 2, "step_time_s": s, "sparsity": 0.8, "dense": dense}
             for i, (s, dense) in enumerate(steps)]
@@ -138,6 +163,10 @@ def test_step_time_split_weights_the_dense_path_by_its_probability():
     later = step_time_split(_rows((10.0, False), (12.0, False)), 0.1, [40.0])
     assert later["dense_path_step_s"] == 40.0 and later["dense_path_from"] == "after the timed steps"
     assert abs(later["expected_step_s"] - 13.9) < 1e-12
+    # Warm dense-path steps win over the window's (often the cold first one).
+    warm = step_time_split(_rows((10.0, False), (30.0, True)), 0.1, [40.0], [20.0])
+    assert warm["dense_path_step_s"] == 20.0 and warm["dense_path_from"] == "warm steps after a warm-up"
+    assert abs(warm["expected_step_s"] - 11.0) < 1e-12
     # A dense-path step inside the window wins over a later one.
     assert step_time_split(_rows((10.0, False), (30.0, True)), 0.1, [40.0])["dense_path_step_s"] == 30.0
     # Only dense-path steps timed: no routed mean.
