@@ -27,6 +27,8 @@ twice. Causes:
 - `cuda_api_other`: other runtime calls (`cudaMemcpyAsync`, event records, allocations);
 - `aten_dispatch`: the C++ of torch operators around their launches (argument checks,
   dispatch, autograd bookkeeping);
+- `untraced_python`: without Python stacks, the time inside the step's and the layer
+  passes' annotations that no operator or runtime call covers: the Python between them;
 - with Python stacks, the Python by package: `deepspeed`, `flash_attn4` (flash_attn, cutlass
   DSL, quack, tvm-ffi), `torch_compile` (dynamo guards, compiled-graph dispatch, AOT
   autograd runtime), `triton_launcher`, `l2a_python` (l2a/, kernels/), `transformers`,
@@ -69,6 +71,7 @@ GPU_CATS = frozenset({"kernel", "gpu_memcpy", "gpu_memset"})
 HOST_CATS = frozenset({"cpu_op", "cuda_runtime", "cuda_driver", "python_function",
                        "user_annotation", "cpu_instant_event"})
 PASS_PREFIX = "l2a_host/"
+STEP_ANNOTATION = "l2a_host_step"
 
 # Python packages by the start of the file path the tracer names (relative to sys.path).
 _PYTHON_PACKAGES = (
@@ -85,7 +88,7 @@ _PYTHON_PACKAGES = (
 )
 CAUSES = ("kernel_launch", "sync_wait", "cuda_api_other", "aten_dispatch", "deepspeed",
           "flash_attn4", "torch_compile", "triton_launcher", "l2a_python", "transformers",
-          "trainer", "torch_python", "other_python")
+          "trainer", "torch_python", "other_python", "untraced_python")
 
 
 def python_package(name: str) -> str | None:
@@ -144,7 +147,10 @@ def _forest(events: list[dict]) -> list[_Node]:
         thread_nodes.sort(key=lambda n: (n.start, -n.end))
         stack: list[_Node] = []
         for n in thread_nodes:
-            while stack and n.start >= stack[-1].end:
+            # A parent contains its children whole. Annotations opened and closed from Python
+            # (record_function in a hook) begin inside the tracer's `__enter__` frame and end
+            # past it: such a node goes under the nearest interval that contains all of it.
+            while stack and (n.start >= stack[-1].end or n.end > stack[-1].end + 1e-3):
                 stack.pop()
             if stack:
                 n.parent = stack[-1]
@@ -166,7 +172,8 @@ def _cause(node: _Node) -> str:
     elif cat == "python_function":
         cause = python_package(name) or (_python_parent_cause(node) or "other_python")
     else:  # annotations: their self time is the Python between the ops they hold
-        cause = _python_parent_cause(node) or "other_python"
+        cause = _python_parent_cause(node) or ("other_python" if _has_python_ancestor(node)
+                                               else "untraced_python")
     node.cause = cause
     return cause
 
@@ -178,6 +185,15 @@ def _python_parent_cause(node: _Node) -> str | None:
             return python_package(p.ev["name"])
         p = p.parent
     return None
+
+
+def _has_python_ancestor(node: _Node) -> bool:
+    p = node.parent
+    while p is not None:
+        if p.ev.get("cat") == "python_function":
+            return True
+        p = p.parent
+    return False
 
 
 def _layer_pass(node: _Node) -> str | None:
@@ -300,7 +316,8 @@ def _layer_kind(layer) -> str:
 @contextlib.contextmanager
 def mark_layer_passes(model):
     """Profiler annotations around every decoder layer's forward, named by kind and pass
-    (`l2a_host/l2a.forward`, `l2a_host/dense.recompute`, ...); removed on exit."""
+    (`l2a_host/l2a.forward`, `l2a_host/dense.recompute`, ...); removed on exit. Yields the
+    annotations still open, by module."""
     import torch
     from torch.autograd.profiler import record_function
 
@@ -319,9 +336,12 @@ def mark_layer_passes(model):
 
     for layer in _decoder_layers(model):
         handles.append(layer.register_forward_pre_hook(pre))
-        handles.append(layer.register_forward_hook(post))
+        # always_call: non-reentrant checkpointing stops a recomputation early by raising
+        # once the tensors the backward needs are back; the annotation must close there too
+        # (left open, it would swallow the rest of the backward).
+        handles.append(layer.register_forward_hook(post, always_call=True))
     try:
-        yield
+        yield stacks  # the annotations still open, by module (empty between steps)
     finally:
         for h in handles:
             h.remove()
@@ -337,6 +357,7 @@ def profile_host(step, model, trace_path: Path, python_stacks: bool, wall_ms_of=
     import time
 
     import torch
+    from torch.autograd.profiler import record_function
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU]
@@ -346,7 +367,8 @@ def profile_host(step, model, trace_path: Path, python_stacks: bool, wall_ms_of=
         torch.cuda.synchronize()
     with mark_layer_passes(model), profile(activities=activities, with_stack=python_stacks) as prof:
         t0 = time.perf_counter()
-        step()
+        with record_function(STEP_ANNOTATION):  # its self time: the host's untraced Python
+            step()
         if cuda:
             torch.cuda.synchronize()
         wall_ms = (time.perf_counter() - t0) * 1e3

@@ -204,15 +204,21 @@ def _timed_step(trainer, loader) -> float:
     return time.perf_counter() - t0
 
 
+# Untimed dense-path steps before the timed ones: on one H100 at 32K (2026-12-07) the first
+# dense-path step after a warm-up one still took 5.1 s against 2.3 s for the next.
+DENSE_PATH_WARMUP_STEPS = 2
+
+
 def time_warm_dense_path(trainer, loader, n: int = 2) -> list[float]:
-    """Wall times of `n` dense-path steps after one untimed dense-path warm-up step (its
-    compilation and autotuning), the trainer's draw forced to the dense path meanwhile: the
-    dense-path step at the cost it has in a long run, where it recurs every 1 / dense_prob
-    steps."""
+    """Wall times of `n` dense-path steps after DENSE_PATH_WARMUP_STEPS untimed dense-path
+    steps (compilation and autotuning), the trainer's draw forced to the dense path
+    meanwhile: the dense-path step at the cost it has in a long run, where it recurs every
+    1 / dense_prob steps."""
     draw = trainer.draw_dense
     trainer.draw_dense = lambda step: True
     try:
-        _timed_step(trainer, loader)
+        for _ in range(DENSE_PATH_WARMUP_STEPS):
+            _timed_step(trainer, loader)
         return [_timed_step(trainer, loader) for _ in range(n)]
     finally:
         trainer.draw_dense = draw
@@ -452,7 +458,7 @@ def step_time_split(timed: list[dict], dense_prob: float, later_dense_path_s: li
     dense_path = mean([r["step_time_s"] for r in timed if r.get("dense")])
     source = "timed steps" if dense_path is not None else None
     if warm_dense_path_s:
-        dense_path, source = mean(list(warm_dense_path_s)), "warm steps after a warm-up"
+        dense_path, source = statistics.median(warm_dense_path_s), "warm steps after a warm-up"
     elif dense_path is None and later_dense_path_s:
         dense_path, source = mean(list(later_dense_path_s)), "after the timed steps"
     if routed is None or (dense_prob > 0 and dense_path is None):

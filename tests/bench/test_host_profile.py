@@ -113,7 +113,14 @@ def test_profiled_step_marks_forward_and_recompute_per_layer(tmp_path, sync):
     assert (tmp_path / "t.json").exists() and r["trace"] == "t.json"
     assert r["passes"]["dense.forward"]["count"] == 3
     assert r["passes"]["dense.recompute"]["count"] == 3  # checkpointing re-runs each forward
-    assert "backward" in r["passes"]
+    # Checkpointing stops each recomputation early (by raising once the saved tensors are
+    # back): the recompute annotations still close there, so the backward's own time is not
+    # swallowed by them and no interval's self time comes out negative.
+    assert r["passes"]["backward"]["host_ms"] > 0
+    assert r["passes"]["backward"]["launches_per_pass"] == 0  # CPU: no launches at all
+    assert min(r["host_ms_by_cause"].values()) >= 0
+    assert r["passes"]["dense.recompute"]["host_ms"] < r["passes"]["backward"]["host_ms"] + r[
+        "passes"]["dense.forward"]["host_ms"] * 3
     n_sync_ops = r["sync_operators"].get("aten::is_nonzero", 0) + r["sync_operators"].get(
         "aten::_local_scalar_dense", 0)
     # one data-dependent branch per layer pass (3 forwards + 3 recomputations), else none
@@ -130,6 +137,16 @@ def test_python_stacks_attribute_host_time_to_packages(tmp_path):
     assert r["host_ms_by_cause"].get("torch_python", 0) > 0
     total = sum(r["host_share_by_cause"].values())
     assert total == pytest.approx(1.0, abs=0.01)
+
+
+def test_every_pass_annotation_closes_within_the_step():
+    """Non-reentrant checkpointing ends a recomputation by raising once the saved tensors are
+    back (early stop): the layer's forward hook must run then too, or the recomputation's
+    annotation stays open over the rest of the backward."""
+    model = Toy(3, False)
+    with mark_layer_passes(model) as still_open:
+        _step(model)()
+        assert not any(still_open.values())
 
 
 def test_mark_layer_passes_closes_annotations_when_forward_raises():
