@@ -241,7 +241,8 @@ def predict(
 
 
 def auto_shards(seq_len: int, sp: int, hidden: int) -> int:
-    """`train.tiled_mlp=auto`: ceil(tokens per rank / hidden)."""
+    """The shard count of the measured runs below: ceil(tokens per rank / hidden), the rule
+    `train.tiled_mlp=auto` had then (now train/memory.py's auto_tiled_mlp_shards)."""
     return max(1, math.ceil(seq_len / sp / hidden))
 
 

@@ -16,6 +16,9 @@
             (docs/BENCHMARKS.md).
 
 `flash_attn.cute` is imported lazily and only on CUDA devices: CPU installs never need it.
+FlashAttention-4 compiles its kernels at the first call of each configuration (seconds
+each); its persistent compile cache is on by default here (`fa4_cache_defaults`), so later
+runs load them from disk.
 """
 
 from __future__ import annotations
@@ -33,11 +36,31 @@ FA4_DTYPES = (torch.float16, torch.bfloat16)
 FA4_TOKEN_SPARSE_MAX_HEAD_DIM = 128
 
 
+FA4_CACHE_ENABLED = "FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED"
+FA4_CACHE_DIR = "FLASH_ATTENTION_CUTE_DSL_CACHE_DIR"
+
+
+def fa4_cache_defaults() -> None:
+    """FlashAttention-4's persistent compile cache on, under the user's cache directory
+    (`$XDG_CACHE_HOME` or `~/.cache`, then `l2a/flash_attention_cute`); a variable the user
+    set stays as set (`FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=0` turns the cache off).
+    flash_attn.cute reads them when it is imported: call this first."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    os.environ.setdefault(FA4_CACHE_ENABLED, "1")
+    os.environ.setdefault(FA4_CACHE_DIR, os.path.join(base, "l2a", "flash_attention_cute"))
+
+
+# Set on import of the framework's kernels, so that any later import of flash_attn.cute
+# (ours, or transformers' flash_attention_4 for the dense baseline) sees them.
+fa4_cache_defaults()
+
+
 @functools.cache
 def fa4_installed() -> bool:
     """`flash_attn.cute` imports (set L2A_DISABLE_FA4=1 to pretend it does not)."""
     if os.environ.get("L2A_DISABLE_FA4") == "1":
         return False
+    fa4_cache_defaults()
     try:
         import flash_attn.cute  # noqa: F401
     except Exception:  # noqa: BLE001  (an ImportError, or a CUDA-DSL error on import)

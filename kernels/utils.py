@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Any
 
 import torch
+from torch.utils.weak import WeakTensorKeyDictionary
 
 # Elements of one fp32 score block in the chunked pure-PyTorch ops (~64 MiB per copy):
 # bounds peak memory independently of the sequence length.
@@ -29,6 +32,37 @@ def doc_ids_from_position_ids(position_ids: torch.Tensor) -> torch.Tensor:
     if position_ids.shape[1] > 1:
         starts[:, 1:] = (position_ids[:, 1:] != position_ids[:, :-1] + 1).to(torch.int32)
     return torch.cumsum(starts, dim=1, dtype=torch.int32) - 1
+
+
+# Facts derived from a tensor once and reused by every later call on the same tensor (the
+# document ids and a layer's routing decisions are shared by many kernel calls of a step):
+# tensor -> {name: (tensor version when derived, value)}. Weak keys: an entry goes with its
+# tensor; a value must not hold the tensor itself.
+_DERIVED = WeakTensorKeyDictionary()
+
+
+def derived(t: torch.Tensor, name: str, fn: Callable[[torch.Tensor], Any]) -> Any:
+    """``fn(t)``, computed at the first call for this tensor and remembered: later calls on
+    the same tensor object (unchanged in place since) return the same value. For facts
+    that cost a host synchronisation or many launches and that every layer of a forward
+    would otherwise derive again from the same ``doc_ids`` or route. Inference tensors
+    (no version counter) are not remembered."""
+    if t.is_inference():
+        return fn(t)
+    facts = _DERIVED.setdefault(t, {})
+    hit = facts.get(name)
+    if hit is not None and hit[0] == t._version:
+        return hit[1]
+    value = fn(t)
+    facts[name] = (t._version, value)
+    return value
+
+
+def remember(t: torch.Tensor, name: str, value: Any) -> None:
+    """Give ``t`` a derived fact known otherwise (e.g. carried over from an identical tensor)."""
+    if t.is_inference():
+        return
+    _DERIVED.setdefault(t, {})[name] = (t._version, value)
 
 
 def doc_start_positions(doc_ids: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ core ``L2ABranchAttention.routed_attention_core``); the router decision is per t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -27,7 +27,12 @@ from transformers.models.qwen3.modeling_qwen3 import (
 
 from kernels import sliding_window_attention, token_sparse_attention
 from kernels.decode import DECODE_MAX_QUERIES
-from kernels.token_sparse.compact import routed_query_attention, routed_slots
+from kernels.token_sparse.compact import (
+    remember_routed_rows,
+    routed_query_attention,
+    routed_rows,
+    routed_slots,
+)
 
 from .cache import cache_slots
 from .dense_path import dense_forward_routed_backward
@@ -79,6 +84,20 @@ class AttentionContext:
     # The elementwise work around the branches in torch.compile'd regions (l2a/fused.py;
     # config ``l2a_fused_elementwise``; training, uncached forwards and prefills).
     fused: bool = False
+    # Layer index -> its routed count R (a host int), read once per layer and forward.
+    routed_rows: dict[int, int] = field(default_factory=dict)
+
+    def shared_routed_rows(self, layer_idx: int, route: torch.Tensor) -> int:
+        """The layer's routed count ``R`` (a shape of its compacted queries), read from the
+        device once per layer and forward (one host sync) and given to ``route`` for the
+        kernels: the recomputation of activation checkpointing runs with this same context
+        and reproduces the forward's decisions (fp32 router), so it reads nothing again."""
+        rows = self.routed_rows.get(layer_idx)
+        if rows is None:
+            rows = self.routed_rows[layer_idx] = routed_rows(route)
+        else:
+            remember_routed_rows(route, rows)
+        return rows
 
     def doc_ids_for(self, num_keys: int) -> torch.Tensor | None:
         if self.doc_ids is None or self.doc_ids.shape[1] == num_keys:
@@ -216,7 +235,7 @@ class L2ABranchAttention(nn.Module):
         bsz, seq, hidden = x.shape
         k = self.k_proj(x).view(bsz, seq, -1, self.head_dim)
         v = self.v_proj(x).view(bsz, seq, -1, self.head_dim).transpose(1, 2)
-        slots, valid = routed_slots(route)  # one host sync: R is a shape
+        slots, valid = routed_slots(route)  # R is a shape: AttentionContext.shared_routed_rows
         R = slots.shape[1]
         xs = x.gather(1, slots[:, :, None].expand(bsz, R, hidden))
         q = self.q_proj(xs).view(bsz, R, self.num_heads, self.head_dim)
@@ -293,6 +312,8 @@ class L2AAttention(nn.Module):
             # a prefill practically always routes some token, and the check is a host sync.)
             self.global_attn.cache_keys(g, position_embeddings, ctx, self.global_slot)
             return hidden, p, d
+        if not dense and not step:
+            ctx.shared_routed_rows(self.layer_idx, d)
         epilogue = compiled if ctx.fused else (lambda fn: fn)
         if ctx.routed_projections and not dense and not step:
             # Routed rows only: unrouted rows of the attention output are zero, so their

@@ -362,7 +362,8 @@ class TrainConfig:
     trainable: str = "l2a"
     activation_checkpointing: bool = True  # per decoder layer
     # Activation memory (train/memory.py): the MLP through DeepSpeed's TiledMLP, cut along
-    # the sequence into N shards (off | auto = ceil(tokens / hidden) | N); the checkpointed
+    # the sequence into N shards (off | auto: only when the step would not fit untiled,
+    # train/memory.py | N); the checkpointed
     # layer inputs kept in pinned CPU memory between forward and backward.
     tiled_mlp: str | int = "off"
     offload_checkpoints: bool = False

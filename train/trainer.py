@@ -221,9 +221,14 @@ class Trainer:
         self.loaded_partitioned = self._zero3_loading is not None
         if self.cfg.train.activation_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        from train.memory import enable_tiled_mlp
+        from train.memory import enable_tiled_mlp, resolve_tiled_mlp, step_shape_of
 
-        enable_tiled_mlp(model, self.cfg.train.tiled_mlp)
+        t = self.cfg.train
+        tokens = self.cfg.data.seq_len * t.micro_batch_size // self.sp
+        self.tiled_mlp = resolve_tiled_mlp(t.tiled_mlp, lambda: step_shape_of(
+            model, tokens, torch_dtype(self.precision).itemsize, self.dist.world_size,
+            self.cfg.deepspeed.stage, self.cfg.l2a.enabled, t.trainable == "all"), self.dist.device)
+        enable_tiled_mlp(model, self.tiled_mlp)
         from l2a.trainable import mark_trainable
 
         self.n_trainable, self.n_params = mark_trainable(model, everything=self.cfg.train.trainable == "all")

@@ -20,7 +20,29 @@ from __future__ import annotations
 import torch
 
 from ..flash.routing import build_routing
-from ..utils import check_doc_ids, check_qkv, check_route, default_scale
+from ..utils import check_doc_ids, check_qkv, check_route, default_scale, derived, remember
+
+_ROWS = "routed_rows"
+
+
+def routed_rows(route: torch.Tensor, count: torch.Tensor | None = None) -> int:
+    """`R`, the largest routed count of a row of `route (B, T)` (`count (B,)` where the
+    caller has the counts), as a host int: one host synchronisation the first time for a
+    route tensor, none for later calls on it (the layer's projections and its attention op
+    share one decision tensor)."""
+
+    def read(r):
+        if not r.numel():
+            return 0
+        return int((r.sum(1) if count is None else count).max())  # host sync: R is a shape
+
+    return derived(route, _ROWS, read)
+
+
+def remember_routed_rows(route: torch.Tensor, rows: int) -> None:
+    """Tell later `routed_rows(route)` calls the count, known without reading the device
+    (the recomputation of a checkpointed layer reproduces the decisions of its forward)."""
+    remember(route, _ROWS, rows)
 
 
 def routed_slots(route: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -29,10 +51,10 @@ def routed_slots(route: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     `slots[b, :count[b]]` are the routed positions of row `b` in position order; the
     padding slots after them are unrouted positions of that row, so the slots of a row are
     distinct (a scatter-add through them never collides). `valid` marks the routed slots.
-    One host synchronisation: the projections need `R` as a shape.
+    `R` is a shape: `routed_rows(route)` (a host synchronisation unless already known).
     """
     routing = build_routing(route, None)
-    R = int(routing.count.max()) if route.numel() else 0
+    R = routed_rows(route, routing.count)
     slots = routing.order[:, :R].long()
     valid = torch.arange(R, device=route.device)[None, :] < routing.count[:, None]
     return slots, valid

@@ -19,6 +19,13 @@ from train.memory import (
     offload_context,
     tiled_mlp_shards,
 )
+from train.memory import (
+    MIN_SHARD_TOKENS,
+    StepShape,
+    auto_tiled_mlp_shards,
+    resolve_tiled_mlp,
+    step_peak_bytes,
+)
 
 
 def _plain_mlp(mlp, x):
@@ -87,7 +94,7 @@ def test_shard_count_is_the_number_of_pieces(tokens, setting):
     # be the number of pieces torch.chunk really makes, or the last shard never says so.
     hidden = 16
     n = tiled_mlp_shards(setting, tokens, hidden)
-    want = math.ceil(tokens / hidden) if setting == "auto" else setting
+    want = math.ceil(tokens / MIN_SHARD_TOKENS) if setting == "auto" else setting
     assert n == len(torch.chunk(torch.empty(tokens), min(want, tokens)))
     assert tiled_mlp_shards("off", tokens, hidden) == 1
 
@@ -300,3 +307,66 @@ def test_zero3_checkpointed_run_with_tiled_mlp_and_offload_takes_the_same_steps(
     assert code_a == code_b == 0
     assert_same_steps(tmp_path / "plain", tmp_path / "memory", loss_rel=1e-6, grad_rel=1e-5,
                       steps=1)
+
+
+GB = 10**9
+
+
+def _qwen3(hidden, layers, heads, kv_heads, intermediate, vocab, tied, tokens, world):
+    """An L2A step on a Qwen3 shape (head_dim 128): parameters counted from the shape, two
+    attention branches and the router trained, MLPs and embeddings frozen."""
+    q, kv = heads * 128, kv_heads * 128
+    branch = 2 * hidden * q + 2 * hidden * kv + 2 * 128
+    mlp = 3 * hidden * intermediate
+    trainable = layers * (2 * branch + 4 * hidden) + hidden
+    params = trainable + layers * mlp + vocab * hidden * (1 if tied else 2)
+    return StepShape(hidden=hidden, intermediate=intermediate, layers=layers, q_width=q,
+                     kv_width=kv, params=params, trainable=trainable, tokens=tokens,
+                     dtype_bytes=2, world=world, zero_stage=3, l2a=True)
+
+
+QWEN3_1P7B_128K_ONE_GPU = _qwen3(2048, 28, 16, 8, 6144, 151936, True, 131072, world=1)
+QWEN3_8B_512K_SP2 = _qwen3(4096, 36, 32, 8, 12288, 151936, False, 524288 // 2, world=2)
+
+
+def test_auto_does_not_tile_what_fits():
+    # Qwen3-1.7B at 128K on one 80 GB card: ~50 GB, the MLP's intermediates ~8 GB of it.
+    assert auto_tiled_mlp_shards(QWEN3_1P7B_128K_ONE_GPU, 80 * GB) == 1
+    assert auto_tiled_mlp_shards(QWEN3_1P7B_128K_ONE_GPU, None) == 1  # no GPU: nothing to fit
+
+
+@pytest.mark.parametrize("gpu_gb", [80, 141])
+def test_auto_tiles_what_does_not_fit_in_long_shards(gpu_gb):
+    # Qwen3-8B at 512K over SP=2: 262,144 tokens per GPU; the untiled MLP alone would hold
+    # 5 x 262144 x 12288 x 2 B = 32 GB of intermediates and gradients.
+    s = QWEN3_8B_512K_SP2
+    assert step_peak_bytes(s, 1) > 0.85 * gpu_gb * GB
+    n = auto_tiled_mlp_shards(s, gpu_gb * GB)
+    assert n >= 2
+    assert s.tokens / n >= MIN_SHARD_TOKENS
+
+
+def test_auto_takes_the_fewest_shards_that_fit():
+    s = QWEN3_8B_512K_SP2
+    # 190 GB: two shards are just over the budget, four fit.
+    assert step_peak_bytes(s, 2) > 0.85 * 190 * GB >= step_peak_bytes(s, 4)
+    assert auto_tiled_mlp_shards(s, 190 * GB) == (3 if step_peak_bytes(s, 3) <= 0.85 * 190 * GB else 4)
+    # More memory never asks for more shards.
+    shards = [auto_tiled_mlp_shards(s, gb * GB) for gb in (80, 141, 190, 200, 400)]
+    assert shards == sorted(shards, reverse=True) and shards[-1] == 1
+
+
+def test_tiling_saves_the_mlp_intermediates():
+    s = QWEN3_8B_512K_SP2
+    saved = step_peak_bytes(s, 1) - step_peak_bytes(s, 2)
+    # Untiled: 3 saved intermediates + ZeRO-3's kept down_proj input + 2 gradients = 6 I per
+    # token (+ h); tiled in 2: 2.5 I of one shard's transient.
+    per_token = (6 - 2.5) * s.intermediate * s.dtype_bytes
+    assert saved == pytest.approx(per_token * s.tokens, rel=0.01)
+
+
+def test_resolve_keeps_explicit_choices_and_resolves_auto_on_cpu():
+    cpu = torch.device("cpu")
+    assert resolve_tiled_mlp(4, None, cpu) == 4
+    assert resolve_tiled_mlp("off", None, cpu) == "off"
+    assert resolve_tiled_mlp("auto", lambda: QWEN3_8B_512K_SP2, cpu) == "off"  # no GPU to fit

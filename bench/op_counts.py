@@ -1,0 +1,248 @@
+"""Aten ops (a proxy for kernel launches) and host-device synchronisations per decoder-layer
+pass, for the L2A layer in the configurations the trainer runs and for the dense (base
+Qwen3) layer, counted on CPU.
+
+    python -m bench.op_counts --out op_counts.json [--backend fa4|torch] [--variants ...]
+
+Setting: a small Qwen3-like shape in fp32, one packed row of several documents, a routed
+mixture, the trainer's trainable set (attention and norms; MLP frozen) and its activation
+checkpointing (non-reentrant `torch.utils.checkpoint`, recomputation in the backward). Two
+layers are run as a stack: `per_layer` is the second one (what every layer after the first
+costs), `first_layer` the first (it also pays for what a whole forward shares, such as the
+document boundaries, whose per-forward cost is `first_layer - per_layer`). Passes:
+`forward`, `recompute` (the checkpointed forward run again in the backward) and `backward`.
+
+Backends: `fa4` (default) runs the host code of the path a Hopper GPU takes
+(FlashAttention-4 windowed / dense, FlexAttention FLASH for the routed queries) with the
+kernels stood in (bench/kernel_stand_ins.py: one op per kernel output); `torch` runs the
+pure-PyTorch reference as is (the CPU path, whose per-document loops synchronise by design).
+The dense layer runs transformers' SDPA attention with the mask built once per forward.
+
+Fused variants (`l2a.fused_elementwise`) run their torch.compile'd regions eagerly here:
+`compiled_region_ops` of a pass are the ops inside those regions in the forward and the
+recomputation, which Inductor fuses into a few kernels per region call
+(`compiled_region_calls`); the backward counts those regions' eager autograd ops.
+
+`layer_op_counts()` returns the same record as the CLI writes, for other benchmarks' JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from bench.dispatch_counter import OpCounter
+
+PASSES = ("forward", "recompute", "backward")
+# name -> (l2a, routed projections, fused elementwise, dense-path step)
+VARIANTS = {
+    "dense": (False, False, False, False),
+    "l2a": (True, False, False, False),
+    "l2a_routed": (True, True, False, False),
+    "l2a_fused": (True, False, True, False),
+    "l2a_routed_fused": (True, True, True, False),
+    "l2a_dense_path": (True, False, False, True),
+    "l2a_dense_path_fused": (True, False, True, True),
+}
+BACKENDS = ("fa4", "torch")
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Qwen3-like (GQA, QK-norm, head_dim set), small enough for a CPU test."""
+
+    hidden: int = 128
+    heads: int = 4
+    kv_heads: int = 2
+    head_dim: int = 32
+    intermediate: int = 256
+    window: int = 128
+    doc_lengths: tuple[int, ...] = (200, 37, 150, 125)  # one packed row of 512 tokens
+    layers: int = 2
+    seed: int = 0
+
+
+def _models(shape: Shape):
+    """(dense base, its L2A conversion), both in train mode with the trainer's trainable set."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from l2a.convert import convert_model
+    from l2a.trainable import mark_trainable
+
+    torch.manual_seed(shape.seed)
+    config = Qwen3Config(
+        vocab_size=64, hidden_size=shape.hidden, intermediate_size=shape.intermediate,
+        num_hidden_layers=shape.layers, num_attention_heads=shape.heads,
+        num_key_value_heads=shape.kv_heads, head_dim=shape.head_dim,
+        max_position_embeddings=4 * sum(shape.doc_lengths), attn_implementation="sdpa",
+    )
+    base = Qwen3ForCausalLM(config).float()
+    l2a = convert_model(base, init="paper", window=shape.window)
+    with torch.no_grad():  # a routed mixture: a random router (zero at conversion: all routed)
+        for layer in l2a.model.layers:
+            layer.self_attn.router.weight.normal_(0, 1.0)
+    for model in (base, l2a):
+        model.train()
+        mark_trainable(model)
+    return base, l2a
+
+
+def _inputs(shape: Shape, model):
+    from kernels.utils import doc_ids_from_position_ids
+
+    T = sum(shape.doc_lengths)
+    pos = torch.cat([torch.arange(n) for n in shape.doc_lengths])[None]
+    g = torch.Generator().manual_seed(shape.seed + 1)
+    hidden = torch.randn(1, T, shape.hidden, generator=g)
+    pe = model.model.rotary_emb(hidden, pos)
+    return hidden, pos, pe, doc_ids_from_position_ids(pos)
+
+
+class _Phase:
+    """Sets the counter's phase label for the duration of a block (the recomputation)."""
+
+    def __init__(self, counter: OpCounter, label):
+        self.counter, self.label = counter, label
+
+    def __enter__(self):
+        self.previous, self.counter.phase = self.counter.phase, self.label
+
+    def __exit__(self, *exc):
+        self.counter.phase = self.previous
+
+
+@contextlib.contextmanager
+def _marked_compiled_regions(counter: OpCounter):
+    """The layer's `compiled(fn)` regions run eagerly, their ops labelled as such."""
+    import l2a.layers as layers
+
+    def eager(fn):
+        def call(*args):
+            counter.region_calls[counter.phase] += counter.phase is not None
+            outer, counter.region = counter.region, fn.__name__
+            try:
+                return fn(*args)
+            finally:
+                counter.region = outer
+
+        return call
+
+    saved, layers.compiled = layers.compiled, eager
+    try:
+        yield
+    finally:
+        layers.compiled = saved
+
+
+def _run_stack(counter: OpCounter, layers, call, hidden: torch.Tensor) -> None:
+    """Forward through the checkpointed layers, then backward from fixed output gradients
+    (so no loss op is counted); phases labelled `(pass, layer index)`."""
+    outputs = []
+    h = hidden.detach().requires_grad_(True)
+    for i, layer in enumerate(layers):
+        # When the gradient of a layer's input is ready, that layer's backward is done.
+        h.register_hook(lambda grad, prev=i - 1: setattr(counter, "phase", ("backward", prev)))
+        counter.phase = ("forward", i)
+        out = checkpoint(
+            call, layer, h, use_reentrant=False,
+            context_fn=lambda i=i: (contextlib.nullcontext(), _Phase(counter, ("recompute", i))),
+        )
+        counter.phase = None
+        h, extra = (out[0], out[1:]) if isinstance(out, tuple) else (out, ())
+        outputs += [t for t in extra if t is not None and t.requires_grad]
+    outputs.insert(0, h)
+    g = torch.Generator().manual_seed(7)
+    grads = [torch.randn(t.shape, generator=g, dtype=t.dtype) for t in outputs]
+    counter.phase = ("backward", len(layers) - 1)
+    torch.autograd.backward(outputs, grads)
+    counter.phase = None
+
+
+def _count_variant(name: str, backend: str, shape: Shape, models, routed_out: list) -> dict:
+    from l2a.layers import AttentionContext
+
+    is_l2a, routed, fused, dense_path = VARIANTS[name]
+    base, l2a = models
+    model = l2a if is_l2a else base
+    hidden, pos, pe, doc_ids = _inputs(shape, model)
+    counter = OpCounter()
+    if is_l2a:
+        ctx = AttentionContext(doc_ids=doc_ids, backend="auto" if backend == "fa4" else "torch",
+                               routed_projections=routed, fused=fused)
+
+        def call(layer, h):
+            out = layer(h, position_embeddings=pe, ctx=ctx, dense=dense_path)
+            routed_out.append(out[2])
+            return out
+    else:
+        from transformers.masking_utils import create_causal_mask
+
+        # Built once per forward by the model, outside the layers.
+        mask = create_causal_mask(config=model.config, inputs_embeds=hidden, attention_mask=None,
+                                  past_key_values=None, position_ids=pos)
+
+        def call(layer, h):
+            return layer(h, attention_mask=mask, position_ids=pos, position_embeddings=pe)
+
+    stand_ins = contextlib.nullcontext()
+    if backend == "fa4":
+        from bench.kernel_stand_ins import gpu_attention_stand_ins
+
+        stand_ins = gpu_attention_stand_ins()
+    with stand_ins, counter, _marked_compiled_regions(counter):
+        _run_stack(counter, list(model.model.layers), call, hidden)
+    last = shape.layers - 1
+    return {
+        "per_layer": {p: counter.summary((p, last)) for p in PASSES},
+        "first_layer": {p: counter.summary((p, 0)) for p in PASSES},
+    }
+
+
+def layer_op_counts(backend: str = "fa4", variants=None, shape: Shape | None = None) -> dict:
+    """`{"setting": ..., "variants": {name: {"per_layer" | "first_layer": {pass: counts}}}}`;
+    counts: `ops`, `syncs`, `compiled_region_ops`, `compiled_region_calls`, `sync_sites`."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+    names = list(VARIANTS) if variants is None else list(variants)
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise ValueError(f"variants: unknown {unknown}, expected some of {list(VARIANTS)}")
+    shape = shape or Shape()
+    models = _models(shape)
+    result, fractions = {}, []
+    for name in names:
+        routes = []
+        result[name] = _count_variant(name, backend, shape, models, routes)
+        fractions += [float(d.float().mean()) for d in routes[: shape.layers]]
+    setting = {**asdict(shape), "tokens": sum(shape.doc_lengths), "dtype": "float32",
+               "backend": backend, "activation_checkpointing": True,
+               "routed_fraction": round(sum(fractions) / len(fractions), 3) if fractions else None}
+    return {"setting": setting, "variants": result}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.op_counts", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="JSON file to write")
+    parser.add_argument("--backend", default="fa4", choices=BACKENDS)
+    parser.add_argument("--variants", nargs="+", default=None, choices=list(VARIANTS))
+    args = parser.parse_args(argv)
+    record = layer_op_counts(args.backend, args.variants)
+    out = Path(args.out)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    tmp.replace(out)
+    for name, counts in record["variants"].items():
+        row = "  ".join(f"{p} {c['ops']:4d} ops {c['syncs']} syncs" for p, c in counts["per_layer"].items())
+        print(f"{name:22s} {row}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""Host-device synchronisations and aten ops per decoder-layer pass, held (bench.op_counts).
+
+Sync bounds, from what the layer needs from the host (not from the code under test):
+- every shape of a training layer is static (the row length, the window, the heads) except
+  one: the routed count R, the number of compacted query rows of the global branch. It is
+  known only on the device, so a routed step reads it once per layer: forward <= 1. The
+  recomputation of activation checkpointing reproduces the forward's decisions exactly, so
+  it needs no new read (0), and the backward works on the shapes of the forward (0).
+- a dense-path step's forward is dense attention for every token (no R); its backward is
+  token-sparse over the routed rows: backward <= 1, forward and recomputation 0.
+- what all layers of a forward share (the document boundaries of the packed row, a shape
+  of the varlen window kernel's arguments) is read at most once per forward: <= 1 in the
+  first layer's forward, none in any other layer or pass.
+- the dense layer (SDPA, mask built once per forward by the model): 0 everywhere.
+
+Op ceilings: aten ops other than views per layer and pass at bench.op_counts' default
+setting (a proxy for kernel launches), recorded from
+`python -m bench.op_counts --out counts.json` ("per_layer" -> pass -> "ops"). Update them
+deliberately: lower a ceiling in the change that removes ops, so that it stays held; raise
+one only in a change that says why it needs the launches.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from bench.dispatch_counter import OpCounter
+from bench.op_counts import PASSES, VARIANTS, layer_op_counts, main
+
+ROUTED_STEP = {"forward": 1, "recompute": 0, "backward": 0}
+DENSE_PATH_STEP = {"forward": 0, "recompute": 0, "backward": 1}
+NONE = dict.fromkeys(PASSES, 0)
+SYNC_BOUNDS = {
+    "dense": NONE,
+    "l2a": ROUTED_STEP,
+    "l2a_routed": ROUTED_STEP,
+    "l2a_fused": ROUTED_STEP,
+    "l2a_routed_fused": ROUTED_STEP,
+    "l2a_dense_path": DENSE_PATH_STEP,
+    "l2a_dense_path_fused": DENSE_PATH_STEP,
+}
+PER_FORWARD_SYNCS = {"dense": NONE}  # L2A: the document boundaries, once
+L2A_PER_FORWARD = {"forward": 1, "recompute": 0, "backward": 0}
+
+OP_CEILINGS = {
+    "dense": {"forward": 60, "recompute": 57, "backward": 98},
+    "l2a": {"forward": 215, "recompute": 209, "backward": 187},
+    "l2a_routed": {"forward": 218, "recompute": 212, "backward": 202},
+    "l2a_fused": {"forward": 214, "recompute": 208, "backward": 199},
+    "l2a_routed_fused": {"forward": 217, "recompute": 211, "backward": 202},
+    "l2a_dense_path": {"forward": 101, "recompute": 98, "backward": 315},
+    "l2a_dense_path_fused": {"forward": 100, "recompute": 97, "backward": 311},
+}
+
+
+@pytest.fixture(scope="module")
+def counts():
+    return layer_op_counts()
+
+
+def test_every_variant_is_held():
+    assert set(SYNC_BOUNDS) == set(OP_CEILINGS) == set(VARIANTS)
+
+
+def test_the_batch_is_a_routed_mixture_of_packed_documents(counts):
+    setting = counts["setting"]
+    assert 0.2 < setting["routed_fraction"] < 0.8
+    assert len(setting["doc_lengths"]) > 1
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_syncs_per_layer_pass_within_bounds(counts, variant):
+    per_layer = counts["variants"][variant]["per_layer"]
+    for p in PASSES:
+        got = per_layer[p]
+        assert got["syncs"] <= SYNC_BOUNDS[variant][p], (variant, p, got["sync_sites"])
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_syncs_shared_by_a_forward_read_once(counts, variant):
+    record = counts["variants"][variant]
+    bound = PER_FORWARD_SYNCS.get(variant, L2A_PER_FORWARD)
+    for p in PASSES:
+        extra = record["first_layer"][p]["syncs"] - record["per_layer"][p]["syncs"]
+        assert extra <= bound[p], (variant, p, record["first_layer"][p]["sync_sites"])
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_ops_per_layer_pass_within_ceilings(counts, variant):
+    per_layer = counts["variants"][variant]["per_layer"]
+    got = {p: per_layer[p]["ops"] for p in PASSES}
+    over = {p: (got[p], OP_CEILINGS[variant][p]) for p in PASSES if got[p] > OP_CEILINGS[variant][p]}
+    assert not over, f"{variant}: ops above their ceilings (got, ceiling): {over}"
+
+
+def test_a_planted_item_in_the_layer_breaks_the_bound(monkeypatch):
+    """An extra ``.item()`` in the router (once per call: forward and recomputation)."""
+    from l2a.layers import L2AAttention
+
+    route = L2AAttention.route
+
+    def route_with_a_read(self, g, fused=False):
+        p, d = route(self, g, fused)
+        p.sum().item()
+        return p, d
+
+    monkeypatch.setattr(L2AAttention, "route", route_with_a_read)
+    got = layer_op_counts(variants=["l2a"])["variants"]["l2a"]["per_layer"]
+    assert got["forward"]["syncs"] == ROUTED_STEP["forward"] + 1
+    assert got["recompute"]["syncs"] == ROUTED_STEP["recompute"] + 1
+    assert got["forward"]["ops"] > OP_CEILINGS["l2a"]["forward"]  # the sum
+
+
+def test_the_counter_sees_each_kind_of_sync():
+    """One sync for each op that makes the host wait on CUDA, none for those that don't."""
+    x = torch.tensor([0.0, 1.0, 2.0, 0.0])
+    mask = x > 0
+    reps = torch.tensor([1, 2, 0, 1])
+    syncing = [
+        lambda: x.sum().item(),
+        lambda: bool(x.any()),
+        lambda: int(x.argmax()),
+        lambda: x.nonzero(),
+        lambda: x.masked_select(mask),
+        lambda: x[mask],
+        lambda: x.repeat_interleave(reps, dim=0),
+        lambda: torch.unique(x),
+        lambda: torch.equal(x, x),
+        lambda: x.tolist(),
+        lambda: x.cpu(),
+    ]
+    quiet = [
+        lambda: torch.nonzero_static(x, size=4),
+        lambda: x.repeat_interleave(reps, dim=0, output_size=4),
+        lambda: torch.where(mask, x, 0),
+        lambda: x[torch.tensor([0, 2])],
+    ]
+    for i, fn in enumerate(syncing + quiet):
+        with OpCounter() as counter:
+            counter.phase = "p"
+            fn()
+        expected = 1 if i < len(syncing) else 0
+        assert counter.summary("p")["syncs"] == expected, (i, counter.syncs["p"])
+
+
+def test_cli_writes_the_record(tmp_path):
+    out = tmp_path / "counts.json"
+    assert main(["--out", str(out), "--variants", "dense", "l2a"]) == 0
+    record = json.loads(out.read_text())
+    assert set(record["variants"]) == {"dense", "l2a"}
+    assert set(record["variants"]["l2a"]["per_layer"]) == set(PASSES)

@@ -1,0 +1,44 @@
+"""Facts derived once per tensor (kernels.utils.derived): the routed count and the document
+boundaries are read from the device once, and again only for another or a changed tensor."""
+
+from __future__ import annotations
+
+import torch
+
+from bench.dispatch_counter import OpCounter
+from kernels.sliding_window.fa4 import doc_cu_seqlens
+from kernels.token_sparse.compact import remember_routed_rows, routed_rows, routed_slots
+
+
+def _syncs(fn):
+    with OpCounter() as counter:
+        counter.phase = "p"
+        value = fn()
+    return value, counter.summary("p")["syncs"]
+
+
+def test_routed_count_read_once_per_route_and_again_after_an_in_place_change():
+    route = torch.tensor([[True, False, True, True], [False, True, False, False]])
+    assert _syncs(lambda: routed_rows(route)) == (3, 1)
+    assert _syncs(lambda: routed_rows(route)) == (3, 0)
+    slots, valid = routed_slots(route)
+    assert slots.shape == (2, 3) and valid.sum() == 4
+    route[1] = True  # the same tensor, changed: read again
+    assert _syncs(lambda: routed_rows(route)) == (4, 1)
+
+
+def test_a_remembered_count_is_used_without_reading_the_device():
+    route = torch.tensor([[True, False, True]])
+    remember_routed_rows(route, 2)
+    (slots, valid), syncs = _syncs(lambda: routed_slots(route))
+    assert syncs == 0
+    assert slots.tolist() == [[0, 2]] and valid.all()
+
+
+def test_document_boundaries_read_once_per_doc_ids_tensor():
+    doc_ids = torch.tensor([[0, 0, 0, 1, 1], [0, 1, 1, 1, 2]])
+    cu, syncs = _syncs(lambda: doc_cu_seqlens(doc_ids))
+    # Documents over the flattened rows: a row starts a document, as does every id change.
+    assert cu.tolist() == [0, 3, 5, 6, 9, 10] and syncs == 1
+    assert _syncs(lambda: doc_cu_seqlens(doc_ids))[1] == 0
+    assert _syncs(lambda: doc_cu_seqlens(doc_ids.clone()))[1] == 1  # another tensor
