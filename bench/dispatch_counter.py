@@ -142,5 +142,8 @@ class OpCounter(TorchDispatchMode):
             "syncs": sum(sites.values()),
             "compiled_region_ops": self.region_ops[phase],
             "compiled_region_calls": self.region_calls[phase],
+            # What the host launches on a GPU: the eager ops one kernel each, a compiled
+            # region one call (a few fused kernels behind one guard check).
+            "launch_proxy": self.ops[phase] - self.region_ops[phase] + self.region_calls[phase],
             "sync_sites": sites,
         }

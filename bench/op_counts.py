@@ -134,11 +134,16 @@ def _marked_compiled_regions(counter: OpCounter):
 
         return call
 
+    import kernels.flex_mask as flex_mask
+
     saved, layers.compiled = layers.compiled, eager
+    # The block mask's bounds: one compiled region on CUDA (kernels/flex_mask.py).
+    saved_mask, flex_mask._block_tensors = flex_mask._block_tensors, eager(flex_mask._block_tensors)
     try:
         yield
     finally:
         layers.compiled = saved
+        flex_mask._block_tensors = saved_mask
 
 
 def _run_stack(counter: OpCounter, layers, call, hidden: torch.Tensor) -> None:

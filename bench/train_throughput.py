@@ -624,6 +624,25 @@ def speedups(results: dict, rate_key: str = "tokens_per_s_per_gpu") -> dict:
     return out
 
 
+# Train variants -> the bench.op_counts variants of their layer passes.
+_OP_COUNT_VARIANTS = {
+    "l2a": ("l2a_routed", "l2a_dense_path"), "l2a_full": ("l2a", "l2a_dense_path"),
+    "l2a_fused": ("l2a_routed_fused", "l2a_dense_path_fused"),
+    "l2a_routed": ("l2a_routed", "l2a_dense_path"),
+    "l2a_routed_fused": ("l2a_routed_fused", "l2a_dense_path_fused"),
+    "dense": ("dense",), "dense_sdpa": ("dense",),
+}
+
+
+def _layer_op_counts(results: dict) -> dict:
+    """Host syncs and launches per layer pass of the variants run, counted on the CPU
+    (bench.op_counts: the numbers tests/bench/test_op_counts.py holds) beside the GPU's."""
+    from bench.op_counts import layer_op_counts
+
+    wanted = sorted({v for r in results.values() for v in _OP_COUNT_VARIANTS.get(r["variant"], ())})
+    return layer_op_counts(variants=wanted) if wanted else {}
+
+
 def _write_report(args, results: dict, final: bool) -> None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     report = {
@@ -647,6 +666,8 @@ def _write_report(args, results: dict, final: bool) -> None:
         report["l2a_speedup"] = (
             results["l2a"]["tokens_per_s_per_gpu"] / results["dense"]["tokens_per_s_per_gpu"]
         )
+    if final and results:
+        report["layer_op_counts"] = _layer_op_counts(results)
     report["speedups"] = speedups(results)
     report["routed_speedups"] = speedups(results, "tokens_per_s_per_gpu_routed")
     # Dense-path steps counted at their rate: the speed-up of a long run.

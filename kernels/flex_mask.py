@@ -12,7 +12,11 @@ document start positions, which are monotone along the sequence.
 
 from __future__ import annotations
 
+import functools
+
 import torch
+
+from .utils import allow_recompiles
 
 BLOCK = 128
 
@@ -31,18 +35,12 @@ def _pad_to_blocks(x: torch.Tensor, block: int) -> torch.Tensor:
     return torch.cat([x, x[:, -1:].expand(-1, pad)], dim=1) if pad else x
 
 
-def query_block_mask(
-    q_pos: torch.Tensor, starts: torch.Tensor, window: int | None, block: int = BLOCK
-):
-    """BlockMask for queries at `q_pos (B, Q)` (ascending) over keys with document starts
-    `starts (B, T)` and a causal window of `window` keys (None: plain causal).
-
-    The mask_mod captures tensors only, never a Python number: under a dynamic-shape
-    compile a captured number derived from a shape is a symbolic scalar, which
-    FlexAttention's FLASH backend cannot inline (torch 2.11: "NYI: ... captures a dynamic
-    scalar"). The window, when there is one, travels as a 0-d device tensor."""
-    from torch.nn.attention.flex_attention import BlockMask
-
+def _block_tensors(q_pos: torch.Tensor, starts: torch.Tensor, win, block: int):
+    """The block-level part of `query_block_mask`, pure tensor work (compiled on CUDA into a
+    few kernels instead of ~80 launches per layer and pass): the partial and full key blocks
+    of every query block and, transposed, the query blocks of every key block (the
+    backward's), plus the padded positions and document starts the mask_mod reads. `win`:
+    the window in keys (the row length for plain causal)."""
     B, Q = q_pos.shape
     T = starts.shape[1]
     dev = starts.device
@@ -56,18 +54,54 @@ def query_block_mask(
     sk_first, sk_last = starts[:, k_first], starts[:, k_last]  # (B, nk)
     qs, qe = qs[:, :, None], qe[:, :, None]
     ks, ke = k_first[None, None, :], k_last[None, None, :]
-    win = T if window is None else window  # block bounds: plain ints, outside the mask_mod
     any_pair = (ks <= qe) & (qs - ke < win)
     any_pair = any_pair & (sq_first[:, :, None] <= sk_last[:, None, :])
     any_pair = any_pair & (sk_first[:, None, :] <= sq_last[:, :, None])
     one_doc = (sq_first == sq_last)[:, :, None] & (sk_first == sk_last)[:, None, :]
     one_doc = one_doc & (sq_first[:, :, None] == sk_first[:, None, :])
-    full = (ke <= qs) & (qe - ks < win) & one_doc
-    partial = any_pair & ~full
-    kv_num, kv_idx = _dense_to_ordered(partial[:, None])
-    full_num, full_idx = _dense_to_ordered(full[:, None])
+    full = ((ke <= qs) & (qe - ks < win) & one_doc)[:, None]
+    partial = any_pair[:, None] & ~full
+    kv_num, kv_idx = _dense_to_ordered(partial)
+    full_num, full_idx = _dense_to_ordered(full)
+    q_num, q_idx = _dense_to_ordered(partial.transpose(-2, -1))
+    full_q_num, full_q_idx = _dense_to_ordered(full.transpose(-2, -1))
     pos = _pad_to_blocks(q_pos.to(torch.int32), block)
     doc = _pad_to_blocks(starts.to(torch.int32), block)
+    return kv_num, kv_idx, full_num, full_idx, q_num, q_idx, full_q_num, full_q_idx, pos, doc
+
+
+@functools.cache
+def _compiled_block_tensors():
+    allow_recompiles()
+    # dynamic: one graph for every routed count and row length.
+    return torch.compile(_block_tensors, dynamic=True, fullgraph=True)
+
+
+def query_block_mask(
+    q_pos: torch.Tensor, starts: torch.Tensor, window: int | None, block: int = BLOCK,
+    compiled: bool | None = None,
+):
+    """BlockMask for queries at `q_pos (B, Q)` (ascending) over keys with document starts
+    `starts (B, T)` and a causal window of `window` keys (None: plain causal).
+
+    The mask_mod captures tensors only, never a Python number: under a dynamic-shape
+    compile a captured number derived from a shape is a symbolic scalar, which
+    FlexAttention's FLASH backend cannot inline (torch 2.11: "NYI: ... captures a dynamic
+    scalar"). The window, when there is one, travels as a 0-d device tensor.
+
+    `compiled` (default: on CUDA): the block bounds through one torch.compile'd region.
+    The host cost of a layer's token-sparse branch was mostly this mask (on one H100 at
+    32K, 2026-12-07, the L2A step was host-bound at 70% GPU busy; ~80 of the ~150 eager
+    operators of a layer pass were the mask's)."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    Q, T = q_pos.shape[1], starts.shape[1]
+    win = T if window is None else window  # block bounds: plain ints, outside the mask_mod
+    if compiled is None:
+        compiled = starts.is_cuda
+    build = _compiled_block_tensors() if compiled else _block_tensors
+    (kv_num, kv_idx, full_num, full_idx, q_num, q_idx, full_q_num, full_q_idx, pos,
+     doc) = build(q_pos, starts, win, block)
 
     if window is None:
 
@@ -76,18 +110,22 @@ def query_block_mask(
             return (kv_idx <= p) & (doc[b, p] == doc[b, kv_idx])
 
     else:
-        win_t = torch.tensor(window, dtype=torch.int32, device=dev)
+        win_t = torch.tensor(window, dtype=torch.int32, device=starts.device)
 
         def mask_mod(b, h, q_idx, kv_idx):
             p = pos[b, q_idx]
             return (kv_idx <= p) & (p - kv_idx < win_t) & (doc[b, p] == doc[b, kv_idx])
 
-    return BlockMask.from_kv_blocks(
-        kv_num,
-        kv_idx,
-        full_num,
-        full_idx,
-        BLOCK_SIZE=block,
-        mask_mod=mask_mod,
+    return BlockMask(
         seq_lengths=(Q, T),
+        kv_num_blocks=kv_num,
+        kv_indices=kv_idx,
+        full_kv_num_blocks=full_num,
+        full_kv_indices=full_idx,
+        q_num_blocks=q_num,
+        q_indices=q_idx,
+        full_q_num_blocks=full_q_num,
+        full_q_indices=full_q_idx,
+        BLOCK_SIZE=(block, block),
+        mask_mod=mask_mod,
     )

@@ -15,7 +15,7 @@ import warnings
 import torch
 
 from ..flex_mask import query_block_mask
-from ..utils import allow_recompiles, doc_start_positions
+from ..utils import allow_recompiles, derived, doc_start_positions
 
 MIN_ROWS = 128  # one FlexAttention query block
 
@@ -54,7 +54,8 @@ def routed_query_attention_flex(q_c, k, v, slots, valid, doc_ids, scale: float, 
     if doc_ids is None:
         starts = torch.zeros(B, T, dtype=torch.int32, device=q_c.device)
     else:
-        starts = doc_start_positions(doc_ids)
+        # Once per forward, not per layer: every layer's mask reads the same documents.
+        starts = derived(doc_ids, "doc_starts", doc_start_positions)
     q_pos = torch.where(valid, slots, T - 1).to(torch.int32)
     short = MIN_ROWS - R
     if short > 0:

@@ -13,9 +13,11 @@ Sync bounds, from what the layer needs from the host (not from the code under te
   first layer's forward, none in any other layer or pass.
 - the dense layer (SDPA, mask built once per forward by the model): 0 everywhere.
 
-Op ceilings: aten ops other than views per layer and pass at bench.op_counts' default
-setting (a proxy for kernel launches), recorded from
-`python -m bench.op_counts --out counts.json` ("per_layer" -> pass -> "ops"). Update them
+Launch ceilings: per layer and pass at bench.op_counts' default setting, the aten ops
+other than views run eagerly plus one per call of a compiled region (the fused elementwise
+regions, the block mask's bounds: a few kernels behind one guard check on a GPU), a proxy
+for kernel launches; recorded from `python -m bench.op_counts --out counts.json`
+("per_layer" -> pass -> "launch_proxy"). Update them
 deliberately: lower a ceiling in the change that removes ops, so that it stays held; raise
 one only in a change that says why it needs the launches.
 """
@@ -47,12 +49,12 @@ L2A_PER_FORWARD = {"forward": 1, "recompute": 0, "backward": 0}
 
 OP_CEILINGS = {
     "dense": {"forward": 60, "recompute": 57, "backward": 98},
-    "l2a": {"forward": 215, "recompute": 209, "backward": 187},
-    "l2a_routed": {"forward": 218, "recompute": 212, "backward": 202},
-    "l2a_fused": {"forward": 214, "recompute": 208, "backward": 199},
-    "l2a_routed_fused": {"forward": 217, "recompute": 211, "backward": 202},
-    "l2a_dense_path": {"forward": 101, "recompute": 98, "backward": 315},
-    "l2a_dense_path_fused": {"forward": 100, "recompute": 97, "backward": 311},
+    "l2a": {"forward": 130, "recompute": 124, "backward": 187},
+    "l2a_routed": {"forward": 133, "recompute": 127, "backward": 202},
+    "l2a_fused": {"forward": 75, "recompute": 69, "backward": 199},
+    "l2a_routed_fused": {"forward": 76, "recompute": 70, "backward": 202},
+    "l2a_dense_path": {"forward": 101, "recompute": 98, "backward": 237},
+    "l2a_dense_path_fused": {"forward": 46, "recompute": 43, "backward": 233},
 }
 
 
@@ -91,9 +93,9 @@ def test_syncs_shared_by_a_forward_read_once(counts, variant):
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_ops_per_layer_pass_within_ceilings(counts, variant):
     per_layer = counts["variants"][variant]["per_layer"]
-    got = {p: per_layer[p]["ops"] for p in PASSES}
+    got = {p: per_layer[p]["launch_proxy"] for p in PASSES}
     over = {p: (got[p], OP_CEILINGS[variant][p]) for p in PASSES if got[p] > OP_CEILINGS[variant][p]}
-    assert not over, f"{variant}: ops above their ceilings (got, ceiling): {over}"
+    assert not over, f"{variant}: launches above their ceilings (got, ceiling): {over}"
 
 
 def test_a_planted_item_in_the_layer_breaks_the_bound(monkeypatch):
@@ -111,7 +113,7 @@ def test_a_planted_item_in_the_layer_breaks_the_bound(monkeypatch):
     got = layer_op_counts(variants=["l2a"])["variants"]["l2a"]["per_layer"]
     assert got["forward"]["syncs"] == ROUTED_STEP["forward"] + 1
     assert got["recompute"]["syncs"] == ROUTED_STEP["recompute"] + 1
-    assert got["forward"]["ops"] > OP_CEILINGS["l2a"]["forward"]  # the sum
+    assert got["forward"]["launch_proxy"] > OP_CEILINGS["l2a"]["forward"]  # the sum
 
 
 def test_the_counter_sees_each_kind_of_sync():

@@ -130,7 +130,10 @@ def test_cpu_smoke_profile_records_the_host_and_warm_dense_path_steps(tmp_path):
                  "--steps", "2", "--skip-steps", "1", "--window", "16", "--profile",
                  "--override", "l2a.dense_prob=0.5", "--warm-dense-path-steps", "1",
                  "--work-dir", str(tmp_path / "runs"), "--out", str(out)]) == 0
-    r = json.loads(out.read_text())["results"]["l2a"]
+    report = json.loads(out.read_text())
+    # the CPU-counted syncs and launches of the variant's layer passes ride along
+    assert set(report["layer_op_counts"]["variants"]) == {"l2a_routed", "l2a_dense_path"}
+    r = report["results"]["l2a"]
     layers = r["model_shape"]["num_hidden_layers"]
     host = r["profile_kernel_ms"]["host"]
     assert host["passes"]["l2a.forward"]["count"] == layers
