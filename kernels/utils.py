@@ -58,6 +58,15 @@ def derived(t: torch.Tensor, name: str, fn: Callable[[torch.Tensor], Any]) -> An
     return value
 
 
+def known(t: torch.Tensor, name: str) -> Any:
+    """The fact ``name`` of ``t`` if derived or remembered (and ``t`` unchanged since), else
+    None; computes nothing."""
+    if t.is_inference():
+        return None
+    hit = _DERIVED.get(t, {}).get(name)
+    return hit[1] if hit is not None and hit[0] == t._version else None
+
+
 def remember(t: torch.Tensor, name: str, value: Any) -> None:
     """Give ``t`` a derived fact known otherwise (e.g. carried over from an identical tensor)."""
     if t.is_inference():

@@ -28,6 +28,7 @@ from transformers.models.qwen3.modeling_qwen3 import (
 from kernels import sliding_window_attention, token_sparse_attention
 from kernels.decode import DECODE_MAX_QUERIES
 from kernels.token_sparse.compact import (
+    begin_routed_rows_read,
     remember_routed_rows,
     routed_query_attention,
     routed_rows,
@@ -87,16 +88,23 @@ class AttentionContext:
     # Layer index -> its routed count R (a host int), read once per layer and forward.
     routed_rows: dict[int, int] = field(default_factory=dict)
 
-    def shared_routed_rows(self, layer_idx: int, route: torch.Tensor) -> int:
-        """The layer's routed count ``R`` (a shape of its compacted queries), read from the
-        device once per layer and forward (one host sync) and given to ``route`` for the
-        kernels: the recomputation of activation checkpointing runs with this same context
+    def begin_routed_rows(self, layer_idx: int, route: torch.Tensor) -> None:
+        """The layer's routed count ``R`` (a shape of its compacted queries): read from the
+        device once per layer and forward, the read started here and finished by the first
+        kernel call that needs it (on CUDA the host then waits only for that copy, the key
+        and value projections queued meanwhile keep the GPU busy); ``finish_routed_rows``
+        keeps it. The recomputation of activation checkpointing runs with this same context
         and reproduces the forward's decisions (fp32 router), so it reads nothing again."""
         rows = self.routed_rows.get(layer_idx)
         if rows is None:
-            rows = self.routed_rows[layer_idx] = routed_rows(route)
+            begin_routed_rows_read(route)
         else:
             remember_routed_rows(route, rows)
+
+    def finish_routed_rows(self, layer_idx: int, route: torch.Tensor) -> int:
+        """``R`` of the layer, kept for its recomputation (no new read: the kernel call that
+        needed it has read it)."""
+        rows = self.routed_rows[layer_idx] = routed_rows(route)
         return rows
 
     def doc_ids_for(self, num_keys: int) -> torch.Tensor | None:
@@ -235,13 +243,14 @@ class L2ABranchAttention(nn.Module):
         bsz, seq, hidden = x.shape
         k = self.k_proj(x).view(bsz, seq, -1, self.head_dim)
         v = self.v_proj(x).view(bsz, seq, -1, self.head_dim).transpose(1, 2)
-        slots, valid = routed_slots(route)  # R is a shape: AttentionContext.shared_routed_rows
+        cos, sin = (t.expand(bsz, -1, -1) for t in position_embeddings)
+        # Keys first: queued before R is read, they keep the GPU busy while the host waits.
+        k = self._norm_rope(k, self.k_norm, cos, sin, ctx.fused)
+        slots, valid = routed_slots(route)  # R is a shape: AttentionContext.begin_routed_rows
         R = slots.shape[1]
         xs = x.gather(1, slots[:, :, None].expand(bsz, R, hidden))
         q = self.q_proj(xs).view(bsz, R, self.num_heads, self.head_dim)
-        cos, sin = (t.expand(bsz, -1, -1) for t in position_embeddings)
         rows = slots[:, :, None].expand(bsz, R, cos.shape[-1])
-        k = self._norm_rope(k, self.k_norm, cos, sin, ctx.fused)
         q = self._norm_rope(q, self.q_norm, cos.gather(1, rows), sin.gather(1, rows), ctx.fused)
         if ctx.cache is not None:
             # The queries are the last `seq` of the cached keys (slots index the queries).
@@ -312,10 +321,11 @@ class L2AAttention(nn.Module):
             # a prefill practically always routes some token, and the check is a host sync.)
             self.global_attn.cache_keys(g, position_embeddings, ctx, self.global_slot)
             return hidden, p, d
-        if not dense and not step:
-            ctx.shared_routed_rows(self.layer_idx, d)
+        sparse = not dense and not step
+        if sparse:
+            ctx.begin_routed_rows(self.layer_idx, d)
         epilogue = compiled if ctx.fused else (lambda fn: fn)
-        if ctx.routed_projections and not dense and not step:
+        if ctx.routed_projections and sparse:
             # Routed rows only: unrouted rows of the attention output are zero, so their
             # branch output is o_proj's bias (gated by d = 0 forward, and giving p the same
             # gradient, bias . dL/dhidden, as the full path). Decoding steps keep the full
@@ -323,6 +333,7 @@ class L2AAttention(nn.Module):
             a, slots, valid = self.global_attn.forward_routed(
                 g, position_embeddings, ctx, d, self.global_slot
             )
+            ctx.finish_routed_rows(self.layer_idx, d)
             bias = self.global_attn.o_proj.bias
             return epilogue(gated_scatter_add)(hidden, a, d, p, slots, valid, bias), p, d
         # Stochastic dense path: the global branch runs for every token and is still gated
@@ -336,11 +347,15 @@ class L2AAttention(nn.Module):
         if ctx.fused:
             a = self.global_attn(g, position_embeddings, ctx, self.global_slot, route=attn_route,
                                  backward_route=backward_route)
+            if sparse:
+                ctx.finish_routed_rows(self.layer_idx, d)
             return epilogue(gated_add)(hidden, a, d, p), p, d
         # o_proj and the gated add in one autograd node that does not keep the branch output.
         out = self.global_attn(g, position_embeddings, ctx, self.global_slot, route=attn_route,
                                residual=hidden, gate=straight_through_gate(d, p),
                                backward_route=backward_route)
+        if sparse:
+            ctx.finish_routed_rows(self.layer_idx, d)
         return out, p, d
 
 

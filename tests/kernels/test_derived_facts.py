@@ -3,6 +3,7 @@ boundaries are read from the device once, and again only for another or a change
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from bench.dispatch_counter import OpCounter
@@ -42,3 +43,36 @@ def test_document_boundaries_read_once_per_doc_ids_tensor():
     assert cu.tolist() == [0, 3, 5, 6, 9, 10] and syncs == 1
     assert _syncs(lambda: doc_cu_seqlens(doc_ids))[1] == 0
     assert _syncs(lambda: doc_cu_seqlens(doc_ids.clone()))[1] == 1  # another tensor
+
+
+def test_an_early_read_is_a_no_op_on_the_cpu():
+    from kernels.token_sparse.compact import begin_routed_rows_read
+    from kernels.utils import known
+
+    route = torch.tensor([[True, False, True, True]])
+    begin_routed_rows_read(route)
+    assert known(route, "routed_rows_pending") is None
+    assert _syncs(lambda: routed_rows(route)) == (3, 1)
+
+
+@pytest.mark.gpu
+def test_an_early_read_waits_for_its_copy_not_for_the_work_queued_after_it():
+    """The count copied behind an event: `routed_rows` returns the right R once the event
+    has completed, while a long matmul queued after the copy may still be running."""
+    from kernels.token_sparse.compact import begin_routed_rows_read
+    from kernels.utils import known
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    route = torch.rand(2, 4096, device="cuda", generator=g) < 0.3
+    expected = int(route.sum(1).max())
+    begin_routed_rows_read(route)
+    host, ready = known(route, "routed_rows_pending")
+    a = torch.randn(8192, 8192, device="cuda")
+    for _ in range(20):  # ~0.2 s of GPU work queued after the copy
+        a = a @ a / 8192
+    assert routed_rows(route) == expected
+    assert ready.query()  # the copy's event is done ...
+    busy = torch.cuda.Event()
+    busy.record()
+    assert not busy.query()  # ... while the matmuls queued after it are still running
+    torch.cuda.synchronize()
