@@ -3,7 +3,7 @@ the dense base model, its L2A model and the L2A model with half of its global br
 pruned (local-only layers).
 
     python -m bench.inference                       # Qwen3-8B shape, 32K/64K/128K, one GPU
-    python -m bench.inference --lengths 131072 --decode-steps 16
+    python -m bench.inference --lengths 131072 --batches 1 8 --decode-modes eager graph
     python -m bench.inference --tiny                # tiny shape on CPU: a smoke run
     python -m bench.inference --lengths 131072 --decode-steps 4 --variants dense l2a \
         --profile-prefill 131072                    # 128K prefill: both projection modes
@@ -37,10 +37,25 @@ adds, per variant, a ``torch.profiler`` run of one prefill of that length (after
 unprofiled prefill, unless LENGTH was just timed): GPU kernel time per category and the
 25 longest kernels (``bench/prefill_profile.py``).
 
-All variants use caches of the same growing buffers (``l2a.cache``), so no variant pays a
-``torch.cat`` of its whole cache per generated token. TTFT = one prefill forward of the
-prompt with ``logits_to_keep=1`` (CUDA-synchronised wall time, the cache built inside it);
-decode = ``--decode-steps`` greedy single-token forwards after it. Results go to
+TTFT = one prefill forward of the prompt with ``logits_to_keep=1`` (batch 1,
+CUDA-synchronised wall time, the cache built inside it), on caches of the same growing
+buffers (``l2a.cache``), so no variant pays a ``torch.cat`` of its whole cache per token.
+
+Decoding (``decode`` of every run; bench/decode_timing.py): per ``--decode-modes`` and
+``--batches`` (a batch that runs out of memory is halved until one fits),
+``--decode-warmup`` untimed then ``--decode-steps`` timed greedy steps, each to a
+synchronised device; ms per token is their median. ``eager``: the growing caches, a Python
+forward per step. ``graph``: static caches and a CUDA-graph replay per step (the L2A models:
+``l2a.static_cache`` / ``l2a.decode_graph``; the dense base: transformers' StaticCache,
+captured the same way), both models in the same mode. Each row has the bytes a step must
+read (the weights, the embedding only for the rows looked up; dense: every cached key and
+value; L2A: the local windows and the global cache only of the rows whose token routed),
+the implied GB/s and the memory-bound floor: those bytes at the device's copy bandwidth,
+measured at the start of the run (``copy_gb_per_s``). The summary compares each L2A
+prefill with the fastest dense prefill and each L2A decoding with the fastest dense
+decoding of the same mode and batch. ``fallbacks``: every attention backend that failed
+and was replaced in this process (kernels/fallbacks.py): numbers of a run with one are not
+those of the backend the options name. Results go to
 ``$OUT/inference.json`` if ``OUT`` is set, else ``bench/results/<gpu>-inference-<date>.json``.
 """
 
@@ -52,11 +67,21 @@ import gc
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+from bench.decode_timing import (
+    DECODE_MODES,
+    StaticGraphStep,
+    copy_bandwidth,
+    static_dense_cache,
+    summarise,
+    time_steps,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -159,12 +184,22 @@ def _l2a_cache(model):
     return L2ACache(model.config)
 
 
+def _eager_step(model, cache):
+    def step(nxt, pos):
+        out = model(nxt, position_ids=pos, past_key_values=cache, use_cache=True)
+        return out.logits, getattr(out, "routes", None)
+
+    return step
+
+
 @torch.no_grad()
 def measure(
-    model, make_cache, length: int, decode_steps: int, device, prefill_context=None, seed: int = 0
+    model, make_cache, length: int, decode_steps: int, device, prefill_context=None, seed: int = 0,
+    decode_warmup: int = 0,
 ) -> dict:
-    """TTFT of a ``length``-token prompt, then ``decode_steps`` greedy decoding steps;
-    ``prefill_context`` (a context-manager factory) wraps the prefill only."""
+    """TTFT of a ``length``-token prompt, then ``decode_warmup`` untimed and
+    ``decode_steps`` timed greedy decoding steps (eager, the growing cache; median per
+    step); ``prefill_context`` (a context-manager factory) wraps the prefill only."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
     ids = torch.randint(0, model.config.vocab_size, (1, length), generator=gen).to(device)
     _free(device)
@@ -183,30 +218,21 @@ def measure(
     kv_prefill = cache.kv_bytes()
     nxt = out.logits[:, -1].argmax(-1, keepdim=True)
     del out
-    _sync(device)
-    t0 = time.perf_counter()
-    decode_routed = []
-    for _ in range(decode_steps):
-        out = model(nxt, past_key_values=cache, use_cache=True)
-        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
-        if getattr(out, "routes", None):
-            decode_routed.append(torch.stack([r.float().mean() for r in out.routes]).mean())
-    _sync(device)
-    decode_s = time.perf_counter() - t0
+    pos = torch.full((1, 1), length, dtype=torch.long, device=device)
+    times, step_routes = time_steps(_eager_step(model, cache), nxt, pos, decode_warmup, decode_steps, device)
+    med = statistics.median(times) if times else None
     result = {
         "length": length,
         "ttft_s": round(ttft, 4),
         "prefill_tokens_per_s": round(length / ttft, 1),
         "decode_steps": decode_steps,
-        "decode_tokens_per_s": round(decode_steps / decode_s, 2) if decode_steps else None,
-        "decode_ms_per_token": round(1000 * decode_s / decode_steps, 3) if decode_steps else None,
+        "decode_tokens_per_s": round(1 / med, 2) if med else None,
+        "decode_ms_per_token": round(1000 * med, 3) if med else None,
         "kv_bytes_after_prefill": kv_prefill,
         "kv_bytes": cache.kv_bytes(),
         "kv_allocated_bytes": cache.allocated_bytes(),
         "routed_fraction_prefill": routed,
-        "routed_fraction_decode": float(torch.stack(decode_routed).mean())
-        if decode_routed
-        else None,
+        "routed_fraction_decode": float(torch.stack(step_routes).mean()) if step_routes else None,
     }
     if device.type == "cuda":
         result["peak_memory_bytes"] = torch.cuda.max_memory_allocated(device)
@@ -214,6 +240,83 @@ def measure(
     del cache
     _free(device)
     return result
+
+
+def _cache_bytes(cache) -> tuple[int, int]:
+    """(content, allocated) bytes of an L2A / dense cache of l2a.cache, or of transformers'
+    StaticCache (its buffers: content and allocation are one)."""
+    if hasattr(cache, "kv_bytes"):
+        return cache.kv_bytes(), cache.allocated_bytes()
+    from l2a.cache import storage_bytes
+
+    n = sum(storage_bytes(layer.keys, layer.values) for layer in cache.layers if layer.is_initialized)
+    return n, n
+
+
+@torch.no_grad()
+def measure_decode(model, make_cache, length: int, mode: str, batch: int, args, device,
+                   copy_gbps: float, seed: int = 0) -> dict:
+    """Decoding of a batch of ``batch`` ``length``-token prompts in ``mode`` (eager: the
+    growing cache; graph: a static cache and CUDA-graph steps, bench/decode_timing.py):
+    ``--decode-warmup`` untimed steps, then ``--decode-steps`` timed ones."""
+    from l2a.decode_graph import GraphedDecoder
+    from l2a.static_cache import L2AStaticCache
+
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    ids = torch.randint(0, model.config.vocab_size, (batch, length), generator=gen).to(device)
+    total = length + args.decode_warmup + args.decode_steps
+    dense = not hasattr(model.config, "l2a_window")
+    capture = device.type == "cuda"
+    _free(device)
+    if mode == "eager":
+        cache = make_cache(model)
+        out = model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        step = _eager_step(model, cache)
+    elif dense:
+        grown = make_cache(model)
+        out = model(ids, past_key_values=grown, use_cache=True, logits_to_keep=1)
+        cache = static_dense_cache(model, grown, total)
+        del grown
+        step = StaticGraphStep(model, cache, capture).step
+    else:
+        cache = L2AStaticCache(model.config, max_cache_len=total)
+        out = model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        step = GraphedDecoder(model, cache, capture).step
+    nxt = out.logits[:, -1:].argmax(-1)
+    del out
+    pos = torch.full((batch, 1), length, dtype=torch.long, device=device)
+    times, routes = time_steps(step, nxt, pos, args.decode_warmup, args.decode_steps, device)
+    itemsize = next(model.parameters()).element_size()
+    context = length + args.decode_warmup + args.decode_steps // 2  # the median step's
+    row = {"mode": mode, "requested_batch": batch}
+    row.update(summarise(times, routes, model, context, batch, copy_gbps, itemsize))
+    row["kv_bytes"], row["kv_allocated_bytes"] = _cache_bytes(cache)
+    del cache, step
+    _free(device)
+    return row
+
+
+def decode_rows(model, make_cache, length: int, args, device, copy_gbps: float) -> list[dict]:
+    """Every ``--decode-modes`` x ``--batches`` row at ``length``; a batch that runs out of
+    memory is retried at half the size (down to 1), so the largest that fits is timed."""
+    rows = []
+    for mode in args.decode_modes:
+        for requested in args.batches:
+            batch = requested
+            while True:
+                try:
+                    row = measure_decode(model, make_cache, length, mode, batch, args, device, copy_gbps)
+                    row["requested_batch"] = requested
+                    break
+                except torch.cuda.OutOfMemoryError as err:
+                    _free(device)
+                    if batch == 1:
+                        row = {"mode": mode, "requested_batch": requested,
+                               "error": f"out of memory: {str(err).splitlines()[0]}"}
+                        break
+                    batch //= 2
+            rows.append(row)
+    return rows
 
 
 def compile_count() -> int:
@@ -269,8 +372,10 @@ def run_variant(
     for length in lengths:
         before = compile_count()
         try:
-            row = measure(model, make_cache, length, args.decode_steps, device, context)
+            row = measure(model, make_cache, length, args.decode_steps, device, context,
+                          decode_warmup=args.decode_warmup)
             row["compiles"] = compile_count() - before
+            row["decode"] = decode_rows(model, make_cache, length, args, device, args.copy_gbps)
         except torch.cuda.OutOfMemoryError as err:
             row = {"length": length, "error": f"out of memory: {str(err).splitlines()[0]}"}
             _free(device)
@@ -365,30 +470,52 @@ def environment(device) -> dict:
 
 
 def _summary(results: dict, longest: int) -> dict:
-    def at(variant, key):
+    """At the longest length: each L2A variant's prefill against the fastest dense prefill,
+    and its decoding against the fastest dense decoding of the same mode and batch (each
+    measured in this run); KV bytes against the dense cache."""
+
+    def row_at(variant):
         for row in results.get(variant, {}).get("runs", []):
-            if row["length"] == longest and key in row:
-                return row[key]
+            if row["length"] == longest and "error" not in row:
+                return row
         return None
 
-    dense = [v for v in results if v.startswith("dense") and at(v, "ttft_s")]
+    def at(variant, key):
+        row = row_at(variant)
+        return row.get(key) if row else None
+
+    def decode_ms(variant, mode, batch):
+        for d in (row_at(variant) or {}).get("decode", []):
+            if d["mode"] == mode and d["requested_batch"] == batch and "ms_per_token" in d:
+                return d["ms_per_token"]
+        return None
+
     out = {"length": longest}
+    dense = [v for v in results if v.startswith("dense") and at(v, "ttft_s")]
+    l2a = [v for v in results if v.startswith("l2a")]
     if dense:
         fastest = min(dense, key=lambda v: at(v, "ttft_s"))
-        out["fastest_dense"] = fastest
-        for v in (v for v in results if v.startswith("l2a")):
+        out["fastest_dense_prefill"] = fastest
+        for v in l2a:
             if at(v, "ttft_s"):
-                out[f"{v}_prefill_speedup_vs_fastest_dense"] = round(
-                    at(fastest, "ttft_s") / at(v, "ttft_s"), 3
-                )
-            if at(v, "decode_ms_per_token") and at(fastest, "decode_ms_per_token"):
-                out[f"{v}_decode_speedup_vs_fastest_dense"] = round(
-                    at(fastest, "decode_ms_per_token") / at(v, "decode_ms_per_token"), 3
-                )
-            if at(v, "kv_bytes_after_prefill") and at("dense_sdpa", "kv_bytes_after_prefill"):
-                out[f"{v}_kv_ratio_vs_dense"] = round(
-                    at(v, "kv_bytes_after_prefill") / at("dense_sdpa", "kv_bytes_after_prefill"), 4
-                )
+                out[f"{v}_prefill_speedup_vs_fastest_dense"] = round(at(fastest, "ttft_s") / at(v, "ttft_s"), 3)
+        keys = {(d["mode"], d["requested_batch"]) for v in dense for d in row_at(v).get("decode", [])}
+        for mode, batch in sorted(keys):
+            timed = [v for v in dense if decode_ms(v, mode, batch)]
+            if not timed:
+                continue
+            best = min(timed, key=lambda v: decode_ms(v, mode, batch))
+            out[f"fastest_dense_decode_{mode}_b{batch}"] = best
+            for v in l2a:
+                if decode_ms(v, mode, batch):
+                    out[f"{v}_decode_{mode}_b{batch}_speedup_vs_fastest_dense"] = round(
+                        decode_ms(best, mode, batch) / decode_ms(v, mode, batch), 3
+                    )
+    for v in l2a:
+        if at(v, "kv_bytes_after_prefill") and at("dense_sdpa", "kv_bytes_after_prefill"):
+            out[f"{v}_kv_ratio_vs_dense"] = round(
+                at(v, "kv_bytes_after_prefill") / at("dense_sdpa", "kv_bytes_after_prefill"), 4
+            )
     return out
 
 
@@ -397,7 +524,13 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m bench.inference", description=__doc__.split("\n\n")[0]
     )
     ap.add_argument("--lengths", type=int, nargs="+", default=[32768, 65536, 131072])
-    ap.add_argument("--decode-steps", type=int, default=32)
+    ap.add_argument("--decode-steps", type=int, default=32,
+                    help="timed decoding steps per run (the median is reported)")
+    ap.add_argument("--decode-warmup", type=int, default=4, help="untimed decoding steps first")
+    ap.add_argument("--decode-modes", nargs="+", default=list(DECODE_MODES),
+                    help="eager (growing caches) and/or graph (static caches, CUDA graphs)")
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8],
+                    help="decoding batch sizes (one that runs out of memory is halved)")
     ap.add_argument(
         "--routed", type=float, default=0.2, help="fraction of tokens the routers send to global"
     )
@@ -442,6 +575,15 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    bad = sorted(set(args.decode_modes) - set(DECODE_MODES))
+    if bad:
+        print(f"bench.inference: error: --decode-modes: expected some of {list(DECODE_MODES)}, "
+              f"got {bad}", file=sys.stderr)
+        return 2
+    if min(args.batches) < 1 or args.decode_steps < 1 or args.decode_warmup < 0:
+        print("bench.inference: error: --batches and --decode-steps must be >= 1, "
+              "--decode-warmup >= 0", file=sys.stderr)
+        return 2
     if args.profile_prefill is not None and args.profile_prefill < 1:
         print(
             "bench.inference: error: --profile-prefill: must be a positive token count, "
@@ -450,6 +592,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     import l2a  # noqa: F401
+    from kernels.fallbacks import fallbacks
     from l2a.convert import convert_model
     from l2a.prune import measure_global_usage, prune_global_branches, select_global_layers
 
@@ -460,8 +603,12 @@ def main(argv: list[str] | None = None) -> int:
             args.profile_prefill = min(args.profile_prefill, 512)
         args.window, args.calib_len = min(args.window, 32), min(args.calib_len, 64)
         args.decode_steps = min(args.decode_steps, 4)
+        args.decode_warmup = min(args.decode_warmup, 1)
+        args.batches = [min(b, 2) for b in args.batches]
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    args.copy_gbps = copy_bandwidth(device)
+    print(f"bench.inference: device copy bandwidth {args.copy_gbps:.1f} GB/s", flush=True)
     print(f"bench.inference: building the base model on {device} ({dtype})", flush=True)
     base = build_base(shape, device, dtype)
     results = {}
@@ -471,7 +618,8 @@ def main(argv: list[str] | None = None) -> int:
         "shape": "tiny" if args.tiny else "Qwen3-8B",
         "model_shape": shape,
         "dtype": str(dtype),
-        "batch": 1,
+        "batch": 1,  # prefill (TTFT); decoding: --batches, per row of "decode"
+        "copy_gb_per_s": round(args.copy_gbps, 2),
         "window": args.window,
         "routed_target": args.routed,
         "calibration_tokens": args.calib_len,
@@ -480,6 +628,9 @@ def main(argv: list[str] | None = None) -> int:
             "variants": args.variants,
             "projections": args.projections,
             "decode_steps": args.decode_steps,
+            "decode_warmup": args.decode_warmup,
+            "decode_modes": args.decode_modes,
+            "batches": args.batches,
             "profile_prefill": args.profile_prefill,
         },
         "results": results,
@@ -495,6 +646,9 @@ def main(argv: list[str] | None = None) -> int:
     def write():
         """After every variant: a run cut short still leaves what it measured."""
         report["summary"] = _summary(results, max(args.lengths))
+        # A backend that fell back (kernels/fallbacks.py) did not produce these numbers.
+        report["fallbacks"] = fallbacks()
+        report["summary"]["backend_fallbacks"] = len(report["fallbacks"])
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report, indent=2) + "\n")
 

@@ -60,3 +60,31 @@ def decode_attention(
     if route is not None:
         o = o * route[:, None, :, None].to(o.dtype)
     return o
+
+
+def masked_decode_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    visible: torch.Tensor,
+    scale: float,
+    route: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Decoding attention against fixed-size key buffers (a static cache): q `(B, Hq, Tq,
+    D)`, k/v `(B, Hkv, Tk, D)` in any order (a ring buffer), `visible (B, Tq, Tk)` bool says
+    which keys each query sees (every query must see one: its own key). `route (B, Tq)`
+    bool, a device tensor: rows of unrouted queries are exactly zero, with no host
+    synchronisation (the shapes do not depend on it). Returns `(B, Hq, Tq, D)`."""
+    B, Hq, tq, D = q.shape
+    Hkv, tk = k.shape[1], k.shape[2]
+    G = Hq // Hkv
+    qf = q.reshape(B, Hkv, G * tq, D)  # rows ordered (head in group, query)
+    if tq == 1:
+        mask = visible[:, None]  # (B, 1, 1, Tk): broadcast over heads and group rows
+    else:
+        mask = visible[:, None, None].expand(B, 1, G, tq, tk).reshape(B, 1, G * tq, tk)
+    o = F.scaled_dot_product_attention(qf, k, v, attn_mask=mask, scale=scale)
+    o = o.reshape(B, Hq, tq, D)
+    if route is not None:
+        o = o * route[:, None, :, None].to(o.dtype)
+    return o

@@ -8,6 +8,7 @@ classes, so a converted or exported checkpoint loads with
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from .cache import L2ACache
+from .static_cache import L2AStaticCache
 from .configuration import L2AQwen2Config, L2AQwen3Config
 from .losses import layer_sparsity, router_regulariser
 from .modeling import (
@@ -30,6 +31,7 @@ for _config, _model, _lm in (
 
 __all__ = [
     "L2ACache",
+    "L2AStaticCache",
     "L2ACausalLMOutputWithPast",
     "L2AModelOutputWithPast",
     "L2AQwen2Config",

@@ -26,7 +26,7 @@ from transformers.models.qwen3.modeling_qwen3 import (
 )
 
 from kernels import sliding_window_attention, token_sparse_attention
-from kernels.decode import DECODE_MAX_QUERIES
+from kernels.decode import DECODE_MAX_QUERIES, masked_decode_attention
 from kernels.token_sparse.compact import (
     begin_routed_rows_read,
     remember_routed_rows,
@@ -85,6 +85,10 @@ class AttentionContext:
     # The elementwise work around the branches in torch.compile'd regions (l2a/fused.py;
     # config ``l2a_fused_elementwise``; training, uncached forwards and prefills).
     fused: bool = False
+    # A decoding step on a static cache (l2a/static_cache.py): which keys of the fixed-size
+    # buffers each new token sees (``StepMasks``); set, the step has fixed shapes and no
+    # host synchronisation (the global branch takes the route as a device tensor).
+    step: Any | None = None
     # Layer index -> its routed count R (a host int), read once per layer and forward.
     routed_rows: dict[int, int] = field(default_factory=dict)
 
@@ -191,7 +195,10 @@ class L2ABranchAttention(nn.Module):
             k, v = ctx.cache.update(k, v, cache_slot)
         doc_ids = ctx.doc_ids_for(k.shape[2])
 
-        if backward_route is not None:
+        if ctx.step is not None:
+            visible = ctx.step.window if window is not None else ctx.step.full
+            o = masked_decode_attention(q, k, v, visible, self.scaling, route)
+        elif backward_route is not None:
             o = dense_forward_routed_backward(self.attention_core, q, k, v, backward_route, doc_ids,
                                               self.scaling, ctx.backend)
         else:
@@ -315,10 +322,11 @@ class L2AAttention(nn.Module):
             g = self.global_norm(hidden)
             p, d = self.route(g)
         step = ctx.cache is not None and hidden.shape[1] <= DECODE_MAX_QUERIES
-        if step and not dense and not bool(d.any()):
+        if step and ctx.step is None and not dense and not bool(d.any()):
             # Generation: no token of this call is routed, so the global branch adds nothing;
             # only its keys and values are computed, for the cache. (A decoding step only:
-            # a prefill practically always routes some token, and the check is a host sync.)
+            # a prefill practically always routes some token, and the check is a host sync;
+            # a static cache's step keeps fixed shapes: unrouted rows are zeroed on the device.)
             self.global_attn.cache_keys(g, position_embeddings, ctx, self.global_slot)
             return hidden, p, d
         sparse = not dense and not step

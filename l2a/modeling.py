@@ -20,6 +20,7 @@ from kernels.decode import DECODE_MAX_QUERIES
 from kernels.utils import doc_ids_from_position_ids
 
 from .cache import L2ACache
+from .static_cache import L2AStaticCache
 from .configuration import L2AQwen2Config, L2AQwen3Config
 from .layers import QWEN2, QWEN3, AttentionContext, Family, L2AAttention, L2ADecoderLayer
 
@@ -84,11 +85,14 @@ class _L2AModelBase(L2APreTrainedModel):
         use_cache: bool | None = None,
         l2a_dense: bool = False,
         doc_ids: torch.Tensor | None = None,
+        cache_position: torch.Tensor | None = None,
         **kwargs,
     ) -> L2AModelOutputWithPast:
         """Decoder stack. Packed sequences: pass ``position_ids`` that restart at 0 for every
         document (or ``doc_ids`` directly); no attention crosses a document boundary.
-        ``l2a_dense=True`` runs every global branch for all tokens (stochastic dense path)."""
+        ``l2a_dense=True`` runs every global branch for all tokens (stochastic dense path).
+        ``cache_position`` (static cache only, ``(T,)`` long): the cache indices of the new
+        tokens, as a device tensor a captured decoding step reads (default: the next ones)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         if inputs_embeds is None:
@@ -100,8 +104,15 @@ class _L2AModelBase(L2APreTrainedModel):
         if use_cache and past_key_values is None:
             past_key_values = L2ACache(self.config)
         past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        static = isinstance(past_key_values, L2AStaticCache)
+        step = static and past_key_values.is_decoding_step(seq)
+        if cache_position is not None and not step:
+            raise ValueError("cache_position: only for decoding steps (one token per row) on an L2AStaticCache")
         if position_ids is None:
-            position_ids = torch.arange(past, past + seq, device=device).unsqueeze(0).expand(bsz, -1)
+            if step and cache_position is not None:
+                position_ids = cache_position[None, :].expand(bsz, -1)
+            else:
+                position_ids = torch.arange(past, past + seq, device=device).unsqueeze(0).expand(bsz, -1)
         ctx = AttentionContext(
             backend=self.config.l2a_attn_backend,
             cache=past_key_values,
@@ -110,7 +121,13 @@ class _L2AModelBase(L2APreTrainedModel):
             fused=bool(getattr(self.config, "l2a_fused_elementwise", False))
             and (past_key_values is None or seq > DECODE_MAX_QUERIES),
         )
-        ctx.doc_ids = key_doc_ids(attention_mask, position_ids, doc_ids, past, seq)
+        if step:
+            # Fixed shapes, device work only: CUDA graphs capture this (l2a/decode_graph.py).
+            ctx.step = past_key_values.begin_step(bsz, device, attention_mask, cache_position).masks
+        else:
+            ctx.doc_ids = key_doc_ids(attention_mask, position_ids, doc_ids, past, seq)
+            if static:
+                ctx.doc_ids = past_key_values.begin_prefill(bsz, device, ctx.doc_ids, attention_mask, seq)
 
         hidden = inputs_embeds
         position_embeddings = self.rotary_emb(hidden, position_ids)
@@ -121,6 +138,8 @@ class _L2AModelBase(L2APreTrainedModel):
                 probs.append(p)
                 routes.append(d)
         hidden = self.norm(hidden)
+        if static:
+            past_key_values.end(seq)
         return L2AModelOutputWithPast(
             last_hidden_state=hidden,
             past_key_values=past_key_values if use_cache else None,
@@ -187,23 +206,48 @@ class _L2AForCausalLMBase(L2APreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value):
         self.lm_head = value
 
-    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
-        # The L2A cache (l2a/cache.py): a window for the local branch, all keys for the
-        # global one. A cache passed by the caller (any Cache, e.g. DynamicCache) is used as is.
-        if (
-            model_kwargs.get("past_key_values") is None
-            and generation_config.use_cache is not False
-            and generation_config.cache_implementation in (None, "dynamic")
-        ):
-            model_kwargs["past_key_values"] = L2ACache(self.config)
-            return
+    def _prepare_cache_for_generation(
+        self, generation_config, model_kwargs, generation_mode=None, batch_size=None, max_cache_length=None,
+        *args, **kwargs,
+    ):
+        # The L2A caches: a window for the local branch, all keys for the global one.
+        # None / "dynamic": the growing L2ACache (l2a/cache.py, any length); "static": the
+        # preallocated L2AStaticCache (l2a/static_cache.py) of max_length (or the
+        # generation config's max_cache_len, if larger) tokens, whose decoding steps are
+        # CUDA-graph replays on a GPU (get_compiled_call). A cache passed by the caller (any
+        # Cache, e.g. DynamicCache or an L2AStaticCache) is used as is.
+        impl = generation_config.cache_implementation
         if model_kwargs.get("past_key_values") is None and generation_config.use_cache is not False:
+            if impl in (None, "dynamic"):
+                model_kwargs["past_key_values"] = L2ACache(self.config)
+                return
+            if impl == "static":
+                length = max(max_cache_length or 0, generation_config.max_cache_len or 0)
+                model_kwargs["past_key_values"] = L2AStaticCache(self.config, max_cache_len=length)
+                return
             # transformers' other caches have one slot per decoder layer.
             raise ValueError(
-                f"cache_implementation={generation_config.cache_implementation!r}: L2A models "
-                "generate with their own cache (leave it unset, or pass past_key_values)"
+                f"cache_implementation={impl!r}: L2A models generate with their own caches "
+                "(leave it unset or 'dynamic' for the growing cache, 'static' for the "
+                "preallocated one, or pass past_key_values)"
             )
-        return super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
+        return super()._prepare_cache_for_generation(
+            generation_config, model_kwargs, generation_mode, batch_size, max_cache_length, *args, **kwargs
+        )
+
+    def create_masks_for_generate(self, *args, attention_mask=None, **kwargs):
+        """generate builds 4D masks for static caches; an L2A model takes the 2D mask (its
+        document masking is in the kernels and the static cache)."""
+        return attention_mask
+
+    def get_compiled_call(self, compile_config=None):
+        """generate's decoding call on a static cache: CUDA-graph replays of the decoding step
+        (l2a/decode_graph.py) instead of transformers' torch.compile of the whole forward."""
+        from .decode_graph import GraphedCall
+
+        if getattr(self, "_graphed_call", None) is None:
+            self._graphed_call = GraphedCall(self)
+        return self._graphed_call
 
     def forward(
         self,

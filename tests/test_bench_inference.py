@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from bench.inference import TINY, main
 
 
@@ -147,3 +149,73 @@ def test_fused_variant_compiles_in_the_warm_up_only(tmp_path):
     assert report["model_shape"]["hidden_size"] == result["warm_up"][0]["length"] == 64
     assert result["warm_up"][0]["compiles"] > 0 and result["warm_up"][-1]["compiles"] == 0
     assert [run["compiles"] for run in result["runs"]] == [0, 0]
+
+
+def test_decode_rows_per_mode_and_batch_with_the_bytes_a_step_reads(tmp_path):
+    """Every mode x batch is timed (median of the requested steps) and its bytes counted
+    from first principles: weights (the embedding only for the rows looked up) plus the
+    keys a step needs: dense all of them, L2A its window and the global keys of the rows
+    that routed."""
+    out = tmp_path / "d.json"
+    args = ["--tiny", "--lengths", "48", "--decode-steps", "3", "--variants", "dense", "l2a",
+            "--projections", "full", "--batches", "1", "2", "--out", str(out)]
+    assert main(args) == 0
+    report = json.loads(out.read_text())
+    assert report["copy_gb_per_s"] > 0 and report["fallbacks"] == []
+    layers, heads, D, H, V = (TINY[k] for k in ("num_hidden_layers", "num_key_value_heads",
+                                                 "head_dim", "hidden_size", "vocab_size"))
+    per_token = 2 * heads * D * 4
+    context = 48 + 1 + 3 // 2  # prompt, warm-up step, the median timed step
+    window = report["window"]
+    for variant in ("dense_sdpa", "l2a"):
+        rows = report["results"][variant]["runs"][0]["decode"]
+        assert {(r["mode"], r["batch"]) for r in rows} == {(m, b) for m in ("eager", "graph") for b in (1, 2)}
+        for r in rows:
+            assert r["steps"] == 3 and r["ms_per_token"] > 0
+            assert r["tokens_per_s"] == pytest.approx(r["batch"] * 1000 / r["ms_per_token"], rel=0.01)
+            assert r["bytes_per_step"] == r["weight_bytes_per_step"] + r["kv_bytes_per_step"]
+            if variant == "dense_sdpa":
+                assert r["kv_bytes_per_step"] == layers * context * r["batch"] * per_token
+            else:
+                local = layers * min(context, window) * r["batch"] * per_token
+                glob = r["kv_bytes_per_step"] - local
+                # Routed rows read the whole global cache, unrouted ones none of it.
+                assert glob == pytest.approx(r["routed_fraction_decode"] * layers * r["batch"] * context * per_token, abs=layers * per_token)
+    dense = report["results"]["dense_sdpa"]["runs"][0]["decode"][0]
+    # Dense weights: embedding rows, per layer q/k/v/o + MLP + 2 norms + qk norms, final norm, lm_head.
+    I = TINY["intermediate_size"]
+    qo = 2 * H * TINY["num_attention_heads"] * D
+    kv = 2 * H * heads * D
+    per_layer = qo + kv + 3 * H * I + 2 * H + 2 * D
+    weights = (dense["batch"] * H + layers * per_layer + H + V * H) * 4
+    assert dense["weight_bytes_per_step"] == weights
+
+
+def test_summary_compares_against_the_fastest_dense_of_each_kind():
+    """Prefill against the fastest dense prefill, decoding against the fastest dense decoding
+    of its mode and batch: the dense variant with the fastest prefill may decode slowest."""
+    from bench.inference import _summary
+
+    def run(ttft, decode):
+        rows = [{"mode": m, "requested_batch": 1, "ms_per_token": ms} for m, ms in decode.items()]
+        return {"runs": [{"length": 64, "ttft_s": ttft, "kv_bytes_after_prefill": 100, "decode": rows}]}
+
+    results = {
+        "dense_sdpa": run(13.0, {"eager": 36.0, "graph": 12.0}),
+        "dense_fa4": run(11.5, {"eager": 84.0, "graph": 20.0}),
+        "l2a": run(7.0, {"eager": 60.0, "graph": 8.0}),
+    }
+    s = _summary(results, 64)
+    assert s["fastest_dense_prefill"] == "dense_fa4"
+    assert s["l2a_prefill_speedup_vs_fastest_dense"] == round(11.5 / 7.0, 3)
+    assert s["fastest_dense_decode_eager_b1"] == "dense_sdpa"
+    assert s["l2a_decode_eager_b1_speedup_vs_fastest_dense"] == round(36.0 / 60.0, 3)
+    assert s["l2a_decode_graph_b1_speedup_vs_fastest_dense"] == round(12.0 / 8.0, 3)
+
+
+def test_bad_decode_arguments_exit_2(tmp_path, capsys):
+    assert main(["--tiny", "--decode-modes", "compiled", "--out", str(tmp_path / "x.json")]) == 2
+    assert "--decode-modes" in capsys.readouterr().err
+    assert main(["--tiny", "--batches", "0", "--out", str(tmp_path / "x.json")]) == 2
+    assert "--batches" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()

@@ -10,10 +10,10 @@ without recompiling.
 from __future__ import annotations
 
 import functools
-import warnings
 
 import torch
 
+from ..fallbacks import has_fallen_back, record_fallback
 from ..flex_mask import query_block_mask
 from ..utils import allow_recompiles, derived, doc_start_positions
 
@@ -68,22 +68,19 @@ def routed_query_attention_flex(q_c, k, v, slots, valid, doc_ids, scale: float, 
     return o[:, :, :R] * valid[:, None, :, None].to(o.dtype)
 
 
-_FLASH_FAILED: list[str] = []
+FLEX_OP = "token_sparse.flex"
 
 
 def _flex(q, k, v, mask, scale, flash: bool):
-    """FlexAttention, FLASH backend if asked; if that backend fails to compile, one warning
-    and FlexAttention's default (Triton) backend from then on, instead of a crashed run."""
+    """FlexAttention, FLASH backend if asked. If that backend fails to compile, the run goes
+    on with FlexAttention's default (Triton) backend from then on, and the fallback is
+    recorded (kernels/fallbacks.py: benchmarks report it, GPU tests fail on it;
+    ``L2A_STRICT_BACKENDS=1`` raises instead)."""
     gqa = q.shape[1] != k.shape[1]
     fn = _compiled_flex(q.is_cuda)
-    if flash and not _FLASH_FAILED:
+    if flash and not has_fallen_back(FLEX_OP, "FLASH"):
         try:
             return fn(q, k, v, mask, scale, gqa, {"BACKEND": "FLASH"})
         except Exception as exc:  # noqa: BLE001  (InductorError, or a CuTe DSL error)
-            _FLASH_FAILED.append(f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
-            warnings.warn(
-                "FlexAttention's FLASH backend failed, using its default backend for the "
-                f"token-sparse branch from now on: {_FLASH_FAILED[0]}",
-                stacklevel=3,
-            )
+            record_fallback(FLEX_OP, "FLASH", "TRITON", exc)
     return fn(q, k, v, mask, scale, gqa, None)

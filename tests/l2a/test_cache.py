@@ -254,11 +254,13 @@ def test_qwen3_8b_cache_against_the_base_model():
     assert half == pytest.approx(0.5 + 4094 / 131072)  # 0.531
 
 
-def test_static_cache_implementation_is_refused(base_model):
+def test_quantized_cache_implementation_is_refused(base_model):
+    """transformers' own caches have one slot per decoder layer ("static" builds the L2A
+    static cache: tests/l2a/test_static_cache.py)."""
     model = _model(base_model)
     prompt = torch.randint(1, base_model.config.vocab_size, (1, 5))
-    with pytest.raises(ValueError, match="L2A models generate with their own cache"):
-        model.generate(prompt, max_new_tokens=2, cache_implementation="static")
+    with pytest.raises(ValueError, match="L2A models generate with their own caches"):
+        model.generate(prompt, max_new_tokens=2, cache_implementation="quantized")
 
 
 def test_generate_with_prefill_chunks(base_model):
