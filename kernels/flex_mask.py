@@ -16,7 +16,10 @@ import functools
 
 import torch
 
+from .fallbacks import has_fallen_back, record_fallback
 from .utils import allow_recompiles
+
+MASK_OP = "flex_mask.block_bounds"
 
 BLOCK = 128
 
@@ -98,10 +101,16 @@ def query_block_mask(
     Q, T = q_pos.shape[1], starts.shape[1]
     win = T if window is None else window  # block bounds: plain ints, outside the mask_mod
     if compiled is None:
-        compiled = starts.is_cuda
-    build = _compiled_block_tensors() if compiled else _block_tensors
-    (kv_num, kv_idx, full_num, full_idx, q_num, q_idx, full_q_num, full_q_idx, pos,
-     doc) = build(q_pos, starts, win, block)
+        compiled = starts.is_cuda and not has_fallen_back(MASK_OP, "compiled")
+    tensors = None
+    if compiled:
+        try:
+            tensors = _compiled_block_tensors()(q_pos, starts, win, block)
+        except Exception as exc:  # noqa: BLE001  (a compile failure: recorded, not silent)
+            record_fallback(MASK_OP, "compiled", "eager", exc)
+    if tensors is None:
+        tensors = _block_tensors(q_pos, starts, win, block)
+    kv_num, kv_idx, full_num, full_idx, q_num, q_idx, full_q_num, full_q_idx, pos, doc = tensors
 
     if window is None:
 

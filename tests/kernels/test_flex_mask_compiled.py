@@ -74,3 +74,23 @@ def test_compiled_block_bounds_equal_the_eager_ones_for_every_routed_count():
             e = eager.mask_mod(b[:, None], 0, qi[:, None], ki[None, :])
             c = comp.mask_mod(b[:, None], 0, qi[:, None], ki[None, :])
             assert torch.equal(e, c)
+
+
+def test_a_failing_compile_is_recorded_and_the_eager_bounds_used(monkeypatch):
+    import kernels.flex_mask as fm
+    from kernels.fallbacks import clear_fallbacks, fallbacks
+
+    def broken():
+        def call(*args):
+            raise RuntimeError("inductor says no")
+        return call
+
+    clear_fallbacks()
+    monkeypatch.setattr(fm, "_compiled_block_tensors", broken)
+    q_pos, starts = _case(1, 300, 2, 0.3, 5)
+    with pytest.warns(UserWarning, match="inductor says no"):
+        got = query_block_mask(q_pos, starts, None, block=64, compiled=True)
+    want = query_block_mask(q_pos, starts, None, block=64, compiled=False)
+    assert torch.equal(got.kv_indices, want.kv_indices)
+    assert [f["op"] for f in fallbacks()] == [fm.MASK_OP]
+    clear_fallbacks()
