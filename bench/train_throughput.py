@@ -668,6 +668,9 @@ def _write_report(args, results: dict, final: bool) -> None:
         )
     if final and results:
         report["layer_op_counts"] = _layer_op_counts(results)
+    from kernels.fallbacks import fallbacks
+
+    report["fallbacks"] = fallbacks()  # a backend that failed and was replaced: not the numbers asked for
     report["speedups"] = speedups(results)
     report["routed_speedups"] = speedups(results, "tokens_per_s_per_gpu_routed")
     # Dense-path steps counted at their rate: the speed-up of a long run.
