@@ -677,12 +677,12 @@ def main(argv: list[str] | None = None) -> int:
         calibrate_routers(model, args.routed, args.calib_len, device)
 
         def l2a_options(mode: str) -> dict:
-            model.config.l2a_routed_projections = mode != "full"
-            model.config.l2a_fused_elementwise = mode == "routed_fused"
+            model.l2a_runtime.routed_projections = mode != "full"
+            model.l2a_runtime.fused_elementwise = mode == "routed_fused"
             return {
-                "routed_projections": model.config.l2a_routed_projections,
-                "fused_elementwise": model.config.l2a_fused_elementwise,
-                "attn_backend": model.config.l2a_attn_backend,
+                "routed_projections": model.l2a_runtime.routed_projections,
+                "fused_elementwise": model.l2a_runtime.fused_elementwise,
+                "attn_backend": model.l2a_runtime.attn_backend,
             }
 
         if "l2a" in args.variants:

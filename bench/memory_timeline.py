@@ -78,7 +78,7 @@ def _model(variant: str, layers: int):
     base = random_qwen3(qwen3_config(shape, max_position_embeddings=TOKENS), seed=0)
     model = convert_model(base, init="paper", window=64) if variant == "l2a" else base
     if variant == "l2a":
-        model.config.l2a_attn_backend = "triton"
+        model.l2a_runtime.attn_backend = "triton"
         model.config.l2a_router_threshold = 0.6  # no token routed, as in the long probes
     model.to(torch.bfloat16).train()
     mark_trainable(model)

@@ -60,6 +60,7 @@ import contextlib
 import gc
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -327,6 +328,8 @@ def run_variant(args, variant: str, seq_len: int) -> dict:
     run_dir = Path(args.work_dir) / f"{variant}-{seq_len}"
     cfg, overrides = _config(args, variant, seq_len)
     rank = int(os.environ.get("RANK", "0"))
+    if rank == 0:  # a fresh run each time (train.resume=never refuses a directory in use)
+        shutil.rmtree(run_dir, ignore_errors=True)
     loader = synthetic_loader(cfg, seq_len, rank, args.sequence_parallel, args.docs_per_row)
     cuda = torch.cuda.is_available()  # else --cpu-smoke: no memory figures
     if cuda:

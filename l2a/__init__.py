@@ -19,6 +19,7 @@ from .modeling import (
     L2AQwen3ForCausalLM,
     L2AQwen3Model,
 )
+from .runtime import L2ARuntime, set_runtime
 from .trainable import mark_trainable, trainable_parameter_names
 
 for _config, _model, _lm in (
@@ -40,8 +41,10 @@ __all__ = [
     "L2AQwen3Config",
     "L2AQwen3ForCausalLM",
     "L2AQwen3Model",
+    "L2ARuntime",
     "layer_sparsity",
     "mark_trainable",
     "router_regulariser",
+    "set_runtime",
     "trainable_parameter_names",
 ]

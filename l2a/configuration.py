@@ -2,18 +2,24 @@
 
 Every L2A field is prefixed ``l2a_`` so that a converted checkpoint's ``config.json`` keeps
 the base model's fields untouched and readable by anyone who knows the base config.
+
+The config holds what the weights mean (the model's identity), never how a forward is run:
+backends and other runtime switches are ``model.l2a_runtime`` (l2a/runtime.py).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
 from huggingface_hub.dataclasses import strict
 from transformers import Qwen2Config, Qwen3Config
 
+from .runtime import L2A_ATTN_BACKENDS, LEGACY_RUNTIME_KEYS  # noqa: F401  (re-exported)
+
 L2A_INIT_MODES = ("paper", "identity")
-L2A_ATTN_BACKENDS = ("auto", "torch", "triton", "flex", "fa4")
+logger = logging.getLogger(__name__)
 
 
 def _validate_l2a_fields(cfg) -> None:
@@ -24,17 +30,8 @@ def _validate_l2a_fields(cfg) -> None:
         raise ValueError(f"l2a_router_tau: must be > 0, got {cfg.l2a_router_tau}")
     if not 0.0 < cfg.l2a_router_threshold < 1.0:
         raise ValueError(f"l2a_router_threshold: must be in (0, 1), got {cfg.l2a_router_threshold}")
-    if not 0.0 <= cfg.l2a_dense_prob <= 1.0:
-        raise ValueError(f"l2a_dense_prob: must be in [0, 1], got {cfg.l2a_dense_prob}")
     if cfg.l2a_init not in L2A_INIT_MODES:
         raise ValueError(f"l2a_init: must be one of {L2A_INIT_MODES}, got {cfg.l2a_init!r}")
-    if cfg.l2a_attn_backend not in L2A_ATTN_BACKENDS:
-        raise ValueError(
-            f"l2a_attn_backend: must be one of {L2A_ATTN_BACKENDS}, got {cfg.l2a_attn_backend!r}"
-        )
-    for name in ("l2a_routed_projections", "l2a_fused_elementwise"):
-        if not isinstance(getattr(cfg, name), bool):
-            raise ValueError(f"{name}: must be true or false, got {getattr(cfg, name)!r}")
     if cfg.l2a_layers is not None:
         bad = [i for i in cfg.l2a_layers if not 0 <= i < cfg.num_hidden_layers]
         if bad:
@@ -57,24 +54,33 @@ class L2AConfigMixin:
     l2a_window: int = 4095
     l2a_router_tau: float = 0.1
     l2a_router_threshold: float = 0.5
-    l2a_dense_prob: float = 0.1
     l2a_layers: list[int] | None = None
     # L2A layers that keep a global branch (router, global projections, global KV cache);
     # the other L2A layers are local-only (pruned, `python -m l2a.prune`). None: all of them.
     l2a_global_layers: list[int] | None = None
     l2a_init: str = "paper"
-    l2a_attn_backend: str = "auto"
-    # Global branch: q_proj / QK-norm / RoPE / o_proj for routed tokens only (same result;
-    # off under sequence parallelism, where the routed count differs per rank).
-    l2a_routed_projections: bool = False
-    # The elementwise work around the branches (residual add + norm, router, QK-norm +
-    # RoPE, gated add) in torch.compile'd regions (l2a/fused.py).
-    l2a_fused_elementwise: bool = False
 
     def __post_init__(self, **kwargs):
+        # A config written before runtime switches left it: they are dropped (the model
+        # runs with the runtime defaults, whatever it was trained with), with a note.
+        legacy = {k: kwargs.pop(k) for k in LEGACY_RUNTIME_KEYS if k in kwargs}
+        if legacy:
+            logger.warning("l2a: ignoring runtime settings saved in an older config (%s); set "
+                        "them on the loaded model as model.l2a_runtime (l2a/runtime.py)",
+                        ", ".join(f"{k}={v!r}" for k, v in legacy.items()))
         # Runs the family config's own __post_init__ (next in the MRO) first.
         super().__post_init__(**kwargs)
         _validate_l2a_fields(self)
+
+    def __setattr__(self, name, value):
+        # Written into config.json it would become part of every checkpoint and export.
+        if name in LEGACY_RUNTIME_KEYS:
+            raise AttributeError(
+                f"{name} is a runtime option, not part of the model config: set "
+                f"model.l2a_runtime.{name[len('l2a_'):]} (l2a/runtime.py)"
+                if name != "l2a_dense_prob" else
+                "l2a_dense_prob is a training setting (l2a.dense_prob), not part of the model config")
+        super().__setattr__(name, value)
 
     def is_l2a_layer(self, layer_idx: int) -> bool:
         """The layer has the L2A block (local branch, and a global branch unless pruned);

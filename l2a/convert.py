@@ -12,6 +12,7 @@ converted model's logits equal the base model's before training.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import sys
@@ -22,6 +23,7 @@ from torch import nn
 
 from .configuration import L2A_INIT_MODES, L2AQwen2Config, L2AQwen3Config
 from .modeling import L2AQwen2ForCausalLM, L2AQwen3ForCausalLM
+from .runtime import LEGACY_RUNTIME_KEYS
 
 # base model_type -> (L2A config, L2A causal LM)
 SUPPORTED = {
@@ -56,6 +58,7 @@ def l2a_config_from_base(base_config, **l2a_fields):
     if max_pos is not None:
         values["max_position_embeddings"] = int(max_pos)
     values.update({k: v for k, v in l2a_fields.items() if v is not None})
+    _check_attention_shape(values)
     window, context = values.get("l2a_window"), values.get("max_position_embeddings")
     if window is not None and context is not None and int(window) > int(context):
         # A window past the context is full attention under another name: a typo, surely.
@@ -66,10 +69,31 @@ def l2a_config_from_base(base_config, **l2a_fields):
     return config_cls(**values)
 
 
+def _check_attention_shape(values: dict) -> None:
+    """What no L2A model can run with (NaN logits, an empty context, heads that do not
+    group): refused here with the name of the config value, not as a weight mismatch or a
+    NaN loss later."""
+    theta = (values.get("rope_parameters") or {}).get("rope_theta", values.get("rope_theta"))
+    if theta is not None and not (isinstance(theta, (int, float)) and math.isfinite(theta)
+                                  and theta > 0):
+        raise ConversionError(f"rope_theta: must be a positive number, got {theta!r}")
+    max_pos = values.get("max_position_embeddings")
+    if max_pos is not None and not (isinstance(max_pos, int) and max_pos > 0):
+        raise ConversionError(f"max_position_embeddings: must be a positive integer, got {max_pos!r}")
+    heads, kv = values.get("num_attention_heads"), values.get("num_key_value_heads")
+    if isinstance(heads, int) and isinstance(kv, int) and (kv <= 0 or heads % kv):
+        raise ConversionError(f"num_key_value_heads: must divide num_attention_heads ({heads}), "
+                              f"got {kv}")
+
+
 def _l2a_config(base_config, init: str, l2a_fields: dict):
     """The L2A config of a conversion (every setting validated: one-line errors)."""
     if init not in L2A_INIT_MODES:
         raise ConversionError(f"--init: must be one of {L2A_INIT_MODES}, got {init!r}")
+    runtime = sorted(k for k in l2a_fields if f"l2a_{k}" in LEGACY_RUNTIME_KEYS)
+    if runtime:  # a caller's mistake, not the user's: a runtime switch shapes no weight
+        raise TypeError(f"convert_model: {runtime[0]} is not a conversion setting; set "
+                        f"model.l2a_runtime (l2a/runtime.py) on the converted model")
     fields = {
         (k if k in ("rope_theta", "max_position_embeddings") else f"l2a_{k}"): v
         for k, v in l2a_fields.items()
@@ -81,12 +105,18 @@ def _l2a_config(base_config, init: str, l2a_fields: dict):
         raise ConversionError(str(err)) from err
 
 
+def conversion_config(base_config, init: str = "paper", **l2a_fields):
+    """The config `convert_model` gives a base of this config (no weights needed)."""
+    return _l2a_config(base_config, init, l2a_fields)
+
+
 @torch.no_grad()
 def convert_model(base_model: nn.Module, init: str = "paper", **l2a_fields) -> nn.Module:
     """Build the L2A model of a loaded dense Qwen causal LM (same dtype and device).
 
-    ``l2a_fields``: ``window``, ``router_tau``, ``router_threshold``, ``dense_prob``, ``layers``,
-    ``attn_backend`` (stored as ``l2a_<name>``), and ``rope_theta``, ``max_position_embeddings``.
+    ``l2a_fields``: ``window``, ``router_tau``, ``router_threshold``, ``layers`` (stored as
+    ``l2a_<name>``), and ``rope_theta``, ``max_position_embeddings``. Runtime options (backend,
+    routed projections, ...) are set on the result: ``model.l2a_runtime``.
     """
     config = _l2a_config(base_model.config, init, l2a_fields)
     model_cls = SUPPORTED[base_model.config.model_type][1]
@@ -160,20 +190,41 @@ def read_base_config(base: str):
     return base_config
 
 
+# A tokenizer is one of these (tokenizer_config.json alone only configures one).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tiktoken.model")
+
+
+def load_tokenizer(base: str):
+    """The tokenizer of a base (hub id or local dir), or None where it has none. A local
+    directory without tokenizer files has none (transformers would make up a tokenizer of
+    one token from its config alone)."""
+    from transformers import AutoTokenizer
+
+    local = Path(base).expanduser()
+    if local.is_dir() and not any((local / name).is_file() for name in TOKENIZER_FILES):
+        return None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(base)
+    except Exception:
+        return None
+    return tokenizer if len(tokenizer) > 1 else None
+
+
+def missing_tokenizer(base: str) -> ConversionError:
+    return ConversionError(f"{base}: no tokenizer (none of {', '.join(TOKENIZER_FILES)}); copy "
+                           f"the base model's tokenizer files into it")
+
+
 def load_base(base: str, dtype: torch.dtype | None = None):
     """Load a dense base causal LM (hub id or local dir) and its tokenizer (None if absent)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     read_base_config(base)
     try:
         model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype or "auto")
     except Exception as err:  # safetensors / torch raise a zoo of types for bad files
         raise ConversionError(f"cannot load the weights of base model {base!r}: {_first_line(err)}") from err
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(base)
-    except Exception:
-        tokenizer = None  # a weights-only directory: conversion does not need one
-    return model, tokenizer
+    return model, load_tokenizer(base)
 
 
 def _looks_like_path(base: str) -> bool:
@@ -196,9 +247,11 @@ def check_output_dir(out: Path, overwrite: bool) -> None:
         raise ConversionError(f"{out}: output directory exists and is not empty (pass --overwrite)")
 
 
-def save_atomically(model, tokenizer, out: str | os.PathLike, overwrite: bool = False) -> Path:
+def save_atomically(model, tokenizer, out: str | os.PathLike, overwrite: bool = False,
+                    extra: dict[str, str] | None = None) -> Path:
     """Write to a temporary sibling directory, then rename: a failure leaves nothing behind.
-    The result follows the user's umask (a shared cluster's teammates can read it)."""
+    The result follows the user's umask (a shared cluster's teammates can read it).
+    `extra`: more files (name -> text) written beside the model."""
     from l2a.files import follow_umask, make_temp_dir
 
     out = Path(out)
@@ -209,6 +262,8 @@ def save_atomically(model, tokenizer, out: str | os.PathLike, overwrite: bool = 
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        for name, text in (extra or {}).items():
+            (tmp / name).write_text(text)
         follow_umask(tmp)
         if out.exists():
             shutil.rmtree(out)
@@ -223,6 +278,8 @@ def convert(base: str, out: str, init: str = "paper", overwrite: bool = False, d
     # Settings and paths first: the load of a large base takes minutes.
     check_output_dir(Path(out), overwrite)
     _l2a_config(read_base_config(base), init, dict(fields))
+    if load_tokenizer(base) is None:  # a model nobody can feed text to
+        raise missing_tokenizer(base)
     model, tokenizer = load_base(base, dtype)
     l2a_model = convert_model(model, init=init, **fields)
     return save_atomically(l2a_model, tokenizer, out, overwrite=overwrite)
@@ -266,8 +323,13 @@ def main(argv: list[str] | None = None) -> int:
         )
     except ConversionError as err:
         text = str(err)
-        if text.startswith("window:"):  # name the flag that sets it
-            text = "--" + text
+        field = text.split(":", 1)[0]
+        flags = {"window": args.window, "rope_theta": args.rope_theta,
+                 "max_position_embeddings": args.max_position_embeddings}
+        if field in flags and (field == "window" or flags[field] is not None):
+            text = "--" + text.replace("_", "-", field.count("_"))  # name the flag that set it
+        elif field in ("rope_theta", "max_position_embeddings", "num_key_value_heads"):
+            text = f"{args.base}: config.json: {text}"  # the base's own value
         print(f"l2a.convert: error: {text}", file=sys.stderr)
         return 2
     print(f"l2a.convert: wrote {path}")

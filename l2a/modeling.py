@@ -3,6 +3,10 @@
 The router statistics (soft probabilities and hard decisions of every L2A layer) travel in
 the model outputs, so the trainer computes the sparsity loss and metrics from what the
 forward returned: the model keeps no per-step state of its own.
+
+How a forward runs (attention backend, routed-only projections, compiled elementwise work)
+is ``model.l2a_runtime`` (l2a/runtime.py), shared by the causal LM and its decoder stack and
+never saved with the model.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from .cache import L2ACache
 from .static_cache import L2AStaticCache
 from .configuration import L2AQwen2Config, L2AQwen3Config
 from .layers import QWEN2, QWEN3, AttentionContext, Family, L2AAttention, L2ADecoderLayer
+from .runtime import L2ARuntime
 
 
 @dataclass
@@ -44,7 +49,7 @@ class L2APreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["L2ADecoderLayer"]
     _skip_keys_device_placement = ["past_key_values"]
-    # Attention is chosen by ``l2a_attn_backend``, not by ``attn_implementation``.
+    # Attention is chosen by ``l2a_runtime.attn_backend``, not by ``attn_implementation``.
     _supports_sdpa = True
     _supports_attention_backend = False
     family: Family
@@ -67,6 +72,7 @@ class _L2AModelBase(L2APreTrainedModel):
         self.norm = self.family.rmsnorm(config.hidden_size, eps=config.rms_norm_eps)
         self.rotary_emb = self.family.rotary(config=config)
         self.gradient_checkpointing = False
+        self.l2a_runtime = L2ARuntime()
         self.post_init()
 
     def get_input_embeddings(self):
@@ -113,13 +119,13 @@ class _L2AModelBase(L2APreTrainedModel):
                 position_ids = cache_position[None, :].expand(bsz, -1)
             else:
                 position_ids = torch.arange(past, past + seq, device=device).unsqueeze(0).expand(bsz, -1)
+        run = self.l2a_runtime
         ctx = AttentionContext(
-            backend=self.config.l2a_attn_backend,
+            backend=run.attn_backend,
             cache=past_key_values,
-            routed_projections=getattr(self.config, "l2a_routed_projections", False),
+            routed_projections=run.routed_projections,
             # With a cache: prefills only (a decoding step's few rows gain nothing from it).
-            fused=bool(getattr(self.config, "l2a_fused_elementwise", False))
-            and (past_key_values is None or seq > DECODE_MAX_QUERIES),
+            fused=run.fused_elementwise and (past_key_values is None or seq > DECODE_MAX_QUERIES),
         )
         if step:
             # Fixed shapes, device work only: CUDA graphs capture this (l2a/decode_graph.py).
@@ -193,6 +199,17 @@ class _L2AForCausalLMBase(L2APreTrainedModel, GenerationMixin):
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
+
+    @property
+    def l2a_runtime(self) -> L2ARuntime:
+        """The decoder stack's runtime options (one object: setting it here sets it there)."""
+        return self.model.l2a_runtime
+
+    @l2a_runtime.setter
+    def l2a_runtime(self, value: L2ARuntime) -> None:
+        if not isinstance(value, L2ARuntime):
+            raise TypeError(f"l2a_runtime: expected an l2a.runtime.L2ARuntime, got {type(value).__name__}")
+        self.model.l2a_runtime = value
 
     def get_input_embeddings(self):
         return self.model.embed_tokens

@@ -92,7 +92,7 @@ def test_a_variant_that_fails_its_warm_up_is_recorded(tmp_path, monkeypatch):
     real = bench.measure
 
     def failing(model, *args, **kwargs):
-        if model.config.l2a_fused_elementwise:
+        if model.l2a_runtime.fused_elementwise:
             raise RuntimeError("compile failed\nsecond line")
         return real(model, *args, **kwargs)
 

@@ -142,7 +142,11 @@ def test_l2a_option_reaches_the_converted_model(option, tmp_path):
     assert type(model).__name__ == "L2AQwen3ForCausalLM"
     assert cfg.l2a_init == values["init"] and cfg.l2a_router_tau == values["router_tau"]
     assert cfg.l2a_window == 32  # the tiny experiment's window, applied on top of the option
-    assert cfg.l2a_dense_prob == 0.1 and cfg.l2a_attn_backend == values["attn_backend"]
+    from train.build_model import runtime_options
+
+    # Runtime policy reaches the model beside its config, never in it.
+    assert run.l2a.dense_prob == 0.1 and runtime_options(run).attn_backend == values["attn_backend"]
+    assert not any(k in cfg.to_dict() for k in ("l2a_dense_prob", "l2a_attn_backend"))
 
 
 def test_qwen3_128k_matches_the_reference_recipe():

@@ -529,6 +529,9 @@ def from_hydra(cfg: DictConfig, overrides: list[str] | None = None) -> RunConfig
         msg = str(e).splitlines()[0]
         raise ConfigError(f"{key}: {msg}") from None
     _explicit_base_wins(raw, overrides or [])
+    from train.l2a_base import adopt_l2a_base
+
+    adopt_l2a_base(raw, overrides or [], _fail)  # model.base=<an L2A model>: its settings
     return from_container(raw)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from torch.optim.lr_scheduler import LambdaLR
+
 
 @dataclass(frozen=True)
 class WarmupDecay:
@@ -33,13 +35,30 @@ class WarmupDecay:
         return self.min_ratio + (1.0 - self.min_ratio) * decay
 
 
+class ConfigSchedule(LambdaLR):
+    """A LambdaLR whose schedule is always the run's config: a checkpoint restores its
+    position (the step) only, not the schedule nor the base LR it was saved with.
+
+    The policy for a run extended on resume (`train.resume=<run> train.max_steps=<more>`):
+    the LR at step k is what a fresh run of the new length has at step k (warm-up and
+    decay over the new `train.max_steps`), as the sparsity schedule is (train/sparsity.py
+    does not restore its schedule either). LambdaLR itself would restore the saved
+    WarmupDecay's fields, i.e. the old length, and leave the LR at its floor."""
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        skip = ("lr_lambdas", "base_lrs", "_last_lr")
+        self.__dict__.update({k: v for k, v in state_dict.items() if k not in skip})
+        lrs = [base * fn(self.last_epoch) for fn, base in zip(self.lr_lambdas, self.base_lrs)]
+        for group, lr in zip(self.optimizer.param_groups, lrs):
+            group["lr"] = lr  # the optimizer's state came back with the saved LR
+        self._last_lr = lrs
+
+
 def lr_scheduler_factory(warmup: int, total: int, kind: str, min_ratio: float):
     """A callable DeepSpeed accepts as `lr_scheduler`: optimizer -> scheduler."""
-    import torch
-
     fn = WarmupDecay(warmup, total, kind, min_ratio)
 
     def make(optimizer):
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
+        return ConfigSchedule(optimizer, fn)
 
     return make

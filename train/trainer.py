@@ -36,7 +36,6 @@ from train.checkpoint import (
     check_resume_step,
     fault_point,
     hold_point,
-    latest_complete,
     load_checkpoint,
     resolve_resume,
     save_checkpoint,
@@ -140,8 +139,46 @@ class Trainer:
         self.loader = loader
         self.overrides = list(overrides or [])
         self.dist: DistInfo = init_distributed(cfg.train.dist_backend, cfg.train.dist_timeout_minutes)
-        # Every rank writes into rank 0's run directory.
+        # Every rank writes into rank 0's run directory, which this run owns (train/run_dir.py).
         self.run_dir = Path(broadcast_object(str(Path(run_dir).resolve())))
+        self._lock = self._own_run_dir()
+        try:
+            self._build_all()
+        except BaseException:
+            self._release_lock()  # an in-process caller (a sweep) may run the next job here
+            raise
+
+    def _own_run_dir(self):
+        """Rank 0 locks the run directory, refuses a new run over an old one and removes
+        what an interrupted save or export left; every rank raises the same one-line error."""
+        from train.run_dir import RunDirError, RunDirLock, check_new_run, remove_leftovers
+
+        lock, error = None, None
+        if self.dist.is_main:
+            try:
+                lock = RunDirLock(self.run_dir).acquire()
+                check_new_run(self.cfg.train.resume, self.run_dir)
+                removed = remove_leftovers(self.run_dir)
+                if removed:
+                    print(f"removed {len(removed)} temporary file(s) of an interrupted save or "
+                          f"export: {', '.join(p.name for p in removed)}", flush=True)
+            except (RunDirError, OSError) as e:
+                error = str(e) if isinstance(e, RunDirError) else f"{self.run_dir}: {e}"
+                if lock is not None:
+                    lock.release()
+                    lock = None
+        error = broadcast_object(error)
+        if error is not None:
+            raise RunDirError(error)
+        return lock
+
+    def _release_lock(self) -> None:
+        if getattr(self, "_lock", None) is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _build_all(self) -> None:
+        cfg = self.cfg
         self.precision = resolve_precision(cfg.train.precision, self.dist.device)
         # Sequence parallelism: groups of `sp` consecutive ranks share one row (slices of
         # it); data parallelism is over the groups. Checked before anything is built.
@@ -175,6 +212,10 @@ class Trainer:
         if self.resume_universal:
             self.ds_config["checkpoint"] = {"load_universal": True}
         self.step = 0  # completed optimizer steps
+        # What this run wrote: the export and the summary come from these, never from
+        # whatever else the directory holds.
+        self.last_checkpoint: Path | None = None
+        self.last_metrics: dict | None = None
         self.tokens_seen = 0
         self.consecutive_skips = 0
         self.train_time = 0.0
@@ -339,9 +380,10 @@ class Trainer:
         meta = {"name": self.cfg.name, "precision": self.precision,
                 "deepspeed_stage": self.cfg.deepspeed.stage, "sequence_parallel": self.sp,
                 "overrides": self.overrides}
-        return save_checkpoint(self.engine, self.run_dir, self.step, self.state_dict(), meta,
-                               self.model_config, self.tokenizer, self.dist,
-                               self.cfg.train.keep_checkpoints)
+        self.last_checkpoint = save_checkpoint(
+            self.engine, self.run_dir, self.step, self.state_dict(), meta, self.model_config,
+            self.tokenizer, self.dist, self.cfg.train.keep_checkpoints)
+        return self.last_checkpoint
 
     def maybe_resume(self) -> Path | None:
         path = self.resume_from
@@ -533,6 +575,7 @@ class Trainer:
                 if self.evaluator is not None:
                     metrics.update(self.evaluator(self.step))
                 logger.log(metrics)
+                self.last_metrics = metrics
                 fault_point("kill_after_step", self.step)
                 if resumed is None:  # test hook: wait for the preemption signal here
                     hold_point("wait_signal_after_step", self.step,
@@ -575,15 +618,17 @@ class Trainer:
             if self.dist.is_main:
                 from train.export import export_checkpoint
 
-                ckpt = latest_complete(self.run_dir) or self.resume_from
+                ckpt = self._own_checkpoint()
                 export_dir = str(export_checkpoint(ckpt,
                                                    self.run_dir / "export", cfg.train.export_dtype,
                                                    overwrite=True))
             barrier()
         summary = {}
         if self.dist.is_main:
-            rows = read_metrics(self.run_dir)
-            last = rows[-1] if rows else {}
+            last = self.last_metrics
+            if last is None:  # resumed at train.max_steps: the resumed checkpoint's step
+                rows = [r for r in read_metrics(self.run_dir) if r.get("step") == self.step]
+                last = rows[-1] if rows else {}
             layers = sorted((k for k in last if k.startswith("sparsity/layer_")),
                             key=lambda k: int(k.rsplit("_", 1)[1]))
             summary = {
@@ -600,7 +645,7 @@ class Trainer:
                 "tokens": self.tokens_seen,
                 "world_size": self.dist.world_size,
                 "export_dir": export_dir,
-                "checkpoint": str(latest_complete(self.run_dir) or "") or None,
+                "checkpoint": str(self._own_checkpoint() or "") or None,
             }
             png = logger.close(plot=cfg.train.plot, summary=summary)
             summary["sparsity_plot"] = str(png) if png else None
@@ -610,6 +655,11 @@ class Trainer:
         else:
             logger.close()
         return summary
+
+    def _own_checkpoint(self) -> Path | None:
+        """The checkpoint of this run's last step: the one it saved, or (nothing trained)
+        the one it resumed from."""
+        return self.last_checkpoint or self.resume_from
 
     @staticmethod
     def _print_summary(s: dict) -> None:
@@ -634,6 +684,7 @@ class Trainer:
         del self.engine, self.optimizer, self.module
         self._release_zero3_loading()
         self._release_groups()
+        self._release_lock()
 
     def _release_zero3_loading(self) -> None:
         if self._zero3_loading is not None:
@@ -658,6 +709,7 @@ def run(cfg: RunConfig, run_dir: str | os.PathLike, overrides: list[str] | None 
     (exit code 2; a non-finite loss: 1), also appended to `errors`. Rank 0 copies what it
     prints to `<run dir>/train.log`."""
     from train.data import DataError
+    from train.run_dir import RunDirError
     from train.run_log import copy_output_to_run_log
 
     trainer = None
@@ -665,7 +717,7 @@ def run(cfg: RunConfig, run_dir: str | os.PathLike, overrides: list[str] | None 
         try:
             trainer = Trainer(cfg, run_dir, overrides)
             return trainer.fit()
-        except (ConfigError, CheckpointError, NonFiniteError, DataError) as e:
+        except (ConfigError, CheckpointError, NonFiniteError, DataError, RunDirError) as e:
             print(f"error: {e}", file=sys.stderr, flush=True)
             if errors is not None:
                 errors.append(str(e))

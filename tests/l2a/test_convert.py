@@ -17,10 +17,21 @@ from l2a.convert import main
 REPO = Path(__file__).resolve().parents[2]
 
 
+def save_tokenizer(path: Path) -> None:
+    """A word-level tokenizer of a few tokens: what a base directory needs beside its weights."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[UNK]": 0, "a": 1, "b": 2}
+    PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="[UNK]")),
+                            unk_token="[UNK]").save_pretrained(path)
+
+
 @pytest.fixture
 def base_dir(base_model, tmp_path):
     path = tmp_path / "base"
     base_model.save_pretrained(path)
+    save_tokenizer(path)
     return path
 
 
@@ -122,3 +133,40 @@ def test_conversion_keeps_tied_embeddings_tied(make_base, family, tied, tmp_path
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "l2a")
     assert (loaded.lm_head.weight is loaded.model.embed_tokens.weight) == tied
     assert torch.equal(loaded.lm_head.weight, base.lm_head.weight)
+
+
+def _edit_config(base_dir: Path, **values) -> None:
+    path = base_dir / "config.json"
+    config = json.loads(path.read_text())
+    for key, value in values.items():
+        if key == "rope_theta":
+            config.setdefault("rope_parameters", {"rope_type": "default"})["rope_theta"] = value
+        else:
+            config[key] = value
+    path.write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("family", ["qwen3"])
+@pytest.mark.parametrize("case, expect", [
+    (["--rope-theta=-5e6"], "--rope-theta: must be a positive number, got -5000000.0"),
+    (["--rope-theta", "0"], "--rope-theta: must be a positive number, got 0.0"),
+    (["--max-position-embeddings", "0"], "--max-position-embeddings: must be a positive integer, got 0"),
+    ({"rope_theta": -1.0}, "config.json: rope_theta: must be a positive number, got -1.0"),
+    ({"num_key_value_heads": 3}, "config.json: num_key_value_heads: must divide num_attention_heads (4), got 3"),
+    ("no_tokenizer", "no tokenizer (none of tokenizer.json"),
+])
+def test_refuses_what_cannot_work(base_dir, tmp_path, capsys, case, expect):
+    """NaN logits (theta <= 0), an empty context, heads that do not group, a model without a
+    tokenizer: one line naming the value, exit 2, nothing written."""
+    flags = case if isinstance(case, list) else []
+    if isinstance(case, dict):
+        _edit_config(base_dir, **case)
+    if case == "no_tokenizer":
+        for f in base_dir.iterdir():
+            if "token" in f.name:
+                f.unlink()
+    capsys.readouterr()
+    assert main(["--base", str(base_dir), "--out", str(tmp_path / "o"), *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expect in err[0], err
+    assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.tmp-*"))

@@ -32,8 +32,8 @@ def _batch(vocab):
 
 
 def _run(model, ids, pos, fused, routed=True, dense=False):
-    model.config.l2a_fused_elementwise = fused
-    model.config.l2a_routed_projections = routed
+    model.l2a_runtime.fused_elementwise = fused
+    model.l2a_runtime.routed_projections = routed
     return loss_outputs_grads(model, ids, pos, dense)
 
 
@@ -84,12 +84,12 @@ def test_router_from_first_principles(make_base, monkeypatch, fused):
     assert torch.equal(d, want >= threshold)
 
 
-def test_config_switch(make_base):
-    from l2a import L2AQwen3Config
+def test_runtime_switch():
+    from l2a import L2ARuntime
 
-    with pytest.raises(ValueError, match="l2a_fused_elementwise"):
-        L2AQwen3Config(l2a_fused_elementwise=1)
-    assert L2AQwen3Config().l2a_fused_elementwise is False
+    with pytest.raises(ValueError, match="fused_elementwise"):
+        L2ARuntime().fused_elementwise = 1
+    assert L2ARuntime().fused_elementwise is False
 
 
 @pytest.mark.gpu

@@ -62,13 +62,13 @@ def _model(make_base, layers):
         for i, layer in enumerate(model.model.layers):
             layer.self_attn.router.weight.normal_(0, 0.5)
             layer.self_attn.logit_threshold = 0.1 * i - 0.05  # one float per layer
-    model.config.l2a_routed_projections = True
+    model.l2a_runtime.routed_projections = True
     return model.eval()
 
 
 def _prefill(model, length, seed, fused=True):
     """One cached prefill: logits of its last token and routed tokens per layer."""
-    model.config.l2a_fused_elementwise = fused
+    model.l2a_runtime.fused_elementwise = fused
     ids = torch.randint(0, model.config.vocab_size, (1, length), generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         out = model(ids, past_key_values=L2ACache(model.config), use_cache=True, logits_to_keep=1)
@@ -109,8 +109,8 @@ def test_prefills_compile_each_region_once_with_inductor(make_base, compile_with
 
 def _train_model(make_base, routed):
     model = _model(make_base, layers=2)
-    model.config.l2a_routed_projections = routed
-    model.config.l2a_fused_elementwise = True
+    model.l2a_runtime.routed_projections = routed
+    model.l2a_runtime.fused_elementwise = True
     model.train().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
 
@@ -179,5 +179,5 @@ def test_gpu_bf16_training_steps_compile_each_region_once(make_base, compile_wit
     compile_with("inductor")
     counters.clear()
     model = _train_model(make_base, routed).to("cuda", torch.bfloat16)
-    model.config.l2a_attn_backend = "torch"
+    model.l2a_runtime.attn_backend = "torch"
     _check_training_compiles_once(model, routed, _inductor_compiles)

@@ -20,7 +20,8 @@ def _pair(tiny_base, family, dtype):
     base = tiny_base(family, **kw)
     models = {}
     for backend in ("torch", "auto"):
-        m = convert_model(base, init="paper", window=64, attn_backend=backend).to("cuda", dtype)
+        m = convert_model(base, init="paper", window=64).to("cuda", dtype)
+        m.l2a_runtime.attn_backend = backend
         torch.manual_seed(0)
         with torch.no_grad():
             for layer in m.model.layers:

@@ -32,11 +32,11 @@ def _model(make_base, family):
 
 def _uncached(model, ids, mask=None):
     """Logits and routes of the uncached forward with full projections (the reference)."""
-    model.config.l2a_routed_projections = False
+    model.l2a_runtime.routed_projections = False
     pos = None if mask is None else (mask.cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
         out = model(ids, attention_mask=mask, position_ids=pos, use_cache=False)
-    model.config.l2a_routed_projections = True
+    model.l2a_runtime.routed_projections = True
     return out.logits, out.routes
 
 
@@ -52,7 +52,7 @@ def _q_rows(model):
 
 def test_greedy_generation_equals_uncached_forward(make_base, family):
     model = _model(make_base, family)
-    model.config.l2a_routed_projections = True
+    model.l2a_runtime.routed_projections = True
     rows = _q_rows(model)
     prompt = torch.randint(1, model.config.vocab_size, (1, PROMPT))
     out = model.generate(
@@ -73,7 +73,7 @@ def test_greedy_generation_equals_uncached_forward(make_base, family):
 def test_chunked_prefill_equals_uncached_forward(make_base, chunk):
     """Chunks longer than a decoding step: compacted queries against the cached keys."""
     model = _model(make_base, "qwen3")
-    model.config.l2a_routed_projections = True
+    model.l2a_runtime.routed_projections = True
     ids = torch.randint(1, model.config.vocab_size, (2, 3 * DECODE_MAX_QUERIES + 7))
     rows = _q_rows(model)
     cache = L2ACache(model.config)
@@ -91,7 +91,7 @@ def test_chunked_prefill_equals_uncached_forward(make_base, chunk):
 
 def test_left_padded_prefill_equals_each_prompt_alone(make_base):
     model = _model(make_base, "qwen2")
-    model.config.l2a_routed_projections = True
+    model.l2a_runtime.routed_projections = True
     vocab = model.config.vocab_size
     short, long = torch.randint(1, vocab, (PROMPT - 9,)), torch.randint(1, vocab, (PROMPT,))
     ids, mask = left_padded(short, long)
@@ -106,7 +106,7 @@ def test_left_padded_prefill_equals_each_prompt_alone(make_base):
 def test_decoding_steps_keep_the_full_path(make_base):
     """A decoding step (<= DECODE_MAX_QUERIES tokens) projects its few rows in full."""
     model = _model(make_base, "qwen3")
-    model.config.l2a_routed_projections = True
+    model.l2a_runtime.routed_projections = True
     for layer in model.model.layers:  # every token routed: the global branch always runs
         layer.self_attn.logit_threshold = float("-inf")
     cache = L2ACache(model.config)
@@ -132,8 +132,8 @@ def test_fused_prefill_onto_the_cache(make_base, monkeypatch, routed):
     model = _model(make_base, "qwen3")
     ids = torch.randint(1, model.config.vocab_size, (1, PROMPT + 1))
     full, _ = _uncached(model, ids)
-    model.config.l2a_routed_projections = routed
-    model.config.l2a_fused_elementwise = True
+    model.l2a_runtime.routed_projections = routed
+    model.l2a_runtime.fused_elementwise = True
     cache = L2ACache(model.config)
     with torch.no_grad():
         prefill = model(ids[:, :PROMPT], past_key_values=cache).logits

@@ -43,7 +43,7 @@ def _packed_batch(vocab, seed=0):
 
 
 def _run(model, ids, pos, routed, dense=False):
-    model.config.l2a_routed_projections = routed
+    model.l2a_runtime.routed_projections = routed
     return loss_outputs_grads(model, ids, pos, dense)
 
 
@@ -84,7 +84,7 @@ def test_routed_path_projects_only_routed_rows(make_base, family):
             lambda m, i, o, name=name: seen.__setitem__(name, tuple(i[0].shape))
         )
     ids, pos = _packed_batch(model.config.vocab_size)
-    model.config.l2a_routed_projections = True
+    model.l2a_runtime.routed_projections = True
     with torch.no_grad():
         out = model(ids, position_ids=pos)
     R = int(out.routes[0].sum(dim=1).max())
@@ -120,13 +120,11 @@ def test_no_routed_token_and_all_routed(make_base):
         _assert_same(full, routed)
 
 
-def test_config_switch(make_base):
-    from l2a import L2AQwen3Config
-
-    with pytest.raises(ValueError, match="l2a_routed_projections"):
-        L2AQwen3Config(l2a_routed_projections="yes")
+def test_runtime_switch(make_base):
     model = convert_model(make_base("qwen3", layers=1), init="paper", window=6)
-    assert model.config.l2a_routed_projections is False  # opt-in until measured on a GPU
+    with pytest.raises(ValueError, match="routed_projections"):
+        model.l2a_runtime.routed_projections = "yes"
+    assert model.l2a_runtime.routed_projections is False  # opt-in until measured on a GPU
 
 
 @pytest.mark.gpu
@@ -143,7 +141,8 @@ def test_gpu_bf16_same_as_full_path(make_base, family, backend):
     kw = dict(hidden_size=256, num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=4096)
     if family == "qwen3":
         kw.update(head_dim=64, attention_bias=True)
-    model = convert_model(make_base(family, **kw), init="paper", window=64, attn_backend=backend)
+    model = convert_model(make_base(family, **kw), init="paper", window=64)
+    model.l2a_runtime.attn_backend = backend
     model = model.to("cuda", torch.bfloat16).train()
     if backend == "fa4" and not fa4_suits(torch.zeros(1, 1, 1, 64, device="cuda", dtype=torch.bfloat16)):
         pytest.skip("flash-attn-4 not installed or not a Hopper/Blackwell GPU")
@@ -176,7 +175,7 @@ def test_explicit_backend_is_honoured(make_base, monkeypatch, backend):
     monkeypatch.setattr(flex, "routed_query_attention_flex", refuse)
     monkeypatch.setattr(window_op, "resolve", lambda b, q: b if b == backend else refuse())
     model = _model(make_base, "qwen3", layers=1)
-    model.config.l2a_attn_backend = backend
+    model.l2a_runtime.attn_backend = backend
     ids, pos = _packed_batch(model.config.vocab_size)
     for routed in (False, True):
         _run(model, ids, pos, routed=routed)

@@ -53,7 +53,7 @@ def tiny_l2a(family: str, kv_heads: int, window: int = 4):
                 p.normal_(0.0, 0.3)  # about half the tokens routed: the decisions matter
             elif name.endswith("bias"):
                 p.normal_(0.0, 0.1)
-    model.config.l2a_attn_backend = "torch" if DEVICE.type == "cpu" else "auto"
+    model.l2a_runtime.attn_backend = "torch" if DEVICE.type == "cpu" else "auto"
     from l2a.trainable import mark_trainable
 
     mark_trainable(model)
@@ -202,7 +202,7 @@ def main() -> int:
         key = f"{family}/{local}/w{window}"
         for path in ("normal", "dense", "routed"):
             for m in (ref, spm):
-                m.config.l2a_routed_projections = path == "routed"
+                m.l2a_runtime.routed_projections = path == "routed"
             before = len(ROUTED_CALLS)
             results[f"{key}/{path}"] = {
                 **compare(ref, spm, full, part, path == "dense", group), "wrapped": wrapped,

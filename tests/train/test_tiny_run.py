@@ -4,6 +4,7 @@ wandb (offline), export reload, and which parameters training changed."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -86,6 +87,22 @@ def test_export_reloads_and_only_trainable_params_changed(tiny_run):
         out = exported(input_ids=ids)
     assert out.logits.shape == (1, 16, exported.config.vocab_size)
     assert torch.isfinite(out.logits).all()
+
+
+def test_export_and_checkpoints_hold_no_runtime_switch(tiny_run):
+    """Runtime policy (backend, dense-path probability, routed projections, compiled
+    elementwise work) is not the model: an export loads the same whatever it trained with."""
+    _, run_dir, _ = tiny_run
+    summary = json.loads((run_dir / "summary.json").read_text())
+    configs = [Path(summary["export_dir"]) / "config.json",
+               *(run_dir / "checkpoints").glob("step_*/hf/config.json")]
+    assert len(configs) >= 2
+    for path in configs:
+        config = json.loads(path.read_text())
+        assert config["l2a_window"] == 32  # the model's identity is there
+        assert not {k for k in config if k.startswith("l2a_")} & {
+            "l2a_attn_backend", "l2a_dense_prob", "l2a_routed_projections",
+            "l2a_fused_elementwise"}, path
 
 
 def test_export_cli_from_any_checkpoint(tiny_run, tmp_path):
