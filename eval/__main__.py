@@ -51,17 +51,20 @@ def main() -> None:
     @hydra.main(config_path=CONF_DIR, config_name="eval_config", version_base="1.3")
     def app(cfg) -> None:
         from eval.errors import EvalError
+        from l2a.errors import ConfigError
 
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         try:
             raw = OmegaConf.to_container(cfg, resolve=True)
             run(raw, run_dir, log=lambda s: print(s, file=sys.stderr, flush=True))
-        except EvalError as e:
+        except (EvalError, ConfigError) as e:
             print(f"error: {e}", file=sys.stderr, flush=True)
             _discard_empty_run_dir(run_dir)
             sys.exit(2)
 
-    app()
+    from train.entry_errors import run_hydra_app
+
+    run_hydra_app(app)
 
 
 if __name__ == "__main__":

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import torch
 
+from l2a.errors import first_line
 from train.config import ConfigError, RunConfig
 from train.distributed import DistInfo, barrier
 
 
 def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+    return first_line(err, with_type=True)
 
 
 def _conversion_fields(cfg: RunConfig) -> dict:

@@ -248,8 +248,10 @@ class Trainer:
             self._batches = iter(self.loader)
             return
         from train.data import build_dataloader, prepare_data
+        from train.data.tokenizer import check_same_tokenizer
 
         cfg = self.cfg
+        check_same_tokenizer(cfg.data.tokenizer, self.tokenizer)
         # Safe on every rank at once (the pipeline locks); only rank 0 prints statistics.
         prepared = prepare_data(cfg.data, self.tokenizer, seed=cfg.train.seed,
                                 verbose=self.dist.is_main)
@@ -657,6 +659,9 @@ def run(cfg: RunConfig, run_dir: str | os.PathLike, overrides: list[str] | None 
 
     trainer = None
     with copy_output_to_run_log(run_dir):
+        if int(os.environ.get("RANK", "0")) == 0:
+            for warning in getattr(cfg, "warnings", []):
+                print(f"warning: {warning}", file=sys.stderr, flush=True)
         try:
             trainer = Trainer(cfg, run_dir, overrides)
             return trainer.fit()

@@ -34,13 +34,13 @@ def _source_signature(cfg: DataConfig) -> list:
         if s.type in ("jsonl", "text", "parquet") or (
             s.type == "arrow" and not os.path.isdir(s.path)
         ):
-            out.append(file_signature(resolve_files(s.path, s.type, f"data.sources[{i}].path")))
+            out.append(file_signature(resolve_files(s.path, s.type, f"data.sources.{i}.path")))
         elif s.type == "files":
-            sel = select_files(s.path, s.files, s.split, f"data.sources[{i}].path")
+            sel = select_files(s.path, s.files, s.split, f"data.sources.{i}.path")
             out.append(sel.manifest())
         elif s.type == "arrow":
             if not os.path.exists(s.path):
-                raise DataError(f"{s.path}: no such file (data.sources[{i}].path)")
+                raise DataError(f"{s.path}: no such file (data.sources.{i}.path)")
             out.append(
                 file_signature(
                     sorted(os.path.join(r, f) for r, _, fs in os.walk(s.path) for f in fs)
@@ -68,7 +68,7 @@ def _check_synthetic(cfg: DataConfig, encoder: TextEncoder) -> None:
         need = min_length(task, encoder)
         if need > syn.max_tokens:
             raise ConfigError(
-                f"data.synthetic.max_tokens: task '{task}' (data.synthetic.tasks[{i}]) needs at "
+                f"data.synthetic.max_tokens: task '{task}' (data.synthetic.tasks.{i}) needs at "
                 f"least {need} tokens with this tokenizer, got {syn.max_tokens}"
             )
 
@@ -136,7 +136,7 @@ def _unreadable_cache(cfg: DataConfig, s, i: int, err: BaseException) -> DataErr
     name = "synthetic" if s is None else s.name
     cache = os.path.abspath(cfg.cache_dir) if cfg.cache_dir else "the datasets cache"
     own = ("" if s is None or s.type not in ("arrow", "parquet")
-           else f" or its input data.sources[{i}].path={s.path}")
+           else f" or its input data.sources.{i}.path={s.path}")
     return DataError(f"data.cache_dir: cannot read source '{name}' from the datasets cache "
                      f"{cache}{own} ({why}); delete {cache} to rebuild it")
 
