@@ -8,6 +8,7 @@ them raises the same type without importing upwards.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 
@@ -51,3 +52,53 @@ def fault_line(err: OSError, path: str | os.PathLike | None = None) -> str:
     where = err.filename if err.filename is not None else path
     cause = err.strerror or (os.strerror(err.errno) if err.errno else first_line(err))
     return f"{where}: cannot write ({cause})" if where is not None else f"cannot write ({cause})"
+
+
+class WriteError(RuntimeError):
+    """Writing failed for a reason of the machine (a full disk, a read-only or missing
+    directory); the message names the path and the cause in one line. Whatever was written
+    before stays usable: checkpoints, exports and prepared data are renamed into place only
+    once complete."""
+
+
+def _torch_write_failure(err: BaseException) -> bool:
+    # torch.save reports a failed write as a RuntimeError without errno
+    # ("PytorchStreamWriter failed writing file data/0: file write failed").
+    text = str(err)
+    return isinstance(err, RuntimeError) and ("file write failed" in text
+                                              or "PytorchStreamWriter failed" in text)
+
+
+def _under(filename, root) -> bool:
+    """`filename` is `root`, below it, or below a temporary sibling it is made in
+    (``<root>.tmp-<pid>``, ``.<name>.tmp-<id>``)."""
+    if filename is None:
+        return True  # a write() on an open file names none
+    try:
+        name = os.path.abspath(os.fsdecode(filename))
+        base = os.path.abspath(os.fspath(root))
+    except (TypeError, ValueError):
+        return False
+    if name == base or name.startswith(base + os.sep):
+        return True
+    parent, stem = os.path.split(base)
+    first = os.path.relpath(name, parent).split(os.sep)[0]
+    return not first.startswith("..") and first.startswith((stem + ".", "." + stem + "."))
+
+
+@contextlib.contextmanager
+def writing_to(path: str | os.PathLike):
+    """Turn a machine fault while writing under `path` into a one-line :class:`WriteError`
+    (the file the error names, else `path`)."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except OSError as err:
+        if not is_machine_fault(err) or not _under(err.filename, path):
+            raise  # not a write under `path` (reading an input, say): its own report
+        raise WriteError(fault_line(err, path)) from err
+    except RuntimeError as err:
+        if not _torch_write_failure(err):
+            raise
+        raise WriteError(f"{path}: cannot write ({first_line(err)}; is the disk full?)") from err

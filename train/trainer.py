@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from l2a.errors import WriteError, fault_line, is_machine_fault, writing_to
 from train.checkpoint import (
     CheckpointError,
     check_resume_step,
@@ -336,9 +337,11 @@ class Trainer:
         meta = {"name": self.cfg.name, "precision": self.precision,
                 "deepspeed_stage": self.cfg.deepspeed.stage, "sequence_parallel": self.sp,
                 "overrides": self.overrides}
-        return save_checkpoint(self.engine, self.run_dir, self.step, self.state_dict(), meta,
-                               self.model_config, self.tokenizer, self.dist,
-                               self.cfg.train.keep_checkpoints)
+        # A failed save (full disk) leaves only its `.tmp-*` dir: the last complete one stays.
+        with writing_to(self.run_dir / "checkpoints"):
+            return save_checkpoint(self.engine, self.run_dir, self.step, self.state_dict(), meta,
+                                   self.model_config, self.tokenizer, self.dist,
+                                   self.cfg.train.keep_checkpoints)
 
     def maybe_resume(self) -> Path | None:
         path = self.resume_from
@@ -573,9 +576,9 @@ class Trainer:
                 from train.export import export_checkpoint
 
                 ckpt = latest_complete(self.run_dir) or self.resume_from
-                export_dir = str(export_checkpoint(ckpt,
-                                                   self.run_dir / "export", cfg.train.export_dtype,
-                                                   overwrite=True))
+                with writing_to(self.run_dir / "export"):
+                    export_dir = str(export_checkpoint(ckpt, self.run_dir / "export",
+                                                       cfg.train.export_dtype, overwrite=True))
             barrier()
         summary = {}
         if self.dist.is_main:
@@ -657,19 +660,33 @@ def run(cfg: RunConfig, run_dir: str | os.PathLike, overrides: list[str] | None 
     from train.data import DataError
     from train.run_log import copy_output_to_run_log
 
+    def report(message: str, code: int) -> int:
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        if errors is not None:
+            errors.append(message)
+        return code
+
     trainer = None
-    with copy_output_to_run_log(run_dir):
-        if int(os.environ.get("RANK", "0")) == 0:
-            for warning in getattr(cfg, "warnings", []):
-                print(f"warning: {warning}", file=sys.stderr, flush=True)
-        try:
-            trainer = Trainer(cfg, run_dir, overrides)
-            return trainer.fit()
-        except (ConfigError, CheckpointError, NonFiniteError, DataError) as e:
-            print(f"error: {e}", file=sys.stderr, flush=True)
-            if errors is not None:
-                errors.append(str(e))
-            return 1 if isinstance(e, NonFiniteError) else 2
-        finally:
-            if trainer is not None:
-                trainer.close()
+    try:
+        with copy_output_to_run_log(run_dir):
+            if int(os.environ.get("RANK", "0")) == 0:
+                for warning in getattr(cfg, "warnings", []):
+                    print(f"warning: {warning}", file=sys.stderr, flush=True)
+            try:
+                trainer = Trainer(cfg, run_dir, overrides)
+                return trainer.fit()
+            except (ConfigError, CheckpointError, NonFiniteError, DataError) as e:
+                return report(str(e), 1 if isinstance(e, NonFiniteError) else 2)
+            except WriteError as e:
+                return report(str(e), 1)
+            except OSError as e:  # a write of the data cache, say: the file names the place
+                if not is_machine_fault(e):
+                    raise
+                return report(fault_line(e, run_dir), 1)
+            finally:
+                if trainer is not None:
+                    trainer.close()
+    except OSError as e:  # the run directory itself (train.log cannot be made)
+        if not is_machine_fault(e):
+            raise
+        return report(fault_line(e, run_dir), 1)

@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="prepare again even if up to date")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=tiny")
     args = parser.parse_intermixed_args(argv)  # flags may sit among the overrides
-    from train.entry_errors import BAD_CONFIG, hydra_error_line
+    from l2a.errors import WriteError
+    from train.entry_errors import BAD_CONFIG, MACHINE_FAULT, hydra_error_line
 
     try:
         cfg = compose(args.config_name, args.overrides)
@@ -97,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return BAD_CONFIG
+    except WriteError as err:  # nothing half-written: the output is renamed into place
+        print(f"error: {err}", file=sys.stderr)
+        return MACHINE_FAULT
     return 0
 
 
