@@ -11,7 +11,6 @@ import pytest
 from eval_helpers import tiny_l2a
 
 
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, tok):
     from l2a.convert import save_atomically
