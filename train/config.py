@@ -301,10 +301,13 @@ class WandbConfig:
     project: str = "l2a"
     entity: str | None = None
     tags: list[str] = field(default_factory=list)
+    # Seconds to wait for the wandb server (the reachability check and wandb.init).
+    init_timeout: float = 30.0
 
     def __post_init__(self) -> None:
         if self.mode is not None:
             check_choice("train.wandb.mode", self.mode, ("online", "offline", "disabled"))
+        check_number("train.wandb.init_timeout", self.init_timeout, 0, low_open=True)
 
 
 @dataclass

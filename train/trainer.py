@@ -18,6 +18,7 @@ SIGINT (Ctrl-C): the same, with exit code 130; a second Ctrl-C interrupts at onc
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -141,6 +142,7 @@ class Trainer:
         self.loader = loader
         self.overrides = list(overrides or [])
         self.dist: DistInfo = init_distributed(cfg.train.dist_backend, cfg.train.dist_timeout_minutes)
+        self.wandb_cfg = self._resolve_wandb()  # before any work: online may be refused
         # Every rank writes into rank 0's run directory.
         self.run_dir = Path(broadcast_object(str(Path(run_dir).resolve())))
         self.precision = resolve_precision(cfg.train.precision, self.dist.device)
@@ -197,6 +199,26 @@ class Trainer:
                                                  self.dist.is_main, cfg.deepspeed.stage)
 
     # ------------------------------------------------------------------ construction
+    def _resolve_wandb(self):
+        """train.wandb with the mode that can work (train/wandb_check.py), decided on rank 0
+        (the only one that logs) and shared, so that every rank stops on an error."""
+        from train.wandb_check import resolve_mode
+
+        w = self.cfg.train.wandb
+        result = None
+        if self.dist.is_main:
+            try:
+                result = resolve_mode(w.mode, w.init_timeout)
+            except ConfigError as e:
+                result = str(e)
+        result = broadcast_object(result)
+        if isinstance(result, str):
+            raise ConfigError(result)
+        mode, warning = result
+        if warning and self.dist.is_main:
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
+        return dataclasses.replace(w, mode=mode)
+
     def _deepspeed_gradient_divisor(self) -> int:
         """What DeepSpeed 0.19.8 divides the gradients summed over all ranks by (besides the
         micro-batch count): the data-parallel size (world / sp) under ZeRO-1/2, but the whole
@@ -503,7 +525,7 @@ class Trainer:
                            * self.dp_size)
         logger = MetricsLogger(
             self.run_dir, self.dist.is_main, cfg.train.max_steps, self.step,
-            progress_bar=cfg.train.progress_bar, wandb_cfg=cfg.train.wandb, name=cfg.name,
+            progress_bar=cfg.train.progress_bar, wandb_cfg=self.wandb_cfg, name=cfg.name,
             overrides=self.overrides, config=to_dict(cfg),
         )
         if resumed is not None:
