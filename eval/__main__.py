@@ -4,7 +4,8 @@
     python -m eval model.path=Qwen/Qwen3-8B eval.lengths=[32768,131072]
     python -m eval model.path=outputs/qwen3_128k/<run>          # its latest checkpoint
 
-Exit codes: 0 done; 2 bad config, model, checkpoint or data (one line `error: ...`, no
+Exit codes: 0 done; 2 bad config, model, checkpoint or data; 1 the output cannot be written
+(full disk, read-only directory). One line `error: ...` either way, no
 results.json). docs/EVAL.md describes the output.
 """
 
@@ -23,6 +24,7 @@ def run(raw: dict, run_dir: Path, log=print) -> dict:
     from eval.plots import write_plots
     from eval.report import format_table, write_results
     from eval.runner import evaluate
+    from l2a.errors import writing_to
 
     spec = build_model_spec(raw.get("model"))
     cfg = build_eval(raw.get("eval"))
@@ -32,9 +34,10 @@ def run(raw: dict, run_dir: Path, log=print) -> dict:
     results = evaluate(model, tokenizer, cfg, log=log)
     results["model"] = {"path": spec.path, "random": spec.random, "class": type(model).__name__}
     results["config"] = raw.get("eval")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    results["plots"] = write_plots(results, run_dir) if cfg.plots else []
-    path = write_results(run_dir, results)
+    with writing_to(run_dir):  # a full disk or read-only directory: one line naming it
+        run_dir.mkdir(parents=True, exist_ok=True)
+        results["plots"] = write_plots(results, run_dir) if cfg.plots else []
+        path = write_results(run_dir, results)
     print(format_table(results), flush=True)
     print(f"results: {path}", flush=True)
     return results
@@ -51,17 +54,24 @@ def main() -> None:
     @hydra.main(config_path=CONF_DIR, config_name="eval_config", version_base="1.3")
     def app(cfg) -> None:
         from eval.errors import EvalError
+        from l2a.errors import ConfigError, WriteError
 
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         try:
             raw = OmegaConf.to_container(cfg, resolve=True)
             run(raw, run_dir, log=lambda s: print(s, file=sys.stderr, flush=True))
-        except EvalError as e:
+        except (EvalError, ConfigError) as e:
             print(f"error: {e}", file=sys.stderr, flush=True)
             _discard_empty_run_dir(run_dir)
             sys.exit(2)
+        except WriteError as e:  # results.json is written last, whole or not at all
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            _discard_empty_run_dir(run_dir)
+            sys.exit(1)
 
-    app()
+    from train.entry_errors import run_hydra_app
+
+    run_hydra_app(app)
 
 
 if __name__ == "__main__":

@@ -9,12 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from eval.errors import EvalError
 from eval.tasks import TASKS
-
-
-def _fail(path: str, msg: str, value=None):
-    raise EvalError(f"{path}: {msg}" + ("" if value is None else f", got {value!r}"))
+from l2a.validate import check_choice, check_l2a_fields, check_number, fail, item
 
 
 @dataclass
@@ -49,32 +45,26 @@ class EvalConfig:
     def check(self, prefix: str = "eval") -> EvalConfig:
         for i, t in enumerate(self.tasks):
             if t not in TASKS:
-                _fail(f"{prefix}.tasks[{i}]", f"unknown task (known: {', '.join(TASKS)})", t)
+                fail(item(f"{prefix}.tasks", i), f"unknown task (known: {', '.join(TASKS)})", t)
         if self.lengths is not None:
             if not self.lengths:
-                _fail(f"{prefix}.lengths", "must not be empty (null: automatic)")
+                fail(f"{prefix}.lengths", "must not be empty (null: automatic)")
             for i, n in enumerate(self.lengths):
-                if n <= 0:
-                    _fail(f"{prefix}.lengths[{i}]", "must be > 0", n)
-        for i, d in enumerate(self.depths):
-            if not 0.0 <= d <= 1.0:
-                _fail(f"{prefix}.depths[{i}]", "must be in [0, 1]", d)
+                check_number(item(f"{prefix}.lengths", i), n, 1, integer=True)
         if not self.depths:
-            _fail(f"{prefix}.depths", "must not be empty")
-        if self.samples <= 0:
-            _fail(f"{prefix}.samples", "must be > 0", self.samples)
-        if self.max_new_tokens is not None and self.max_new_tokens <= 0:
-            _fail(f"{prefix}.max_new_tokens", "must be > 0", self.max_new_tokens)
+            fail(f"{prefix}.depths", "must not be empty")
+        for i, d in enumerate(self.depths):
+            check_number(item(f"{prefix}.depths", i), d, 0, 1)
+        check_number(f"{prefix}.samples", self.samples, 1, integer=True)
+        check_number(f"{prefix}.max_new_tokens", self.max_new_tokens, 1, integer=True,
+                     allow_none=True)
         if not self.haystack:
-            _fail(f"{prefix}.haystack", "must be generated, noise or a path", self.haystack)
+            fail(f"{prefix}.haystack", "must be generated, noise or a path", self.haystack)
         p = self.perplexity
-        if p.rows <= 0:
-            _fail(f"{prefix}.perplexity.rows", "must be > 0", p.rows)
-        if p.buckets <= 0:
-            _fail(f"{prefix}.perplexity.buckets", "must be > 0", p.buckets)
+        check_number(f"{prefix}.perplexity.rows", p.rows, 1, integer=True)
+        check_number(f"{prefix}.perplexity.buckets", p.buckets, 1, integer=True)
         for i, n in enumerate(p.lengths or []):
-            if n <= 1:
-                _fail(f"{prefix}.perplexity.lengths[{i}]", "must be > 1", n)
+            check_number(item(f"{prefix}.perplexity.lengths", i), n, 2, integer=True)
         return self
 
     def resolve_lengths(self, max_context: int, prefix: str = "eval") -> list[int]:
@@ -87,7 +77,7 @@ class EvalConfig:
             return out
         for i, n in enumerate(self.lengths):
             if n > max_context:
-                _fail(f"{prefix}.lengths[{i}]",
+                fail(item(f"{prefix}.lengths", i),
                       f"{n} is above the model's context (max_position_embeddings {max_context})")
         return list(self.lengths)
 
@@ -110,28 +100,20 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         if (self.path is None) == (self.random is None):
-            _fail("model.path", "set exactly one of model.path and model.random")
+            fail("model.path", "set exactly one of model.path and model.random")
         if self.path is not None and not self.path.strip():
-            _fail("model.path", "must not be empty", self.path)
-        if self.dtype not in ("auto", "bf16", "fp32"):
-            _fail("model.dtype", "must be one of auto, bf16, fp32", self.dtype)
-        if self.window <= 0:
-            _fail("model.window", "must be > 0", self.window)
+            fail("model.path", "must not be empty", self.path)
+        check_choice("model.dtype", self.dtype, ("auto", "bf16", "fp32"))
+        check_l2a_fields({"window": self.window}, lambda k: f"model.{k}")
 
 
 def build_eval(raw, prefix: str = "eval") -> EvalConfig:
-    from train.config import ConfigError, build
+    from train.config import build
 
-    try:
-        return build(EvalConfig, raw, prefix).check(prefix)
-    except ConfigError as e:
-        raise EvalError(str(e)) from None
+    return build(EvalConfig, raw, prefix).check(prefix)
 
 
 def build_model_spec(raw) -> ModelSpec:
-    from train.config import ConfigError, build
+    from train.config import build
 
-    try:
-        return build(ModelSpec, raw, "model")
-    except ConfigError as e:
-        raise EvalError(str(e)) from None
+    return build(ModelSpec, raw, "model")

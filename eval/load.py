@@ -11,6 +11,7 @@ import torch
 
 from eval.config import ModelSpec
 from eval.errors import EvalError
+from l2a.errors import first_line
 
 CONF_MODEL = Path(__file__).resolve().parent.parent / "conf" / "model"
 
@@ -29,11 +30,6 @@ def pick_dtype(spec: str, device: torch.device) -> torch.dtype:
 
 def is_l2a(model) -> bool:
     return str(getattr(model.config, "model_type", "")).startswith("l2a_")
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
 
 
 def _is_checkpoint(path: Path) -> bool:
@@ -56,12 +52,12 @@ def _from_path(path: str, dtype: torch.dtype):
         try:
             model, tokenizer, _ = load_checkpoint_model(local)
         except (CheckpointError, OSError, ValueError) as e:
-            raise EvalError(f"model.path: {_first_line(e)}") from None
+            raise EvalError(f"model.path: {first_line(e)}") from None
         return model.to(dtype), tokenizer
     try:
         config = AutoConfig.from_pretrained(path)
     except Exception as e:  # OSError, ValueError, JSON errors: not a model
-        raise EvalError(f"model.path: {path} is not a model ({_first_line(e)})") from None
+        raise EvalError(f"model.path: {path} is not a model ({first_line(e)})") from None
     if not str(config.model_type).startswith(("qwen2", "qwen3", "l2a_")):
         raise EvalError(f"model.path: {path}: unsupported model type {config.model_type!r} "
                         "(Qwen2 / Qwen2.5 / Qwen3 or their L2A versions)")
@@ -70,7 +66,7 @@ def _from_path(path: str, dtype: torch.dtype):
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as e:  # safetensors / torch raise many types for bad files
-        raise EvalError(f"model.path: cannot load {path} ({_first_line(e)})") from None
+        raise EvalError(f"model.path: cannot load {path} ({first_line(e)})") from None
     return model, tokenizer
 
 

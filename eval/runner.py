@@ -33,7 +33,7 @@ def prepare(cfg: EvalConfig, model, tokenizer, prefix: str = "eval"):
     if p.data is not None:
         for i, n in enumerate(p.lengths or lengths):
             if n > context:
-                raise EvalError(f"{prefix}.perplexity.lengths[{i}]: {n} is above the model's "
+                raise EvalError(f"{prefix}.perplexity.lengths.{i}: {n} is above the model's "
                                 f"context (max_position_embeddings {context})")
             ppl_rows[n] = load_rows(p.data, tokenizer, n, p.rows, cfg.seed)
     return lengths, samples, ppl_rows

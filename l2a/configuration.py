@@ -16,22 +16,21 @@ from dataclasses import dataclass
 from huggingface_hub.dataclasses import strict
 from transformers import Qwen2Config, Qwen3Config
 
+from l2a.validate import L2A_INIT_MODES, check_l2a_fields
+
 from .runtime import L2A_ATTN_BACKENDS, LEGACY_RUNTIME_KEYS  # noqa: F401  (re-exported)
 
-L2A_INIT_MODES = ("paper", "identity")
+__all__ = ["L2A_ATTN_BACKENDS", "L2A_INIT_MODES", "L2AQwen2Config", "L2AQwen3Config"]
 logger = logging.getLogger(__name__)
+
+# The identity fields (runtime options live on model.l2a_runtime, l2a/runtime.py).
+_L2A_FIELDS = ("window", "router_tau", "router_threshold", "init", "layers")
 
 
 def _validate_l2a_fields(cfg) -> None:
-    """Checks shared by both families; messages name the config field."""
-    if cfg.l2a_window < 1:
-        raise ValueError(f"l2a_window: must be >= 1, got {cfg.l2a_window}")
-    if not cfg.l2a_router_tau > 0:
-        raise ValueError(f"l2a_router_tau: must be > 0, got {cfg.l2a_router_tau}")
-    if not 0.0 < cfg.l2a_router_threshold < 1.0:
-        raise ValueError(f"l2a_router_threshold: must be in (0, 1), got {cfg.l2a_router_threshold}")
-    if cfg.l2a_init not in L2A_INIT_MODES:
-        raise ValueError(f"l2a_init: must be one of {L2A_INIT_MODES}, got {cfg.l2a_init!r}")
+    """The rules of l2a/validate.py, named by the config field (``l2a_window``); then the
+    ones that need the model's shape."""
+    check_l2a_fields({k: getattr(cfg, f"l2a_{k}") for k in _L2A_FIELDS}, lambda k: f"l2a_{k}")
     if cfg.l2a_layers is not None:
         bad = [i for i in cfg.l2a_layers if not 0 <= i < cfg.num_hidden_layers]
         if bad:

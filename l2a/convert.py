@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .configuration import L2A_INIT_MODES, L2AQwen2Config, L2AQwen3Config
+from .errors import first_line as _first_line
 from .modeling import L2AQwen2ForCausalLM, L2AQwen3ForCausalLM
 from .runtime import LEGACY_RUNTIME_KEYS
 
@@ -232,11 +233,6 @@ def _looks_like_path(base: str) -> bool:
     or more than one `/`. An existing directory is always local."""
     return (base.startswith(("/", "./", "../", "~")) or base in (".", "..")
             or base.strip("/").count("/") > 1 or os.path.isdir(base))
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
 
 
 def check_output_dir(out: Path, overwrite: bool) -> None:

@@ -28,6 +28,7 @@ import torch
 
 from .cache import cache_slots, kv_cache_bytes
 from .configuration import _validate_l2a_fields
+from .errors import ConfigError, first_line
 
 
 class PruneError(ValueError):
@@ -251,7 +252,7 @@ def _check_args(args):
     try:
         config = AutoConfig.from_pretrained(args.model)
     except (OSError, ValueError) as err:
-        raise PruneError(f"--model: {model_config}: {str(err).splitlines()[0]}") from None
+        raise PruneError(f"--model: {model_config}: {first_line(err)}") from None
     # The selectors against the real layers, with a stand-in usage (the real one comes later).
     candidates = global_layers(config)
     select_global_layers(
@@ -353,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
     try:
         report = run(args)
-    except PruneError as err:
+    except (PruneError, ConfigError) as err:
         print(f"l2a.prune: error: {err}", file=sys.stderr)
         return 2
     _print_report(report)

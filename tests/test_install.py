@@ -55,3 +55,25 @@ def test_installed_packages_work_outside_the_repository(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert proc.stdout.strip().endswith("ok")
+
+
+# The module each GPU extra provides, and the code that imports it (the framework itself,
+# not the benchmarks: an extra no code calls is a long compile for nothing on a cluster).
+GPU_EXTRA_MODULES = {"liger-kernel": "liger_kernel", "flash-attn-4": "flash_attn.cute",
+                     "lm-eval": "lm_eval"}
+
+
+def test_every_gpu_extra_is_used_by_the_framework():
+    import re
+
+    names = [re.split(r"[<>=!~ \[]", line.strip())[0] for line in
+             (ROOT / "requirements-gpu.txt").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert names, "requirements-gpu.txt lists nothing"
+    code = "\n".join(p.read_text() for pkg in ("l2a", "kernels", "train", "eval")
+                     for p in (ROOT / pkg).rglob("*.py"))
+    for name in names:
+        module = GPU_EXTRA_MODULES.get(name)
+        assert module is not None, f"{name}: which module does it provide? (no code imports it)"
+        assert re.search(rf"^\s*(import|from) {re.escape(module)}\b", code, re.M), (
+            f"{name} is listed but nothing in l2a/, kernels/, train/, eval/ imports {module}")

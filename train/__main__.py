@@ -95,7 +95,9 @@ def main() -> None:
         if code != 0:  # 0 returns, so that a sweep's next job runs in this process
             sys.exit(code)
 
-    app()
+    from train.entry_errors import run_hydra_app
+
+    run_hydra_app(app)
     code = failures.report()
     if code:
         sys.exit(code)

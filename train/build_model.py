@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from l2a.errors import first_line
 from train.config import ConfigError, RunConfig
 from train.distributed import DistInfo, barrier, broadcast_object
 from train.l2a_base import l2a_base_config
@@ -24,8 +25,7 @@ from train.model_cache import cached_model_dir  # noqa: F401  (re-exported for c
 
 
 def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+    return first_line(err, with_type=True)
 
 
 def _conversion_fields(cfg: RunConfig) -> dict:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from l2a.errors import first_line
 from train.distributed import DistInfo, barrier
 
 CKPT_SUBDIR = "checkpoints"
@@ -44,18 +45,7 @@ class CheckpointError(RuntimeError):
 
 
 def _first_line(err: BaseException) -> str:
-    """The error's type and its first informative line. torch's load_state_dict error
-    starts with a header line ("Error(s) in loading state_dict for X:"): its first cause
-    (which parameter, which shapes) is the line worth showing."""
-    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
-    if not lines:
-        return type(err).__name__
-    if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
-        causes = [line for line in lines[1:] if line.lower().startswith(
-            ("size mismatch", "missing key", "unexpected key"))]
-        more = f" (and {len(causes) - 1} more)" if len(causes) > 1 else ""
-        return f"{type(err).__name__}: {(causes or lines[1:])[0]}{more}"
-    return f"{type(err).__name__}: {lines[0]}"
+    return first_line(err, with_type=True)  # the type tells a torch.load failure's kind
 
 
 def step_dir_name(step: int) -> str:

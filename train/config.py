@@ -8,7 +8,6 @@ names the override path that fixes it (``train.max_steps: must be > 0, got 0``).
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import time
 import types
@@ -18,9 +17,18 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from l2a.errors import ConfigError, first_line
+from l2a.validate import (
+    check_choice,
+    check_known_keys,
+    check_l2a_fields,
+    check_number,
+    fail,
+    is_number,
+    item,
+)
 
-class ConfigError(ValueError):
-    """A bad config value; the message starts with the override path."""
+__all__ = ["ConfigError", "RunConfig", "build", "from_container", "from_hydra", "to_dict"]
 
 
 def _timestamp() -> str:
@@ -38,16 +46,6 @@ OmegaConf.register_new_resolver("l2a_timestamp", _timestamp, replace=True)
 
 
 # --------------------------------------------------------------------------- helpers
-def _fail(path: str, msg: str, value: Any = dataclasses.MISSING) -> typing.NoReturn:
-    if value is dataclasses.MISSING:
-        raise ConfigError(f"{path}: {msg}")
-    raise ConfigError(f"{path}: {msg}, got {value!r}")
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
 def _coerce(value: Any, tp: Any, path: str) -> Any:
     """Check `value` against a (simple) annotation; ints are accepted where floats are."""
     origin = typing.get_origin(tp)
@@ -70,28 +68,28 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         return value
     if tp is bool:
         if not isinstance(value, bool):
-            _fail(path, "expected true or false", value)
+            fail(path, "expected true or false", value)
         return value
     if tp is int:
         if not isinstance(value, int) or isinstance(value, bool):
-            _fail(path, "expected an integer", value)
+            fail(path, "expected an integer", value)
         return value
     if tp is float:
-        if not _is_num(value):
-            _fail(path, "expected a number", value)
-        return float(value)
+        if not is_number(value):
+            fail(path, "expected a number", value)
+        return check_number(path, value)  # finite: NaN and inf pass every range check
     if tp is str:
         if not isinstance(value, str):
-            _fail(path, "expected a string", value)
+            fail(path, "expected a string", value)
         return value
     if origin is list:
         if not isinstance(value, (list, tuple)):
-            _fail(path, "expected a list", value)
-        (item,) = typing.get_args(tp) or (Any,)
-        return [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+            fail(path, "expected a list", value)
+        (item_type,) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, item_type, item(path, i)) for i, v in enumerate(value)]
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
-            _fail(path, "expected a mapping", value)
+            fail(path, "expected a mapping", value)
         return dict(value)
     if dataclasses.is_dataclass(tp):
         return build(tp, value, path)
@@ -107,24 +105,11 @@ def build(cls: type, raw: Any, path: str):
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        _fail(path, "expected a mapping", raw)
+        fail(path, "expected a mapping", raw)
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(raw) - names)
-    if unknown:
-        _fail(f"{path}.{unknown[0]}", f"unknown key (known: {', '.join(sorted(names))})")
+    check_known_keys(path, raw, (f.name for f in dataclasses.fields(cls) if f.init))
     kwargs = {k: _coerce(v, hints[k], f"{path}.{k}") for k, v in raw.items()}
     return cls(**kwargs)
-
-
-def _positive(path: str, v: float | int, strict: bool = True) -> None:
-    if (v <= 0) if strict else (v < 0):
-        _fail(path, "must be > 0" if strict else "must be >= 0", v)
-
-
-def _choice(path: str, v: Any, choices: tuple) -> None:
-    if v not in choices:
-        _fail(path, f"must be one of {', '.join(map(str, choices))}", v)
 
 
 # --------------------------------------------------------------------------- groups
@@ -151,28 +136,28 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.base is None and self.random_base is None:
-            _fail("model.base", "set model.base (hub id or local directory) or model.random_base")
+            fail("model.base", "set model.base (hub id or local directory) or model.random_base")
         if self.base is not None and self.random_base is not None:
-            _fail("model.base", "set exactly one of model.base and model.random_base "
+            fail("model.base", "set exactly one of model.base and model.random_base "
                   "(to use a base with a preset built on a random one, add model.random_base=null)")
         if self.base is not None and not self.base.strip():
-            _fail("model.base", "must not be empty", self.base)
+            fail("model.base", "must not be empty", self.base)
         if self.rope_theta is not None:
-            _positive("model.rope_theta", self.rope_theta)
+            check_number("model.rope_theta", self.rope_theta, 0, low_open=True)
         if self.max_position_embeddings is not None:
-            _positive("model.max_position_embeddings", self.max_position_embeddings)
+            check_number("model.max_position_embeddings", self.max_position_embeddings, 0, low_open=True)
         if self.random_base is not None:
             for k, v in self.random_base.items():
                 if k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
                          "num_key_value_heads", "intermediate_size", "head_dim") and (
                     not isinstance(v, int) or isinstance(v, bool) or v <= 0
                 ):
-                    _fail(f"model.random_base.{k}", "must be a positive integer", v)
+                    fail(f"model.random_base.{k}", "must be a positive integer", v)
             h, kv = self.random_base.get("num_attention_heads"), self.random_base.get(
                 "num_key_value_heads"
             )
             if isinstance(h, int) and isinstance(kv, int) and h % kv:
-                _fail("model.random_base.num_key_value_heads",
+                fail("model.random_base.num_key_value_heads",
                       f"must divide num_attention_heads ({h})", kv)
 
 
@@ -202,18 +187,8 @@ class L2AConfig:
     sparsity: Any = None
 
     def __post_init__(self) -> None:
-        _choice("l2a.init", self.init, ("paper", "identity"))
-        _choice("l2a.attn_backend", self.attn_backend, ("auto", "torch", "triton", "flex", "fa4"))
-        _positive("l2a.window", self.window)
-        _positive("l2a.router_tau", self.router_tau)
-        if not 0.0 < self.router_threshold < 1.0:
-            _fail("l2a.router_threshold", "must be in (0, 1)", self.router_threshold)
-        if not 0.0 <= self.dense_prob <= 1.0:
-            _fail("l2a.dense_prob", "must be in [0, 1]", self.dense_prob)
-        if self.layers is not None:
-            for i, v in enumerate(self.layers):
-                if v < 0:
-                    _fail(f"l2a.layers[{i}]", "must be >= 0", v)
+        check_l2a_fields({f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                          if f.name not in ("enabled", "sparsity")}, lambda k: f"l2a.{k}")
         if self.sparsity is None:
             self.sparsity = _sparsity_config({})
 
@@ -225,21 +200,18 @@ class L2AConfig:
 def _sparsity_config(raw: dict):
     from train.sparsity import SparsityConfig
 
-    known = {f.name for f in dataclasses.fields(SparsityConfig) if f.init}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        _fail(f"l2a.{unknown[0]}", "unknown key")
-    try:
-        return SparsityConfig(**raw)
-    except (ValueError, TypeError) as e:  # its messages already name l2a.<key>
-        raise ConfigError(str(e).strip().splitlines()[0]) from None
+    return SparsityConfig(**raw)  # checks its fields under their l2a.<key> paths
 
 
 def build_l2a(raw: Any) -> L2AConfig:
     """`l2a.*`: conversion keys here, sparsity keys to train.sparsity.SparsityConfig."""
+    from train.sparsity import SparsityConfig
+
     if not isinstance(raw, dict):
-        _fail("l2a", "expected a mapping", raw)
+        fail("l2a", "expected a mapping", raw)
     own = {f.name for f in dataclasses.fields(L2AConfig)} - {"sparsity"}
+    check_known_keys("l2a", raw, own | {f.name for f in dataclasses.fields(SparsityConfig)
+                                        if f.init})
     cfg = build(L2AConfig, {k: v for k, v in raw.items() if k in own}, "l2a")
     cfg.sparsity = _sparsity_config({k: v for k, v in raw.items() if k not in own})
     return cfg
@@ -264,21 +236,19 @@ class OptimConfig:
     fused: bool = False
 
     def __post_init__(self) -> None:
-        _choice("optim.name", self.name, ("adamw",))
-        _positive("optim.lr", self.lr)
-        if not math.isfinite(self.lr):
-            _fail("optim.lr", "must be finite", self.lr)
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            _fail("optim.betas", "must be two numbers in [0, 1)", self.betas)
-        _positive("optim.eps", self.eps)
-        _positive("optim.weight_decay", self.weight_decay, strict=False)
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            _fail("optim.warmup_ratio", "must be in [0, 1)", self.warmup_ratio)
+        check_choice("optim.name", self.name, ("adamw",))
+        check_number("optim.lr", self.lr, 0, low_open=True)
+        if len(self.betas) != 2:
+            fail("optim.betas", "must be two numbers in [0, 1)", self.betas)
+        for i, b in enumerate(self.betas):
+            check_number(item("optim.betas", i), b, 0, 1, high_open=True)
+        check_number("optim.eps", self.eps, 0, low_open=True)
+        check_number("optim.weight_decay", self.weight_decay, 0)
+        check_number("optim.warmup_ratio", self.warmup_ratio, 0, 1, high_open=True)
         if self.warmup_steps is not None:
-            _positive("optim.warmup_steps", self.warmup_steps, strict=False)
-        _choice("optim.schedule", self.schedule, ("cosine", "linear", "constant"))
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            _fail("optim.min_lr_ratio", "must be in [0, 1]", self.min_lr_ratio)
+            check_number("optim.warmup_steps", self.warmup_steps, 0)
+        check_choice("optim.schedule", self.schedule, ("cosine", "linear", "constant"))
+        check_number("optim.min_lr_ratio", self.min_lr_ratio, 0, 1)
 
 
 @dataclass
@@ -305,23 +275,23 @@ class DeepSpeedConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _choice("deepspeed.stage", self.stage, (0, 1, 2, 3))
-        _choice("deepspeed.offload_optimizer", self.offload_optimizer, ("none", "cpu"))
-        _choice("deepspeed.offload_param", self.offload_param, ("none", "cpu"))
+        check_choice("deepspeed.stage", self.stage, (0, 1, 2, 3))
+        check_choice("deepspeed.offload_optimizer", self.offload_optimizer, ("none", "cpu"))
+        check_choice("deepspeed.offload_param", self.offload_param, ("none", "cpu"))
         if self.offload_param != "none" and self.stage != 3:
-            _fail("deepspeed.offload_param", "needs deepspeed.stage=3", self.offload_param)
+            fail("deepspeed.offload_param", "needs deepspeed.stage=3", self.offload_param)
         if self.offload_optimizer != "none" and self.stage == 0:
-            _fail("deepspeed.offload_optimizer", "needs deepspeed.stage >= 1",
+            fail("deepspeed.offload_optimizer", "needs deepspeed.stage >= 1",
                   self.offload_optimizer)
         for name in ("reduce_bucket_size", "allgather_bucket_size", "stage3_prefetch_bucket_size",
                      "stage3_max_live_parameters"):
-            _positive(f"deepspeed.{name}", getattr(self, name))
-        _positive("deepspeed.stage3_param_persistence_threshold",
-                  self.stage3_param_persistence_threshold, strict=False)
+            check_number(f"deepspeed.{name}", getattr(self, name), 0, low_open=True)
+        check_number("deepspeed.stage3_param_persistence_threshold",
+                     self.stage3_param_persistence_threshold, 0)
         for k in ("train_batch_size", "train_micro_batch_size_per_gpu",
                   "gradient_accumulation_steps", "gradient_clipping", "bf16", "fp16"):
             if k in self.extra:
-                _fail(f"deepspeed.extra.{k}", "is set from train.* (one place only)")
+                fail(f"deepspeed.extra.{k}", "is set from train.* (one place only)")
 
 
 @dataclass
@@ -331,10 +301,13 @@ class WandbConfig:
     project: str = "l2a"
     entity: str | None = None
     tags: list[str] = field(default_factory=list)
+    # Seconds to wait for the wandb server (the reachability check and wandb.init).
+    init_timeout: float = 30.0
 
     def __post_init__(self) -> None:
         if self.mode is not None:
-            _choice("train.wandb.mode", self.mode, ("online", "offline", "disabled"))
+            check_choice("train.wandb.mode", self.mode, ("online", "offline", "disabled"))
+        check_number("train.wandb.init_timeout", self.init_timeout, 0, low_open=True)
 
 
 @dataclass
@@ -388,49 +361,45 @@ class TrainConfig:
     eval: dict | None = None
 
     def __post_init__(self) -> None:
-        _positive("train.max_steps", self.max_steps)
-        _positive("train.eval_every", self.eval_every, strict=False)
+        check_number("train.max_steps", self.max_steps, 0, low_open=True)
+        check_number("train.eval_every", self.eval_every, 0)
         if self.eval_every:
             from eval.config import build_eval
-            from eval.errors import EvalError
 
-            try:
-                build_eval(self.eval or {}, "train.eval")
-            except EvalError as e:
-                raise ConfigError(str(e)) from None
-        _positive("train.micro_batch_size", self.micro_batch_size)
-        _positive("train.grad_accum_steps", self.grad_accum_steps)
-        _positive("train.sequence_parallel", self.sequence_parallel)
+            build_eval(self.eval or {}, "train.eval")
+        check_number("train.micro_batch_size", self.micro_batch_size, 0, low_open=True)
+        check_number("train.grad_accum_steps", self.grad_accum_steps, 0, low_open=True)
+        check_number("train.sequence_parallel", self.sequence_parallel, 0, low_open=True)
         if self.sequence_parallel_window not in ("halo", "ulysses"):
-            _fail("train.sequence_parallel_window", "must be halo or ulysses", self.sequence_parallel_window)
+            fail("train.sequence_parallel_window", "must be halo or ulysses", self.sequence_parallel_window)
         if self.global_batch_size is not None:
-            _positive("train.global_batch_size", self.global_batch_size)
+            check_number("train.global_batch_size", self.global_batch_size, 0, low_open=True)
             if self.global_batch_size % self.micro_batch_size:
-                _fail("train.global_batch_size",
+                fail("train.global_batch_size",
                       f"must be a multiple of train.micro_batch_size ({self.micro_batch_size})",
                       self.global_batch_size)
-        _choice("train.precision", self.precision, ("auto", "bf16", "fp32"))
-        _choice("train.trainable", self.trainable, ("l2a", "all"))
-        _positive("train.grad_clip", self.grad_clip, strict=False)
-        _positive("train.loss_chunk_size", self.loss_chunk_size)
+        check_choice("train.precision", self.precision, ("auto", "bf16", "fp32"))
+        check_choice("train.trainable", self.trainable, ("l2a", "all"))
+        check_number("train.grad_clip", self.grad_clip, 0)
+        check_number("train.loss_chunk_size", self.loss_chunk_size, 0, low_open=True)
         if self.tiled_mlp not in ("off", "auto") and not (
             isinstance(self.tiled_mlp, int) and self.tiled_mlp >= 1
         ):
-            _fail("train.tiled_mlp", "must be off, auto or an integer >= 1", self.tiled_mlp)
+            fail("train.tiled_mlp", "must be off, auto or an integer >= 1", self.tiled_mlp)
         if self.offload_checkpoints and not self.activation_checkpointing:
-            _fail("train.offload_checkpoints", "needs train.activation_checkpointing=true",
+            fail("train.offload_checkpoints", "needs train.activation_checkpointing=true",
                   self.offload_checkpoints)
-        _positive("train.ckpt_every", self.ckpt_every, strict=False)
-        _positive("train.keep_checkpoints", self.keep_checkpoints, strict=False)
+        check_number("train.ckpt_every", self.ckpt_every, 0)
+        check_number("train.keep_checkpoints", self.keep_checkpoints, 0)
         if not self.resume:
-            _fail("train.resume", "must be auto, never or a checkpoint path", self.resume)
+            fail("train.resume", "must be auto, never or a checkpoint path", self.resume)
         if not 1 <= self.requeue_exit_code <= 255:
-            _fail("train.requeue_exit_code", "must be in [1, 255]", self.requeue_exit_code)
-        _choice("train.on_nonfinite", self.on_nonfinite, ("abort", "skip"))
-        _positive("train.max_consecutive_skips", self.max_consecutive_skips)
-        _choice("train.export_dtype", self.export_dtype, ("auto", "bf16", "fp32"))
-        _choice("train.dist_backend", self.dist_backend, ("auto", "nccl", "gloo"))
-        _positive("train.dist_timeout_minutes", self.dist_timeout_minutes)
+            fail("train.requeue_exit_code", "must be in [1, 255]", self.requeue_exit_code)
+        check_choice("train.on_nonfinite", self.on_nonfinite, ("abort", "skip"))
+        check_number("train.max_consecutive_skips", self.max_consecutive_skips, 0, low_open=True)
+        check_choice("train.export_dtype", self.export_dtype, ("auto", "bf16", "fp32"))
+        check_choice("train.dist_backend", self.dist_backend, ("auto", "nccl", "gloo"))
+        check_number("train.dist_timeout_minutes", self.dist_timeout_minutes, 0, low_open=True)
 
     def grad_accum(self, world_size: int) -> int:
         """Micro-batches per optimizer step on each rank (`world_size`: the data-parallel
@@ -439,7 +408,7 @@ class TrainConfig:
             return self.grad_accum_steps
         per_pass = self.micro_batch_size * world_size
         if self.global_batch_size % per_pass:
-            _fail("train.global_batch_size",
+            fail("train.global_batch_size",
                   f"must be a multiple of train.micro_batch_size * world size"
                   f"{' / train.sequence_parallel' if self.sequence_parallel > 1 else ''} ({per_pass})",
                   self.global_batch_size)
@@ -455,6 +424,9 @@ class RunConfig:
     deepspeed: DeepSpeedConfig
     l2a: L2AConfig
     train: TrainConfig
+    # Combinations that are legal but likely wrong (train/config_checks.py): printed by the
+    # trainer before it starts; not part of the saved config.
+    warnings: list[str] = field(default_factory=list)
 
     def warmup_steps(self) -> int:
         if self.optim.warmup_steps is not None:
@@ -471,12 +443,13 @@ def build_data_config(raw: dict):
     from train.data import DataConfig
 
     if not isinstance(raw, dict):
-        _fail("data", "expected a mapping", raw)
+        fail("data", "expected a mapping", raw)
     try:
         return DataConfig.from_dict(raw, path="data")
-    except (ValueError, TypeError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(msg if msg.startswith("data") else f"data: {msg}") from None
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as e:  # a field of a shape that its check did not reach
+        raise ConfigError(f"data: {first_line(e)}") from None
 
 
 def from_container(raw: dict, data_builder=None) -> RunConfig:
@@ -485,13 +458,13 @@ def from_container(raw: dict, data_builder=None) -> RunConfig:
     known = {"name", "model", "data", "optim", "deepspeed", "l2a", "train"}
     unknown = sorted(set(raw) - known - set(_PASSTHROUGH))
     if unknown:
-        _fail(unknown[0], f"unknown top-level key (known: {', '.join(sorted(known))})")
+        fail(unknown[0], f"unknown top-level key (known: {', '.join(sorted(known))})")
     for k in known:
         if k not in raw:
-            _fail(k, "missing (is its config group in conf/config.yaml's defaults?)")
+            fail(k, "missing (is its config group in conf/config.yaml's defaults?)")
     name = raw["name"]
     if not isinstance(name, str) or not name or "/" in name:
-        _fail("name", "must be a non-empty string without '/'", name)
+        fail("name", "must be a non-empty string without '/'", name)
     run = RunConfig(
         name=name,
         model=build(ModelConfig, raw["model"], "model"),
@@ -501,6 +474,10 @@ def from_container(raw: dict, data_builder=None) -> RunConfig:
         l2a=build_l2a(raw["l2a"]),
         train=build(TrainConfig, raw["train"], "train"),
     )
+    if data_builder is None:  # synthetic batches (benchmarks): no data settings to check
+        from train.config_checks import check_together
+
+        run.warnings = check_together(run)
     return run
 
 
@@ -526,8 +503,7 @@ def from_hydra(cfg: DictConfig, overrides: list[str] | None = None) -> RunConfig
         raw = OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=True)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "config"
-        msg = str(e).splitlines()[0]
-        raise ConfigError(f"{key}: {msg}") from None
+        raise ConfigError(f"{key}: {first_line(e)}") from None
     _explicit_base_wins(raw, overrides or [])
     from train.l2a_base import adopt_l2a_base
 
@@ -539,6 +515,8 @@ def to_dict(cfg: RunConfig) -> dict:
     """Plain dict of the validated config (for summary files and wandb)."""
     out = {}
     for f in dataclasses.fields(cfg):
+        if f.name == "warnings":
+            continue
         v = getattr(cfg, f.name)
         out[f.name] = dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
     return out

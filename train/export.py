@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from l2a.errors import WriteError
 from train.checkpoint import DS_TAG, CheckpointError, checkpoint_of, read_marker
 
 WRAPPER_PREFIX = "lm."  # train.trainer.LossModule keeps the causal LM as `.lm`
@@ -98,6 +99,7 @@ def load_checkpoint_model(ckpt: str | os.PathLike):
 def export_checkpoint(ckpt: str | os.PathLike, out: str | os.PathLike, dtype: str = "auto",
                       overwrite: bool = False) -> Path:
     from l2a.convert import ConversionError, check_output_dir, save_atomically
+    from l2a.errors import writing_to
 
     out = Path(out)
     resolve_checkpoint(ckpt)  # a bad checkpoint fails before the output is looked at
@@ -109,7 +111,8 @@ def export_checkpoint(ckpt: str | os.PathLike, out: str | os.PathLike, dtype: st
     if dtype == "auto":
         dtype = meta.get("precision", "fp32")
     model.to({"bf16": torch.bfloat16, "fp32": torch.float32}[dtype])
-    return save_atomically(model, tokenizer, out, overwrite=True)
+    with writing_to(out):  # a full disk: one line; the temporary directory is removed
+        return save_atomically(model, tokenizer, out, overwrite=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except WriteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(path)
     return 0
 

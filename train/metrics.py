@@ -111,11 +111,26 @@ class MetricsLogger:
         # A requeued job continues the same wandb run.
         run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(6)
         id_file.write_text(run_id)
-        self._wandb = wandb.init(
-            project=cfg.project, entity=cfg.entity, name=run_name(name, overrides), group=name,
-            tags=list(cfg.tags), dir=str(self.run_dir), config=config, mode=mode, id=run_id,
-            resume="allow", settings=wandb.Settings(console="off", silent=True),
-        )
+        def init(mode: str):
+            return wandb.init(
+                project=cfg.project, entity=cfg.entity, name=run_name(name, overrides),
+                group=name, tags=list(cfg.tags), dir=str(self.run_dir), config=config,
+                mode=mode, id=run_id, resume="allow",
+                settings=wandb.Settings(console="off", silent=True,
+                                        init_timeout=getattr(cfg, "init_timeout", 90.0)))
+
+        try:
+            self._wandb = init(mode)
+        except Exception as e:  # noqa: BLE001 - wandb's errors have many types
+            if mode != "online":
+                raise
+            # The server was reachable a moment ago (train/wandb_check.py): the metrics
+            # matter more than where they are shown.
+            from l2a.errors import first_line
+
+            print(f"warning: wandb: online init failed ({first_line(e)}); logging offline "
+                  f"(upload later with wandb sync)", file=sys.stderr, flush=True)
+            self._wandb = init("offline")
 
     def log(self, metrics: dict) -> None:
         if not self.enabled:

@@ -13,6 +13,7 @@ import os
 import re
 import sys
 import time
+import traceback
 from pathlib import Path
 
 RUN_LOG = "train.log"
@@ -40,12 +41,19 @@ class _Tee:
     def write(self, text: str) -> int:
         n = self._stream.write(text)
         *lines, self._pending = (self._pending + text).split("\n")
-        for line in lines:
-            line = line.rsplit("\r", 1)[-1].rstrip()
-            if line:  # library log records carry their own time stamp
-                self._log.write(f"{line}\n" if _STAMPED.match(line) else f"{_stamp()} {line}\n")
-        if lines:
-            self._log.flush()
+        if self._log is None:
+            return n if n is not None else len(text)
+        try:
+            for line in lines:
+                line = line.rsplit("\r", 1)[-1].rstrip()
+                if line:  # library log records carry their own time stamp
+                    self._log.write(f"{line}\n" if _STAMPED.match(line) else f"{_stamp()} {line}\n")
+            if lines:
+                self._log.flush()
+        except OSError:
+            # A full disk must not turn the report of the error (printed to the console
+            # still) into a second error: the log stops here.
+            self._log = None
         return n if n is not None else len(text)
 
     def flush(self) -> None:
@@ -64,9 +72,18 @@ def copy_output_to_run_log(run_dir: str | os.PathLike):
     path = Path(run_dir) / RUN_LOG
     path.parent.mkdir(parents=True, exist_ok=True)
     old_out, old_err = sys.stdout, sys.stderr
-    with open(path, "a") as log:
-        sys.stdout, sys.stderr = _Tee(old_out, log), _Tee(old_err, log)
-        try:
-            yield
-        finally:
-            sys.stdout, sys.stderr = old_out, old_err
+    log = open(path, "a")
+    sys.stdout, sys.stderr = _Tee(old_out, log), _Tee(old_err, log)
+    try:
+        yield
+    except Exception:
+        # An uncaught error ends the run with a traceback on the console (printed once, by
+        # Python, after this); the log gets the same text, so train.log says how it ended.
+        with contextlib.suppress(OSError):
+            log.write(f"{_stamp()} uncaught error:\n{traceback.format_exc()}")
+            log.flush()
+        raise
+    finally:
+        sys.stdout, sys.stderr = old_out, old_err
+        with contextlib.suppress(OSError):  # a full disk: the last buffered lines are lost
+            log.close()

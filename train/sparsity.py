@@ -80,6 +80,7 @@ from torch import Tensor
 
 # The method's R and the per-layer hard sparsity live with the model; re-exported here.
 from l2a.losses import layer_sparsity, router_regulariser
+from l2a.validate import check_bool, check_choice, check_number, fail
 
 __all__ = [
     "LambdaSchedule",
@@ -91,16 +92,6 @@ __all__ = [
 
 LAMBDA_SCHEDULES = ("linear", "cosine", "constant")
 TARGET_CONSTRAINTS = ("equality", "at_least")
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _check_number(name: str, v, low: float | None = None, strict: bool = False) -> None:
-    if not _is_number(v) or (low is not None and (v <= low if strict else v < low)):
-        bound = "" if low is None else f" {'>' if strict else '>='} {low}"
-        raise ValueError(f"l2a.{name}: must be a finite number{bound}, got {v!r}")
 
 
 def _valid_mask(attention_mask: Tensor | None, like: Tensor, name: str) -> Tensor | None:
@@ -163,12 +154,8 @@ class LambdaSchedule:
     total_steps: int = 1
 
     def __post_init__(self) -> None:
-        _check_number("lambda_final", self.final, low=0.0, strict=False)
-        if self.kind not in LAMBDA_SCHEDULES:
-            raise ValueError(
-                f"l2a.lambda_schedule: must be one of {', '.join(LAMBDA_SCHEDULES)}, "
-                f"got {self.kind!r}"
-            )
+        check_number("l2a.lambda_final", self.final, 0)
+        check_choice("l2a.lambda_schedule", self.kind, LAMBDA_SCHEDULES)
         if not isinstance(self.total_steps, int) or self.total_steps < 1:
             raise ValueError(
                 "lambda schedule total_steps (the run's optimizer steps): must be an int >= 1, "
@@ -235,40 +222,24 @@ class SparsityConfig:
     target_constraint: str = "equality"
 
     def __post_init__(self) -> None:
-        t = self.sparsity_target
-        if t is not None:
-            if not _is_number(t) or not 0.0 <= t < 1.0:
-                raise ValueError(f"l2a.sparsity_target: must be null or in [0, 1), got {t!r}")
-            self.sparsity_target = float(t)
+        self.sparsity_target = check_number("l2a.sparsity_target", self.sparsity_target, 0, 1,
+                                            high_open=True, allow_none=True)
         # lambda_final and lambda_schedule: validated by the LambdaSchedule they build.
         LambdaSchedule(self.lambda_final, self.lambda_schedule)
-        _check_number("multiplier_lr", self.multiplier_lr, low=0.0, strict=True)
-        _check_number("quadratic_weight", self.quadratic_weight, low=0.0, strict=False)
-        _check_number("multiplier_scale", self.multiplier_scale, low=0.0, strict=True)
-        _check_number("multiplier_max", self.multiplier_max, low=0.0, strict=True)
-        _check_number("multiplier_init", self.multiplier_init)
+        check_number("l2a.multiplier_lr", self.multiplier_lr, 0, low_open=True)
+        check_number("l2a.quadratic_weight", self.quadratic_weight, 0)
+        check_number("l2a.multiplier_scale", self.multiplier_scale, 0, low_open=True)
+        check_number("l2a.multiplier_max", self.multiplier_max, 0, low_open=True)
+        check_number("l2a.multiplier_init", self.multiplier_init)
         if abs(self.multiplier_init) > self.multiplier_max:
-            raise ValueError(
-                f"l2a.multiplier_init: |{self.multiplier_init}| exceeds l2a.multiplier_max "
-                f"({self.multiplier_max})"
-            )
-        _check_number("target_ramp", self.target_ramp, low=0.0, strict=False)
-        if self.target_ramp > 1.0:
-            raise ValueError(f"l2a.target_ramp: must be in [0, 1], got {self.target_ramp!r}")
-        if not isinstance(self.per_layer_target, bool):
-            raise ValueError(
-                f"l2a.per_layer_target: must be true or false, got {self.per_layer_target!r}"
-            )
-        if self.target_constraint not in TARGET_CONSTRAINTS:
-            raise ValueError(
-                f"l2a.target_constraint: must be one of {', '.join(TARGET_CONSTRAINTS)}, "
-                f"got {self.target_constraint!r}"
-            )
+            fail("l2a.multiplier_init",
+                 f"|{self.multiplier_init}| exceeds l2a.multiplier_max ({self.multiplier_max})")
+        check_number("l2a.target_ramp", self.target_ramp, 0, 1)
+        check_bool("l2a.per_layer_target", self.per_layer_target)
+        check_choice("l2a.target_constraint", self.target_constraint, TARGET_CONSTRAINTS)
         if self.target_constraint == "at_least" and self.multiplier_init < 0:
-            raise ValueError(
-                "l2a.multiplier_init: must be >= 0 with l2a.target_constraint=at_least, "
-                f"got {self.multiplier_init}"
-            )
+            fail("l2a.multiplier_init", "must be >= 0 with l2a.target_constraint=at_least",
+                 self.multiplier_init)
 
     @property
     def mode(self) -> str:

@@ -18,6 +18,7 @@ SIGINT (Ctrl-C): the same, with exit code 130; a second Ctrl-C interrupts at onc
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from l2a.errors import WriteError, fault_line, is_machine_fault, writing_to
 from train.checkpoint import (
     CheckpointError,
     check_resume_step,
@@ -139,6 +141,7 @@ class Trainer:
         self.loader = loader
         self.overrides = list(overrides or [])
         self.dist: DistInfo = init_distributed(cfg.train.dist_backend, cfg.train.dist_timeout_minutes)
+        self.wandb_cfg = self._resolve_wandb()  # before any work: online may be refused
         # Every rank writes into rank 0's run directory, which this run owns (train/run_dir.py).
         self.run_dir = Path(broadcast_object(str(Path(run_dir).resolve())))
         self._lock = self._own_run_dir()
@@ -237,6 +240,26 @@ class Trainer:
                                                  self.dist.is_main, cfg.deepspeed.stage)
 
     # ------------------------------------------------------------------ construction
+    def _resolve_wandb(self):
+        """train.wandb with the mode that can work (train/wandb_check.py), decided on rank 0
+        (the only one that logs) and shared, so that every rank stops on an error."""
+        from train.wandb_check import resolve_mode
+
+        w = self.cfg.train.wandb
+        result = None
+        if self.dist.is_main:
+            try:
+                result = resolve_mode(w.mode, w.init_timeout)
+            except ConfigError as e:
+                result = str(e)
+        result = broadcast_object(result)
+        if isinstance(result, str):
+            raise ConfigError(result)
+        mode, warning = result
+        if warning and self.dist.is_main:
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
+        return dataclasses.replace(w, mode=mode)
+
     def _deepspeed_gradient_divisor(self) -> int:
         """What DeepSpeed 0.19.8 divides the gradients summed over all ranks by (besides the
         micro-batch count): the data-parallel size (world / sp) under ZeRO-1/2, but the whole
@@ -294,8 +317,10 @@ class Trainer:
             self._batches = iter(self.loader)
             return
         from train.data import build_dataloader, prepare_data
+        from train.data.tokenizer import check_same_tokenizer
 
         cfg = self.cfg
+        check_same_tokenizer(cfg.data.tokenizer, self.tokenizer)
         # Safe on every rank at once (the pipeline locks); only rank 0 prints statistics.
         prepared = prepare_data(cfg.data, self.tokenizer, seed=cfg.train.seed,
                                 verbose=self.dist.is_main)
@@ -380,9 +405,11 @@ class Trainer:
         meta = {"name": self.cfg.name, "precision": self.precision,
                 "deepspeed_stage": self.cfg.deepspeed.stage, "sequence_parallel": self.sp,
                 "overrides": self.overrides}
-        self.last_checkpoint = save_checkpoint(
-            self.engine, self.run_dir, self.step, self.state_dict(), meta, self.model_config,
-            self.tokenizer, self.dist, self.cfg.train.keep_checkpoints)
+        # A failed save (full disk) leaves only its `.tmp-*` dir: the last complete one stays.
+        with writing_to(self.run_dir / "checkpoints"):
+            self.last_checkpoint = save_checkpoint(
+                self.engine, self.run_dir, self.step, self.state_dict(), meta, self.model_config,
+                self.tokenizer, self.dist, self.cfg.train.keep_checkpoints)
         return self.last_checkpoint
 
     def maybe_resume(self) -> Path | None:
@@ -545,7 +572,7 @@ class Trainer:
                            * self.dp_size)
         logger = MetricsLogger(
             self.run_dir, self.dist.is_main, cfg.train.max_steps, self.step,
-            progress_bar=cfg.train.progress_bar, wandb_cfg=cfg.train.wandb, name=cfg.name,
+            progress_bar=cfg.train.progress_bar, wandb_cfg=self.wandb_cfg, name=cfg.name,
             overrides=self.overrides, config=to_dict(cfg),
         )
         if resumed is not None:
@@ -619,9 +646,9 @@ class Trainer:
                 from train.export import export_checkpoint
 
                 ckpt = self._own_checkpoint()
-                export_dir = str(export_checkpoint(ckpt,
-                                                   self.run_dir / "export", cfg.train.export_dtype,
-                                                   overwrite=True))
+                with writing_to(self.run_dir / "export"):
+                    export_dir = str(export_checkpoint(ckpt, self.run_dir / "export",
+                                                       cfg.train.export_dtype, overwrite=True))
             barrier()
         summary = {}
         if self.dist.is_main:
@@ -712,16 +739,33 @@ def run(cfg: RunConfig, run_dir: str | os.PathLike, overrides: list[str] | None 
     from train.run_dir import RunDirError
     from train.run_log import copy_output_to_run_log
 
+    def report(message: str, code: int) -> int:
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        if errors is not None:
+            errors.append(message)
+        return code
+
     trainer = None
-    with copy_output_to_run_log(run_dir):
-        try:
-            trainer = Trainer(cfg, run_dir, overrides)
-            return trainer.fit()
-        except (ConfigError, CheckpointError, NonFiniteError, DataError, RunDirError) as e:
-            print(f"error: {e}", file=sys.stderr, flush=True)
-            if errors is not None:
-                errors.append(str(e))
-            return 1 if isinstance(e, NonFiniteError) else 2
-        finally:
-            if trainer is not None:
-                trainer.close()
+    try:
+        with copy_output_to_run_log(run_dir):
+            if int(os.environ.get("RANK", "0")) == 0:
+                for warning in getattr(cfg, "warnings", []):
+                    print(f"warning: {warning}", file=sys.stderr, flush=True)
+            try:
+                trainer = Trainer(cfg, run_dir, overrides)
+                return trainer.fit()
+            except (ConfigError, CheckpointError, NonFiniteError, DataError, RunDirError) as e:
+                return report(str(e), 1 if isinstance(e, NonFiniteError) else 2)
+            except WriteError as e:
+                return report(str(e), 1)
+            except OSError as e:  # a write of the data cache, say: the file names the place
+                if not is_machine_fault(e):
+                    raise
+                return report(fault_line(e, run_dir), 1)
+            finally:
+                if trainer is not None:
+                    trainer.close()
+    except OSError as e:  # the run directory itself (train.log cannot be made)
+        if not is_machine_fault(e):
+            raise
+        return report(fault_line(e, run_dir), 1)

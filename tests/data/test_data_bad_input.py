@@ -98,7 +98,7 @@ def test_zero_token_document(tmp_path, cache_dir):
 
 def test_missing_file_and_empty_glob(tmp_path, cache_dir, byte_tok):
     missing = str(tmp_path / "nope.jsonl")
-    with pytest.raises(DataError, match=rf"^{missing}: no such file \(data.sources\[0\].path\)$"):
+    with pytest.raises(DataError, match=rf"^{missing}: no such file \(data.sources.0.path\)$"):
         prepare_data(
             data_config(cache_dir, [{"path": missing}]), byte_tok, tmp_path / "o", verbose=False
         )

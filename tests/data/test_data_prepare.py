@@ -202,7 +202,7 @@ def test_make_data_entry_point(tmp_path):
         [*cmd, "data.seq_len=0"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
     )
     assert bad.returncode == 2
-    assert bad.stderr.strip().splitlines()[-1] == "error: data.seq_len: must be positive, got 0"
+    assert bad.stderr.strip().splitlines()[-1] == "error: data.seq_len: must be >= 8, got 0"
 
 
 def test_hub_source_failure_is_one_line(tmp_path, cache_dir, byte_tok, monkeypatch):
@@ -213,6 +213,6 @@ def test_hub_source_failure_is_one_line(tmp_path, cache_dir, byte_tok, monkeypat
         prepare_data(cfg, byte_tok, tmp_path / "o", verbose=False)
     msg = str(err.value)
     assert msg.startswith(
-        "data.sources[0]: cannot load hub dataset no-such-org/no-such-dataset/en[train]"
+        "data.sources.0: cannot load hub dataset no-such-org/no-such-dataset/en[train]"
     )
     assert "\n" not in msg and not os.path.exists(tmp_path / "o")

@@ -70,7 +70,7 @@ def test_eval_metrics_logged_and_checkpoint_evaluated(tmp_path):
 def test_bad_train_eval_is_a_config_error():
     from train.config import ConfigError
 
-    with pytest.raises(ConfigError, match=r"train.eval.tasks\[0\]: unknown task"):
+    with pytest.raises(ConfigError, match=r"train.eval.tasks.0: unknown task"):
         helpers.compose_run(["experiment=tiny", "train.eval_every=5", "train.eval.tasks=[nope]"])
     with pytest.raises(ConfigError, match="train.eval_every: must be >= 0"):
         helpers.compose_run(["experiment=tiny", "train.eval_every=-1"])

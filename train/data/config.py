@@ -11,7 +11,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from train.data.errors import ConfigError
+from l2a.errors import ConfigError
+from l2a.validate import check_bool, check_choice, check_known_keys, check_number, fail, item
 from train.data.eval_format import TASKS as EVAL_FORMAT_TASKS
 
 SOURCE_TYPES = ("auto", "hub", "jsonl", "parquet", "text", "arrow", "generated", "files")
@@ -42,51 +43,6 @@ SYNTHETIC_TASKS = (
 )
 
 
-def _fail(path: str, message: str) -> None:
-    raise ConfigError(f"{path}: {message}")
-
-
-def _check_int(path: str, value: Any, minimum: int | None = None, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        _fail(path, f"must be an integer, got {value!r}")
-    if minimum is not None and value < minimum:
-        word = "positive" if minimum == 1 else f">= {minimum}"
-        _fail(path, f"must be {word}, got {value}")
-
-
-def _check_float(
-    path: str,
-    value: Any,
-    lo: float,
-    hi: float | None,
-    allow_none: bool = False,
-    hi_open: bool = False,
-) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        _fail(path, f"must be a number, got {value!r}")
-    if value < lo or (hi is not None and (value >= hi if hi_open else value > hi)):
-        bound = "" if hi is None else f", {hi}{')' if hi_open else ']'}"
-        rng = f"[{lo}{bound}" if hi is not None else f">= {lo}"
-        _fail(
-            path,
-            f"must be in {rng}, got {value}" if hi is not None else f"must be {rng}, got {value}",
-        )
-
-
-def _check_choice(path: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        _fail(path, f"must be one of {', '.join(choices)}; got {value!r}")
-
-
-def _check_bool(path: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        _fail(path, f"must be true or false, got {value!r}")
-
-
 class _FromDict:
     """``from_dict`` for nested config dataclasses, rejecting unknown keys by path."""
 
@@ -100,9 +56,7 @@ class _FromDict:
         known = {
             f.name: f for f in dataclasses.fields(cls) if f.init and not f.name.startswith("_")
         }
-        unknown = sorted(set(merged) - set(known))
-        if unknown:
-            _fail(f"{path}.{unknown[0]}", f"unknown key (known: {', '.join(sorted(known))})")
+        check_known_keys(path, merged, known)
         nested = getattr(cls, "_nested", {})
         lists = getattr(cls, "_nested_lists", {})
         args = {}
@@ -113,9 +67,9 @@ class _FromDict:
                 if value is None:
                     value = []
                 if not isinstance(value, (list, tuple)):
-                    _fail(f"{path}.{key}", f"must be a list, got {type(value).__name__}")
+                    fail(f"{path}.{key}", f"must be a list, got {type(value).__name__}")
                 value = [
-                    lists[key]().from_dict(v, path=f"{path}.{key}[{i}]")
+                    lists[key]().from_dict(v, path=item(f"{path}.{key}", i))
                     if isinstance(v, dict)
                     else v
                     for i, v in enumerate(value)
@@ -147,13 +101,13 @@ class GeneratedTextConfig(_FromDict):
     num_docs: int = 1000
     min_words: int = 8
     max_words: int = 400
-    _path: str = field(default="data.sources[].generated", repr=False, compare=False)
+    _path: str = field(default="data.sources.<i>.generated", repr=False, compare=False)
 
     def __post_init__(self):
         p = self._path
-        _check_int(f"{p}.num_docs", self.num_docs, 1)
-        _check_int(f"{p}.min_words", self.min_words, 1)
-        _check_int(f"{p}.max_words", self.max_words, self.min_words)
+        check_number(f"{p}.num_docs", self.num_docs, 1, integer=True)
+        check_number(f"{p}.min_words", self.min_words, 1, integer=True)
+        check_number(f"{p}.max_words", self.max_words, self.min_words, integer=True)
 
 
 @dataclass
@@ -173,7 +127,7 @@ class FilesConfig(_FromDict):
     holdout: float = 0.0
     dedup: bool = True
     max_file_bytes: int | None = 1 << 20
-    _path: str = field(default="data.sources[].files", repr=False, compare=False)
+    _path: str = field(default="data.sources.<i>.files", repr=False, compare=False)
 
     def __post_init__(self):
         p = self._path
@@ -182,13 +136,13 @@ class FilesConfig(_FromDict):
             if not isinstance(value, (list, tuple)) or not all(
                 isinstance(v, str) and v for v in value
             ):
-                _fail(f"{p}.{key}", f"must be a list of glob patterns, got {value!r}")
+                fail(f"{p}.{key}", f"must be a list of glob patterns, got {value!r}")
             setattr(self, key, list(value))
         if not self.include:
-            _fail(f"{p}.include", "must name at least one pattern")
-        _check_float(f"{p}.holdout", self.holdout, 0.0, 1.0, hi_open=True)
-        _check_bool(f"{p}.dedup", self.dedup)
-        _check_int(f"{p}.max_file_bytes", self.max_file_bytes, 1, allow_none=True)
+            fail(f"{p}.include", "must name at least one pattern")
+        check_number(f"{p}.holdout", self.holdout, 0.0, 1.0, high_open=True)
+        check_bool(f"{p}.dedup", self.dedup)
+        check_number(f"{p}.max_file_bytes", self.max_file_bytes, 1, integer=True, allow_none=True)
 
 
 FILE_SPLITS = ("train", "validation", "all")
@@ -214,12 +168,12 @@ class SourceConfig(_FromDict):
     max_tokens: int | None = None
     generated: GeneratedTextConfig | dict | None = None
     files: FilesConfig | dict | None = None
-    _path: str = field(default="data.sources[]", repr=False, compare=False)
+    _path: str = field(default="data.sources.<i>", repr=False, compare=False)
     _nested = {"generated": lambda: GeneratedTextConfig, "files": lambda: FilesConfig}
 
     def __post_init__(self):
         p = self._path
-        _check_choice(f"{p}.type", self.type, SOURCE_TYPES)
+        check_choice(f"{p}.type", self.type, SOURCE_TYPES)
         if self.type == "generated":
             if isinstance(self.generated, dict) or self.generated is None:
                 self.generated = GeneratedTextConfig.from_dict(
@@ -228,34 +182,34 @@ class SourceConfig(_FromDict):
             self.name = self.name or "generated"
         elif self.type == "files":
             if not self.path or not isinstance(self.path, str):
-                _fail(f"{p}.path", f"must be a directory or python:<sysconfig path>, got {self.path!r}")
+                fail(f"{p}.path", f"must be a directory or python:<sysconfig path>, got {self.path!r}")
             if isinstance(self.files, dict) or self.files is None:
                 self.files = FilesConfig.from_dict(self.files or {}, path=f"{p}.files")
-            _check_choice(f"{p}.split", self.split, FILE_SPLITS)
+            check_choice(f"{p}.split", self.split, FILE_SPLITS)
             self.name = self.name or _default_name(self.path.replace("python:", ""))
         else:
             if not self.path or not isinstance(self.path, str):
-                _fail(f"{p}.path", f"must be a hub dataset id or a local path, got {self.path!r}")
+                fail(f"{p}.path", f"must be a hub dataset id or a local path, got {self.path!r}")
             if self.type == "auto":
                 self.type = infer_source_type(self.path, f"{p}.type")
             self.name = self.name or _default_name(self.path)
         if not isinstance(self.text_field, str) or not self.text_field:
-            _fail(f"{p}.text_field", f"must be a non-empty string, got {self.text_field!r}")
-        _check_float(f"{p}.weight", self.weight, 0.0, None)
-        _check_bool(f"{p}.streaming", self.streaming)
-        _check_bool(f"{p}.short", self.short)
-        _check_choice(f"{p}.sample_by", self.sample_by, SAMPLE_BY)
-        _check_int(f"{p}.max_docs", self.max_docs, 1, allow_none=True)
-        _check_int(f"{p}.max_tokens", self.max_tokens, 1, allow_none=True)
+            fail(f"{p}.text_field", f"must be a non-empty string, got {self.text_field!r}")
+        check_number(f"{p}.weight", self.weight, 0.0)
+        check_bool(f"{p}.streaming", self.streaming)
+        check_bool(f"{p}.short", self.short)
+        check_choice(f"{p}.sample_by", self.sample_by, SAMPLE_BY)
+        check_number(f"{p}.max_docs", self.max_docs, 1, integer=True, allow_none=True)
+        check_number(f"{p}.max_tokens", self.max_tokens, 1, integer=True, allow_none=True)
         if self.streaming and self.type == "generated":
-            _fail(f"{p}.streaming", "generated sources are made in memory; set streaming: false")
+            fail(f"{p}.streaming", "generated sources are made in memory; set streaming: false")
         if self.streaming and self.type == "files":
-            _fail(f"{p}.streaming", "files sources are read into the cache; set streaming: false")
+            fail(f"{p}.streaming", "files sources are read into the cache; set streaming: false")
         if self.files is not None and self.type != "files":
-            _fail(f"{p}.files", f"only for type: files, got type {self.type!r}")
+            fail(f"{p}.files", f"only for type: files, got type {self.type!r}")
 
 
-def infer_source_type(path: str, where: str = "data.sources[].type") -> str:
+def infer_source_type(path: str, where: str = "data.sources.<i>.type") -> str:
     """``auto`` source type: by suffix for local files, a directory's files, else a hub id."""
     base = path.rstrip("/")
     for suffix, kind in LOCAL_SUFFIXES.items():
@@ -301,17 +255,17 @@ class SyntheticConfig(_FromDict):
 
     def __post_init__(self):
         p = self._path
-        _check_bool(f"{p}.enabled", self.enabled)
+        check_bool(f"{p}.enabled", self.enabled)
         if not isinstance(self.tasks, (list, tuple)) or not self.tasks:
-            _fail(f"{p}.tasks", f"must be a non-empty list, got {self.tasks!r}")
+            fail(f"{p}.tasks", f"must be a non-empty list, got {self.tasks!r}")
         for i, task in enumerate(self.tasks):
-            _check_choice(f"{p}.tasks[{i}]", task, SYNTHETIC_TASKS)
+            check_choice(item(f"{p}.tasks", i), task, SYNTHETIC_TASKS)
         self.tasks = list(self.tasks)
-        _check_int(f"{p}.num_samples", self.num_samples, 1)
-        _check_int(f"{p}.min_tokens", self.min_tokens, 64)
-        _check_int(f"{p}.max_tokens", self.max_tokens, self.min_tokens)
-        _check_float(f"{p}.weight", self.weight, 0.0, None)
-        _check_bool(f"{p}.short", self.short)
+        check_number(f"{p}.num_samples", self.num_samples, 1, integer=True)
+        check_number(f"{p}.min_tokens", self.min_tokens, 64, integer=True)
+        check_number(f"{p}.max_tokens", self.max_tokens, self.min_tokens, integer=True)
+        check_number(f"{p}.weight", self.weight, 0.0)
+        check_bool(f"{p}.short", self.short)
 
 
 @dataclass
@@ -323,8 +277,8 @@ class UpsampleLongConfig(_FromDict):
     _path: str = field(default="data.upsample_long", repr=False, compare=False)
 
     def __post_init__(self):
-        _check_int(f"{self._path}.min_tokens", self.min_tokens, 0)
-        _check_float(f"{self._path}.factor", self.factor, 1.0, None)
+        check_number(f"{self._path}.min_tokens", self.min_tokens, 0, integer=True)
+        check_number(f"{self._path}.factor", self.factor, 1.0)
 
     @property
     def active(self) -> bool:
@@ -340,8 +294,8 @@ class PackingConfig(_FromDict):
     _path: str = field(default="data.packing", repr=False, compare=False)
 
     def __post_init__(self):
-        _check_choice(f"{self._path}.strategy", self.strategy, PACKING_STRATEGIES)
-        _check_int(f"{self._path}.buffer_sequences", self.buffer_sequences, 1)
+        check_choice(f"{self._path}.strategy", self.strategy, PACKING_STRATEGIES)
+        check_number(f"{self._path}.buffer_sequences", self.buffer_sequences, 1, integer=True)
 
 
 @dataclass
@@ -374,9 +328,7 @@ class DataConfig(_FromDict):
 
     def __post_init__(self):
         p = self._path
-        _check_int(f"{p}.seq_len", self.seq_len, 1)
-        if self.seq_len < 8:
-            _fail(f"{p}.seq_len", f"must be >= 8, got {self.seq_len}")
+        check_number(f"{p}.seq_len", self.seq_len, 8, integer=True)
         for key, cls in (
             ("synthetic", SyntheticConfig),
             ("upsample_long", UpsampleLongConfig),
@@ -386,47 +338,47 @@ class DataConfig(_FromDict):
             if isinstance(value, dict):
                 setattr(self, key, cls.from_dict(value, path=f"{p}.{key}"))
             elif not isinstance(value, cls):
-                _fail(f"{p}.{key}", f"must be a mapping, got {value!r}")
+                fail(f"{p}.{key}", f"must be a mapping, got {value!r}")
         if not isinstance(self.sources, (list, tuple)):
-            _fail(f"{p}.sources", f"must be a list, got {type(self.sources).__name__}")
+            fail(f"{p}.sources", f"must be a list, got {type(self.sources).__name__}")
         self.sources = [
-            SourceConfig.from_dict(s, path=f"{p}.sources[{i}]") if isinstance(s, dict) else s
+            SourceConfig.from_dict(s, path=item(f"{p}.sources", i)) if isinstance(s, dict) else s
             for i, s in enumerate(self.sources)
         ]
         for i, s in enumerate(self.sources):
             if not isinstance(s, SourceConfig):
-                _fail(f"{p}.sources[{i}]", f"must be a mapping, got {s!r}")
+                fail(item(f"{p}.sources", i), f"must be a mapping, got {s!r}")
         names = [s.name for s in self.sources] + (["synthetic"] if self.synthetic.enabled else [])
         for i, name in enumerate(names):
             if name in names[:i]:
-                _fail(
-                    f"{p}.sources[{i}].name", f"duplicate source name {name!r}; set distinct names"
+                fail(
+                    f"{item(p + '.sources', i)}.name", f"duplicate source name {name!r}; set distinct names"
                 )
         if not names:
-            _fail(
+            fail(
                 f"{p}.sources",
                 "no data: give at least one source or set data.synthetic.enabled=true",
             )
         if self.tokenizer is not None and not isinstance(self.tokenizer, str):
-            _fail(f"{p}.tokenizer", f"must be a path, a hub id or 'byte', got {self.tokenizer!r}")
-        _check_int(f"{p}.num_proc", self.num_proc, 1)
-        _check_int(f"{p}.max_bad_records", self.max_bad_records, 0)
-        _check_choice(f"{p}.long_doc_policy", self.long_doc_policy, LONG_DOC_POLICIES)
-        _check_float(f"{p}.short_share", self.short_share, 0.0, 1.0, allow_none=True, hi_open=True)
-        _check_int(f"{p}.num_tokens", self.num_tokens, 1, allow_none=True)
-        _check_int(f"{p}.validation_sequences", self.validation_sequences, 0)
-        _check_bool(f"{p}.parse_special_tokens", self.parse_special_tokens)
-        _check_int(f"{p}.seed", self.seed, 0, allow_none=True)
+            fail(f"{p}.tokenizer", f"must be a path, a hub id or 'byte', got {self.tokenizer!r}")
+        check_number(f"{p}.num_proc", self.num_proc, 1, integer=True)
+        check_number(f"{p}.max_bad_records", self.max_bad_records, 0, integer=True)
+        check_choice(f"{p}.long_doc_policy", self.long_doc_policy, LONG_DOC_POLICIES)
+        check_number(f"{p}.short_share", self.short_share, 0.0, 1.0, allow_none=True, high_open=True)
+        check_number(f"{p}.num_tokens", self.num_tokens, 1, integer=True, allow_none=True)
+        check_number(f"{p}.validation_sequences", self.validation_sequences, 0, integer=True)
+        check_bool(f"{p}.parse_special_tokens", self.parse_special_tokens)
+        check_number(f"{p}.seed", self.seed, 0, integer=True, allow_none=True)
         weights = self.source_weights()
         if sum(weights.values()) <= 0:
-            _fail(f"{p}.sources", "all source weights are 0")
+            fail(f"{p}.sources", "all source weights are 0")
         if self.short_share is not None:
             short = [n for n, s in self.source_short().items() if s and weights[n] > 0]
             long_ = [n for n, s in self.source_short().items() if not s and weights[n] > 0]
             if self.short_share > 0 and not short:
-                _fail(f"{p}.short_share", f"is {self.short_share} but no source has short: true")
+                fail(f"{p}.short_share", f"is {self.short_share} but no source has short: true")
             if not long_:
-                _fail(f"{p}.short_share", "is set but every source has short: true")
+                fail(f"{p}.short_share", "is set but every source has short: true")
 
     def source_weights(self) -> dict[str, float]:
         weights = {s.name: float(s.weight) for s in self.sources}

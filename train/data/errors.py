@@ -9,13 +9,14 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+# A bad ``data.*`` setting raises the one ConfigError of every config (l2a/errors.py).
+from l2a.errors import ConfigError
+
+__all__ = ["BadRecord", "BadRecordLog", "ConfigError", "DataError"]
+
 
 class DataError(ValueError):
-    """Bad data or data configuration; the message is one line naming the place."""
-
-
-class ConfigError(DataError):
-    """A ``data.*`` setting is invalid; the message starts with its override path."""
+    """Bad data; the message is one line naming the place."""
 
 
 @dataclass

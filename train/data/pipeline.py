@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 from filelock import FileLock
 
+from l2a.errors import writing_to
 from train.data import sources as src_mod
 from train.data.config import DataConfig
 from train.data.errors import BadRecordLog, ConfigError, DataError
@@ -34,13 +35,13 @@ def _source_signature(cfg: DataConfig) -> list:
         if s.type in ("jsonl", "text", "parquet") or (
             s.type == "arrow" and not os.path.isdir(s.path)
         ):
-            out.append(file_signature(resolve_files(s.path, s.type, f"data.sources[{i}].path")))
+            out.append(file_signature(resolve_files(s.path, s.type, f"data.sources.{i}.path")))
         elif s.type == "files":
-            sel = select_files(s.path, s.files, s.split, f"data.sources[{i}].path")
+            sel = select_files(s.path, s.files, s.split, f"data.sources.{i}.path")
             out.append(sel.manifest())
         elif s.type == "arrow":
             if not os.path.exists(s.path):
-                raise DataError(f"{s.path}: no such file (data.sources[{i}].path)")
+                raise DataError(f"{s.path}: no such file (data.sources.{i}.path)")
             out.append(
                 file_signature(
                     sorted(os.path.join(r, f) for r, _, fs in os.walk(s.path) for f in fs)
@@ -68,7 +69,7 @@ def _check_synthetic(cfg: DataConfig, encoder: TextEncoder) -> None:
         need = min_length(task, encoder)
         if need > syn.max_tokens:
             raise ConfigError(
-                f"data.synthetic.max_tokens: task '{task}' (data.synthetic.tasks[{i}]) needs at "
+                f"data.synthetic.max_tokens: task '{task}' (data.synthetic.tasks.{i}) needs at "
                 f"least {need} tokens with this tokenizer, got {syn.max_tokens}"
             )
 
@@ -136,7 +137,7 @@ def _unreadable_cache(cfg: DataConfig, s, i: int, err: BaseException) -> DataErr
     name = "synthetic" if s is None else s.name
     cache = os.path.abspath(cfg.cache_dir) if cfg.cache_dir else "the datasets cache"
     own = ("" if s is None or s.type not in ("arrow", "parquet")
-           else f" or its input data.sources[{i}].path={s.path}")
+           else f" or its input data.sources.{i}.path={s.path}")
     return DataError(f"data.cache_dir: cannot read source '{name}' from the datasets cache "
                      f"{cache}{own} ({why}); delete {cache} to rebuild it")
 
@@ -166,36 +167,37 @@ def prepare_data(
     if not out_dir:
         raise ConfigError("data.prepared_dir: not set and no out_dir given")
     out_dir = os.path.abspath(out_dir)
-    os.makedirs(os.path.dirname(out_dir), exist_ok=True)
-    fp = data_fingerprint(cfg, tokenizer, seed)
-    with FileLock(out_dir + ".lock"):
-        if not force and os.path.exists(os.path.join(out_dir, "meta.json")):
-            try:
-                existing = PreparedData.load(out_dir, cfg.validation_sequences)
-            except DataError:
-                existing = None
-            if existing is not None and existing.fingerprint == fp:
-                say(f"Reusing prepared data {out_dir} (fingerprint {fp})")
-                say(format_stats(existing.stats))
-                return existing
-        tmp = f"{out_dir}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-        bars = datasets.is_progress_bar_enabled()
-        datasets.disable_progress_bars()  # one line per source instead
-        try:
-            _prepare_into(cfg, tokenizer, tmp, seed, fp, say)
-            old = f"{out_dir}.old-{os.getpid()}"
-            if os.path.exists(out_dir):
-                os.rename(out_dir, old)
-            os.rename(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
+    with writing_to(out_dir):  # a full disk or read-only directory: one line naming it
+        os.makedirs(os.path.dirname(out_dir), exist_ok=True)
+        fp = data_fingerprint(cfg, tokenizer, seed)
+        with FileLock(out_dir + ".lock"):
+            if not force and os.path.exists(os.path.join(out_dir, "meta.json")):
+                try:
+                    existing = PreparedData.load(out_dir, cfg.validation_sequences)
+                except DataError:
+                    existing = None
+                if existing is not None and existing.fingerprint == fp:
+                    say(f"Reusing prepared data {out_dir} (fingerprint {fp})")
+                    say(format_stats(existing.stats))
+                    return existing
+            tmp = f"{out_dir}.tmp-{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        finally:
-            if bars:
-                datasets.enable_progress_bars()
+            os.makedirs(tmp)
+            bars = datasets.is_progress_bar_enabled()
+            datasets.disable_progress_bars()  # one line per source instead
+            try:
+                _prepare_into(cfg, tokenizer, tmp, seed, fp, say)
+                old = f"{out_dir}.old-{os.getpid()}"
+                if os.path.exists(out_dir):
+                    os.rename(out_dir, old)
+                os.rename(tmp, out_dir)
+                shutil.rmtree(old, ignore_errors=True)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            finally:
+                if bars:
+                    datasets.enable_progress_bars()
     return PreparedData.load(out_dir, cfg.validation_sequences)
 
 

@@ -82,17 +82,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="prepare again even if up to date")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=tiny")
     args = parser.parse_intermixed_args(argv)  # flags may sit among the overrides
+    from l2a.errors import WriteError
+    from train.entry_errors import BAD_CONFIG, MACHINE_FAULT, hydra_error_line
+
     try:
         cfg = compose(args.config_name, args.overrides)
-    except Exception as err:  # noqa: BLE001 - Hydra's composition errors have many types
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"error: {first}", file=sys.stderr)
-        return 2
+    except Exception as err:  # noqa: BLE001 - sorted by hydra_error_line, else re-raised
+        report = hydra_error_line(err)
+        if report is None:
+            raise
+        print(f"error: {report[0]}", file=sys.stderr)
+        return report[1]
     try:
         run(cfg, force=args.force)
-    except DataError as err:
+    except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return BAD_CONFIG
+    except WriteError as err:  # nothing half-written: the output is renamed into place
+        print(f"error: {err}", file=sys.stderr)
+        return MACHINE_FAULT
     return 0
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from l2a.errors import first_line
 from train.data import file_corpus, readers
 from train.data.config import DataConfig, SourceConfig, SyntheticConfig
 from train.data.errors import DataError
@@ -47,11 +48,6 @@ class LoadedSource:
     locate: Callable[[int, int, int], str]  # (row, _file, _line) -> "file:line"
     dataset: datasets.Dataset | None = None
     stream: Callable[[], Iterator[dict]] | None = None  # batches: {"text": [...], ...}
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _from_generator(gen, gen_kwargs, features, fingerprint, cfg: DataConfig) -> datasets.Dataset:
@@ -114,7 +110,7 @@ def _batched(rows: Iterator[dict], size: int | None = None) -> Iterator[dict]:
 
 
 def load_source(src: SourceConfig, index: int, cfg: DataConfig, seed: int) -> LoadedSource:
-    where = f"data.sources[{index}].path"
+    where = f"data.sources.{index}.path"
     if src.type == "generated":
         return _load_generated(src, index, cfg, seed)
     if src.type == "files":
@@ -246,7 +242,7 @@ def _load_parquet(src: SourceConfig, index: int, cfg: DataConfig, where: str) ->
         try:
             meta = pq.ParquetFile(f)
         except (pa.ArrowException, OSError) as err:
-            raise DataError(f"{f}: not a readable parquet file ({_first_line(err)})") from None
+            raise DataError(f"{f}: not a readable parquet file ({first_line(err)})") from None
         schema = meta.schema_arrow
         _check_column(
             schema.names,
@@ -267,7 +263,7 @@ def _load_parquet(src: SourceConfig, index: int, cfg: DataConfig, where: str) ->
             "parquet", data_files=files, split="train", cache_dir=cfg.cache_dir
         )
     except (pa.ArrowException, OSError, ValueError) as err:
-        raise DataError(f"{src.path}: cannot read parquet ({_first_line(err)}) ({where})") from None
+        raise DataError(f"{src.path}: cannot read parquet ({first_line(err)}) ({where})") from None
     return LoadedSource(src.name, index, fp, locate, _text_only(ds, src.text_field))
 
 
@@ -282,7 +278,7 @@ def _load_arrow(src: SourceConfig, index: int, cfg: DataConfig, where: str) -> L
                 if src.split not in ds:
                     raise DataError(
                         f"{src.path}: no split '{src.split}' (splits: {', '.join(ds)}) "
-                        f"(data.sources[{index}].split)"
+                        f"(data.sources.{index}.split)"
                     )
                 ds = ds[src.split]
             files, counts = [src.path], [len(ds)]
@@ -298,7 +294,7 @@ def _load_arrow(src: SourceConfig, index: int, cfg: DataConfig, where: str) -> L
         raise DataError(f"{src.path}: no such file ({where})") from None
     except (pa.ArrowException, OSError, ValueError) as err:
         raise DataError(
-            f"{src.path}: cannot read arrow data ({_first_line(err)}) ({where})"
+            f"{src.path}: cannot read arrow data ({first_line(err)}) ({where})"
         ) from None
     _check_column(
         ds.column_names,
@@ -338,7 +334,7 @@ def _load_hub(src: SourceConfig, index: int, cfg: DataConfig) -> LoadedSource:
         )
     except Exception as err:  # noqa: BLE001 - hub errors come in many types; all end here
         raise DataError(
-            f"data.sources[{index}]: cannot load hub dataset {place} ({_first_line(err)})"
+            f"data.sources.{index}: cannot load hub dataset {place} ({first_line(err)})"
         ) from None
     features = ds.features
     if features is not None:

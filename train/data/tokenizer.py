@@ -13,8 +13,9 @@ import numpy as np
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from l2a.errors import first_line
 from train.data.config import BYTE_TOKENIZER_NAME
-from train.data.errors import DataError
+from train.data.errors import ConfigError, DataError
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
@@ -83,9 +84,8 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     try:
         return AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DataError(
-            f"data.tokenizer: cannot load tokenizer {name_or_path!r} ({first})"
+            f"data.tokenizer: cannot load tokenizer {name_or_path!r} ({first_line(err)})"
         ) from None
 
 
@@ -102,6 +102,18 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
         [type(tokenizer).__name__, tokenizer.eos_token_id, tokenizer.pad_token_id, len(tokenizer)]
     )
     return hashlib.sha256((body + extra).encode()).hexdigest()[:16]
+
+
+def check_same_tokenizer(spec: str | None, model_tokenizer: PreTrainedTokenizerBase) -> None:
+    """`data.tokenizer`, where set, must encode as the model's tokenizer does: the trainer
+    tokenizes with the model's, so another one would be silently ignored in training while
+    `python -m train.data.prepare` used it (and prepared data the run never reads)."""
+    if spec is None:
+        return
+    if tokenizer_fingerprint(load_tokenizer(spec)) != tokenizer_fingerprint(model_tokenizer):
+        raise ConfigError(
+            f"data.tokenizer: {spec!r} encodes differently from the model's tokenizer (the one "
+            f"training uses); set data.tokenizer=null")
 
 
 def special_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:
