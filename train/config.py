@@ -507,7 +507,7 @@ def from_hydra(cfg: DictConfig, overrides: list[str] | None = None) -> RunConfig
     _explicit_base_wins(raw, overrides or [])
     from train.l2a_base import adopt_l2a_base
 
-    adopt_l2a_base(raw, overrides or [], _fail)  # model.base=<an L2A model>: its settings
+    adopt_l2a_base(raw, overrides or [], fail)  # model.base=<an L2A model>: its settings
     return from_container(raw)
 
 
