@@ -626,6 +626,7 @@ class Trainer:
             }
             png = logger.close(plot=cfg.train.plot, summary=summary)
             summary["sparsity_plot"] = str(png) if png else None
+            summary["loss_plot"] = str(logger.loss_plot) if logger.loss_plot else None
             tmp = self.run_dir / "summary.json.tmp"
             tmp.write_text(json.dumps(summary, indent=2) + "\n")
             os.replace(tmp, self.run_dir / "summary.json")
