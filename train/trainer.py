@@ -689,6 +689,9 @@ def run(cfg: RunConfig, run_dir: str | os.PathLike, overrides: list[str] | None 
             errors.append(message)
         return code
 
+    from train.library_output import set_library_output
+
+    set_library_output(cfg.train.verbose)
     trainer = None
     try:
         with copy_output_to_run_log(run_dir):
