@@ -58,7 +58,6 @@ def main() -> None:
 
     import train.config  # noqa: F401  (registers the l2a_timestamp resolver)
     from launch.sweep_failures import SweepFailures
-
     from train.library_output import set_library_output, verbose_on_command_line
 
     set_library_output(verbose_on_command_line())  # before DeepSpeed's import-time warning
