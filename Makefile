@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.deps-stamp
+TEST_STAMP := $(VENV)/.test-deps-stamp
 # The CPU build of torch on machines without CUDA; clusters pass their own (TORCH_SPEC=).
 TORCH_SPEC ?= torch==2.13.0
 CONF ?= tiny
@@ -43,7 +44,12 @@ data: setup
 eval: setup
 	$(PY) -m eval eval=$(CONF) $(ARGS)
 
-test: setup
+# The suite's own extras (requirements-test.txt: lm-eval, so its adapter test runs).
+$(TEST_STAMP): requirements-test.txt $(STAMP)
+	$(PY) -m pip install -q -r requirements-test.txt
+	touch $(TEST_STAMP)
+
+test: setup $(TEST_STAMP)
 	$(PY) -m pytest -q -m "not gpu" $(PYTEST_ARGS) tests
 
 # On a GPU machine: the same kernel tests in bf16 at larger shapes, and bf16 training with

@@ -54,6 +54,9 @@ def _from_path(path: str, dtype: torch.dtype):
         except (CheckpointError, OSError, ValueError) as e:
             raise EvalError(f"model.path: {first_line(e)}") from None
         return model.to(dtype), tokenizer
+    looks_local = path.startswith(("/", "./", "../", "~")) or path.strip("/").count("/") > 1
+    if looks_local and not local.expanduser().exists():  # else the hub's repo-id complaint
+        raise EvalError(f"model.path: {path}: no such file or directory")
     try:
         config = AutoConfig.from_pretrained(path)
     except Exception as e:  # OSError, ValueError, JSON errors: not a model

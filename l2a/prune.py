@@ -144,7 +144,11 @@ def _prepared_batches(path: str, num_samples: int):
 
 def _text_file_batches(path: str, tokenizer, seq_len: int, num_samples: int):
     p = Path(path)
-    text = p.read_text(encoding="utf-8", errors="replace")
+    try:  # replacement characters would calibrate the router on text nobody wrote
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise PruneError(f"--text-file: {path}: not UTF-8 text (invalid byte at offset "
+                         f"{err.start})") from None
     if p.suffix == ".jsonl":
         try:
             docs = [json.loads(line)["text"] for line in text.splitlines() if line.strip()]
@@ -191,7 +195,9 @@ def _args(argv):
     src.add_argument("--haystack", action="store_true", help="generated needle-in-a-haystack text")
     ap.add_argument("--num-samples", type=int, default=8)
     ap.add_argument(
-        "--seq-len", type=int, default=4096, help="tokens per sample (text file, haystack)"
+        "--seq-len", type=int, default=None,
+        help="tokens per sample (text file, haystack); default 4096, or the model's context "
+        "if shorter"
     )
     ap.add_argument("--tokenizer", default=None, help="tokenizer (default: the model's directory)")
     ap.add_argument("--seed", type=int, default=0)
@@ -219,7 +225,7 @@ def _check_args(args):
     import l2a  # noqa: F401  (registers the Auto classes)
 
     for name in ("num_samples", "seq_len", "context"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise PruneError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(args, name)}")
     for name, value in (("threshold", args.threshold), ("keep-fraction", args.keep_fraction)):
         if value is not None and not 0.0 <= value <= 1.0:
@@ -253,6 +259,12 @@ def _check_args(args):
         config = AutoConfig.from_pretrained(args.model)
     except (OSError, ValueError) as err:
         raise PruneError(f"--model: {model_config}: {first_line(err)}") from None
+    context = getattr(config, "max_position_embeddings", None)
+    if args.seq_len is None:
+        args.seq_len = min(4096, context or 4096)
+    elif context and args.seq_len > context:
+        raise PruneError(f"--seq-len: {args.seq_len} is above the model's context "
+                         f"(max_position_embeddings {context})")
     # The selectors against the real layers, with a stand-in usage (the real one comes later).
     candidates = global_layers(config)
     select_global_layers(

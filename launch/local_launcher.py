@@ -133,6 +133,10 @@ class LocalLauncher(Launcher):
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
+        if not self._interrupted:
+            from launch.summarize import print_sweep_summary
+
+            print_sweep_summary(sweep_dir)
         if failures.failed:
             # Every job has run: one line per failed one and a non-zero exit, instead of
             # Hydra's traceback of the first failure only.

@@ -254,6 +254,19 @@ def summarize(sweep_dir: str | Path, out_dir: str | Path | None = None,
     return paths
 
 
+def print_sweep_summary(sweep_dir: str | Path, file=None) -> None:
+    """The end of a sweep (`python -m train -m ...`, `hydra/launcher=local`): write the
+    summary files and print the table, so that the results are on the screen when it ends."""
+    out = file or sys.stdout
+    try:
+        paths = summarize(sweep_dir)
+    except (SummaryError, OSError) as e:  # a summary never turns a finished sweep into a failure
+        print(f"warning: no sweep summary ({e})", file=sys.stderr, flush=True)
+        return
+    print("\n" + paths["markdown"].read_text(), end="", file=out)
+    print(f"summary: {paths['markdown']}", file=out, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m launch.summarize", description=__doc__.split("\n")[0])
     parser.add_argument("sweep_dir", help="a multirun directory (or any directory of runs)")

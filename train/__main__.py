@@ -58,8 +58,11 @@ def main() -> None:
 
     import train.config  # noqa: F401  (registers the l2a_timestamp resolver)
     from launch.sweep_failures import SweepFailures
+    from train.library_output import set_library_output, verbose_on_command_line
 
+    set_library_output(verbose_on_command_line())  # before DeepSpeed's import-time warning
     failures = SweepFailures()
+    sweep_dirs: set[str] = set()  # the in-process sweep's, summarized at its end
     _agree_on_timestamp()
 
     @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
@@ -86,6 +89,7 @@ def main() -> None:
         if code != 0:
             _discard_empty_run_dir(run_dir)
         if in_process_sweep:
+            sweep_dirs.add(str(hc.sweep.dir))
             failures.jobs += 1
             if code != 0:
                 failures.add(int(hc.job.num), overrides, code,
@@ -98,6 +102,11 @@ def main() -> None:
     from train.entry_errors import run_hydra_app
 
     run_hydra_app(app)
+    if sweep_dirs:
+        from launch.summarize import print_sweep_summary
+
+        for sweep_dir in sorted(sweep_dirs):
+            print_sweep_summary(sweep_dir)
     code = failures.report()
     if code:
         sys.exit(code)

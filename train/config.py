@@ -351,6 +351,9 @@ class TrainConfig:
     save_final: bool = True  # checkpoint at the end (implied by export)
     export_dtype: str = "auto"  # auto (bf16 if trained in bf16) | bf16 | fp32
     progress_bar: bool = True
+    # Library output on the console (DeepSpeed's warnings, compiler probes, per-shard progress
+    # bars): only errors unless true (train/library_output.py).
+    verbose: bool = False
     plot: bool = True
     dist_backend: str = "auto"  # auto (nccl on GPU, gloo on CPU) | nccl | gloo
     dist_timeout_minutes: int = 30

@@ -15,6 +15,7 @@ from pathlib import Path
 
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "sparsity_per_layer.png"
+LOSS_PLOT_FILE = "loss.png"
 
 
 def run_name(name: str, overrides: list[str]) -> str:
@@ -73,6 +74,7 @@ class MetricsLogger:
         self.path = self.run_dir / METRICS_FILE
         self._bar = None
         self._wandb = None
+        self.loss_plot: Path | None = None
         if not enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -170,6 +172,7 @@ class MetricsLogger:
             self._bar.close()
         self._file.close()
         png = plot_layer_sparsity(self.run_dir) if plot else None
+        self.loss_plot = plot_loss(self.run_dir) if plot else None
         if self._wandb is not None:
             if summary:
                 self._wandb.summary.update({k: v for k, v in summary.items()
@@ -206,6 +209,34 @@ def plot_layer_sparsity(run_dir: str | os.PathLike) -> Path | None:
     ax.legend(fontsize=7, ncol=2 if len(layers) > 8 else 1, loc="best")
     fig.tight_layout()
     out = Path(run_dir) / PLOT_FILE
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def plot_loss(run_dir: str | os.PathLike) -> Path | None:
+    """PNG of the training loss (total and LM) over the optimizer steps, beside the
+    sparsity plot; None without finite losses (a run that resumed at its last step)."""
+    rows = [r for r in read_metrics(run_dir)
+            if isinstance(r.get("loss"), (int, float)) and math.isfinite(r["loss"])]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in rows]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.plot(steps, [r["loss"] for r in rows], lw=1.5, label="loss (LM + sparsity term)")
+    if any("lm_loss" in r for r in rows):
+        ax.plot(steps, [r.get("lm_loss", float("nan")) for r in rows], lw=1.2, label="LM loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (nats per token)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    out = Path(run_dir) / LOSS_PLOT_FILE
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out

@@ -676,6 +676,7 @@ class Trainer:
             }
             png = logger.close(plot=cfg.train.plot, summary=summary)
             summary["sparsity_plot"] = str(png) if png else None
+            summary["loss_plot"] = str(logger.loss_plot) if logger.loss_plot else None
             tmp = self.run_dir / "summary.json.tmp"
             tmp.write_text(json.dumps(summary, indent=2) + "\n")
             os.replace(tmp, self.run_dir / "summary.json")
@@ -745,6 +746,9 @@ def run(cfg: RunConfig, run_dir: str | os.PathLike, overrides: list[str] | None 
             errors.append(message)
         return code
 
+    from train.library_output import set_library_output
+
+    set_library_output(cfg.train.verbose)
     trainer = None
     try:
         with copy_output_to_run_log(run_dir):

@@ -8,9 +8,9 @@ import os
 
 import pytest
 from conftest import data_config, write_jsonl
-from filelock import FileLock
 
 from train.data import DataError, prepare_data
+from train.data.dir_lock import locked_dir
 from train.data.textgen import generated_documents
 
 DOCS = [t for _, t in generated_documents(5, 0, 40, 3, 60)]
@@ -34,7 +34,9 @@ def test_corrupt_datasets_cache_is_one_line_and_leaves_nothing(tmp_path, cache_d
                           f"datasets cache {cache} (ArrowInvalid: "), msg
     assert msg.endswith(f"delete {cache} to rebuild it")
     assert not out.exists() and not glob.glob(f"{out}.tmp-*")
-    FileLock(f"{out}.lock").acquire(timeout=0)  # released: no other process holds it
+    with locked_dir(out.parent, blocking=False):  # released: no other process holds it
+        pass
+    assert not glob.glob(f"{out.parent}/*.lock")  # and no lock file was left behind
     # And the advice works.
     import shutil
 

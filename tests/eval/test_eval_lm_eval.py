@@ -1,5 +1,6 @@
-"""The lm-evaluation-harness adapter on a local task definition (skipped without lm_eval):
-the harness's log-likelihoods of an L2A model equal the model's own."""
+"""The lm-evaluation-harness adapter on a local task definition: the harness's
+log-likelihoods of an L2A model equal the model's own. lm_eval is a test requirement
+(requirements-test.txt, installed by `make test`): missing, this file fails, not skips."""
 
 from __future__ import annotations
 
@@ -11,7 +12,11 @@ import torch
 import torch.nn.functional as F
 from eval_helpers import tiny_l2a
 
-lm_eval = pytest.importorskip("lm_eval")
+try:
+    import lm_eval  # noqa: F401
+except ImportError:
+    pytest.fail("lm_eval is not installed: `make test` installs requirements-test.txt",
+                pytrace=False)
 
 DOCS = [{"context": "The special magic number for blue-river is: 1234567. The number is",
          "target": " 1234567"},

@@ -147,6 +147,28 @@ def test_cli_prunes_on_haystacks(saved, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("family", ["qwen3"])
+def test_cli_refuses_invalid_utf8_and_samples_past_the_context(saved, tmp_path_factory, capsys):
+    """Bad bytes would calibrate the router on replacement characters; samples longer than
+    the model's positions measure usage the model never sees."""
+    from transformers import AutoConfig
+
+    data = tmp_path_factory.mktemp("calib") / "calib.txt"
+    data.write_bytes(b"The number is 12345. " * 200 + b"\xff\xfe and more")
+    out = tmp_path_factory.mktemp("o") / "pruned"
+    assert main(["--model", str(saved), "--out", str(out), "--text-file", str(data),
+                 "--keep", "1", "--seq-len", "64"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"l2a.prune: error: --text-file: {data}: not UTF-8 text (invalid byte at offset 4200)"]
+    context = AutoConfig.from_pretrained(saved).max_position_embeddings
+    assert main(["--model", str(saved), "--out", str(out), "--haystack", "--keep", "1",
+                 "--seq-len", str(context + 1)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"l2a.prune: error: --seq-len: {context + 1} is above the model's context "
+        f"(max_position_embeddings {context})"]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("family", ["qwen3"])
 @pytest.mark.parametrize(
     "args, message",
     [

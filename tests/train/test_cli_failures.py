@@ -40,6 +40,13 @@ def test_sweep_runs_the_valid_jobs_and_lists_the_failed_ones(base_overrides, tmp
         "train.max_steps=-1): train.max_steps: must be > 0, got -1"), lines
     assert json.loads((sweep / "1" / "summary.json").read_text())["steps"] == 1
     assert not (sweep / "0").exists() and not (sweep / "2").exists()  # nothing left behind
+    # The sweep ends by printing its summary table (launch/summarize.py): the run that
+    # trained is its one row.
+    table = [ln for ln in proc.stdout.splitlines() if ln.startswith("| ")]
+    assert len(table) == 2 and "final_loss" in table[0], proc.stdout[-3000:]
+    assert table[1].rstrip(" |").endswith("1"), table  # its run directory, relative
+    assert (sweep / "sweep_summary.md").exists()
+    assert f"summary: {sweep / 'sweep_summary.md'}" in proc.stdout
 
 
 def test_ctrl_c_before_training_is_one_line_exit_130(monkeypatch, tmp_path, capsys):

@@ -8,11 +8,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import types
 
 import pytest
 from train_helpers import compose_run, read_metrics, run_in_process
 
 import train.trainer as trainer_mod
+from l2a.errors import WriteError
 from train.checkpoint import CheckpointError
 from train.config import ConfigError
 from train.data import DataError
@@ -106,16 +108,20 @@ def test_ctrl_c_finishes_the_step_checkpoints_and_exits_130(base_overrides, tmp_
 
 @pytest.mark.parametrize("error, code", [(ConfigError("train.x: bad"), 2),
                                          (CheckpointError("/ckpt: corrupt"), 2),
-                                         (DataError("data.sources[0].path: missing"), 2),
-                                         (trainer_mod.NonFiniteError("step 3: nan"), 1)])
+                                         (DataError("data.sources.0.path: missing"), 2),
+                                         (trainer_mod.NonFiniteError("step 3: nan"), 1),
+                                         (WriteError("/run/checkpoints: cannot write (No space "
+                                                     "left on device)"), 1)])
 def test_exit_codes_of_run(monkeypatch, tmp_path, capsys, error, code):
-    """docs/DESIGN.md: 2 for config, data and checkpoint errors; 1 for a non-finite loss."""
+    """docs/DESIGN.md: 2 for config, data and checkpoint errors; 1 for a non-finite loss or
+    a machine fault (full disk)."""
     def failing(*_a, **_k):
         raise error
 
     monkeypatch.setattr(trainer_mod, "Trainer", failing)
     errors: list[str] = []
-    assert trainer_mod.run(None, tmp_path, [], errors=errors) == code
+    cfg = types.SimpleNamespace(train=types.SimpleNamespace(verbose=False), warnings=[])
+    assert trainer_mod.run(cfg, tmp_path, [], errors=errors) == code
     assert capsys.readouterr().err.strip() == f"error: {error}"
     assert errors == [str(error)]
     assert f"error: {error}" in (tmp_path / "train.log").read_text()

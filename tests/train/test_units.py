@@ -82,6 +82,19 @@ def test_run_name_drops_experiment_and_hydra_keys():
     assert run_name("tiny", []) == "tiny"
 
 
+def test_loss_plot_beside_the_sparsity_plot(tmp_path):
+    from train.metrics import LOSS_PLOT_FILE, PLOT_FILE, plot_loss
+
+    rows = [{"step": s, "loss": 5.0 / s, "lm_loss": 4.9 / s} for s in range(1, 6)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    png = plot_loss(tmp_path)
+    assert png == tmp_path / LOSS_PLOT_FILE and png.parent == (tmp_path / PLOT_FILE).parent
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": "nan"}) + "\n")
+    png.unlink()
+    assert plot_loss(tmp_path) is None and not png.exists()  # nothing finite to draw
+
+
 def test_layer_sparsity_plot(tmp_path):
     rows = [{"step": s, "loss": 1.0, "sparsity": s / 20, "sparsity/layer_0": s / 10,
              "sparsity/layer_1": 0.0} for s in range(1, 11)]

@@ -11,11 +11,11 @@ import time
 import datasets
 import numpy as np
 import pyarrow as pa
-from filelock import FileLock
 
 from l2a.errors import writing_to
 from train.data import sources as src_mod
 from train.data.config import DataConfig
+from train.data.dir_lock import locked_dir
 from train.data.errors import BadRecordLog, ConfigError, DataError
 from train.data.file_corpus import select_files
 from train.data.mixture import plan_mixture, target_shares
@@ -170,7 +170,7 @@ def prepare_data(
     with writing_to(out_dir):  # a full disk or read-only directory: one line naming it
         os.makedirs(os.path.dirname(out_dir), exist_ok=True)
         fp = data_fingerprint(cfg, tokenizer, seed)
-        with FileLock(out_dir + ".lock"):
+        with locked_dir(os.path.dirname(out_dir)):  # no lock file left behind
             if not force and os.path.exists(os.path.join(out_dir, "meta.json")):
                 try:
                     existing = PreparedData.load(out_dir, cfg.validation_sequences)

@@ -1,5 +1,5 @@
-"""Evaluation output on a full disk or an unwritable directory: one line naming the path and
-the cause, exit code 1, no results.json."""
+"""Evaluation faults: output on a full disk or an unwritable directory (one line naming the
+path and the cause, exit code 1, no results.json); a model path that does not exist."""
 
 from __future__ import annotations
 
@@ -60,3 +60,12 @@ def test_output_dir_below_a_file(model_dir, tmp_path, monkeypatch, capsys):
                                             f"hydra.run.dir={blocker / 'eval'}"])
     assert code == 1 and len(err) == 1, err
     assert err[0].startswith(f"error: {blocker}") and "Not a directory" in err[0], err
+
+
+def test_missing_model_path_says_so(tmp_path, monkeypatch, capsys):
+    """Not the hub's complaint about repo ids: the path does not exist."""
+    missing = tmp_path / "no" / "such" / "model"
+    code, err = _main(monkeypatch, capsys, [f"model.path={missing}", "eval=tiny",
+                                            f"hydra.run.dir={tmp_path / 'e'}"])
+    assert (code, err) == (2, [f"error: model.path: {missing}: no such file or directory"])
+    assert not (tmp_path / "e").exists()
