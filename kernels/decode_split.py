@@ -40,7 +40,8 @@ import triton.language as tl
 from .flash.config import interpreting
 
 SPLIT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-SPLIT_HEAD_DIMS = (64, 128)
+# Head dims up to 128 (padded to a power of two, at least 16 for the matmuls).
+SPLIT_MAX_HEAD_DIM = 128
 SPLIT_MAX_QUERIES = 16
 
 
@@ -63,6 +64,10 @@ GPU_SPLIT_CONFIG = SplitConfig(block_n=64, num_warps=4, num_stages=3, programs_p
 # boundaries.
 INTERPRET_SPLIT_CONFIG = SplitConfig(block_n=16, num_warps=1, num_stages=1, programs_per_sm=1, min_keys_per_split=16)
 INTERPRET_SM_COUNT = 4
+
+
+def _block_d(D: int) -> int:
+    return max(16, triton.next_power_of_2(D))
 
 
 def split_config(on_gpu: bool) -> SplitConfig:
@@ -99,8 +104,8 @@ def split_kv_unsupported(q, k, v, visible, route) -> str | None:
         return f"k/v must be (B, Hkv, Tk, {D}) like q's batch and head dim, got {tuple(k.shape)} / {tuple(v.shape)}"
     if q.dtype not in SPLIT_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
         return f"needs fp16/bf16/fp32 q, k, v of one dtype, got {q.dtype}, {k.dtype}, {v.dtype}"
-    if D not in SPLIT_HEAD_DIMS:
-        return f"head dim {D} (supported: {SPLIT_HEAD_DIMS})"
+    if D > SPLIT_MAX_HEAD_DIM:
+        return f"head dim {D} (at most {SPLIT_MAX_HEAD_DIM})"
     if tq > SPLIT_MAX_QUERIES:
         return f"{tq} queries per row (at most {SPLIT_MAX_QUERIES})"
     if Hq % k.shape[1]:
@@ -124,7 +129,7 @@ def _split_partials(
     sr_b, sr_t,
     qk_scale, keys, keys_per_split, splits,
     HKV: tl.constexpr, G: tl.constexpr, TQ: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_ROUTE: tl.constexpr, IEEE: tl.constexpr,
 ):
     split = tl.program_id(0)
@@ -136,6 +141,7 @@ def _split_partials(
     t = rows % TQ
     head = hkv * G + rows // TQ
     d = tl.arange(0, BLOCK_D)
+    d_ok = d < HEAD_D
 
     if HAS_ROUTE:
         routed = (tl.load(ROUTE + b * sr_b + t * sr_t, mask=row_ok, other=0) != 0) & row_ok
@@ -148,7 +154,7 @@ def _split_partials(
 
     q = tl.load(
         Q + b * sq_b + head[:, None] * sq_h + t[:, None] * sq_t + d[None, :] * sq_d,
-        mask=routed[:, None], other=0.0,
+        mask=routed[:, None] & d_ok[None, :], other=0.0,
     )
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -162,7 +168,7 @@ def _split_partials(
         vis = tl.load(vis_base + n[None, :] * svis_n, mask=routed[:, None] & in_split[None, :], other=0) != 0
         # Keys no routed query row sees are not loaded.
         needed = tl.max(vis.to(tl.int32), axis=0) > 0
-        k = tl.load(k_base + n[:, None] * sk_n + d[None, :] * sk_d, mask=needed[:, None], other=0.0)
+        k = tl.load(k_base + n[:, None] * sk_n + d[None, :] * sk_d, mask=needed[:, None] & d_ok[None, :], other=0.0)
         if IEEE:
             s = tl.dot(q, tl.trans(k), input_precision="ieee")
         else:
@@ -173,7 +179,7 @@ def _split_partials(
         alpha = tl.math.exp2(m_i - m_safe)
         p = tl.math.exp2(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(v_base + n[:, None] * sv_n + d[None, :] * sv_d, mask=needed[:, None], other=0.0)
+        v = tl.load(v_base + n[:, None] * sv_n + d[None, :] * sv_d, mask=needed[:, None] & d_ok[None, :], other=0.0)
         if IEEE:
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
         else:
@@ -184,7 +190,7 @@ def _split_partials(
     part = bh * splits * (G * TQ) + split * (G * TQ) + rows
     tl.store(M_OUT + part, m_i, mask=row_ok)
     tl.store(L_OUT + part, l_i, mask=row_ok)
-    tl.store(ACC_OUT + part[:, None] * BLOCK_D + d[None, :], acc, mask=row_ok[:, None])
+    tl.store(ACC_OUT + part[:, None] * HEAD_D + d[None, :], acc, mask=row_ok[:, None] & d_ok[None, :])
 
 
 @triton.jit
@@ -194,7 +200,7 @@ def _combine_splits(
     sr_b, sr_t,
     splits,
     HKV: tl.constexpr, G: tl.constexpr, TQ: tl.constexpr,
-    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, HAS_ROUTE: tl.constexpr,
+    HEAD_D: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, HAS_ROUTE: tl.constexpr,
 ):
     bh = tl.program_id(0)
     row = tl.program_id(1)  # (head in group) * TQ + query
@@ -208,18 +214,19 @@ def _combine_splits(
         routed = True
     s = tl.arange(0, BLOCK_S)
     d = tl.arange(0, BLOCK_D)
+    d_ok = d < HEAD_D
     # An unrouted row reads no partial: its output is exactly zero.
     ok = (s < splits) & routed
     part = bh * splits * (G * TQ) + s * (G * TQ) + row
     m = tl.load(M_IN + part, mask=ok, other=float("-inf"))
     l_s = tl.load(L_IN + part, mask=ok, other=0.0)
-    acc = tl.load(ACC_IN + part[:, None] * BLOCK_D + d[None, :], mask=ok[:, None], other=0.0)
+    acc = tl.load(ACC_IN + part[:, None] * HEAD_D + d[None, :], mask=ok[:, None] & d_ok[None, :], other=0.0)
     m_max = tl.max(m, axis=0)
     w = tl.math.exp2(m - tl.where(m_max == float("-inf"), 0.0, m_max))
     total = tl.sum(w * l_s, axis=0)
     o = tl.sum(w[:, None] * acc, axis=0)
     o = tl.where(total > 0, o / tl.where(total > 0, total, 1.0), 0.0)
-    tl.store(OUT + b * so_b + head * so_h + t * so_t + d * so_d, o.to(OUT.dtype.element_ty))
+    tl.store(OUT + b * so_b + head * so_h + t * so_t + d * so_d, o.to(OUT.dtype.element_ty), mask=d_ok)
 
 
 @dataclass
@@ -266,7 +273,8 @@ def split_partials(q, k, v, visible, scale: float, route=None, splits: int | Non
         sr_b, sr_t,
         scale * math.log2(math.e), tk, per, splits,
         HKV=Hkv, G=G, TQ=tq,
-        BLOCK_M=max(16, triton.next_power_of_2(rows)), BLOCK_N=cfg.block_n, BLOCK_D=D,
+        BLOCK_M=max(16, triton.next_power_of_2(rows)), BLOCK_N=cfg.block_n,
+        HEAD_D=D, BLOCK_D=_block_d(D),
         HAS_ROUTE=route is not None, IEEE=q.dtype == torch.float32,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
@@ -286,7 +294,7 @@ def combine_splits(parts: Partials, route, out: torch.Tensor) -> torch.Tensor:
         sr_b, sr_t,
         splits,
         HKV=Hkv, G=Hq // Hkv, TQ=tq,
-        BLOCK_S=max(2, triton.next_power_of_2(splits)), BLOCK_D=D, HAS_ROUTE=route is not None,
+        BLOCK_S=max(2, triton.next_power_of_2(splits)), HEAD_D=D, BLOCK_D=_block_d(D), HAS_ROUTE=route is not None,
         num_warps=split_config(out.is_cuda and not interpreting()).num_warps,
     )
     return out

@@ -65,6 +65,15 @@ def test_split_kernel_equals_sdpa_reference(Hq, Hkv, tq, tk, splits):
     assert o.dtype == q.dtype and o.shape == q.shape
 
 
+@pytest.mark.parametrize("D", [16, 48, 128])  # 48: padded to 64 inside
+def test_head_dims(D):
+    q, k, v = _inputs(2, 4, 2, 2, 33, D=D)
+    vis = _holes(2, 2, 33)
+    route = torch.tensor([[True, False], [True, True]])
+    o = split_kv_decode_attention(q, k, v, vis, SCALE, route, splits=2)
+    torch.testing.assert_close(o.double(), _reference(q, k, v, vis, route), **TOL)
+
+
 @pytest.mark.parametrize("tq", [1, 2])
 def test_no_route_and_all_keys_visible(tq):
     q, k, v = _inputs(1, 4, 1, tq, 45)
@@ -238,9 +247,9 @@ def test_dispatch_cpu_auto_is_sdpa_and_triton_is_the_kernel(monkeypatch):
 
 
 def test_triton_backend_rejects_what_the_kernel_cannot_take():
-    q, k, v = _inputs(1, 4, 2, 1, 20, D=32)
+    q, k, v = _inputs(1, 4, 2, 1, 20, D=256)
     vis = torch.ones(1, 1, 20, dtype=torch.bool)
-    with pytest.raises(ValueError, match="head dim 32"):
+    with pytest.raises(ValueError, match="head dim 256"):
         masked_decode_attention(q, k, v, vis, SCALE, None, backend="triton")
 
 
@@ -307,7 +316,7 @@ def test_gpu_cuda_graph_replays_with_new_inputs():
 def test_gpu_unsupported_call_falls_back_and_is_recorded(monkeypatch):
     monkeypatch.delenv("L2A_STRICT_BACKENDS", raising=False)
     clear_fallbacks()
-    q, k, v = _inputs(1, 4, 2, 1, 300, D=96, dtype=torch.bfloat16, device="cuda")
+    q, k, v = _inputs(1, 4, 2, 1, 300, D=256, dtype=torch.bfloat16, device="cuda")
     vis = torch.ones(1, 1, 300, dtype=torch.bool, device="cuda")
     o = masked_decode_attention(q, k, v, vis, SCALE, None)
     torch.testing.assert_close(o, masked_decode_attention_sdpa(q, k, v, vis, SCALE, None))
