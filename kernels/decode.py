@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from triton.compiler.errors import CompilationError
+from triton.runtime.errors import OutOfResources
+
+from .fallbacks import record_fallback
 
 # Up to this many queries per row a call against a longer key sequence takes this path on
 # CUDA; longer chunks go through the kernels with a query offset.
@@ -62,6 +66,10 @@ def decode_attention(
     return o
 
 
+DECODE_SPLIT_OP = "decode.split_kv"
+DECODE_BACKENDS = ("auto", "torch", "triton")
+
+
 def masked_decode_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -69,12 +77,43 @@ def masked_decode_attention(
     visible: torch.Tensor,
     scale: float,
     route: torch.Tensor | None = None,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """Decoding attention against fixed-size key buffers (a static cache): q `(B, Hq, Tq,
     D)`, k/v `(B, Hkv, Tk, D)` in any order (a ring buffer), `visible (B, Tq, Tk)` bool says
     which keys each query sees (every query must see one: its own key). `route (B, Tq)`
     bool, a device tensor: rows of unrouted queries are exactly zero, with no host
-    synchronisation (the shapes do not depend on it). Returns `(B, Hq, Tq, D)`."""
+    synchronisation (the shapes do not depend on it). Returns `(B, Hq, Tq, D)`.
+
+    `backend`: `triton` the split-KV kernels (kernels/decode_split.py; an unrouted query
+    reads no key there), `torch` SDPA (`masked_decode_attention_sdpa`, the reference),
+    `auto` (or any of the training backends' names: `fa4`, `flex`) the kernels on CUDA,
+    SDPA elsewhere. On CUDA a call the kernels cannot take runs SDPA and is recorded as a
+    fallback (kernels/fallbacks.py), never silently."""
+    if backend not in DECODE_BACKENDS:
+        backend = "auto"  # the training-kernel choices (fa4, flex) have no decoding variant
+    if backend == "torch" or (backend == "auto" and not q.is_cuda):
+        return masked_decode_attention_sdpa(q, k, v, visible, scale, route)
+    from .decode_split import split_kv_decode_attention, split_kv_unsupported
+
+    reason = split_kv_unsupported(q, k, v, visible, route)
+    if reason is None:
+        try:
+            return split_kv_decode_attention(q, k, v, visible, scale, route)
+        except (OutOfResources, CompilationError) as exc:
+            if backend == "triton":
+                raise
+            record_fallback(DECODE_SPLIT_OP, "TRITON", "SDPA", exc)
+    elif backend == "triton":
+        raise ValueError(f"backend='triton' (decoding): {reason}")
+    else:
+        record_fallback(DECODE_SPLIT_OP, "TRITON", "SDPA", ValueError(reason))
+    return masked_decode_attention_sdpa(q, k, v, visible, scale, route)
+
+
+def masked_decode_attention_sdpa(q, k, v, visible, scale: float, route=None) -> torch.Tensor:
+    """`masked_decode_attention` through SDPA with the boolean mask (the reference, and the
+    path on the CPU): the query heads of a KV group folded into the query axis."""
     B, Hq, tq, D = q.shape
     Hkv, tk = k.shape[1], k.shape[2]
     G = Hq // Hkv
@@ -82,7 +121,7 @@ def masked_decode_attention(
     if tq == 1:
         mask = visible[:, None]  # (B, 1, 1, Tk): broadcast over heads and group rows
     else:
-        mask = visible[:, None, None].expand(B, 1, G, tq, tk).reshape(B, 1, G * tq, tk)
+        mask = visible[:, None, None].expand(visible.shape[0], 1, G, tq, tk).reshape(-1, 1, G * tq, tk)
     o = F.scaled_dot_product_attention(qf, k, v, attn_mask=mask, scale=scale)
     o = o.reshape(B, Hq, tq, D)
     if route is not None:

@@ -197,7 +197,7 @@ class L2ABranchAttention(nn.Module):
 
         if ctx.step is not None:
             visible = ctx.step.window if window is not None else ctx.step.full
-            o = masked_decode_attention(q, k, v, visible, self.scaling, route)
+            o = masked_decode_attention(q, k, v, visible, self.scaling, route, ctx.backend)
         elif backward_route is not None:
             o = dense_forward_routed_backward(self.attention_core, q, k, v, backward_route, doc_ids,
                                               self.scaling, ctx.backend)
