@@ -36,6 +36,23 @@ def _discard_empty_run_dir(run_dir: Path) -> None:
 INTERRUPTED = 130  # 128 + SIGINT, the shell's convention for Ctrl-C
 
 
+def _refuse_a_run_dir_in_use(argv: list[str]) -> None:
+    """`hydra.run.dir=<a directory a live run holds>`: refused before Hydra writes its
+    `.hydra/` files (and this process its log) into the other run's directory. The trainer
+    takes the lock itself (train/run_dir.py); this only keeps the refused launch out."""
+    if int(os.environ.get("RANK", "0")) != 0 or "-m" in argv or "--multirun" in argv:
+        return
+    dirs = [a.split("=", 1)[1] for a in argv if a.startswith("hydra.run.dir=")]
+    if not dirs:
+        return  # a fresh time-stamped directory
+    from train.run_dir import in_use_by_another_run
+
+    refusal = in_use_by_another_run(dirs[-1])
+    if refusal is not None:
+        print(f"error: {refusal}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
 def _run_job(cfg, run_dir: Path, overrides: list[str], errors: list[str]) -> int:
     """One job: validate, train; the exit code (errors: their one-line reasons)."""
     from train.config import ConfigError, from_hydra
@@ -62,6 +79,7 @@ def main() -> None:
 
     set_library_output(verbose_on_command_line())  # before DeepSpeed's import-time warning
     failures = SweepFailures()
+    _refuse_a_run_dir_in_use(sys.argv[1:])
     sweep_dirs: set[str] = set()  # the in-process sweep's, summarized at its end
     _agree_on_timestamp()
 

@@ -42,11 +42,9 @@ class RunDirLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+                holder = _holder(fd)
                 os.close(fd)
-                raise RunDirError(
-                    f"{self.path.parent}: in use by another run ({holder}); wait for it to end "
-                    f"or choose another run directory (hydra.run.dir=...)") from None
+                raise RunDirError(_in_use(self.path.parent, holder)) from None
             # The holder may have removed the file between our open and our lock: the lock
             # is then on a file nobody else will find. Try again on the current one.
             try:
@@ -74,6 +72,35 @@ class RunDirLock:
     @property
     def held(self) -> bool:
         return self._fd is not None
+
+
+def _holder(fd: int) -> str:
+    os.lseek(fd, 0, os.SEEK_SET)
+    return os.read(fd, 200).decode(errors="replace").strip() or "another process"
+
+
+def _in_use(run_dir: Path, holder: str) -> str:
+    return (f"{run_dir}: in use by another run ({holder}); wait for it to end or choose "
+            f"another run directory (hydra.run.dir=...)")
+
+
+def in_use_by_another_run(run_dir: str | os.PathLike) -> str | None:
+    """The one-line refusal if a live run holds `run_dir`'s lock, else None (the lock is
+    left as it was). For a check before anything is written into the directory."""
+    path = Path(run_dir) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _in_use(Path(run_dir), _holder(fd))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)  # also drops the lock if this check took it
+    return None
 
 
 def holds_a_run(run_dir: Path) -> bool:

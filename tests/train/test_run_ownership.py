@@ -41,6 +41,8 @@ def test_a_directory_in_use_is_refused_and_a_killed_holder_leaves_no_lock(base_o
         assert _errors(refused) == [f"error: {run_dir}: in use by another run (pid {holder.pid} "
                                     f"on {__import__('socket').gethostname()}); wait for it to end "
                                     f"or choose another run directory (hydra.run.dir=...)"]
+        # Nothing written into the other run's directory (Hydra's .hydra/, the log).
+        assert not (run_dir / ".hydra").exists() and not (run_dir / "train.log").exists()
         assert not (run_dir / "metrics.jsonl").exists()
         assert (run_dir / ".export.tmp-k1x2").is_dir()  # not the refused run's to clean
     finally:
