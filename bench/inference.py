@@ -47,7 +47,9 @@ Decoding (``decode`` of every run; bench/decode_timing.py): per ``--decode-modes
 synchronised device; ms per token is their median. ``eager``: the growing caches, a Python
 forward per step. ``graph``: static caches and a CUDA-graph replay per step (the L2A models:
 ``l2a.static_cache`` / ``l2a.decode_graph``; the dense base: transformers' StaticCache,
-captured the same way), both models in the same mode. Each row has the bytes a step must
+captured the same way, its decoding attention on the L2A models' split-KV kernels when it
+runs on SDPA: ``decode_attention`` of the row, bench/dense_decode_attention.py), both
+models in the same mode. Each row has the bytes a step must
 read (the weights, the embedding only for the rows looked up; dense: every cached key and
 value; L2A: the local windows and the global cache only of the rows whose token routed),
 the implied GB/s and the memory-bound floor: those bytes at the device's copy bandwidth,
@@ -62,6 +64,7 @@ those of the backend the options name. Results go to
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import gc
 import json
@@ -267,6 +270,8 @@ def measure_decode(model, make_cache, length: int, mode: str, batch: int, args, 
     total = length + args.decode_warmup + args.decode_steps
     dense = not hasattr(model.config, "l2a_window")
     capture = device.type == "cuda"
+    scope = contextlib.ExitStack()
+    decode_attention = None
     _free(device)
     if mode == "eager":
         cache = make_cache(model)
@@ -277,6 +282,13 @@ def measure_decode(model, make_cache, length: int, mode: str, batch: int, args, 
         out = model(ids, past_key_values=grown, use_cache=True, logits_to_keep=1)
         cache = static_dense_cache(model, grown, total)
         del grown
+        if model.config._attn_implementation == "sdpa":
+            # The static cache's masked SDPA has no split over keys: decode on the L2A
+            # models' split-KV kernels (bench/dense_decode_attention.py), same mode, same kernel.
+            from bench.dense_decode_attention import use_split_decode
+
+            decode_attention = "split_kv"
+            scope.enter_context(use_split_decode(model))
         step = StaticGraphStep(model, cache, capture).step
     else:
         cache = L2AStaticCache(model.config, max_cache_len=total)
@@ -285,10 +297,13 @@ def measure_decode(model, make_cache, length: int, mode: str, batch: int, args, 
     nxt = out.logits[:, -1:].argmax(-1)
     del out
     pos = torch.full((batch, 1), length, dtype=torch.long, device=device)
-    times, routes = time_steps(step, nxt, pos, args.decode_warmup, args.decode_steps, device)
+    with scope:
+        times, routes = time_steps(step, nxt, pos, args.decode_warmup, args.decode_steps, device)
     itemsize = next(model.parameters()).element_size()
     context = length + args.decode_warmup + args.decode_steps // 2  # the median step's
     row = {"mode": mode, "requested_batch": batch}
+    if decode_attention == "split_kv":
+        row["decode_attention"] = decode_attention
     row.update(summarise(times, routes, model, context, batch, copy_gbps, itemsize))
     row["kv_bytes"], row["kv_allocated_bytes"] = _cache_bytes(cache)
     del cache, step

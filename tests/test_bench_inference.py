@@ -176,6 +176,8 @@ def test_decode_rows_per_mode_and_batch_with_the_bytes_a_step_reads(tmp_path):
             assert r["bytes_per_step"] == r["weight_bytes_per_step"] + r["kv_bytes_per_step"]
             if variant == "dense_sdpa":
                 assert r["kv_bytes_per_step"] == layers * context * r["batch"] * per_token
+                # graph mode: the dense base decodes on the same split-KV kernels as L2A
+                assert r.get("decode_attention") == ("split_kv" if r["mode"] == "graph" else None)
             else:
                 local = layers * min(context, window) * r["batch"] * per_token
                 glob = r["kv_bytes_per_step"] - local
