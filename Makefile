@@ -17,7 +17,7 @@ export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup train data eval test test-gpu test-slurm bench lint format clean
+.PHONY: setup train data eval test test-gpu test-slurm bench imports lint format clean
 
 setup: $(STAMP)
 
@@ -59,6 +59,11 @@ test-slurm: setup
 
 bench: setup
 	$(PY) -m bench.attention $(ARGS)
+
+# The import contract (kernels < l2a < train < eval < bench < study, no cycle): the
+# violations and cycles, one per line; tests/test_import_contract.py runs it in `make test`.
+imports:
+	$(PY) scripts/import_graph.py
 
 lint: setup
 	$(VENV)/bin/ruff check .
