@@ -316,7 +316,7 @@ arm's retrieval score at the extended length.
   files read once, 5% of the files held out by a hash of their path; mixed with synthetic
   retrieval tasks: **the evaluation suite's own tasks** (`eval_niah_single`,
   `eval_niah_multikey`, `eval_niah_multivalue`, `eval_niah_multiquery`,
-  `eval_variable_tracking`: `eval/tasks.py`'s RULER prompts with their answers appended,
+  `eval_variable_tracking`: `train/data/ruler.py`'s RULER prompts with their answers appended,
   train/data/eval_format.py) from seeds the evaluation never uses, beside the pipeline's
   passkey and key-value retrieval. Weights 0.1 / 0.4 / 0.5 (0.15 / 0.55 / 0.3 up to the second
   device run). Byte tokens (the offline

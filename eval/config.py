@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from eval.errors import EvalError
-from eval.tasks import TASKS
+from train.data.ruler import TASKS
 
 
 def _fail(path: str, msg: str, value=None):

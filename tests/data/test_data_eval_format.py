@@ -5,11 +5,11 @@ evaluation's own samples."""
 import pytest
 
 from eval.scoring import score
-from eval.tasks import generate
+from train.data.ruler import generate
 from train.data.eval_format import TASKS
 from train.data.synthetic import generate_sample, min_length, synthetic_documents
 
-# The ends of the evaluation's prompts (eval/tasks.py: RULER's answer prefixes).
+# The ends of the evaluation's prompts (train/data/ruler.py: RULER's answer prefixes).
 PREFIX_END = {"niah": (" mentioned in the provided text is", " mentioned in the provided text are"),
               "variable_tracking": ("they are: ",)}
 

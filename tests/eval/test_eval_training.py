@@ -47,7 +47,7 @@ def test_eval_metrics_logged_and_checkpoint_evaluated(tmp_path):
 
     # The prepared data as perplexity rows (its validation split) and as the haystack.
     from eval.haystack import Haystack, split_sentences
-    from eval.tasks import generate
+    from train.data.ruler import generate
     from train.data import PreparedData
 
     data = PreparedData.load(tmp_path / "data")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from train.data.errors import ConfigError
-from train.data.eval_format import TASKS as EVAL_FORMAT_TASKS
+from train.data.task_names import EVAL_FORMAT_TASKS
 
 SOURCE_TYPES = ("auto", "hub", "jsonl", "parquet", "text", "arrow", "generated", "files")
 LOCAL_SUFFIXES = {

@@ -1,4 +1,6 @@
-"""RULER's synthetic tasks, generated locally: templates, answer prefixes, generation
+"""RULER's synthetic tasks, generated locally (the evaluation's prompts, `python -m eval`;
+the data pipeline trains on the same prompts as the ``eval_<task>`` tasks,
+train/data/eval_format.py): templates, answer prefixes, generation
 lengths and scoring follow NVIDIA/RULER (scripts/data/synthetic/constants.py and the task
 scripts); words, keys and filler come from seeded generators instead of downloaded lists.
 
@@ -38,10 +40,8 @@ import random
 import string
 from dataclasses import asdict, dataclass, field
 
-from eval.errors import EvalError
-from eval.haystack import NOISE, Haystack
-from train.data.synthetic import _distinct, _number, _pseudo_word, _word_key
-from train.data.textgen import seeded_random
+from train.data.draws import distinct, number, pseudo_word, word_key
+from train.data.textgen import TextGenerator, seeded_random
 from train.data.tokenizer import TextEncoder
 
 NIAH = {  # task -> (keys in the haystack, values per key, keys asked)
@@ -94,6 +94,23 @@ FWE_TEMPLATE = (
 FWE_ANSWER_PREFIX = " Answer: According to the coded text above, the three most frequently appeared words are:"
 
 
+# RULER's noise filler: one line, repeated (`eval.haystack=noise`; variable tracking's example).
+NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+
+
+class TaskError(ValueError):
+    """A task that cannot be made as asked (unknown, or too long for the length): one line."""
+
+
+class GeneratedHaystack:
+    """The default filler: seeded pseudo-English, a fresh text per sample. A haystack is
+    anything with ``units(seed_parts)`` -> an iterator of ``" " + sentence``."""
+
+    def units(self, seed_parts: tuple):
+        gen = TextGenerator(("haystack", *seed_parts))
+        return (" " + gen.sentence() for _ in itertools.count())
+
+
 @dataclass
 class Sample:
     task: str
@@ -127,7 +144,7 @@ def _fill(enc: TextEncoder, units, budget: int, compose, what: str) -> tuple[str
     """The longest prefix of `units` whose ``compose(prefix)`` fits in `budget` tokens."""
     fixed = int(enc.count([compose([])])[0])
     if fixed > budget:
-        raise EvalError(f"{what}: needs at least {fixed} prompt tokens, has {budget}")
+        raise TaskError(f"{what}: needs at least {fixed} prompt tokens, has {budget}")
     kept, counts, total = [], [], fixed
     while total < budget:
         batch = list(_take(units, max(8, min(4096, (budget - total) // 8))))
@@ -150,7 +167,7 @@ def _fill(enc: TextEncoder, units, budget: int, compose, what: str) -> tuple[str
             n -= 1
             excess -= counts[n]
     if tokens > budget:
-        raise EvalError(f"{what}: cannot fit in {budget} prompt tokens")
+        raise TaskError(f"{what}: cannot fit in {budget} prompt tokens")
     return prompt, tokens
 
 
@@ -178,8 +195,8 @@ def _insert(units: list[str], needles: list[tuple[float, str]]) -> str:
 
 def _niah(task, rng, depth, budget, enc, units, what):
     num_keys, num_values, num_queries = NIAH[task]
-    keys = _distinct(_word_key, rng, num_keys)
-    values = {k: _distinct(_number, rng, num_values) for k in keys}
+    keys = distinct(word_key, rng, num_keys)
+    values = {k: distinct(number, rng, num_values) for k in keys}
     queried = keys[:num_queries]
     needles = [(k, v) for k in keys for v in values[k]]
     # The first answer needle sits at the requested depth; the others at seeded depths.
@@ -198,7 +215,7 @@ VT_EXAMPLE_TOKENS = 500
 
 
 def _vt_names(rng, n: int, letters: int) -> list[str]:
-    return _distinct(lambda r: "".join(r.choice(string.ascii_uppercase) for _ in range(letters)),
+    return distinct(lambda r: "".join(r.choice(string.ascii_uppercase) for _ in range(letters)),
                      rng, n)
 
 
@@ -245,7 +262,7 @@ def _largest_fitting(build, budget: int, enc: TextEncoder, lo: int, hi: int, wha
 
     text, tokens = size(lo)
     if tokens > budget:
-        raise EvalError(f"{what}: needs at least {tokens} prompt tokens, has {budget}")
+        raise TaskError(f"{what}: needs at least {tokens} prompt tokens, has {budget}")
     best = (lo, text, tokens)
     while lo < hi:  # invariant: build(lo) fits
         mid = (lo + hi + 1) // 2
@@ -258,7 +275,7 @@ def _largest_fitting(build, budget: int, enc: TextEncoder, lo: int, hi: int, wha
 
 
 def _cwe_word(rng) -> str:
-    return _pseudo_word(rng, 3)
+    return pseudo_word(rng, 3)
 
 
 def _numbered(words: list[str]) -> str:
@@ -319,16 +336,17 @@ def _frequent_words(rng, budget, enc, what, alpha: float = 2.0, word_len: int = 
 
 
 def generate(task: str, length: int, tokenizer, seed: int = 0, index: int = 0,
-             depth: float | None = None, haystack: Haystack | None = None,
+             depth: float | None = None, haystack=None,
              new_tokens: int | None = None) -> Sample:
-    """One sample. `depth` (NIAH tasks only) in [0, 1]; `haystack` defaults to generated text;
+    """One sample. `depth` (NIAH tasks only) in [0, 1]; `haystack` (eval.haystack.Haystack or
+    anything with its ``units``) defaults to generated text;
     `new_tokens` replaces RULER's tokens to generate (and so lengthens the prompt)."""
     if task not in TASKS:
-        raise EvalError(f"eval.tasks: unknown task {task!r} (known: {', '.join(TASKS)})")
+        raise TaskError(f"unknown task {task!r} (known: {', '.join(TASKS)})")
     if uses_depth(task) and depth is None:
-        raise EvalError(f"{task}: needs a needle depth")
+        raise TaskError(f"{task}: needs a needle depth")
     enc = tokenizer if isinstance(tokenizer, TextEncoder) else TextEncoder(tokenizer)
-    haystack = haystack or Haystack("generated")
+    haystack = haystack or GeneratedHaystack()
     new = max_new_tokens(task) if new_tokens is None else new_tokens
     budget = length - new
     what = f"{task} at length {length}"
