@@ -4,13 +4,13 @@
     python -m bench.study pretrain   # the base, dense, all parameters, 2K -> .cache/study/base
     python -m bench.study extend     # arms x lengths x seeds from that base
     python -m bench.study eval       # python -m eval on every extended model
-    python -m bench.study prune      # python -m l2a.prune on the L2A models, then eval again
+    python -m bench.study prune      # python -m train.prune on the L2A models, then eval again
     python -m bench.study report     # bench/results/study/*.json -> docs/RESULTS.md + plots
     python -m bench.study pack-data  # the prepared rows as .cache/study/data/*.tar.xz, for a
                                      # machine without `datasets` (--data-archives there)
 
 Every step runs the project's own entry points as subprocesses (`python -m train`,
-`python -m train.data.prepare`, `python -m eval`, `python -m l2a.prune`); the last two are
+`python -m train.data.prepare`, `python -m eval`, `python -m train.prune`); the last two are
 behind one small function each (`eval_command`, `prune_command`, `parse_*`) so that they
 follow those CLIs. A step whose tool is not installed is recorded as skipped with the
 reason. `--scale tiny` runs the same chain on a tiny model and short rows on CPU (the
@@ -183,7 +183,7 @@ def tool_missing(module: str) -> str | None:
 
 # ----------------------------------------------------------------------------- adapters
 # The two tools the study drives from outside, `python -m eval` (docs/EVAL.md) and
-# `python -m l2a.prune`: these functions are the only places that know their CLIs.
+# `python -m train.prune`: these functions are the only places that know their CLIs.
 RETRIEVAL_TASKS = ["niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery",
                    "variable_tracking"]
 
@@ -226,7 +226,7 @@ def parse_eval(out_dir: Path) -> dict:
 
 def import_for_threads() -> None:
     """Import, in the calling thread, what the in-process parts of the steps import (`kv_bytes`;
-    `tool_missing("l2a.prune")`, which imports `l2a`). Call it before starting threads that run
+    `tool_missing("train.prune")`, which imports `l2a`). Call it before starting threads that run
     steps: transformers' lazy top-level module is not thread-safe, and two threads importing
     `AutoConfig` at once can get "cannot import name 'AutoConfig' from 'transformers'"."""
     from transformers import AutoConfig  # noqa: F401
@@ -274,9 +274,9 @@ def kv_bytes(model_dir: Path, lengths: list[int], itemsize: int = 2) -> dict[str
 
 def prune_command(model_dir: Path, out_dir: Path, fraction: float, calibration: Path,
                   context: int) -> list[str]:
-    """`python -m l2a.prune`: measure global usage per layer on the held-out rows, keep the
+    """`python -m train.prune`: measure global usage per layer on the held-out rows, keep the
     most used (1 - fraction) of the global branches, report KV bytes at `context` tokens."""
-    return [sys.executable, "-m", "l2a.prune", "--model", str(model_dir), "--out", str(out_dir),
+    return [sys.executable, "-m", "train.prune", "--model", str(model_dir), "--out", str(out_dir),
             "--data", str(calibration), "--keep-fraction", f"{1 - fraction:g}",
             "--context", str(context), "--overwrite"]
 
@@ -562,8 +562,8 @@ class Study:
             print(f"prune {path.stem}: {sorted(rec['evals'])}")
 
     def prune_and_evaluate(self, rec: dict, fraction: float) -> dict:
-        """`python -m l2a.prune` of one run's model at `fraction`, then its evaluation."""
-        missing = tool_missing("l2a.prune")
+        """`python -m train.prune` of one run's model at `fraction`, then its evaluation."""
+        missing = tool_missing("train.prune")
         if missing:
             return {"skipped": missing}
         run_dir = Path(rec["train"]["run_dir"])

@@ -233,7 +233,7 @@ def tables(pre: list[dict], rows: dict) -> list[str]:
     pruned = [(k, r["prune"]) for k, r in sorted(rows.items(), key=lambda kv: _key_sort(kv[0]))
               if r.get("prune")]
     if pruned:
-        out += ["### Pruning (python -m l2a.prune)", "",
+        out += ["### Pruning (python -m train.prune)", "",
                 "| arm | trained at | pruned | global branches kept | KV MiB before | KV MiB after | after / before | at context |",
                 "|---|---:|---:|---|---:|---:|---:|---|"]
         for (arm, length, frac), p in pruned:
@@ -345,7 +345,7 @@ arm's retrieval score at the extended length.
   on 8 rows of the held-out files per length (up to the trained length); sparsity per
   layer on those rows; KV cache bytes per sequence from the model's config
   (`l2a.cache.kv_cache_bytes`; dense: every layer, every token), bf16. **Pruning**
-  (`python -m l2a.prune`): a quarter and a half of each L2A model's layers (the least
+  (`python -m train.prune`): a quarter and a half of each L2A model's layers (the least
   used) made local-only, then evaluated again with their KV bytes.
 
 ## Commands
@@ -357,7 +357,7 @@ python -m bench.study extend      # 4 arms x {8k,16k} x seeds {0,1}; or one Hydr
 #   python -m train -m experiment=study_dense,study_l2a,study_l2a_s08,study_l2a_s09 \\\\
 #       study_length=8k,16k train.seed=0,1
 python -m bench.study eval        # python -m eval on every extended model
-python -m bench.study prune       # python -m l2a.prune (1/4, 1/2 of the layers), eval again
+python -m bench.study prune       # python -m train.prune (1/4, 1/2 of the layers), eval again
 #   (eval and prune take --arms/--lengths/--seeds too: one process per GPU)
 python -m bench.study report      # this page and the plots, from bench/results/study/
 ```

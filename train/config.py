@@ -389,14 +389,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _positive("train.max_steps", self.max_steps)
         _positive("train.eval_every", self.eval_every, strict=False)
-        if self.eval_every:
-            from eval.config import build_eval
-            from eval.errors import EvalError
-
-            try:
-                build_eval(self.eval or {}, "train.eval")
-            except EvalError as e:
-                raise ConfigError(str(e)) from None
+        # `train.eval` is checked by the evaluation that reads it (eval.training), which the
+        # entry point hands the trainer: the config imports no evaluation code.
         _positive("train.micro_batch_size", self.micro_batch_size)
         _positive("train.grad_accum_steps", self.grad_accum_steps)
         _positive("train.sequence_parallel", self.sequence_parallel)

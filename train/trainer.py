@@ -25,6 +25,7 @@ import random
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,9 @@ from train.distributed import (
     init_distributed,
 )
 from train.metrics import MetricsLogger, run_name
+
+# (train config, model, tokenizer, is rank 0, ZeRO stage) -> hook(step) -> dict of scalars.
+MakeEvaluator = Callable[..., Callable[[int], dict]]
 
 PREEMPT_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 # Ctrl-C: like a preemption (the step finishes, a checkpoint is written), but the exit code
@@ -133,11 +137,17 @@ class Trainer:
     """Builds everything from a validated `RunConfig`; `fit()` runs to `train.max_steps`."""
 
     def __init__(self, cfg: RunConfig, run_dir: str | os.PathLike, overrides: list[str] | None = None,
-                 loader=None):
+                 loader=None, make_evaluator: MakeEvaluator | None = None):
         """`loader`: an iterator of batches with state_dict()/load_state_dict(), instead of
-        the `train.data` pipeline (benchmarks)."""
+        the `train.data` pipeline (benchmarks). `make_evaluator`: builds the evaluation
+        during training (`train.eval_every` > 0) once the model exists; the entry point
+        provides it (`python -m train`: eval.training.build_training_eval), so that the
+        trainer imports no evaluation code."""
         self.cfg = cfg
         self.loader = loader
+        if cfg.train.eval_every and make_evaluator is None:
+            raise ConfigError("train.eval_every: this entry point runs no evaluation during "
+                              "training (python -m train does); set it to 0")
         self.overrides = list(overrides or [])
         self.dist: DistInfo = init_distributed(cfg.train.dist_backend, cfg.train.dist_timeout_minutes)
         # Every rank writes into rank 0's run directory.
@@ -189,11 +199,9 @@ class Trainer:
         self._release_zero3_loading()  # only from_pretrained needed it; export must not see it
         self._build_controller()
         self.evaluator = None
-        if cfg.train.eval_every:  # the eval package (task generators) only when asked for
-            from eval.training import build_training_eval
-
-            self.evaluator = build_training_eval(cfg.train, self.module.lm, self.tokenizer,
-                                                 self.dist.is_main, cfg.deepspeed.stage)
+        if cfg.train.eval_every:
+            self.evaluator = make_evaluator(cfg.train, self.module.lm, self.tokenizer,
+                                            self.dist.is_main, cfg.deepspeed.stage)
 
     # ------------------------------------------------------------------ construction
     def _deepspeed_gradient_divisor(self) -> int:
@@ -648,7 +656,7 @@ class Trainer:
 
 
 def run(cfg: RunConfig, run_dir: str | os.PathLike, overrides: list[str] | None = None,
-        errors: list[str] | None = None) -> int:
+        errors: list[str] | None = None, make_evaluator: MakeEvaluator | None = None) -> int:
     """Train and return the exit code; one-line errors for bad configs, data and checkpoints
     (exit code 2; a non-finite loss: 1), also appended to `errors`. Rank 0 copies what it
     prints to `<run dir>/train.log`."""
@@ -658,7 +666,7 @@ def run(cfg: RunConfig, run_dir: str | os.PathLike, overrides: list[str] | None 
     trainer = None
     with copy_output_to_run_log(run_dir):
         try:
-            trainer = Trainer(cfg, run_dir, overrides)
+            trainer = Trainer(cfg, run_dir, overrides, make_evaluator=make_evaluator)
             return trainer.fit()
         except (ConfigError, CheckpointError, NonFiniteError, DataError) as e:
             print(f"error: {e}", file=sys.stderr, flush=True)

@@ -251,7 +251,7 @@ def test_eval_workers_share_one_queue_and_write_every_record(tmp_path):
             out.mkdir(parents=True, exist_ok=True)
             (out / "results.json").write_text(json.dumps({"tasks": [
                 {"task": "niah_single", "length": 512, "depth": "all", "score": 1.0}]}))
-        else:  # l2a.prune
+        else:  # train.prune
             Path(argv[argv.index("--out") + 1]).mkdir(parents=True, exist_ok=True)
         time.sleep(0.05)
         return 0, 0.05
@@ -288,7 +288,7 @@ def test_eval_workers_share_one_queue_and_write_every_record(tmp_path):
         want = ["0.0"] if arm == "dense" else ["0.0", "0.25", "0.5"]
         assert sorted(evals) == want
         assert all(e["retrieval"] == {"512": 1.0} for e in evals.values())
-    assert sorted(c[0] for c in calls) == ["eval"] * 4 + ["l2a.prune"] * 2
+    assert sorted(c[0] for c in calls) == ["eval"] * 4 + ["train.prune"] * 2
     assert {c[1] for c in calls} == {"0", "1"}
 
 

@@ -54,7 +54,7 @@ def results(tmp_path):
     _write(d, "run-l2a_s09-16k-seed0.json", {
         "arm": "l2a_s09", "train_length": 16384, "seed": 0, "train": _train(0.9),
         "evals": {"0.0": _eval({16384: 0.8}, [0.9, 0.9]),
-                  "0.25": {"skipped": "python -m l2a.prune is not available in this checkout"}}})
+                  "0.25": {"skipped": "python -m train.prune is not available in this checkout"}}})
     # paper recipe: high retrieval but sparsity 0.5 only -> misses on sparsity.
     _write(d, "run-l2a-16k-seed0.json", {
         "arm": "l2a", "train_length": 16384, "seed": 0, "train": _train(0.5),
@@ -83,7 +83,7 @@ def test_page_tables_and_plots(results, tmp_path):
     page = write_report(results, tmp_path / "docs" / "RESULTS.md").read_text()
     assert "Not run yet" not in page and "not the study" not in page
     assert "| dense | 16384 | 0 | 16384 | 0.850 ± 0.050 (n=2) | 3.50 ± 0.50 (n=2) | - | 8.0 |" in page
-    assert "| L2A target 0.9 | 16384 | 0.25 | - | not evaluated: python -m l2a.prune" in page
+    assert "| L2A target 0.9 | 16384 | 0.25 | - | not evaluated: python -m train.prune" in page
     assert "| 0 | full | 150 | 19,660,800 | 1.1000 | 180.0 | True |" in page
     # KV after pruning: 5 and 6 MiB over the two seeds -> 5.5 of 8 MiB.
     assert "| L2A target 0.8 | 16384 | 0.5 | 1 | 8.0 | 5.5 | 0.688 | 16384 |" in page
