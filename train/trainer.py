@@ -55,6 +55,7 @@ from train.distributed import (
     init_distributed,
 )
 from train.metrics import MetricsLogger, run_name
+from train.parallel.topology import Topology, TopologyError, model_heads
 
 # (train config, model, tokenizer, is rank 0, ZeRO stage) -> hook(step) -> dict of scalars.
 MakeEvaluator = Callable[..., Callable[[int], dict]]
@@ -154,18 +155,18 @@ class Trainer:
         self.run_dir = Path(broadcast_object(str(Path(run_dir).resolve())))
         self.precision = resolve_precision(cfg.train.precision, self.dist.device)
         # Sequence parallelism: groups of `sp` consecutive ranks share one row (slices of
-        # it); data parallelism is over the groups. Checked before anything is built.
-        self.sp = cfg.train.sequence_parallel
-        if self.sp > 1:
-            from train import sequence_parallel
-
-            sequence_parallel.check(self.sp, self.dist.world_size,
-                                    *sequence_parallel.model_heads(cfg.model),
-                                    getattr(cfg.data, "seq_len", None))
-        self.dp_size, self.dp_rank = self.dist.world_size // self.sp, self.dist.rank // self.sp
-        self.sp_rank = self.dist.rank % self.sp
+        # it); data parallelism is over the groups. Checked before anything is built; every
+        # size and rank below is read from this one object.
+        sp = cfg.train.sequence_parallel
+        try:
+            self.topology = Topology.build(
+                self.dist.world_size, self.dist.rank, sp,
+                heads=model_heads(cfg.model) if sp > 1 else None,
+                seq_len=getattr(cfg.data, "seq_len", None))
+        except TopologyError as e:
+            raise ConfigError(str(e)) from None
         self.mpu = None
-        self.ds_config = build_deepspeed_config(cfg, self.dp_size, self.dist.device)
+        self.ds_config = build_deepspeed_config(cfg, self.topology.dp_size, self.dist.device)
         self.grad_divisor = self._deepspeed_gradient_divisor()
         self.grad_accum = self.ds_config["gradient_accumulation_steps"]
         if cfg.train.on_nonfinite == "skip" and cfg.deepspeed.stage == 3:
@@ -180,7 +181,7 @@ class Trainer:
         # universal checkpoint form (checkpoint.to_universal converts it on resume).
         self.resume_universal = self.resume_from is not None and (
             saved_world_size(self.resume_from) != self.dist.world_size
-            or saved_sequence_parallel(self.resume_from) != self.sp
+            or saved_sequence_parallel(self.resume_from) != self.topology.sp
         )
         if self.resume_universal:
             self.ds_config["checkpoint"] = {"load_universal": True}
@@ -210,8 +211,8 @@ class Trainer:
         world under ZeRO-3's reduce-scatter path (`stage3.__avg_scatter_grads` ->
         `reduce_scatter_coalesced`, which does not correct for sequence parallelism; its
         other, contiguous path does, so that one is ruled out here)."""
-        if self.sp == 1 or self.cfg.deepspeed.stage != 3:
-            return self.dp_size
+        if self.topology.sp == 1 or self.cfg.deepspeed.stage != 3:
+            return self.topology.dp_size
         if not self.ds_config["zero_optimization"].get("reduce_scatter", True):
             raise ConfigError(
                 "deepspeed.extra.zero_optimization.reduce_scatter: must be true with ZeRO-3 and "
@@ -240,16 +241,17 @@ class Trainer:
         self.model_config = model.config
         self.module = LossModule(model, self.cfg.train.loss_chunk_size, self.cfg.l2a.enabled,
                                  self.cfg.train.offload_checkpoints)
-        if self.sp > 1:
-            from train import sequence_parallel
+        if self.topology.enabled:
+            from train.parallel.apply import apply_to_dense_model, apply_to_model
+            from train.parallel.groups import init_groups
 
             micro = self.cfg.train.micro_batch_size
             if self.cfg.l2a.enabled:
-                self.mpu = sequence_parallel.init_groups(self.sp)
-                sequence_parallel.apply_to_model(model, self.mpu.get_sequence_parallel_group(), micro,
-                                                 window=self.cfg.train.sequence_parallel_window)
+                self.mpu = init_groups(self.topology.sp)
+                apply_to_model(model, self.mpu.get_sequence_parallel_group(), micro,
+                               window=self.cfg.train.sequence_parallel_window)
             else:
-                self.mpu = sequence_parallel.apply_to_dense_model(model, self.sp, micro)
+                self.mpu = apply_to_dense_model(model, self.topology.sp, micro)
 
     def _build_data(self) -> None:
         if self.loader is not None:  # injected (benchmarks with synthetic batches)
@@ -262,8 +264,9 @@ class Trainer:
         prepared = prepare_data(cfg.data, self.tokenizer, seed=cfg.train.seed,
                                 verbose=self.dist.is_main)
         # One row per sequence-parallel group: the ranks of a group read the same rows.
-        self.loader = build_dataloader(prepared, cfg.train.micro_batch_size, rank=self.dp_rank,
-                                       world_size=self.dp_size, seed=cfg.train.seed)
+        self.loader = build_dataloader(prepared, cfg.train.micro_batch_size,
+                                       rank=self.topology.dp_rank,
+                                       world_size=self.topology.dp_size, seed=cfg.train.seed)
         self._batches = iter(self.loader)
 
     def _param_groups(self) -> list[dict]:
@@ -340,7 +343,7 @@ class Trainer:
 
     def save(self) -> Path:
         meta = {"name": self.cfg.name, "precision": self.precision,
-                "deepspeed_stage": self.cfg.deepspeed.stage, "sequence_parallel": self.sp,
+                "deepspeed_stage": self.cfg.deepspeed.stage, "sequence_parallel": self.topology.sp,
                 "overrides": self.overrides}
         return save_checkpoint(self.engine, self.run_dir, self.step, self.state_dict(), meta,
                                self.model_config, self.tokenizer, self.dist,
@@ -373,9 +376,9 @@ class Trainer:
     def _micro_batch_loss(self, batch: dict, dense: bool):
         """Forward of one micro-batch -> (lm_loss, router_probs, routes); under sequence
         parallelism the router outputs are gathered to the whole row."""
-        if self.sp == 1:
+        if self.topology.sp == 1:
             return self.engine(batch["input_ids"], batch["position_ids"], batch["labels"], dense=dense)
-        from train.sequence_parallel import gather_router_outputs
+        from train.parallel.shard import gather_router_outputs
 
         lm_loss, probs, routes = self.engine(
             batch["input_ids"], batch["position_ids"], batch["shift_labels"], dense=dense,
@@ -385,11 +388,12 @@ class Trainer:
 
     def _shard(self, batch: dict) -> dict:
         """This rank's part of a micro-batch (the whole row without sequence parallelism)."""
-        if self.sp == 1:
+        if self.topology.sp == 1:
             return batch
-        from train.sequence_parallel import shard_batch
+        from train.losses import shift_labels
+        from train.parallel.shard import shard_batch
 
-        return shard_batch(batch, self.sp_rank, self.sp)
+        return shard_batch(batch, shift_labels(batch["labels"]), self.topology.sp_rank, self.topology.sp)
 
     @staticmethod
     def _targets(batch: dict) -> int:
@@ -412,7 +416,7 @@ class Trainer:
         scale = self.grad_accum * self.grad_divisor / max(total_targets, 1.0)
         # The router term: equal on the ranks of a sequence-parallel group, each of which
         # back-propagates its slice; its gradient must come out as the mean over the groups.
-        term_scale = self.grad_divisor / self.dp_size
+        term_scale = self.grad_divisor / self.topology.dp_size
 
         lm_sum = torch.zeros((), dtype=torch.float64, device=dev)
         term_sum = torch.zeros((), dtype=torch.float64, device=dev)
@@ -503,7 +507,7 @@ class Trainer:
         cfg = self.cfg
         resumed = self.maybe_resume()
         tokens_per_step = (cfg.data.seq_len * cfg.train.micro_batch_size * self.grad_accum
-                           * self.dp_size)
+                           * self.topology.dp_size)
         logger = MetricsLogger(
             self.run_dir, self.dist.is_main, cfg.train.max_steps, self.step,
             progress_bar=cfg.train.progress_bar, wandb_cfg=cfg.train.wandb, name=cfg.name,
@@ -515,7 +519,7 @@ class Trainer:
             f"{cfg.name}: {self.n_trainable / 1e6:.2f}M of {self.n_params / 1e6:.2f}M parameters "
             f"trainable, {self.dist.world_size} rank(s) on {self.dist.device.type}, "
             f"{self.precision}, ZeRO-{cfg.deepspeed.stage}"
-            f"{f', sequence parallel {self.sp}' if self.sp > 1 else ''}"
+            f"{f', sequence parallel {self.topology.sp}' if self.topology.sp > 1 else ''}"
             f"{' (weights loaded partitioned)' if self.loaded_partitioned else ''}, "
             f"{self.grad_accum} micro-batch(es)/step, "
             f"{tokens_per_step} tokens/step, run dir {self.run_dir}"
@@ -649,7 +653,7 @@ class Trainer:
 
     def _release_groups(self) -> None:
         if self.mpu is not None:
-            from train.sequence_parallel import release_groups
+            from train.parallel.groups import release_groups
 
             release_groups()  # a later run in this process must not see this run's groups
             self.mpu = None

@@ -14,7 +14,7 @@ The kernels take queries and keys of one length (FlashAttention-4's and FlexAtte
 paths), so the halo positions get zero queries whose outputs are dropped: `window - 1`
 extra query rows per rank (6% of a 64K slice at window 4095), no gradient from them.
 
-Gradients: the tails travel by `train.sequence_parallel.exchange` (an all-to-all with split
+Gradients: the tails travel by `train.parallel.comm.exchange` (an all-to-all with split
 sizes, zero towards the ranks that need nothing), whose backward sends each received tail's
 gradient back to its sender. Activation checkpointing recomputes the layer, and with it this
 exchange, on every rank alike.
@@ -26,6 +26,8 @@ import math
 
 import torch
 import torch.distributed as dist
+
+from train.parallel.comm import exchange
 
 
 def halo_from_tails(tails: list[torch.Tensor], rank: int, width: int) -> torch.Tensor:
@@ -50,8 +52,6 @@ class HaloWindowCore:
     def __call__(self, q, k, v, route, window, doc_ids, scale, backend):
         if route is not None or window is None:
             raise ValueError("HaloWindowCore: the local (sliding-window) branch only")
-        from train.sequence_parallel import exchange
-
         rank, n = dist.get_rank(self.group), dist.get_world_size(self.group)
         width = window - 1
         if n == 1 or width == 0:
