@@ -44,14 +44,14 @@ eval: setup
 	$(PY) -m eval eval=$(CONF) $(ARGS)
 
 test: setup
-	$(PY) -m pytest -q -m "not gpu" $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -m "not gpu" $(PYTEST_ARGS) tests study/tests
 
 # On a GPU machine: the same kernel tests in bf16 at larger shapes, and bf16 training with
 # both LM-loss paths (Liger's is one: installed from requirements-gpu.txt; flash-attn, which
 # compiles for a long time and no test needs, is left out).
 test-gpu: setup
 	$(PY) -c "import liger_kernel" 2>/dev/null || $(PY) -m pip install -q "$$(grep -E '^liger-kernel' requirements-gpu.txt)"
-	$(PY) -m pytest -q -m gpu $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -m gpu $(PYTEST_ARGS) tests study/tests
 
 # The launcher tests on a one-node Slurm they start (installs slurm-wlm/munge as root).
 test-slurm: setup

@@ -1,4 +1,4 @@
-"""Suite-wide setup. Without a GPU the Triton kernels run under the interpreter, and
+"""Suite-wide setup (tests/ and study/tests/). Without a GPU the Triton kernels run under the interpreter, and
 TRITON_INTERPRET must be set before any kernel is defined: `import l2a` (the data, model
 and trainer tests) imports the kernels too, so it is set here, before any test module."""
 

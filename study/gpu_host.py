@@ -1,13 +1,13 @@
-"""The study in one device call (docs/RESULTS.md, "On a GPU machine"): several runs at once
+"""The study in one device call (study/RESULTS.md, "On a GPU machine"): several runs at once
 per GPU, a wall-clock deadline, and what comes back packed under the call's output folder.
 
-    python -m bench.study_device pretrain --out $OUT --gpus 0 --max-minutes 8
-    python -m bench.study_device arms --out $OUT --lengths 16k --seeds 0,1 --per-gpu 4 \\
+    python -m study.gpu_host pretrain --out $OUT --gpus 0 --max-minutes 8
+    python -m study.gpu_host arms --out $OUT --lengths 16k --seeds 0,1 --per-gpu 4 \\
         --max-steps 150 --deadline-minutes 9
 
 `scripts/study_device.sh` installs the wheels first and passes the call's start time.
 
-pretrain: `bench.study pretrain` on one GPU; the base lands in <out>/base as safetensors
+pretrain: `python -m study pretrain` on one GPU; the base lands in <out>/base as safetensors
 shards plus base-files.tar (config, tokenizer, and the pretraining's record and log under
 study-results/ and study-logs/): at most 5 files, one folder deep.
 
@@ -28,7 +28,6 @@ The modules that steps import in this process are imported before any thread sta
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import queue
 import shutil
@@ -38,8 +37,8 @@ import threading
 import time
 from pathlib import Path
 
-from bench import study
-from bench.study import ARMS, LENGTHS, LIVE, ROOT, Study, StudyError, _list, read_json, write_json
+from study import steps as study
+from study.steps import ARMS, LENGTHS, LIVE, ROOT, Study, StudyError, _list, read_json, write_json
 
 TAR_NAME = "study-arms.tar.gz"
 PACK_MARGIN_S = 15.0  # between the last step's end and the deadline: the tar, the summary
@@ -51,7 +50,7 @@ MAX_TAR_BYTES = 16 << 20  # one file a device call brings back
 def runner(argv, log, max_seconds=None, env=None):
     """run_step with a grace after SIGTERM that fits a deadline: a trainer gets time to
     checkpoint, anything else is killed soon after."""
-    training = argv[1:3] in (["-m", "train"], ["-m", "bench.study_train"])
+    training = argv[1:3] in (["-m", "train"], ["-m", "study.train_prepared"])
     return study.run_step(argv, log, max_seconds, env,
                           grace=TRAIN_GRACE_S if training else study.STOP_GRACE_S)
 
@@ -282,7 +281,7 @@ def pack(tar_path: Path, results: Path, runs: Path, base_dir: Path) -> Path:
 
 
 def pretrain(a) -> int:
-    """bench.study pretrain with the deadline; the record and log go into base-files.tar."""
+    """`python -m study pretrain` with the deadline; the record and log go into base-files.tar."""
     gpus = gpu_list(a.gpus)
     s = Study(study_args(a, data_unpacked=False,
                          env={"CUDA_VISIBLE_DEVICES": gpus[0]} if gpus else {}), runner=runner)

@@ -11,7 +11,8 @@ import json
 import re
 from pathlib import Path
 
-from bench.study_report import ARM_NAMES, ARM_ORDER, _save
+from study.arms import ARM_NAMES, ARM_ORDER
+from study.plotting import save_figure
 
 RESULTS_NAME = re.compile(r"eval-results-(?P<arm>[A-Za-z0-9_]+)-(?P<k>\d+)k-seed(?P<seed>\d+)\.json")
 
@@ -119,4 +120,4 @@ def position_plot(summary: dict, out_dir: Path) -> Path | None:
         ax.set(title=f"extended to {length}, evaluated at {'/'.join(map(str, evaluated))}",
                xlabel="position in the row (bucket centre, tokens)", ylabel="perplexity")
         ax.legend(fontsize=7)
-    return _save(fig, out_dir / "ppl_by_position.png")
+    return save_figure(fig, out_dir / "ppl_by_position.png")

@@ -2,7 +2,7 @@
 
 The study's evaluation generates answers; a base that cannot copy a value out of its
 context scores 0 there, and so does every model extended from it, which leaves the study's
-bar untestable (docs/RESULTS.md, second device run). This probe answers the question
+bar untestable (study/RESULTS.md, second device run). This probe answers the question
 directly, in seconds, right after pretraining: for retrieval samples of the training mix's
 tasks at a few lengths (seeds the training data never used), the model reads prompt +
 answer in one forward, and we score the answer's tokens:
@@ -13,7 +13,7 @@ answer in one forward, and we score the answer's tokens:
 - `exact`: the share of samples whose every answer token is the argmax (greedy decoding
   would write the answer).
 
-    python -m bench.study_probe <model dir> [--tasks passkey,eval_niah_single] [--lengths 1024,2000]
+    python -m study.probe <model dir> [--tasks passkey,eval_niah_single] [--lengths 1024,2000]
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import torch
 
 TASKS = ("passkey", "eval_niah_single", "eval_niah_multikey", "eval_variable_tracking")
 LENGTHS = (1024, 2000)
-# Samples come from this data seed: the study's mixes use data.seed 0 (conf/data/study.yaml).
+# Samples come from this data seed: the study's mixes use data.seed 0 (study/conf/data/study.yaml).
 PROBE_SEED = 7919
 UNIFORM_DIGIT_NLL = math.log(10)
 
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="JSON file (default: print only)")
     a = p.parse_args(argv)
     if not (Path(a.model_dir) / "config.json").exists():
-        print(f"bench.study_probe: {a.model_dir}: no config.json (not a saved model)", file=sys.stderr)
+        print(f"study.probe: {a.model_dir}: no config.json (not a saved model)", file=sys.stderr)
         return 2
     try:
         for t in filter(None, a.tasks.split(",")):
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         res = probe(a.model_dir, [t for t in a.tasks.split(",") if t],
                     [int(x) for x in a.lengths.split(",") if x], a.samples)
     except ValueError as e:  # a length too short for a task, an unknown task
-        print(f"bench.study_probe: {e}", file=sys.stderr)
+        print(f"study.probe: {e}", file=sys.stderr)
         return 2
     for r in res["rows"]:
         print(f"{r['task']:>24} {r['length']:>6}: nll {r['nll']:.3f} (uniform digit "

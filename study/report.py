@@ -1,11 +1,11 @@
-"""docs/RESULTS.md from the study's JSON (bench/results/study/): the recipe, the commands,
+"""study/RESULTS.md from the study's JSON (study/results/): the recipe, the commands,
 the tables (arm x length: retrieval, perplexity, sparsity, KV bytes, GPU time), the plots
 and the headline check, computed from what the files hold and nothing else.
 
-    python -m bench.study report [--results bench/results/study] [--out docs/RESULTS.md]
+    python -m study report [--results study/results] [--out study/RESULTS.md]
 
 Inputs: `pretrain-seed<s>.json` and `run-<arm>-<length>-seed<s>.json` as written by
-bench/study.py; a run's `evals` maps the pruned fraction ("0.0", "0.25", ...) to the
+study/steps.py; a run's `evals` maps the pruned fraction ("0.0", "0.25", ...) to the
 parsed evaluation, or to {"skipped": reason} / {"failed": reason}.
 """
 
@@ -15,9 +15,10 @@ import json
 import os
 from pathlib import Path
 
-ARM_ORDER = ["dense", "l2a", "l2a_s08", "l2a_s09"]
-ARM_NAMES = {"dense": "dense", "l2a": "L2A paper", "l2a_s08": "L2A target 0.8",
-             "l2a_s09": "L2A target 0.9"}
+from study.arms import ARM_NAMES, ARM_ORDER
+from study.plotting import save_figure
+from study.position import load_position, position_plot, position_table, summarize_position
+
 BAR = (0.8, 0.97)  # L2A at >= 80% sparsity keeps >= 97% of dense retrieval
 # A share of the dense arm's score says something only where the dense arm has the skill:
 # below half the samples right, a model that has not learned retrieval scores by partial
@@ -163,7 +164,7 @@ def plots(rows: dict, out_dir: Path) -> list[Path]:
             ax.set(title=f"extended to {length}", xlabel="context length (tokens)",
                    ylabel="retrieval score", ylim=(0, 1.05))
             ax.legend(fontsize=7)
-        made.append(_save(fig, out_dir / "retrieval_by_length.png"))
+        made.append(save_figure(fig, out_dir / "retrieval_by_length.png"))
     sparse = {k: r.get("heldout_layer_sparsity") or r.get("train_layer_sparsity")
               for k, r in rows.items() if k[0] != "dense" and k[2] == 0.0}
     sparse = {k: v for k, v in sparse.items() if v}
@@ -174,7 +175,7 @@ def plots(rows: dict, out_dir: Path) -> list[Path]:
         ax.set(xlabel="layer", ylabel="sparsity (tokens skipping global)", ylim=(0, 1.02),
                title="sparsity per layer")
         ax.legend(fontsize=7)
-        made.append(_save(fig, out_dir / "sparsity_per_layer.png"))
+        made.append(save_figure(fig, out_dir / "sparsity_per_layer.png"))
     pruned = {}
     for (arm, length, frac), r in rows.items():
         cell = r["by_length"].get(length, {}).get("retrieval")
@@ -189,18 +190,8 @@ def plots(rows: dict, out_dir: Path) -> list[Path]:
         ax.set(xlabel="fraction of layers pruned to local-only",
                ylabel="retrieval at the trained length", ylim=(0, 1.05))
         ax.legend(fontsize=7)
-        made.append(_save(fig, out_dir / "retrieval_vs_pruned.png"))
+        made.append(save_figure(fig, out_dir / "retrieval_vs_pruned.png"))
     return made
-
-
-def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return path
 
 
 def _key_sort(k):
@@ -301,155 +292,9 @@ def run_tables(runs: list[dict]) -> list[str]:
     return out
 
 
-STATIC = """# Results: dense vs L2A context extension, in miniature
-
-Does a model extended with this framework's L2A layers keep up with dense extension? The
-study below reproduces the method's claim at small scale, end to end through the
-framework's own entry points. **Bar:** L2A at >= 80% sparsity keeps >= 97% of the dense
-arm's retrieval score at the extended length.
-
-## Recipe
-
-- **Corpus** (`conf/data/study.yaml`, docs/DATA.md "The study corpus"): the running
-  Python's standard library (`*.py`, tests left out) and its site-packages (`*.py`, `*.md`,
-  `*.rst`, `*.txt`, tests and `.dist-info` left out), one document per file, identical
-  files read once, 5% of the files held out by a hash of their path; mixed with synthetic
-  retrieval tasks: **the evaluation suite's own tasks** (`eval_niah_single`,
-  `eval_niah_multikey`, `eval_niah_multivalue`, `eval_niah_multiquery`,
-  `eval_variable_tracking`: `train/data/ruler.py`'s RULER prompts with their answers appended,
-  train/data/eval_format.py) from seeds the evaluation never uses, beside the pipeline's
-  passkey and key-value retrieval. Weights 0.1 / 0.4 / 0.5 (0.15 / 0.55 / 0.3 up to the second
-  device run). Byte tokens (the offline
-  byte tokenizer: nothing to train, identical on every machine). Why the evaluation's own
-  formats: the first device run (below) trained on the pipeline's own phrasing of the same
-  tasks and scored 0 on every retrieval sample, the dense arm at the base's own 2K
-  included; its models answered in the training data's template, not the question's.
-- **Base** (`conf/model/study_base.yaml`, `experiment=study_base`): Qwen3-shaped, 8 layers,
-  hidden 512, 8 query heads over 2 KV heads of 64, MLP 1536, QK-norm, tied embeddings;
-  24.1M parameters outside the 320 x 512 embedding. Random init, dense, every parameter
-  trained (`train.trainable=all`), 2048-token rows, rope theta 10,000; 1500 steps x 64 rows
-  = 196.6M tokens (600 steps = 78.6M up to the second device run, whose base had not learned
-  to copy a value: `bench.study_probe`); AdamW LR 1e-3, 5% warm-up, cosine to 1e-4, weight decay 0.1.
-- **Extension arms**, each from that base, to 8192 and 16384 tokens (`study_length=8k|16k`),
-  rope theta 500,000, 131,072 tokens per step for every arm and length (150 steps = 19.7M
-  tokens in the configs; the device calls set `--max-steps`, the LR schedule follows it),
-  LR 2e-4 cosine with 5% warm-up, trainable set: attention (+ router) and norms:
-  (a) `study_dense`: full attention (SDPA); (b) `study_l2a`: the paper's recipe scaled to
-  a 2K base (paper init, window 255, tau 0.1, dense path on 10% of steps, regulariser
-  lambda ramped linearly to 1e-8 x 131072 / length); (c) `study_l2a_s08`, `study_l2a_s09`:
-  requested sparsity 0.8 / 0.9 (target mode). Seeds 0 and 1 of each (same base).
-- **Evaluation** (`python -m eval`, docs/EVAL.md): the retrieval tasks (NIAH single,
-  multi-key, multi-value, multi-query at needle depth 0.5; variable tracking; one sample
-  per task and length, `eval.seed` = the run's seed, at most 48 new tokens) at 2K, 8K, 16K
-  and 32K (beyond both trained lengths: extrapolation), scored as RULER does; perplexity
-  on 8 rows of the held-out files per length (up to the trained length); sparsity per
-  layer on those rows; KV cache bytes per sequence from the model's config
-  (`l2a.cache.kv_cache_bytes`; dense: every layer, every token), bf16. **Pruning**
-  (`python -m train.prune`): a quarter and a half of each L2A model's layers (the least
-  used) made local-only, then evaluated again with their KV bytes.
-
-## Commands
-
-```bash
-python -m bench.study prepare     # data: 2K, 8K, 16K rows and the held-out files
-python -m bench.study pretrain    # base -> .cache/study/base (safetensors shards < 16 MiB)
-python -m bench.study extend      # 4 arms x {8k,16k} x seeds {0,1}; or one Hydra multirun:
-#   python -m train -m experiment=study_dense,study_l2a,study_l2a_s08,study_l2a_s09 \\\\
-#       study_length=8k,16k train.seed=0,1
-python -m bench.study eval        # python -m eval on every extended model
-python -m bench.study prune       # python -m train.prune (1/4, 1/2 of the layers), eval again
-#   (eval and prune take --arms/--lengths/--seeds too: one process per GPU)
-python -m bench.study report      # this page and the plots, from bench/results/study/
-```
-
-`--arms`, `--lengths`, `--seeds` pick a part; `--max-minutes` stops a run in time
-(checkpoint, export, recorded as not completed); `--scale tiny` runs the chain on CPU in
-about a minute (`tests/study/test_study_smoke.py`). `report` reads the records in
-`bench/results/study/` and in each of its subfolders (one per device run, with an
-`about.json` saying how it was run).
-
-## On a GPU machine without the data pipeline's packages
-
-The device this study is sized for has torch and transformers; `scripts/device_wheels.sh`
-brings DeepSpeed and Hydra, not the data pipeline's `datasets` / `pyarrow` (which, with
-pandas, would not fit beside the base in the 64 MiB a call carries). So the data are
-prepared on a CPU machine and travel packed:
-`python -m bench.study prepare && python -m bench.study pack-data` writes
-`.cache/study/data/study-{2048,8192,16384}.tar.xz`, each with its held-out rows (with the
-current mix and the 1500-step pretraining's 206M tokens, measured here: 39.2, 4.8 and 4.8
-MiB; xz preset 6; the pretraining call carries 39.2 + 8.4 MiB of wheels + the repository,
-about 49 of its 64 MiB). **A change of the data
-mix means rebuilding them.** `--data-archives .cache/study/data` then unpacks the one a
-run needs and trains through `python -m bench.study_train`, which opens the prepared rows
-as they are and hands the trainer the loader `python -m train` would build (same batches,
-same losses: tested on CPU with `datasets` blocked). The corpus is then the preparing
-machine's (`bench/results/study/corpus.json` records it).
-
-The device calls run `scripts/study_device.sh` (`python -m bench.study_device`, after
-installing the carried wheels into /tmp/site); its deadline counts from its start, and
-whatever it brings back is written by then. In an `arms` call the runs train first
-(`--per-gpu` at once on each GPU, each stopped `--reserve-minutes` before the deadline);
-then one job queue, every model unpruned first, then the L2A models pruned by a half,
-then by a quarter, is worked off by `--eval-per-gpu` (1) evaluation processes per GPU. A
-job cut by the deadline is recorded as failed with the samples its log shows scored; one
-never started as skipped.
-
-```bash
-# 1. pretraining on GPU 0; carry .whl and .cache/study/data/study-2048.tar.xz.
-#    Back: $OUT/base/ = 4 safetensors shards and base-files.tar (config, tokenizer, the
-#    run's record and log): 5 files, ~47 MiB.
-scripts/study_device.sh pretrain --gpus 0 --max-minutes 8 --deadline-minutes 9.4 --out $OUT
-# 2. and 3. the four arms at 16K, one seed per call (2 runs per GPU); carry .whl,
-#    .cache/study/data/study-16384.tar.xz and the base of call 1 as .cache/study/base.
-#    Back: $OUT/study-arms.tar.gz (every record, summary, metrics, evaluation report, log).
-scripts/study_device.sh arms --lengths 16k --seeds 0 --gpus 0,1 --per-gpu 2 --max-steps 80 \\\\
-    --deadline-minutes 8.6 --reserve-minutes 4.5 --out $OUT
-scripts/study_device.sh arms --lengths 16k --seeds 1 --gpus 0,1 --per-gpu 2 --max-steps 80 \\\\
-    --deadline-minutes 8.6 --reserve-minutes 4.5 --out $OUT
-# here: the base into place, the records into a folder of their own, the page
-rm -rf .cache/study/base && cp -r <call 1 files>/base .cache/study/base
-mkdir -p /tmp/study && tar xzf <call 2 files>/study-arms.tar.gz -C /tmp/study
-mkdir -p bench/results/study/<device>-<date> && cp /tmp/study/results/*.json bench/results/study/<device>-<date>/
-python -m bench.study report
-```
-
-The call ends with one line per run: steps, tokens/s, final loss, sparsity, retrieval by
-length for each pruned fraction. The steps of one arm alone, without the concurrency:
-`python -m bench.study extend|eval|prune --arms A --lengths L --seeds S --data-archives
-.cache/study/data --max-minutes M`.
-
-## Sizing (measured on 2x H200 where it says so)
-
-- Pretraining (measured): 600 steps, 78.6M tokens at 428,065 and 453,657 tokens/s on one
-  H200 (two runs), 183.7 and 173.4 GPU s, 210 s wall with start-up. The recipe's 1500 steps
-  (196.6M tokens): **estimated** at 7.2 minutes from those rates, inside one 10-minute call
-  with `--max-minutes 8` (a run stopped by it is exported and recorded as not completed).
-  The data archive for 2048-token rows grows with the tokens (see above).
-- Extension at 16K (measured): 8 runs at once, 4 per GPU: 66-72K tokens/s each (~270K
-  tokens/s per GPU), 80 steps (10.5M tokens) in 146-158 GPU s, ~197 s wall each with
-  start-up; so 150 steps at that concurrency would take ~6 minutes of a call and leave no
-  room to evaluate.
-- Evaluation (measured, the first run's suite: 52 samples per model, up to 128 new
-  tokens): 4 processes per GPU at once: a dense model 122 s (24 ms per generated token),
-  an L2A model 7-12 s per sample (the six L2A evaluations were cut by the deadline after
-  35-42 samples). The suite now has 20 samples of at most 48 tokens (about a fifth of the
-  generated tokens) and runs one process per GPU after training, so each evaluation no
-  longer shares its GPU: **estimated** (not measured) at well under a minute per model.
-  One seed per call: 4 unpruned + 6 pruned evaluations and 6 prunings over 2 GPUs after
-  at most ~4 minutes of start-up and training (80 steps, 2 runs per GPU; 197 s wall at 4
-  per GPU); `--reserve-minutes 4.5` leaves them about 4.5 minutes. If they do not all fit,
-  the prunings by a quarter are the ones left out (the queue's order), and the records say
-  so.
-- The base comes back as 4 safetensors shards (bf16, 24.29M parameters: 46.4 MiB in all)
-  and one tar of its config and tokenizer: 5 of the 8 files a call returns. It travels into
-  the extension calls with the wheels and one archive: 46.4 + 7.6 + 4.9 MiB plus the
-  repository (about 1.5 MiB): about 61 of the 64 MiB a call carries, so one length per
-  call. The extension runs are evaluated and pruned in the call that trains them; only
-  their JSON and logs come back.
-
-## Status
-
-"""
+# The recipe, the commands and how to read the tables: the page's fixed part (a template
+# file, so that it reads and diffs as Markdown), above the sections of each study run.
+STATIC = (Path(__file__).with_name("report_template.md")).read_text(encoding="utf-8")
 
 
 def _has_records(d: Path) -> bool:
@@ -473,9 +318,6 @@ STATUS_NOTE = ("Each device run of the study is one section below, with how it w
 def render_set(d: Path, page: Path) -> str:
     """One study run: what it was (about.json: title, calls, notes), the headline, the tables
     and the plots (written into `d`)."""
-    # study_position imports this module's names: imported here, not at the top.
-    from bench.study_position import load_position, position_plot, position_table, summarize_position
-
     pre, runs = load(d)
     rows = summarize(runs)
     by_position = summarize_position(load_position(d))
@@ -511,9 +353,9 @@ def render(results_dir: Path, page: Path) -> str:
     sets = result_sets(results_dir)
     if not sets:
         text += ("**Not run yet.** No training or evaluation results exist in "
-                 "`bench/results/study/` (`corpus.json` there is the manifest of the corpus "
+                 "`study/results/` (`corpus.json` there is the manifest of the corpus "
                  "the data were prepared from): the study has not been run on a GPU, and "
-                 "the tables and plots appear here once it has (`python -m bench.study "
+                 "the tables and plots appear here once it has (`python -m study "
                  "report`).\n")
         return text
     text += STATUS_NOTE + "\n"

@@ -1,15 +1,15 @@
 """Can a study base learn a retrieval task quickly? Fine-tune it on one synthetic task and
-watch `bench.study_probe`'s scores.
+watch `study.probe`'s scores.
 
-`bench.study_probe` says whether a base copies a value out of its context. When it does
+`study.probe` says whether a base copies a value out of its context. When it does
 not, this says whether the skill is one short fine-tune away (the base lacks retrieval
 examples) or not (it lacks capacity): the base trains on `--task` samples only (data seed
 100, which neither the study's mixes, seed 0, nor the probe, 7919, use), every parameter,
 AdamW at a constant `--lr`, and is probed on unseen samples every `--probe-every` steps.
 It runs on the CPU (minutes for a few hundred 512-token steps of the 24M base) or a GPU.
 
-    python -m bench.study_skill_check <model dir> --task passkey --length 512 --steps 160 \\
-        --out bench/results/study/<run>/skill-passkey.json
+    python -m study.skill_check <model dir> --task passkey --length 512 --steps 160 \\
+        --out study/results/<run>/skill-passkey.json
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def train_batch(tokenizer, task: str, length: int, step: int, batch: int) -> tor
 def skill_check(model_dir: str | Path, task: str, length: int, steps: int, batch: int = 4,
                 lr: float = 3e-4, probe_every: int = 40, probe_lengths: list[int] | None = None,
                 samples: int = 8, device: str | None = None, seed: int = 0) -> dict:
-    from bench.study_probe import answer_scores, load
+    from study.probe import answer_scores, load
 
     torch.manual_seed(seed)
     model, tok = load(model_dir, device, torch.float32)  # fp32: it trains
@@ -90,18 +90,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
     if not (Path(a.model_dir) / "config.json").exists():
-        print(f"bench.study_skill_check: {a.model_dir}: no config.json (not a saved model)",
+        print(f"study.skill_check: {a.model_dir}: no config.json (not a saved model)",
               file=sys.stderr)
         return 2
     lengths = [int(x) for x in a.probe_lengths.split(",")] if a.probe_lengths else None
     try:
-        from bench.study_probe import check_task
+        from study.probe import check_task
 
         check_task(a.task)
         res = skill_check(a.model_dir, a.task, a.length, a.steps, a.batch, a.lr, a.probe_every,
                           lengths, a.samples)
     except ValueError as e:  # an unknown task, a length too short for it
-        print(f"bench.study_skill_check: {e}", file=sys.stderr)
+        print(f"study.skill_check: {e}", file=sys.stderr)
         return 2
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)

@@ -1,12 +1,12 @@
-"""The dense vs L2A context-extension study (docs/RESULTS.md), one subcommand per step:
+"""The dense vs L2A context-extension study (study/RESULTS.md), one subcommand per step:
 
-    python -m bench.study prepare    # data at 2K, 8K, 16K + the held-out files
-    python -m bench.study pretrain   # the base, dense, all parameters, 2K -> .cache/study/base
-    python -m bench.study extend     # arms x lengths x seeds from that base
-    python -m bench.study eval       # python -m eval on every extended model
-    python -m bench.study prune      # python -m train.prune on the L2A models, then eval again
-    python -m bench.study report     # bench/results/study/*.json -> docs/RESULTS.md + plots
-    python -m bench.study pack-data  # the prepared rows as .cache/study/data/*.tar.xz, for a
+    python -m study prepare    # data at 2K, 8K, 16K + the held-out files
+    python -m study pretrain   # the base, dense, all parameters, 2K -> .cache/study/base
+    python -m study extend     # arms x lengths x seeds from that base
+    python -m study eval       # python -m eval on every extended model
+    python -m study prune      # python -m train.prune on the L2A models, then eval again
+    python -m study report     # study/results/*.json -> study/RESULTS.md + plots
+    python -m study pack-data  # the prepared rows as .cache/study/data/*.tar.xz, for a
                                      # machine without `datasets` (--data-archives there)
 
 Every step runs the project's own entry points as subprocesses (`python -m train`,
@@ -14,7 +14,7 @@ Every step runs the project's own entry points as subprocesses (`python -m train
 behind one small function each (`eval_command`, `prune_command`, `parse_*`) so that they
 follow those CLIs. A step whose tool is not installed is recorded as skipped with the
 reason. `--scale tiny` runs the same chain on a tiny model and short rows on CPU (the
-smoke test). Results: one JSON per run under `--results` (default bench/results/study).
+smoke test). Results: one JSON per run under `--results` (default study/results).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ MAX_SHARD_BYTES = 12 << 20  # the 46 MiB base in 4 shards, each under the device
 MAX_SHARDS = 8  # files a device call brings back
 # The base probe takes seconds on a GPU (64 forwards of <= 2K tokens); never the call's end.
 PROBE_CAP_S = 120.0
-# Under a deadline (bench.study_device): a training run needs at least MIN_TRAIN_S to be
+# Under a deadline (study.gpu_host): a training run needs at least MIN_TRAIN_S to be
 # worth starting, an evaluation or pruning MIN_STEP_S; a step stopped at the deadline gets
 # SIGTERM and is killed STOP_GRACE_S later (run_step's grace under a deadline).
 MIN_TRAIN_S, MIN_STEP_S, STOP_GRACE_S = 30.0, 10.0, 10.0
@@ -94,7 +94,7 @@ def read_json(path: Path, default=None):
     return json.loads(path.read_text()) if path.exists() else default
 
 
-# The steps running now (several at once under bench.study_device): what a deadline kills.
+# The steps running now (several at once under study.gpu_host): what a deadline kills.
 LIVE: set[subprocess.Popen] = set()
 
 
@@ -126,11 +126,11 @@ def run_step(argv: list[str], log: Path, max_seconds: float | None = None,
 def run_in_process(argv: list[str], log: Path, max_seconds: float | None = None,
                    env: dict | None = None) -> tuple[int, float]:
     """`run_step` without a new interpreter per step (the CPU smoke test: start-up would
-    cost more than the steps). Runs `python -m train | bench.study_train |
+    cost more than the steps). Runs `python -m train | study.train_prepared |
     train.data.prepare | train.export` in this process (`max_seconds` not enforced), any
     other module through `run_step`."""
     module, args = argv[2], argv[3:]
-    if module not in ("train", "bench.study_train", "train.data.prepare", "train.export"):
+    if module not in ("train", "study.train_prepared", "train.data.prepare", "train.export"):
         return run_step(argv, log, max_seconds, env)  # eval, pruning: their own process
     saved = {k: os.environ.get(k) for k in (env or {})}
     os.environ.update(env or {})
@@ -146,8 +146,8 @@ def run_in_process(argv: list[str], log: Path, max_seconds: float | None = None,
                 run_dir = next(a.split("=", 1)[1] for a in args if a.startswith("hydra.run.dir="))
                 overrides = [a for a in args if not a.startswith("hydra.")]
                 rc = run(from_hydra(compose("config", overrides)), run_dir, overrides)
-            elif module == "bench.study_train":
-                from bench.study_train import main as study_train_main
+            elif module == "study.train_prepared":
+                from study.train_prepared import main as study_train_main
 
                 rc = study_train_main(args)
             elif module == "train.data.prepare":
@@ -208,7 +208,7 @@ def eval_command(model_dir: Path, out_dir: Path, lengths: list[int], heldout: Pa
 def parse_eval(out_dir: Path) -> dict:
     """results.json -> {"retrieval": {length: mean score over the tasks}, "perplexity":
     {length: ppl}, "layer_sparsity": per layer on held-out rows at the longest length
-    (L2A), "kv_bytes": {}} (bench.study fills kv_bytes from the model's config)."""
+    (L2A), "kv_bytes": {}} (study.steps fills kv_bytes from the model's config)."""
     raw = json.loads((out_dir / "results.json").read_text())
     scores: dict[str, list[float]] = {}
     for c in raw.get("tasks", []):
@@ -299,7 +299,7 @@ class Study:
         self.archives = Path(args.data_archives).resolve() if args.data_archives else None
         self.env = {"L2A_STUDY_BASE": str(self.base_dir), "WANDB_MODE": "disabled",
                     "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
-        # Set by bench.study_device (not on the command line): the data unpacked once before
+        # Set by study.gpu_host (not on the command line): the data unpacked once before
         # concurrent runs, one GPU per Study, extra training overrides (train.max_steps=...),
         # and a wall-clock deadline (epoch s) by which every step has ended; a training run
         # stops `reserve_s` before it, leaving that time to its evaluation and pruning.
@@ -359,7 +359,7 @@ class Study:
             dirs = [Path(cfg.data.prepared_dir).resolve(), self.heldout_dir(cfg.data.seq_len)]
             missing = [d for d in dirs if not (d / "meta.json").exists()]
             if missing:
-                raise StudyError(f"{missing[0]}: not prepared; run `python -m bench.study prepare`")
+                raise StudyError(f"{missing[0]}: not prepared; run `python -m study prepare`")
             out = out_dir / f"study-{cfg.data.seq_len}.tar.xz"
             out.parent.mkdir(parents=True, exist_ok=True)
             tmp = out.with_name(out.name + ".tmp")
@@ -377,7 +377,7 @@ class Study:
 
         archive = self.archives / f"study-{seq_len}.tar.xz"
         if not archive.exists():
-            raise StudyError(f"{archive}: no such archive (python -m bench.study pack-data)")
+            raise StudyError(f"{archive}: no such archive (python -m study pack-data)")
         # Into a private directory, then each data set renamed into place unless there:
         # two processes (one per GPU) may unpack the same archive at once.
         tmp = data_root() / f".unpack-{os.getpid()}"
@@ -404,7 +404,7 @@ class Study:
             return "train"
         if not self.unpacked:
             self.unpack_data(seq_len)
-        return "bench.study_train"
+        return "study.train_prepared"
 
     def time_left(self, reserve: float = 0.0) -> float | None:
         """Seconds until the deadline less `reserve` (None: no deadline)."""
@@ -475,11 +475,11 @@ class Study:
         return rec
 
     def probe_base(self, name: str, model_dir: Path) -> dict:
-        """bench.study_probe on the base (has it learned to copy a value from its context?),
+        """study.probe on the base (has it learned to copy a value from its context?),
         on the GPU it trained on; a failure is recorded, not raised (the base is saved)."""
         out = self.runs / f"{name}-probe.json"
         log = self.runs / "logs" / f"{name}-probe.log"
-        rc, _ = self.runner([sys.executable, "-m", "bench.study_probe", str(model_dir),
+        rc, _ = self.runner([sys.executable, "-m", "study.probe", str(model_dir),
                              "--out", str(out), *self.extra("probe")], log, PROBE_CAP_S, self.env)
         if rc != 0 or not out.exists():
             return {"failed": f"exit {rc}: {_tail(log)}"}
@@ -495,7 +495,7 @@ class Study:
     def extend(self, arms: list[str], lengths: list[str], seeds: list[int]) -> None:
         ensure_base(self.base_dir)
         if not (self.base_dir / "config.json").exists():
-            raise StudyError(f"{self.base_dir}: no base model; run `python -m bench.study pretrain` "
+            raise StudyError(f"{self.base_dir}: no base model; run `python -m study pretrain` "
                              "or pass --base-dir")
         for arm in arms:
             for length in lengths:
@@ -664,12 +664,12 @@ def _list(value: str, known=None) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m study", description=__doc__.splitlines()[0])
     p.add_argument("step", choices=["prepare", "pretrain", "extend", "eval", "prune", "report",
                                      "pack-data"])
     p.add_argument("--scale", choices=["full", "tiny"], default="full")
     p.add_argument("--runs", default=str(ROOT / "runs" / "study"), help="run directories")
-    p.add_argument("--results", default=str(ROOT / "bench" / "results" / "study"))
+    p.add_argument("--results", default=str(ROOT / "study" / "results"))
     p.add_argument("--base-dir", default=os.environ.get("L2A_STUDY_BASE",
                                                         str(ROOT / ".cache" / "study" / "base")))
     p.add_argument("--seed", type=int, default=0, help="pretrain: the base's seed")
@@ -680,7 +680,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="stop a training run after this long (checkpoint, export)")
     p.add_argument("--data-archives", default=None,
                    help="train from the .tar.xz of pack-data in this directory (no `datasets`)")
-    p.add_argument("--out", default=str(ROOT / "docs" / "RESULTS.md"), help="report: the page")
+    p.add_argument("--out", default=str(ROOT / "study" / "RESULTS.md"), help="report: the page")
     args = p.parse_args(argv)
     try:
         study = Study(args)
@@ -700,7 +700,7 @@ def main(argv: list[str] | None = None) -> int:
                      "seeds": [int(x) for x in _list(args.seeds)]}
             (study.evaluate if args.step == "eval" else study.prune)(**which)
         else:
-            from bench.study_report import write_report
+            from study.report import write_report
 
             write_report(Path(args.results), Path(args.out))
     except StudyError as e:
@@ -708,6 +708,3 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,10 +1,10 @@
 """`python -m train`, reading rows prepared on another machine (one process, one GPU).
 
-    python -m bench.study_train <hydra overrides> hydra.run.dir=<run dir>
+    python -m study.train_prepared <hydra overrides> hydra.run.dir=<run dir>
 
 The device machine that runs the study has torch, transformers, DeepSpeed and Hydra but
-not the data pipeline's `datasets` / `pyarrow`; `python -m bench.study pack-data` packs
-the prepared rows here and `bench.study --data-archives` unpacks them there. This entry
+not the data pipeline's `datasets` / `pyarrow`; `python -m study pack-data` packs
+the prepared rows here and `python -m study --data-archives` unpacks them there. This entry
 composes the same config as `python -m train`, opens `data.prepared_dir` as it is
 (no fingerprint check: the sources are another machine's files) and gives the trainer the
 same loader the trainer would build (`build_dataloader(prepared, micro_batch_size, rank 0,

@@ -8,7 +8,7 @@ import tarfile
 
 import pytest
 
-from bench import study
+from study import steps as study
 
 
 def _archive(path, meta: str, rows: str):
@@ -31,7 +31,7 @@ def test_unpack_into_place(tmp_path, monkeypatch):
                               base_dir=str(tmp_path / "b"), max_minutes=None,
                               data_archives=str(archives))
     s = study.Study(args)
-    assert s.train_module(512) == "bench.study_train"
+    assert s.train_module(512) == "study.train_prepared"
     prepared = tmp_path / "data" / "prepared"
     assert (prepared / "study-512" / "tokens.bin").read_text() == "rows-1"
     assert (prepared / "heldout-512" / "meta.json").read_text() == "v1"

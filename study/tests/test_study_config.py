@@ -1,4 +1,4 @@
-"""The study presets compose into what docs/RESULTS.md promises: one token budget for every
+"""The study presets compose into what study/RESULTS.md promises: one token budget for every
 arm and length, lambda scaled with the length, the arms' differences and nothing else;
 `train.trainable` is validated."""
 
@@ -8,7 +8,7 @@ import itertools
 
 import pytest
 
-from bench.study import ARMS, LENGTHS
+from study.steps import ARMS, LENGTHS
 from train.config import ConfigError, from_hydra
 from train.data.prepare import compose
 

@@ -1,4 +1,4 @@
-"""bench.study_device, the study's device call, without training anything: how runs are
+"""study.gpu_host, the study's device call, without training anything: how runs are
 spread over GPUs and slots, the deadline (runs not started, steps skipped, the call still
 ends with its tar), the training overrides and time cap a run gets, and what the tar holds."""
 
@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from bench import study, study_device
+from study import gpu_host as study_device
+from study import steps as study
 
 
 def test_plan_spreads_runs_over_gpus_and_slots():
@@ -39,7 +40,7 @@ def test_gpu_list_keeps_the_parents_device_names(monkeypatch):
 
 
 def _fake_train_runner(calls):
-    """Stands in for `python -m bench.study_train`: records the call, writes 2 steps of
+    """Stands in for `python -m study.train_prepared`: records the call, writes 2 steps of
     metrics (1,000 tokens each, 0.5 s each) and exits 0."""
     def runner(argv, log, max_seconds=None, env=None):
         calls.append((argv, max_seconds, env))
@@ -71,7 +72,7 @@ def test_run_gets_the_step_count_its_gpu_and_a_cap_before_the_deadline(tmp_path)
                           env={"CUDA_VISIBLE_DEVICES": "1"}), runner=_fake_train_runner(calls))
     s.extend(["l2a_s08"], ["16k"], [1])
     [(argv, cap, env)] = calls
-    assert argv[1:3] == ["-m", "bench.study_train"]  # unpacked already: no archive needed
+    assert argv[1:3] == ["-m", "study.train_prepared"]  # unpacked already: no archive needed
     steps = [a for a in argv if a.startswith("train.max_steps=")]
     assert steps[-1] == "train.max_steps=7"  # the last one wins over --scale tiny's 3
     assert 600 - 180 - 5 < cap <= 600 - 180  # deadline less the reserve, not --max-minutes
@@ -117,7 +118,7 @@ def test_past_the_deadline_runs_are_not_started_and_the_tar_is_written(tmp_path,
 
 
 def test_pack_keeps_records_and_reports_not_weights(tmp_path, monkeypatch):
-    # The layout bench.study_device leaves: <runs>/<run>/ is one run's `bench.study --runs`,
+    # The layout study.gpu_host leaves: <runs>/<run>/ is one run's `python -m study --runs`,
     # holding logs/<run>.log and the run directory <run>/ (its evaluations, pruned models).
     runs, results = tmp_path / "runs", tmp_path / "runs" / "results"
     r = "dense-16k-seed0/dense-16k-seed0"
@@ -194,7 +195,7 @@ def test_evaluation_and_pruning_past_the_deadline_are_skipped_not_run(tmp_path):
 
 RACE = """
 import sys, threading
-from bench import study
+from study import steps as study
 if sys.argv[2] == "preload":
     study.import_for_threads()
 barrier, errors = threading.Barrier(8), []

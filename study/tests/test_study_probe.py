@@ -1,4 +1,4 @@
-"""bench.study_probe: teacher-forced answer scores, checked against models whose answers are
+"""study.probe: teacher-forced answer scores, checked against models whose answers are
 known: an oracle that puts its mass on the true next token, and a model that predicts the
 same distribution everywhere."""
 
@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from bench.study_probe import answer_scores, main
+from study.probe import answer_scores, main
 from train.tiny_base import byte_tokenizer
 
 

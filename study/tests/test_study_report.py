@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.study import parse_eval
-from bench.study_report import headline, load, summarize, write_report
+from study.report import headline, load, summarize, write_report
+from study.steps import parse_eval
 
 
 def _train(sparsity, loss=1.5, gpu=100.0, layers=None):

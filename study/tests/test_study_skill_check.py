@@ -1,11 +1,11 @@
-"""bench.study_skill_check on a tiny random base: the batches are the task's samples, the
+"""study.skill_check on a tiny random base: the batches are the task's samples, the
 fine-tune moves the probe's answer loss, and bad input is one line and exit 2."""
 
 from __future__ import annotations
 
 import json
 
-from bench.study_skill_check import main, train_batch
+from study.skill_check import main, train_batch
 from train.tiny_base import build_tiny_base, byte_tokenizer
 
 

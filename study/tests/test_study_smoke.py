@@ -1,4 +1,4 @@
-"""The study's chain at CPU size (`python -m bench.study ... --scale tiny`), in this process:
+"""The study's chain at CPU size (`python -m study ... --scale tiny`), in this process:
 prepare -> pretrain (dense, every parameter) -> extend (dense and L2A arms) -> eval ->
 prune -> eval. Evaluation and pruning are recorded as skipped until their tools exist;
 when they land, the skip assertions below turn into checks of their numbers."""
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import study
+from study import steps as study
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -131,15 +131,15 @@ def test_corpus_manifest_is_recorded(chain):
     assert stdlib["train"]["digest"] != stdlib["validation"]["digest"]
 
 
-# Runs `python -m bench.study_train` in a fresh interpreter where `datasets` and `pyarrow`
+# Runs `python -m study.train_prepared` in a fresh interpreter where `datasets` and `pyarrow`
 # cannot be imported: the device machine's situation.
 NO_DATASETS = ("import sys; sys.modules['datasets'] = None; sys.modules['pyarrow'] = None; "
-               "sys.argv[0] = 'bench.study_train'; from bench.study_train import main; "
+               "sys.argv[0] = 'study.train_prepared'; from study.train_prepared import main; "
                "sys.exit(main())")
 
 
 def _without_datasets(argv, log, max_seconds=None, env=None):
-    if argv[1:3] == ["-m", "bench.study_train"]:
+    if argv[1:3] == ["-m", "study.train_prepared"]:
         return study.run_step([sys.executable, "-c", NO_DATASETS, *argv[3:]], log,
                               max_seconds, env)
     return study.run_in_process(argv, log, max_seconds, env)
@@ -167,7 +167,7 @@ def test_archived_rows_train_like_the_pipeline_without_datasets(chain, tmp_path,
 
 
 def test_report_over_the_smoke_results(chain, tmp_path):
-    from bench.study_report import write_report
+    from study.report import write_report
 
     s, _, _ = chain
     page = write_report(Path(s.results), tmp_path / "RESULTS.md").read_text()
@@ -176,7 +176,7 @@ def test_report_over_the_smoke_results(chain, tmp_path):
 
 
 def test_cli_errors_are_one_line(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "bench.study", "extend", "--arms", "sparse",
+    out = subprocess.run([sys.executable, "-m", "study", "extend", "--arms", "sparse",
                           "--base-dir", str(tmp_path / "nothing")], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 1

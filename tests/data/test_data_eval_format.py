@@ -37,7 +37,7 @@ def test_the_evaluations_format_with_a_correct_answer(byte_tok, name, length):
 
 
 def test_the_evaluations_samples_are_held_out(byte_tok):
-    """The study evaluates seeds 0 and 1, index 0 at needle depth 0.5 (bench/study.py); none of
+    """The study evaluates seeds 0 and 1, index 0 at needle depth 0.5 (study/steps.py); none of
     their answers (7-digit values, 5-letter variable names) appears in 40 training
     documents per task at the same length."""
     length = 2048

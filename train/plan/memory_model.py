@@ -2,8 +2,9 @@
 baseline: what scales with the sequence length, the sequence-parallel size and the ZeRO
 stage. docs/BENCHMARKS.md ("Memory model") writes the same formulas out.
 
-    python -m bench.memory_model                       # the table of the docs
-    python -m bench.memory_model --shape qwen3_8b --seq-len 131072 --world 8 --sp 8
+    python -m train.plan experiment=qwen3_128k --gpus 8 --gib 80   # will this run fit?
+    python -m train.plan --table                                   # the table of the docs
+    python -m train.plan --check               # the measured SP=2 runs against the model
 
 Everything is bytes per GPU; ``t = micro_batch * seq_len / sp`` tokens per rank. What is
 modelled (bf16 training, AdamW, DeepSpeed ZeRO):
@@ -25,8 +26,6 @@ copy (not at the same time as the activation peak), and the attention kernels' o
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 from dataclasses import asdict, dataclass
 
@@ -320,56 +319,3 @@ def table() -> list[dict]:
                          "world": world, "sp": sp, "zero": zero, "tiled_mlp_shards": shards,
                          "offload_checkpoints": offload, **b.gib()})
     return rows
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--shape", choices=sorted(SHAPES))
-    p.add_argument("--variant", default="l2a,dense")
-    p.add_argument("--seq-len", type=int, default=131072)
-    p.add_argument("--world", type=int, default=8)
-    p.add_argument("--sp", type=int, default=1)
-    p.add_argument("--zero", type=int, default=3, choices=(0, 1, 2, 3))
-    p.add_argument("--tiled-mlp", default="off", help="off | auto | N")
-    p.add_argument("--offload-checkpoints", action="store_true")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--check", action="store_true",
-                   help="the measured 2x H200 SP=2 runs against the model's predictions")
-    args = p.parse_args(argv)
-    if args.check:
-        rows = checks()
-        if args.json:
-            print(json.dumps(rows, indent=2))
-            return 0
-        print("variant | seq_len | measured peak | predicted | measured activations | predicted")
-        for r in rows:
-            m = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
-            peak = (f"out of memory (needed >= {r['needed_at_least']:.1f})"
-                    if r["needed_at_least"] else m(r["measured_peak"]))
-            print(f"{r['variant']} | {r['seq_len']} | {peak} | "
-                  f"{r['predicted_peak']:.1f} | {m(r['measured_activations'])} | "
-                  f"{r['predicted_activations']:.1f}")
-        return 0
-    if args.shape is None:
-        rows = table()
-    else:
-        s = SHAPES[args.shape]
-        shards = (1 if args.tiled_mlp == "off" else auto_shards(args.seq_len, args.sp, s.hidden)
-                  if args.tiled_mlp == "auto" else int(args.tiled_mlp))
-        rows = [{"variant": v, **predict(args.shape, v, args.seq_len, args.world, args.sp,
-                                         args.zero, tiled_mlp_shards=shards,
-                                         offload_checkpoints=args.offload_checkpoints).gib()}
-                for v in args.variant.split(",")]
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    keys = ["params", "grads", "optimizer_states", "zero_buffers", "checkpointed_inputs",
-            "layer_saved", "backward_transient", "activations", "peak"]
-    print(" | ".join(["case", "variant"] + keys))
-    for r in rows:
-        print(" | ".join([str(r.get("case", args.shape)), r["variant"]] + [f"{r[k]:.1f}" for k in keys]))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

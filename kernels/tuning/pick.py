@@ -1,12 +1,12 @@
 """Kernel launch configs from a sweep: per pass, the fastest variant that is as accurate.
 
     python -m bench.attention --sweep <variants> --out sweep.json     # on the GPU
-    python -m bench.pick_configs sweep.json --out tuned.json
+    python -m kernels.tuning.pick sweep.json --out tuned.json
     L2A_KERNEL_CONFIGS=tuned.json python -m bench.attention            # uses them
 
 The forward is picked by its time, the backward (dq and dk/dv together, see GROUPS) by the
 sum of both passes' times. The candidates are the variants that change the group's passes
-(bench.attention.parse_variant) and ran without error, with every recorded error against
+(kernels.tuning.variants.parse_variant) and ran without error, with every recorded error against
 the fp32 reference at most `--err-slack` times the default's (plus 1e-3). The fastest
 replaces the default only if it is at least `--min-gain` faster (timings of one config
 spread by about 5% between runs). Writes the `L2A_KERNEL_CONFIGS` format of
@@ -19,7 +19,7 @@ import argparse
 import json
 from pathlib import Path
 
-from bench.attention import parse_variant
+from kernels.tuning.variants import parse_variant
 
 ERRS = ("err_out", "err_dq", "err_dk", "err_dv")
 # Picked separately: the forward by its own time; the backward as one unit by dq + dk/dv
@@ -86,13 +86,13 @@ def main(argv=None) -> None:
         records = json.loads(args.sweep.read_text())["sweep"]
         overrides, notes = pick(records, args.head_dim, args.min_gain, args.err_slack)
     except (OSError, ValueError, KeyError) as e:
-        raise SystemExit(f"bench.pick_configs: {args.sweep}: {e}") from None
+        raise SystemExit(f"kernels.tuning.pick: {args.sweep}: {e}") from None
     for n in notes:
-        print(f"[pick_configs] {n}")
+        print(f"[kernels.tuning.pick] {n}")
     tmp = args.out.with_suffix(args.out.suffix + ".tmp")
     tmp.write_text(json.dumps(overrides, indent=1) + "\n")
     tmp.replace(args.out)
-    print(f"[pick_configs] wrote {args.out}: {json.dumps(overrides)}")
+    print(f"[kernels.tuning.pick] wrote {args.out}: {json.dumps(overrides)}")
 
 
 if __name__ == "__main__":

@@ -1,18 +1,19 @@
 """Static profile of our attention kernels for a GPU target, compiled on any machine.
 
-    python -m bench.kernel_resources                         # sm_90a (H100/H200), defaults
-    python -m bench.kernel_resources --variants "fwd:+kv_desc" "dkdv:+compact+compact_desc"
+    python -m kernels.tuning.resources                         # sm_90a (H100/H200), defaults
+    python -m kernels.tuning.resources --variants "fwd:+kv_desc" "dkdv:+compact+compact_desc"
 
 No GPU is needed: the kernels are compiled exactly as the host functions launch them for
 Qwen3-8B heads (Hq=32, Hkv=8, D=128, bf16), through Triton's own JIT path, against a
-compile-only driver; nothing runs. Per kernel and variant (see bench.attention.parse_variant)
+compile-only driver; nothing runs. Per kernel and variant (see kernels.tuning.variants.parse_variant)
 it reports what ptxas allocated (registers per thread, spill stores/loads, shared memory)
 and SASS instruction counts that matter here: HGMMA (tensor-core matmuls), MUFU.EX2
 (exponentials), LDGSTS/UTMALDG (pointer vs TMA tile copies), STL/LDL (spill traffic),
 REDG (global reductions: the atomic-dQ adds).
 Counts are static (instructions in the binary, each inner loop once per specialisation:
 masked head, unmasked middle, masked tail), so they compare variants, not run time.
-Writes bench/results/kernel-resources-sm<arch>.json.
+Writes bench/results/kernel-resources-sm<arch>.json (beside the benchmarks' results) unless
+--out names another file.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.runtime import driver as triton_driver
 from triton.runtime.jit import JITFunction
+
+ROOT = Path(__file__).resolve().parents[2]
 
 HQ, HKV, D, T = 32, 8, 128, 4096  # T only sets launch sizes; the code is the same at 128K
 OPCODES = ("HGMMA", "MUFU.EX2", "LDGSTS", "UTMALDG", "STL", "LDL", "REDG", "BAR.SYNC", "SHFL.BFLY")
@@ -116,10 +119,10 @@ def cubin_profile(kernel) -> dict:
 
 
 def profile_variant(spec: str, target: GPUTarget) -> list[dict]:
-    from bench.attention import parse_variant
     from kernels.flash import config
     from kernels.flash.host import attention_bwd, attention_fwd
     from kernels.flash.routing import build_routing
+    from kernels.tuning.variants import parse_variant
 
     q = torch.zeros(1, HQ, T, D, dtype=torch.bfloat16)
     k = torch.zeros(1, HKV, T, D, dtype=torch.bfloat16)
@@ -161,7 +164,7 @@ def main(argv=None) -> None:
         for rec in profile_variant(spec, target):
             print(json.dumps(rec), flush=True)
             records.append(rec)
-    out = args.out or Path(__file__).parent / "results" / f"kernel-resources-sm{args.arch}.json"
+    out = args.out or ROOT / "bench" / "results" / f"kernel-resources-sm{args.arch}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         json.dumps(
@@ -176,7 +179,7 @@ def main(argv=None) -> None:
         )
         + "\n"
     )
-    print(f"[kernel_resources] wrote {out}")
+    print(f"[kernels.tuning.resources] wrote {out}")
 
 
 if __name__ == "__main__":
