@@ -190,7 +190,7 @@ class L2AConfig:
     layers: list[int] | None = None
     attn_backend: str = "auto"  # auto | torch | triton | flex | fa4 (kernels/backends.py)
     # Global branch: q/o projections, QK-norm and RoPE for routed tokens only (same loss and
-    # gradients; also under sequence parallelism: train/sequence_parallel.RoutedUlyssesCore).
+    # gradients; also under sequence parallelism: train/parallel/routed.RoutedUlyssesCore).
     # Off by default until a GPU measurement shows it faster (one host sync per layer).
     routed_projections: bool = False
     # Residual add + norm, router, QK-norm + RoPE and gated add in torch.compile'd regions
