@@ -18,7 +18,7 @@ export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup train data eval test test-gpu test-slurm bench lint format clean
+.PHONY: setup train data eval test test-gpu test-slurm bench imports lint format clean
 
 setup: $(STAMP)
 
@@ -50,14 +50,14 @@ $(TEST_STAMP): requirements-test.txt $(STAMP)
 	touch $(TEST_STAMP)
 
 test: setup $(TEST_STAMP)
-	$(PY) -m pytest -q -m "not gpu" $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -m "not gpu" $(PYTEST_ARGS) tests study/tests
 
 # On a GPU machine: the same kernel tests in bf16 at larger shapes, and bf16 training with
 # both LM-loss paths (Liger's is one: installed from requirements-gpu.txt; flash-attn, which
 # compiles for a long time and no test needs, is left out).
 test-gpu: setup
 	$(PY) -c "import liger_kernel" 2>/dev/null || $(PY) -m pip install -q "$$(grep -E '^liger-kernel' requirements-gpu.txt)"
-	$(PY) -m pytest -q -m gpu $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -m gpu $(PYTEST_ARGS) tests study/tests
 
 # The launcher tests on a one-node Slurm they start (installs slurm-wlm/munge as root).
 test-slurm: setup
@@ -65,6 +65,11 @@ test-slurm: setup
 
 bench: setup
 	$(PY) -m bench.attention $(ARGS)
+
+# The import contract (kernels < l2a < train < eval < bench < study, no cycle): the
+# violations and cycles, one per line; tests/test_import_contract.py runs it in `make test`.
+imports:
+	$(PY) scripts/import_graph.py
 
 lint: setup
 	$(VENV)/bin/ruff check .

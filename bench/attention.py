@@ -34,7 +34,6 @@ import json
 import math
 import os
 import platform
-import re
 import statistics
 import sys
 from dataclasses import asdict
@@ -42,6 +41,8 @@ from pathlib import Path
 
 import torch
 import triton
+
+from kernels.tuning.variants import parse_variant
 
 HQ, HKV, D = 32, 8, 128
 WINDOW = 4095
@@ -392,31 +393,6 @@ def markdown(env: dict, records: list[dict]) -> str:
                     f"| {r['useful_tflops']:.0f} | {ratio} | {vs_flex} |"
                 )
     return "\n".join(lines)
-
-
-FLAGS = ("kv_desc", "kv_reload", "compact", "compact_desc", "atomic_dq")
-
-
-def parse_variant(spec: str) -> dict[str, dict]:
-    """`pass:bm,bn,warps,stages[,max_packed_heads][+flag|-flag...]`, several joined by `;`;
-    numbers may be left out (`fwd:+kv_desc`) to keep the current launch config; `-flag`
-    turns a flag of the current config off (`fwd:-kv_desc` times the config without it)."""
-    changes: dict[str, dict] = {}
-    for part in spec.split(";"):
-        pass_name, rest = part.split(":")
-        nums, *signed = re.split(r"([+-])", rest)
-        ch: dict = {}
-        if nums:
-            bm, bn, w, st, *gp = (int(x) for x in nums.split(","))
-            ch.update(block_m=bm, block_n=bn, num_warps=w, num_stages=st)
-            if gp:
-                ch["max_packed_heads"] = gp[0]
-        for sign, f in zip(signed[::2], signed[1::2]):
-            if f not in FLAGS:
-                raise ValueError(f"unknown flag {f!r} in {spec!r}; one of {FLAGS}")
-            ch[f] = sign == "+"
-        changes[pass_name] = ch
-    return changes
 
 
 class Accuracy:

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     from eval.config import EvalConfig, ModelSpec, PerplexityConfig
     from eval.load import load_model
     from eval.runner import evaluate
-    from eval.tasks import TASKS
+    from train.data.ruler import TASKS
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="qwen3_1p7b_random", help="conf/model option with random_base")

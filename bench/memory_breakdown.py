@@ -12,7 +12,7 @@ checkpointing as `bench.train_throughput`):
   recomputed layer, attention, norms, MLP, loss, ZeRO, backward);
 * the tensors one decoder layer saves for its backward (saved-tensor hooks, one layer at
   the model's width and `--layer-tokens` tokens), per token, beside the memory model's
-  `layer_saved_bytes_per_token` (bench/memory_model.py).
+  `layer_saved_bytes_per_token` (train/plan/memory_model.py).
 
 GPU (one process per GPU):
 
@@ -440,7 +440,7 @@ def measure_layer_only(args, variant: str) -> dict:
     rb = cfg.model.random_base
     h = rb["hidden_size"]
     layer["per_token_in_stream_copies"] = round(layer["per_token"] / (2 * h), 2)
-    from bench.memory_model import Shape, layer_saved_bytes_per_token
+    from train.plan.memory_model import Shape, layer_saved_bytes_per_token
 
     shape = Shape(hidden=h, layers=rb["num_hidden_layers"], heads=rb["num_attention_heads"],
                   kv_heads=rb["num_key_value_heads"], head_dim=rb["head_dim"],

@@ -96,7 +96,7 @@ def _ulysses_one_rank(model) -> None:
     deepspeed.init_distributed("gloo")
     import torch.distributed as dist
 
-    from train.sequence_parallel import apply_to_model
+    from train.parallel.apply import apply_to_model
 
     apply_to_model(model, dist.group.WORLD, 1)
 

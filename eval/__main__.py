@@ -49,7 +49,7 @@ def main() -> None:
     from omegaconf import OmegaConf
 
     import train.config  # noqa: F401  (registers the l2a_timestamp resolver)
-    from train.__main__ import _discard_empty_run_dir
+    from train.run_log import discard_empty_run_dir
 
     @hydra.main(config_path=CONF_DIR, config_name="eval_config", version_base="1.3")
     def app(cfg) -> None:
@@ -62,7 +62,7 @@ def main() -> None:
             run(raw, run_dir, log=lambda s: print(s, file=sys.stderr, flush=True))
         except (EvalError, ConfigError) as e:
             print(f"error: {e}", file=sys.stderr, flush=True)
-            _discard_empty_run_dir(run_dir)
+            discard_empty_run_dir(run_dir)
             sys.exit(2)
         except WriteError as e:  # results.json is written last, whole or not at all
             print(f"error: {e}", file=sys.stderr, flush=True)

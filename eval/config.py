@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from eval.tasks import TASKS
 from l2a.validate import check_choice, check_l2a_fields, check_number, fail, item
+from train.data.ruler import TASKS
 
 
 @dataclass

@@ -9,10 +9,11 @@ import time
 import torch
 
 from eval.config import EvalConfig
+from eval.errors import EvalError
 from eval.haystack import Haystack
 from eval.routing import PrefillRoutes
 from eval.scoring import score
-from eval.tasks import generate, uses_depth
+from train.data.ruler import TaskError, generate, uses_depth
 from train.data.tokenizer import TextEncoder
 
 
@@ -45,8 +46,11 @@ def make_samples(cfg: EvalConfig, lengths: list[int], tokenizer, haystack: Hayst
     enc = TextEncoder(tokenizer)
     out = []
     for task, length, depth, index in cells(cfg, lengths):
-        out.append(generate(task, length, enc, seed=cfg.seed, index=index, depth=depth,
-                            haystack=haystack, new_tokens=cfg.max_new_tokens))
+        try:
+            out.append(generate(task, length, enc, seed=cfg.seed, index=index, depth=depth,
+                                haystack=haystack, new_tokens=cfg.max_new_tokens))
+        except TaskError as e:
+            raise EvalError(str(e)) from None
     return out
 
 

@@ -19,8 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from eval.errors import EvalError
-
-NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+from train.data.ruler import NOISE, GeneratedHaystack
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 
 
@@ -48,10 +47,7 @@ class Haystack:
         if self.spec == "noise":
             return itertools.repeat(" " + NOISE)
         if self.spec == "generated":
-            from train.data.textgen import TextGenerator
-
-            gen = TextGenerator(("haystack", *seed_parts))
-            return (" " + gen.sentence() for _ in itertools.count())
+            return GeneratedHaystack().units(seed_parts)
         return (" " + s for s in self.sentences)
 
     def check_length(self, encoder, tokens: int) -> None:

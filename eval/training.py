@@ -17,21 +17,35 @@ from eval.config import build_eval
 from eval.errors import EvalError
 
 
+def check_training_eval(train_cfg):
+    """The `train.eval` block as an EvalConfig (None when `train.eval_every` is 0); a bad one
+    is the trainer's ConfigError, raised before anything is built."""
+    from train.config import ConfigError
+
+    if not train_cfg.eval_every:
+        return None
+    try:
+        cfg = build_eval(train_cfg.eval or {}, "train.eval")
+    except EvalError as e:
+        raise ConfigError(str(e)) from None
+    cfg.plots = False
+    return cfg
+
+
 class TrainingEval:
-    def __init__(self, raw: dict | None, every: int, model, tokenizer, is_main: bool,
-                 zero_stage: int):
+    def __init__(self, train_cfg, model, tokenizer, is_main: bool, zero_stage: int):
         from eval.runner import prepare
         from train.config import ConfigError
 
         if zero_stage == 3:
             raise ConfigError("train.eval_every: needs deepspeed.stage <= 2 (rank 0 evaluates "
                               "its own copy of the weights), got stage 3")
+        self.cfg = check_training_eval(train_cfg)
         try:
-            self.cfg = build_eval(raw or {}, "train.eval")
-            self.cfg.plots = False
             prepare(self.cfg, model, tokenizer, prefix="train.eval")
         except EvalError as e:
             raise ConfigError(str(e)) from None
+        every = train_cfg.eval_every
         self.every, self.model, self.tokenizer, self.is_main = every, model, tokenizer, is_main
 
     def due(self, step: int) -> bool:
@@ -58,7 +72,7 @@ class TrainingEval:
 
 
 def build_training_eval(train_cfg, model, tokenizer, is_main: bool, zero_stage: int):
-    """The hook, or None when `train.eval_every` is 0."""
+    """The hook, or None when `train.eval_every` is 0 (the trainer's `make_evaluator`)."""
     if not train_cfg.eval_every:
         return None
-    return TrainingEval(train_cfg.eval, train_cfg.eval_every, model, tokenizer, is_main, zero_stage)
+    return TrainingEval(train_cfg, model, tokenizer, is_main, zero_stage)

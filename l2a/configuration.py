@@ -55,7 +55,7 @@ class L2AConfigMixin:
     l2a_router_threshold: float = 0.5
     l2a_layers: list[int] | None = None
     # L2A layers that keep a global branch (router, global projections, global KV cache);
-    # the other L2A layers are local-only (pruned, `python -m l2a.prune`). None: all of them.
+    # the other L2A layers are local-only (pruned, `python -m train.prune`). None: all of them.
     l2a_global_layers: list[int] | None = None
     l2a_init: str = "paper"
 

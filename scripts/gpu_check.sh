@@ -4,7 +4,7 @@
 # train-tests = the GPU tests of tests/train (bf16 training with the Triton attention,
 # DeepSpeed and both LM-loss paths; the loss on CUDA), in one process (no xdist: the
 # trainings share one module fixture).
-# tune = sweep, then bench.pick_configs, then L2A_KERNEL_CONFIGS set for the later steps
+# tune = sweep, then kernels.tuning.pick, then L2A_KERNEL_CONFIGS set for the later steps
 # (so `tune "..." bench "..."` measures the table with the sweep's winners).
 # Logs and JSON go to $OUT (default ./gpu_out).
 set -uo pipefail
@@ -41,7 +41,7 @@ while [ $# -gt 0 ]; do
       shift 2 ;;
     tune)
       $PY -m bench.attention --sweep $2 --out "$OUT/sweep.json" 2>&1 | tee "$OUT/sweep.log" | tail -40
-      $PY -m bench.pick_configs "$OUT/sweep.json" --out "$OUT/tuned.json" 2>&1 | tee "$OUT/tuned.log" \
+      $PY -m kernels.tuning.pick "$OUT/sweep.json" --out "$OUT/tuned.json" 2>&1 | tee "$OUT/tuned.log" \
         && export L2A_KERNEL_CONFIGS="$OUT/tuned.json"
       shift 2 ;;
     bench)

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The study's device call (docs/RESULTS.md, "On a GPU machine"), from the repository root:
+# The study's device call (study/RESULTS.md, "On a GPU machine"), from the repository root:
 #   scripts/study_device.sh pretrain --gpus 0 --max-minutes 8      # -> $OUT/base (5 files)
 #   scripts/study_device.sh arms --lengths 16k --seeds 0,1 --per-gpu 4 --max-steps N
 #                                                                  # -> $OUT/study-arms.tar.gz
 # Installs the carried wheels (.whl/, scripts/device_wheels.sh) into /tmp/site unless
-# DeepSpeed and Hydra import already, then runs `python -m bench.study_device`; the
+# DeepSpeed and Hydra import already, then runs `python -m study.gpu_host`; the
 # deadline (--deadline-minutes, default 9) counts from this script's start.
 set -euo pipefail
 STARTED_AT=$(date +%s.%N)
@@ -16,4 +16,4 @@ if ! "$PY" -c "import deepspeed, hydra" 2>/dev/null; then
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-/tmp/torch_extensions_study}
-exec "$PY" -m bench.study_device "$@" --started-at "$STARTED_AT"
+exec "$PY" -m study.gpu_host "$@" --started-at "$STARTED_AT"

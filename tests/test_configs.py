@@ -167,7 +167,7 @@ def test_qwen3_128k_matches_the_reference_recipe():
 
 
 def test_qwen25_128k_sequence_parallel_fits_its_heads():
-    from train.sequence_parallel import valid_sizes
+    from train.parallel.topology import valid_sizes
 
     _, run = _validate(["experiment=qwen25_128k"])
     # 28 query / 4 KV heads: 8 is not possible (the file says so), 4 is.
@@ -247,7 +247,7 @@ def test_cli_unknown_group_option_fails(tmp_path):
 
 def test_routed_projections_accepted_under_sequence_parallelism():
     """Routed-only projections have their own sequence-parallel core
-    (train/sequence_parallel.RoutedUlyssesCore): the two together validate."""
+    (train/parallel/routed.RoutedUlyssesCore): the two together validate."""
     cfg = _validate(["experiment=tiny", "train.sequence_parallel=2", "l2a.routed_projections=true"])[1]
     assert cfg.l2a.routed_projections and cfg.train.sequence_parallel == 2
     assert _validate(["experiment=tiny", "train.sequence_parallel=2"])[1].l2a.routed_projections is False

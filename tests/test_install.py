@@ -45,7 +45,7 @@ def test_installed_packages_work_outside_the_repository(tmp_path):
         capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert pip.returncode == 0, pip.stderr[-3000:]
     names = {p.name for p in site.iterdir()}
-    assert {"l2a", "train", "kernels", "launch", "bench", "hydra_plugins"} <= names, names
+    assert {"l2a", "train", "kernels", "launch", "bench", "study", "hydra_plugins"} <= names, names
     assert "tests" not in names
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(PYTHONPATH=str(site), HF_HUB_OFFLINE="1")

@@ -114,7 +114,7 @@ def ran(tmp_path_factory) -> dict:
             (base,) = (tmp / "models").glob("random-base-*")
             dirs["out"] = tmp / "converted"
             argv = _replace_flag(_replace_flag(argv, "--base", str(base)), "--out", str(dirs["out"]))
-        elif argv[:3] == ["python", "-m", "l2a.prune"]:
+        elif argv[:3] == ["python", "-m", "train.prune"]:
             # The model the convert command above wrote; short haystacks (CPU attention).
             dirs["out"] = tmp / "pruned"
             argv = _replace_flag(_replace_flag(argv, "--model", str(tmp / "converted")),

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -24,13 +23,6 @@ def _agree_on_timestamp() -> None:
 
     init_distributed()
     os.environ["L2A_RUN_TIMESTAMP"] = broadcast_object(_timestamp())
-
-
-def _discard_empty_run_dir(run_dir: Path) -> None:
-    """A failed run leaves nothing behind: drop the dir Hydra made if it holds only its
-    own files and the log (the error was printed)."""
-    if run_dir.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()):
-        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 INTERRUPTED = 130  # 128 + SIGINT, the shell's convention for Ctrl-C
@@ -55,17 +47,32 @@ def _refuse_a_run_dir_in_use(argv: list[str]) -> None:
 
 def _run_job(cfg, run_dir: Path, overrides: list[str], errors: list[str]) -> int:
     """One job: validate, train; the exit code (errors: their one-line reasons)."""
-    from train.config import ConfigError, from_hydra
+    from train.config import ConfigError
 
     try:
-        run_cfg = from_hydra(cfg, overrides)
+        run_cfg, make_evaluator = load_run_config(cfg, overrides)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         errors.append(str(e))
         return 2
     from train.trainer import run
 
-    return run(run_cfg, run_dir, overrides, errors=errors)
+    return run(run_cfg, run_dir, overrides, errors=errors, make_evaluator=make_evaluator)
+
+
+def load_run_config(cfg, overrides: list[str] | None = None):
+    """(validated RunConfig, the evaluator factory or None): the composition root wires the
+    evaluation into the trainer, so that train/ never imports eval/. A bad `train.eval`
+    fails here, before anything is built."""
+    from train.config import from_hydra
+
+    run_cfg = from_hydra(cfg, overrides)
+    if not run_cfg.train.eval_every:
+        return run_cfg, None
+    from eval.training import build_training_eval, check_training_eval
+
+    check_training_eval(run_cfg.train)
+    return run_cfg, build_training_eval
 
 
 def main() -> None:
@@ -76,6 +83,7 @@ def main() -> None:
     import train.config  # noqa: F401  (registers the l2a_timestamp resolver)
     from launch.sweep_failures import SweepFailures
     from train.library_output import set_library_output, verbose_on_command_line
+    from train.run_log import discard_empty_run_dir
 
     set_library_output(verbose_on_command_line())  # before DeepSpeed's import-time warning
     failures = SweepFailures()
@@ -102,10 +110,10 @@ def main() -> None:
             errors.append("interrupted")
             code = INTERRUPTED
         except BaseException:
-            _discard_empty_run_dir(run_dir)
+            discard_empty_run_dir(run_dir)
             raise
         if code != 0:
-            _discard_empty_run_dir(run_dir)
+            discard_empty_run_dir(run_dir)
         if in_process_sweep:
             sweep_dirs.add(str(hc.sweep.dir))
             failures.jobs += 1

@@ -175,7 +175,7 @@ class L2AConfig:
     layers: list[int] | None = None
     attn_backend: str = "auto"  # auto | torch | triton | flex | fa4 (kernels/backends.py)
     # Global branch: q/o projections, QK-norm and RoPE for routed tokens only (same loss and
-    # gradients; also under sequence parallelism: train/sequence_parallel.RoutedUlyssesCore).
+    # gradients; also under sequence parallelism: train/parallel/routed.RoutedUlyssesCore).
     # Off by default until a GPU measurement shows it faster (one host sync per layer).
     routed_projections: bool = False
     # Residual add + norm, router, QK-norm + RoPE and gated add in torch.compile'd regions
@@ -366,10 +366,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_number("train.max_steps", self.max_steps, 0, low_open=True)
         check_number("train.eval_every", self.eval_every, 0)
-        if self.eval_every:
-            from eval.config import build_eval
-
-            build_eval(self.eval or {}, "train.eval")
+        # `train.eval` is checked by the evaluation that reads it (eval.training), which the
+        # entry point hands the trainer: the config imports no evaluation code.
         check_number("train.micro_batch_size", self.micro_batch_size, 0, low_open=True)
         check_number("train.grad_accum_steps", self.grad_accum_steps, 0, low_open=True)
         check_number("train.sequence_parallel", self.sequence_parallel, 0, low_open=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import sys
 import time
 import traceback
@@ -87,3 +88,12 @@ def copy_output_to_run_log(run_dir: str | os.PathLike):
         sys.stdout, sys.stderr = old_out, old_err
         with contextlib.suppress(OSError):  # a full disk: the last buffered lines are lost
             log.close()
+
+
+def discard_empty_run_dir(run_dir) -> None:
+    """A failed run leaves nothing behind: drop the dir Hydra made if it holds only its
+    own files and the log (the error was printed). Used by `python -m train` and
+    `python -m eval`."""
+    run_dir = Path(run_dir)
+    if run_dir.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()):
+        shutil.rmtree(run_dir, ignore_errors=True)

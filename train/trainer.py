@@ -26,6 +26,7 @@ import random
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,10 @@ from train.distributed import (
     init_distributed,
 )
 from train.metrics import MetricsLogger, run_name
+from train.parallel.topology import Topology, TopologyError, model_heads
+
+# (train config, model, tokenizer, is rank 0, ZeRO stage) -> hook(step) -> dict of scalars.
+MakeEvaluator = Callable[..., Callable[[int], dict]]
 
 PREEMPT_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 # Ctrl-C: like a preemption (the step finishes, a checkpoint is written), but the exit code
@@ -134,11 +139,18 @@ class Trainer:
     """Builds everything from a validated `RunConfig`; `fit()` runs to `train.max_steps`."""
 
     def __init__(self, cfg: RunConfig, run_dir: str | os.PathLike, overrides: list[str] | None = None,
-                 loader=None):
+                 loader=None, make_evaluator: MakeEvaluator | None = None):
         """`loader`: an iterator of batches with state_dict()/load_state_dict(), instead of
-        the `train.data` pipeline (benchmarks)."""
+        the `train.data` pipeline (benchmarks). `make_evaluator`: builds the evaluation
+        during training (`train.eval_every` > 0) once the model exists; the entry point
+        provides it (`python -m train`: eval.training.build_training_eval), so that the
+        trainer imports no evaluation code."""
         self.cfg = cfg
         self.loader = loader
+        self._make_evaluator = make_evaluator
+        if cfg.train.eval_every and make_evaluator is None:
+            raise ConfigError("train.eval_every: this entry point runs no evaluation during "
+                              "training (python -m train does); set it to 0")
         self.overrides = list(overrides or [])
         self.dist: DistInfo = init_distributed(cfg.train.dist_backend, cfg.train.dist_timeout_minutes)
         self.wandb_cfg = self._resolve_wandb()  # before any work: online may be refused
@@ -184,18 +196,18 @@ class Trainer:
         cfg = self.cfg
         self.precision = resolve_precision(cfg.train.precision, self.dist.device)
         # Sequence parallelism: groups of `sp` consecutive ranks share one row (slices of
-        # it); data parallelism is over the groups. Checked before anything is built.
-        self.sp = cfg.train.sequence_parallel
-        if self.sp > 1:
-            from train import sequence_parallel
-
-            sequence_parallel.check(self.sp, self.dist.world_size,
-                                    *sequence_parallel.model_heads(cfg.model),
-                                    getattr(cfg.data, "seq_len", None))
-        self.dp_size, self.dp_rank = self.dist.world_size // self.sp, self.dist.rank // self.sp
-        self.sp_rank = self.dist.rank % self.sp
+        # it); data parallelism is over the groups. Checked before anything is built; every
+        # size and rank below is read from this one object.
+        sp = cfg.train.sequence_parallel
+        try:
+            self.topology = Topology.build(
+                self.dist.world_size, self.dist.rank, sp,
+                heads=model_heads(cfg.model) if sp > 1 else None,
+                seq_len=getattr(cfg.data, "seq_len", None))
+        except TopologyError as e:
+            raise ConfigError(str(e)) from None
         self.mpu = None
-        self.ds_config = build_deepspeed_config(cfg, self.dp_size, self.dist.device)
+        self.ds_config = build_deepspeed_config(cfg, self.topology.dp_size, self.dist.device)
         self.grad_divisor = self._deepspeed_gradient_divisor()
         self.grad_accum = self.ds_config["gradient_accumulation_steps"]
         if cfg.train.on_nonfinite == "skip" and cfg.deepspeed.stage == 3:
@@ -210,7 +222,7 @@ class Trainer:
         # universal checkpoint form (checkpoint.to_universal converts it on resume).
         self.resume_universal = self.resume_from is not None and (
             saved_world_size(self.resume_from) != self.dist.world_size
-            or saved_sequence_parallel(self.resume_from) != self.sp
+            or saved_sequence_parallel(self.resume_from) != self.topology.sp
         )
         if self.resume_universal:
             self.ds_config["checkpoint"] = {"load_universal": True}
@@ -233,11 +245,9 @@ class Trainer:
         self._release_zero3_loading()  # only from_pretrained needed it; export must not see it
         self._build_controller()
         self.evaluator = None
-        if cfg.train.eval_every:  # the eval package (task generators) only when asked for
-            from eval.training import build_training_eval
-
-            self.evaluator = build_training_eval(cfg.train, self.module.lm, self.tokenizer,
-                                                 self.dist.is_main, cfg.deepspeed.stage)
+        if cfg.train.eval_every:
+            self.evaluator = self._make_evaluator(cfg.train, self.module.lm, self.tokenizer,
+                                            self.dist.is_main, cfg.deepspeed.stage)
 
     # ------------------------------------------------------------------ construction
     def _resolve_wandb(self):
@@ -266,8 +276,8 @@ class Trainer:
         world under ZeRO-3's reduce-scatter path (`stage3.__avg_scatter_grads` ->
         `reduce_scatter_coalesced`, which does not correct for sequence parallelism; its
         other, contiguous path does, so that one is ruled out here)."""
-        if self.sp == 1 or self.cfg.deepspeed.stage != 3:
-            return self.dp_size
+        if self.topology.sp == 1 or self.cfg.deepspeed.stage != 3:
+            return self.topology.dp_size
         if not self.ds_config["zero_optimization"].get("reduce_scatter", True):
             raise ConfigError(
                 "deepspeed.extra.zero_optimization.reduce_scatter: must be true with ZeRO-3 and "
@@ -301,16 +311,17 @@ class Trainer:
         self.model_config = model.config
         self.module = LossModule(model, self.cfg.train.loss_chunk_size, self.cfg.l2a.enabled,
                                  self.cfg.train.offload_checkpoints)
-        if self.sp > 1:
-            from train import sequence_parallel
+        if self.topology.enabled:
+            from train.parallel.apply import apply_to_dense_model, apply_to_model
+            from train.parallel.groups import init_groups
 
             micro = self.cfg.train.micro_batch_size
             if self.cfg.l2a.enabled:
-                self.mpu = sequence_parallel.init_groups(self.sp)
-                sequence_parallel.apply_to_model(model, self.mpu.get_sequence_parallel_group(), micro,
-                                                 window=self.cfg.train.sequence_parallel_window)
+                self.mpu = init_groups(self.topology.sp)
+                apply_to_model(model, self.mpu.get_sequence_parallel_group(), micro,
+                               window=self.cfg.train.sequence_parallel_window)
             else:
-                self.mpu = sequence_parallel.apply_to_dense_model(model, self.sp, micro)
+                self.mpu = apply_to_dense_model(model, self.topology.sp, micro)
 
     def _build_data(self) -> None:
         if self.loader is not None:  # injected (benchmarks with synthetic batches)
@@ -325,8 +336,9 @@ class Trainer:
         prepared = prepare_data(cfg.data, self.tokenizer, seed=cfg.train.seed,
                                 verbose=self.dist.is_main)
         # One row per sequence-parallel group: the ranks of a group read the same rows.
-        self.loader = build_dataloader(prepared, cfg.train.micro_batch_size, rank=self.dp_rank,
-                                       world_size=self.dp_size, seed=cfg.train.seed)
+        self.loader = build_dataloader(prepared, cfg.train.micro_batch_size,
+                                       rank=self.topology.dp_rank,
+                                       world_size=self.topology.dp_size, seed=cfg.train.seed)
         self._batches = iter(self.loader)
 
     def _param_groups(self) -> list[dict]:
@@ -403,7 +415,7 @@ class Trainer:
 
     def save(self) -> Path:
         meta = {"name": self.cfg.name, "precision": self.precision,
-                "deepspeed_stage": self.cfg.deepspeed.stage, "sequence_parallel": self.sp,
+                "deepspeed_stage": self.cfg.deepspeed.stage, "sequence_parallel": self.topology.sp,
                 "overrides": self.overrides}
         # A failed save (full disk) leaves only its `.tmp-*` dir: the last complete one stays.
         with writing_to(self.run_dir / "checkpoints"):
@@ -439,9 +451,9 @@ class Trainer:
     def _micro_batch_loss(self, batch: dict, dense: bool):
         """Forward of one micro-batch -> (lm_loss, router_probs, routes); under sequence
         parallelism the router outputs are gathered to the whole row."""
-        if self.sp == 1:
+        if self.topology.sp == 1:
             return self.engine(batch["input_ids"], batch["position_ids"], batch["labels"], dense=dense)
-        from train.sequence_parallel import gather_router_outputs
+        from train.parallel.shard import gather_router_outputs
 
         lm_loss, probs, routes = self.engine(
             batch["input_ids"], batch["position_ids"], batch["shift_labels"], dense=dense,
@@ -451,11 +463,12 @@ class Trainer:
 
     def _shard(self, batch: dict) -> dict:
         """This rank's part of a micro-batch (the whole row without sequence parallelism)."""
-        if self.sp == 1:
+        if self.topology.sp == 1:
             return batch
-        from train.sequence_parallel import shard_batch
+        from train.losses import shift_labels
+        from train.parallel.shard import shard_batch
 
-        return shard_batch(batch, self.sp_rank, self.sp)
+        return shard_batch(batch, shift_labels(batch["labels"]), self.topology.sp_rank, self.topology.sp)
 
     @staticmethod
     def _targets(batch: dict) -> int:
@@ -478,7 +491,7 @@ class Trainer:
         scale = self.grad_accum * self.grad_divisor / max(total_targets, 1.0)
         # The router term: equal on the ranks of a sequence-parallel group, each of which
         # back-propagates its slice; its gradient must come out as the mean over the groups.
-        term_scale = self.grad_divisor / self.dp_size
+        term_scale = self.grad_divisor / self.topology.dp_size
 
         lm_sum = torch.zeros((), dtype=torch.float64, device=dev)
         term_sum = torch.zeros((), dtype=torch.float64, device=dev)
@@ -569,7 +582,7 @@ class Trainer:
         cfg = self.cfg
         resumed = self.maybe_resume()
         tokens_per_step = (cfg.data.seq_len * cfg.train.micro_batch_size * self.grad_accum
-                           * self.dp_size)
+                           * self.topology.dp_size)
         logger = MetricsLogger(
             self.run_dir, self.dist.is_main, cfg.train.max_steps, self.step,
             progress_bar=cfg.train.progress_bar, wandb_cfg=self.wandb_cfg, name=cfg.name,
@@ -581,7 +594,7 @@ class Trainer:
             f"{cfg.name}: {self.n_trainable / 1e6:.2f}M of {self.n_params / 1e6:.2f}M parameters "
             f"trainable, {self.dist.world_size} rank(s) on {self.dist.device.type}, "
             f"{self.precision}, ZeRO-{cfg.deepspeed.stage}"
-            f"{f', sequence parallel {self.sp}' if self.sp > 1 else ''}"
+            f"{f', sequence parallel {self.topology.sp}' if self.topology.sp > 1 else ''}"
             f"{' (weights loaded partitioned)' if self.loaded_partitioned else ''}, "
             f"{self.grad_accum} micro-batch(es)/step, "
             f"{tokens_per_step} tokens/step, run dir {self.run_dir}"
@@ -725,14 +738,14 @@ class Trainer:
 
     def _release_groups(self) -> None:
         if self.mpu is not None:
-            from train.sequence_parallel import release_groups
+            from train.parallel.groups import release_groups
 
             release_groups()  # a later run in this process must not see this run's groups
             self.mpu = None
 
 
 def run(cfg: RunConfig, run_dir: str | os.PathLike, overrides: list[str] | None = None,
-        errors: list[str] | None = None) -> int:
+        errors: list[str] | None = None, make_evaluator: MakeEvaluator | None = None) -> int:
     """Train and return the exit code; one-line errors for bad configs, data and checkpoints
     (exit code 2; a non-finite loss: 1), also appended to `errors`. Rank 0 copies what it
     prints to `<run dir>/train.log`."""
@@ -756,7 +769,7 @@ def run(cfg: RunConfig, run_dir: str | os.PathLike, overrides: list[str] | None 
                 for warning in getattr(cfg, "warnings", []):
                     print(f"warning: {warning}", file=sys.stderr, flush=True)
             try:
-                trainer = Trainer(cfg, run_dir, overrides)
+                trainer = Trainer(cfg, run_dir, overrides, make_evaluator=make_evaluator)
                 return trainer.fit()
             except (ConfigError, CheckpointError, NonFiniteError, DataError, RunDirError) as e:
                 return report(str(e), 1 if isinstance(e, NonFiniteError) else 2)

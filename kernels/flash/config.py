@@ -6,7 +6,7 @@ program: packed query heads x compacted queries.
 
 A JSON file named by `L2A_KERNEL_CONFIGS` overrides entries at import, for a GPU the
 table was not tuned on: `{"fwd/128": {"block_n": 64, "kv_desc": true}, ...}` (keys
-`pass/head-dim bucket`, values LaunchConfig fields); `python -m bench.pick_configs` writes
+`pass/head-dim bucket`, values LaunchConfig fields); `python -m kernels.tuning.pick` writes
 one from a sweep.
 """
 

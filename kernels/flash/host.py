@@ -19,7 +19,7 @@ def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
 
 
 def _on_gpu(t: torch.Tensor) -> bool:
-    # One place that decides "compiled for a GPU" (bench/kernel_resources.py compiles the
+    # One place that decides "compiled for a GPU" (kernels/tuning/resources.py compiles the
     # GPU kernels from CPU tensors by overriding this and _tma_capable).
     return t.is_cuda
 

@@ -90,7 +90,7 @@ EXPERIMENT_DATA = {
                          "Qwen/Qwen3-8B"),
     "qwen25_128k": (131072, ["books", "code", "arxiv", "fineweb_edu", "wikipedia"],
                     "Qwen/Qwen2.5-7B"),
-    # The study (docs/RESULTS.md): the byte tokenizer; extension arms at 8K by default.
+    # The study (study/RESULTS.md): the byte tokenizer; extension arms at 8K by default.
     "study_base": (2048, ["stdlib", "packages"], "byte"),
     **{arm: (8192, ["stdlib", "packages"], "byte")
        for arm in ("study_dense", "study_l2a", "study_l2a_s08", "study_l2a_s09")},
@@ -101,9 +101,12 @@ def test_every_experiment_composes_with_valid_data():
     pytest.importorskip("hydra")
     from train.data.prepare import compose, tokenizer_spec
 
+    # conf/ and the study's configs on its Hydra search path (conf/config.yaml).
+    study_conf = os.path.join(os.path.dirname(CONF), "study", "conf")
     names = sorted(
         os.path.splitext(os.path.basename(p))[0]
-        for p in glob.glob(os.path.join(CONF, "experiment", "*.yaml"))
+        for d in (CONF, study_conf)
+        for p in glob.glob(os.path.join(d, "experiment", "*.yaml"))
     )
     assert names == sorted(EXPERIMENT_DATA), "a new experiment: add its data to EXPERIMENT_DATA"
     for name in names:

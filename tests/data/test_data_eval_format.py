@@ -5,11 +5,11 @@ evaluation's own samples."""
 import pytest
 
 from eval.scoring import score
-from eval.tasks import generate
+from train.data.ruler import generate
 from train.data.eval_format import TASKS
 from train.data.synthetic import generate_sample, min_length, synthetic_documents
 
-# The ends of the evaluation's prompts (eval/tasks.py: RULER's answer prefixes).
+# The ends of the evaluation's prompts (train/data/ruler.py: RULER's answer prefixes).
 PREFIX_END = {"niah": (" mentioned in the provided text is", " mentioned in the provided text are"),
               "variable_tracking": ("they are: ",)}
 
@@ -37,7 +37,7 @@ def test_the_evaluations_format_with_a_correct_answer(byte_tok, name, length):
 
 
 def test_the_evaluations_samples_are_held_out(byte_tok):
-    """The study evaluates seeds 0 and 1, index 0 at needle depth 0.5 (bench/study.py); none of
+    """The study evaluates seeds 0 and 1, index 0 at needle depth 0.5 (study/steps.py); none of
     their answers (7-digit values, 5-letter variable names) appears in 40 training
     documents per task at the same length."""
     length = 2048

@@ -11,7 +11,7 @@ import pytest
 from eval.errors import EvalError
 from eval.haystack import Haystack
 from eval.scoring import score
-from eval.tasks import NIAH, TASKS, generate
+from train.data.ruler import NIAH, TASKS, TaskError, generate
 
 LENGTH = 2048  # bytes = tokens of the byte tokenizer
 
@@ -153,9 +153,9 @@ def test_frequent_words_are_the_most_frequent(tok):
 
 
 def test_too_short_and_unknown(tok):
-    with pytest.raises(EvalError, match="unknown task"):
+    with pytest.raises(TaskError, match="unknown task"):
         generate("niah_foo", LENGTH, tok, depth=0.5)
-    with pytest.raises(EvalError, match="niah_single at length 200: needs at least"):
+    with pytest.raises(TaskError, match="niah_single at length 200: needs at least"):
         generate("niah_single", 200, tok, depth=0.5)
 
 

@@ -47,7 +47,7 @@ def test_eval_metrics_logged_and_checkpoint_evaluated(tmp_path):
 
     # The prepared data as perplexity rows (its validation split) and as the haystack.
     from eval.haystack import Haystack, split_sentences
-    from eval.tasks import generate
+    from train.data.ruler import generate
     from train.data import PreparedData
 
     data = PreparedData.load(tmp_path / "data")
@@ -70,7 +70,21 @@ def test_eval_metrics_logged_and_checkpoint_evaluated(tmp_path):
 def test_bad_train_eval_is_a_config_error():
     from train.config import ConfigError
 
+    # `python -m train` checks the block when it wires the evaluation in (train/__main__.py).
     with pytest.raises(ConfigError, match=r"train.eval.tasks.0: unknown task"):
-        helpers.compose_run(["experiment=tiny", "train.eval_every=5", "train.eval.tasks=[nope]"])
+        helpers.compose_entry(["experiment=tiny", "train.eval_every=5", "train.eval.tasks=[nope]"])
     with pytest.raises(ConfigError, match="train.eval_every: must be >= 0"):
         helpers.compose_run(["experiment=tiny", "train.eval_every=-1"])
+
+
+def test_entry_point_hands_the_evaluator_to_the_trainer(tmp_path):
+    from eval.training import build_training_eval
+    from train.config import ConfigError
+    from train.trainer import Trainer
+
+    cfg, make = helpers.compose_entry(["experiment=tiny", "train.eval_every=5"])
+    assert make is build_training_eval
+    assert helpers.compose_entry(["experiment=tiny"])[1] is None
+    # A trainer built without one refuses eval_every up front (before any model is built).
+    with pytest.raises(ConfigError, match="train.eval_every: this entry point runs no evaluation"):
+        Trainer(cfg, tmp_path / "run")

@@ -1,5 +1,5 @@
 """The GPU kernels compile for Hopper (sm_90) on any machine, through the same host code
-and Triton JIT path a GPU run takes (bench.kernel_resources, compile only).
+and Triton JIT path a GPU run takes (kernels.tuning.resources, compile only).
 
 The interpreter runs the kernels' logic on CPU but never compiles them, so code that only
 the compiler sees (TMA descriptors, layouts, shared-memory budgets, register allocation)
@@ -26,7 +26,7 @@ def _compile(tmp_path: Path, *variants: str) -> dict[str, list[dict]]:
         [
             sys.executable,
             "-m",
-            "bench.kernel_resources",
+            "kernels.tuning.resources",
             "--out",
             str(out),
             "--variants",

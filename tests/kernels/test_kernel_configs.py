@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.pick_configs import pick
+from kernels.tuning.pick import pick
 from kernels.flash import config
 
 REPO = Path(__file__).resolve().parents[2]

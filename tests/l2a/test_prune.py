@@ -1,4 +1,4 @@
-"""Pruning global branches (l2a.prune): a layer whose router never fires prunes without
+"""Pruning global branches (l2a.prune, the command train.prune): a layer whose router never fires prunes without
 changing a logit, pruning a used layer changes them, the pruned model round-trips through
 AutoModelForCausalLM, and the CLI rejects bad input without writing anything."""
 
@@ -14,12 +14,12 @@ from l2a.cache import L2ACache
 from l2a.convert import convert_model
 from l2a.prune import (
     PruneError,
-    main,
     measure_global_usage,
     prune_global_branches,
     select_global_layers,
 )
 from train.data.tokenizer import build_byte_tokenizer
+from train.prune import main  # the command (calibration reads train.data)
 
 SILENT = 1  # the layer whose router never fires
 

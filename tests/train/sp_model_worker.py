@@ -25,7 +25,11 @@ import torch.distributed as dist
 import l2a  # noqa: F401
 from l2a.convert import convert_model
 from l2a.losses import layer_sparsity, router_regulariser
-from train import sequence_parallel as sp_mod
+from train.losses import shift_labels
+from train.parallel import apply as sp_apply
+from train.parallel import groups as sp_groups
+from train.parallel import routed as sp_routed
+from train.parallel import shard as sp_shard
 from train.losses import causal_lm_loss
 
 LAMBDA = 0.05  # regulariser weight: large enough that its gradient shows
@@ -93,7 +97,7 @@ def objective(model, b, dense, group=None):
         dist.all_reduce(n, group=group)
         lm_total = lm_sum.detach().clone()
         dist.all_reduce(lm_total, group=group)
-        probs, routes = sp_mod.gather_router_outputs(out.router_probs, out.routes, group)
+        probs, routes = sp_shard.gather_router_outputs(out.router_probs, out.routes, group)
         mask = b["router_mask"]
     loss = lm_sum / n + LAMBDA * router_regulariser(probs, mask)
     return loss, float(lm_total / n), probs, routes, layer_sparsity(routes, mask)
@@ -161,13 +165,13 @@ ROUTED_CALLS: list = []
 
 def count_routed_calls():
     """Count the calls of the SP routed core (so that a path silently not taken shows)."""
-    call = sp_mod.RoutedUlyssesCore.__call__
+    call = sp_routed.RoutedUlyssesCore.__call__
 
     def counted(self, *args, **kwargs):
         ROUTED_CALLS.append(1)
         return call(self, *args, **kwargs)
 
-    sp_mod.RoutedUlyssesCore.__call__ = counted
+    sp_routed.RoutedUlyssesCore.__call__ = counted
 
 
 def main() -> int:
@@ -181,12 +185,12 @@ def main() -> int:
     deepspeed.init_distributed(dist_backend="gloo" if DEVICE.type == "cpu" else "nccl",
                                auto_mpi_discovery=False)
     torch.set_num_threads(1)
-    mpu = sp_mod.init_groups(dist.get_world_size())
+    mpu = sp_groups.init_groups(dist.get_world_size())
     group = mpu.get_sequence_parallel_group()
     rank, n = dist.get_rank(group), dist.get_world_size(group)
     count_routed_calls()
     full = batch()
-    part = sp_mod.shard_batch(full, rank, n)
+    part = sp_shard.shard_batch(full, shift_labels(full["labels"]), rank, n)
     results = {}
     # Qwen3 with GQA 4/2 (2 KV heads: split); Qwen2 with MQA 4/1 (KV replicated to 2). The
     # local branch by halo exchange (window 4, and 16: wider than a 12-token slice) and by
@@ -195,7 +199,7 @@ def main() -> int:
                                       ("qwen3", 2, "halo", 16), ("qwen3", 2, "ulysses", 4)):
         ref = tiny_l2a(family, kv, window)
         spm = copy.deepcopy(ref)
-        wrapped = sp_mod.apply_to_model(spm, group, micro_batch_size=full["input_ids"].shape[0],
+        wrapped = sp_apply.apply_to_model(spm, group, micro_batch_size=full["input_ids"].shape[0],
                                         window=local)
         cores = sorted({type(m.attention_core).__name__ for m in spm.modules()
                         if hasattr(m, "attention_core")})

@@ -1,5 +1,5 @@
 """The layout of the whole row's routed query rows under sequence parallelism
-(`train.sequence_parallel.whole_row_routed_rows`): what the rank of a head group holds after
+(`train.parallel.routed.whole_row_routed_rows`): what the rank of a head group holds after
 the uneven all-to-all of every rank's compacted rows, and what the routed core is given.
 Expectations from the route itself (hand-made: uneven counts per slice, padding rows)."""
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from kernels.token_sparse.compact import routed_slots
-from train.sequence_parallel import whole_row_routed_rows
+from train.parallel.routed import whole_row_routed_rows
 
 T, N = 12, 2
 LOCAL = T // N

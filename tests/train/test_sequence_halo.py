@@ -1,4 +1,4 @@
-"""The halo of the local branch under sequence parallelism (train/sequence_halo.py): which
+"""The halo of the local branch under sequence parallelism (train/parallel/halo.py): which
 positions before a rank's slice it gets. The exchange and its gradients are checked against
 the whole row in tests/train/test_sequence_parallel.py (2 gloo processes)."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from train.sequence_halo import halo_from_tails
+from train.parallel.halo import halo_from_tails
 
 
 def _tails(slice_len: int, ranks: int, width: int) -> list[torch.Tensor]:

@@ -1,4 +1,4 @@
-"""Sequence parallelism (train.sequence_parallel, DeepSpeed-Ulysses) on CPU: torchrun, 2
+"""Sequence parallelism (train/parallel/, DeepSpeed-Ulysses) on CPU: torchrun, 2
 processes, gloo.
 
 * Model level (tests/train/sp_model_worker.py): tiny Qwen3 (GQA 4/2) and Qwen2 (MQA 4/1: KV
@@ -183,8 +183,7 @@ def test_sp2_sigkill_resume_is_exact_and_resumes_without_sp(sp_runs, tmp_path):
 
 
 def test_sizes_the_heads_allow():
-    from train.config import ConfigError
-    from train.sequence_parallel import check, valid_sizes
+    from train.parallel.topology import TopologyError, check, valid_sizes
 
     assert valid_sizes(28, 4) == [1, 2, 4, 28]  # Qwen2.5-7B: 7 and 14 split no KV head evenly
     assert valid_sizes(32, 8) == [1, 2, 4, 8, 16, 32]  # Qwen3-8B
@@ -198,9 +197,25 @@ def test_sizes_the_heads_allow():
         (4, 8, 32, 8, 4098): "train.sequence_parallel: must divide data.seq_len (4098), got 4",
     }
     for args, msg in cases.items():
-        with pytest.raises(ConfigError) as e:
+        with pytest.raises(TopologyError) as e:
             check(*args)
         assert str(e.value) == msg
+
+
+
+def test_topology_of_eight_ranks_in_groups_of_four():
+    from train.parallel.topology import Topology, TopologyError
+
+    # Ranks 0-3 share row group 0 (slices 0..3), ranks 4-7 row group 1.
+    layout = [Topology.build(8, r, 4, heads=(32, 8), seq_len=4096) for r in range(8)]
+    assert [(t.dp_rank, t.sp_rank) for t in layout] == [(r // 4, r % 4) for r in range(8)]
+    assert {t.dp_size for t in layout} == {2} and all(t.enabled for t in layout)
+    one = Topology.build(3, 2, 1)  # no SP: every rank its own row, no heads needed
+    assert (one.dp_size, one.dp_rank, one.sp_rank, one.enabled) == (3, 2, 0, False)
+    with pytest.raises(TopologyError, match="must divide the world size"):
+        Topology.build(6, 0, 4, heads=(32, 8), seq_len=4096)
+    with pytest.raises(TopologyError, match="the model's head counts are needed"):
+        Topology.build(8, 0, 4)
 
 
 def test_bad_setting_fails_with_one_line_before_anything_is_built(base_overrides, tmp_path, capsys):

@@ -36,11 +36,24 @@ def compose_run(overrides: list[str]):
     return from_hydra(cfg)
 
 
+def compose_entry(overrides: list[str]):
+    """(RunConfig, evaluator factory) as `python -m train` builds them (its composition root)."""
+    from hydra import compose, initialize_config_dir
+
+    from train.__main__ import load_run_config
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    return load_run_config(cfg)
+
+
 def run_in_process(overrides: list[str], run_dir: Path, trainer_hook=None) -> tuple[int, object]:
-    """Build a Trainer and fit it here; `trainer_hook(trainer)` may patch it first."""
+    """Build a Trainer as `python -m train` does and fit it here; `trainer_hook(trainer)` may
+    patch it first."""
     from train.trainer import Trainer
 
-    trainer = Trainer(compose_run(overrides), run_dir, overrides)
+    run_cfg, make_evaluator = compose_entry(overrides)
+    trainer = Trainer(run_cfg, run_dir, overrides, make_evaluator=make_evaluator)
     try:
         if trainer_hook is not None:
             trainer_hook(trainer)

@@ -29,7 +29,7 @@ _EXPORTS = {
     "cu_seqlens_from_position_ids": "train.data.boundaries",
     "doc_ids_from_position_ids": "train.data.boundaries",
     "document_causal_mask": "train.data.boundaries",
-    "SyntheticSample": "train.data.synthetic",
+    "SyntheticSample": "train.data.samples",
     "generate_sample": "train.data.synthetic",
 }
 

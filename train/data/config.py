@@ -13,7 +13,7 @@ from typing import Any
 
 from l2a.errors import ConfigError
 from l2a.validate import check_bool, check_choice, check_known_keys, check_number, fail, item
-from train.data.eval_format import TASKS as EVAL_FORMAT_TASKS
+from train.data.task_names import EVAL_FORMAT_TASKS
 
 SOURCE_TYPES = ("auto", "hub", "jsonl", "parquet", "text", "arrow", "generated", "files")
 LOCAL_SUFFIXES = {

@@ -1,11 +1,11 @@
-"""Training samples in the evaluation suite's own format (`eval.tasks`, RULER's templates),
+"""Training samples in the evaluation suite's own format (`train.data.ruler`, RULER's templates),
 from seeds that the evaluation never uses.
 
 A small model does not carry a retrieval skill over from one template to another: the
 pipeline's own tasks (`train.data.synthetic`) phrase needles, questions and answer prefixes
 differently from RULER's, so a model trained on them alone can score nothing on
 `python -m eval`. The tasks named ``eval_<task>`` (``eval_niah_single``, ...,
-``eval_variable_tracking``) are `eval.tasks.generate`'s prompts with their answer appended:
+``eval_variable_tracking``) are `train.data.ruler.generate`'s prompts with their answer appended:
 the same templates, needles, haystack generator and answer prefixes.
 
 Held out: the evaluation seeds its samples with an int (``eval.seed``, 0 by default); these
@@ -16,12 +16,14 @@ haystack, depth) comes from a different stream; the needle depth is drawn unifor
 
 from __future__ import annotations
 
+from train.data.ruler import TaskError, generate, max_new_tokens, uses_depth
+from train.data.samples import SyntheticSample
+from train.data.task_names import EVAL_FORMAT_PREFIX as PREFIX
+from train.data.task_names import EVAL_FORMAT_TASKS as TASKS
 from train.data.textgen import seeded_random
 
-PREFIX = "eval_"
-# The evaluation's retrieval tasks (bench/study.py scores these).
-TASKS = tuple(PREFIX + t for t in ("niah_single", "niah_multikey", "niah_multivalue",
-                                   "niah_multiquery", "variable_tracking"))
+__all__ = ["PREFIX", "TASKS", "answer_text", "generate_sample", "is_eval_format", "min_length",
+           "training_seed"]
 
 
 def is_eval_format(task: str) -> bool:
@@ -29,7 +31,7 @@ def is_eval_format(task: str) -> bool:
 
 
 def training_seed(seed: int) -> str:
-    """The seed given to `eval.tasks.generate`: never an int, so never one the evaluation uses."""
+    """The seed given to `train.data.ruler.generate`: never an int, so never one the evaluation uses."""
     return f"train{seed}"
 
 
@@ -51,8 +53,6 @@ class _NoFiller:
 def min_length(name: str, encoder, seed: int = 0, samples: int = 8) -> int:
     """Tokens a sample of `name` needs before any filler: prompt + the evaluation's tokens
     to generate (the largest over a few seeded draws)."""
-    from eval.tasks import generate, max_new_tokens, uses_depth
-
     task = name[len(PREFIX):]
     need = 0
     for i in range(samples):
@@ -65,15 +65,11 @@ def min_length(name: str, encoder, seed: int = 0, samples: int = 8) -> int:
 def generate_sample(name: str, length: int, encoder, seed: int = 0, index: int = 0):
     """One training document of `name` with at most `length` tokens: the evaluation's prompt
     at `length` (which leaves the evaluation's tokens to generate free) + the answer."""
-    from eval.errors import EvalError
-    from eval.tasks import generate, uses_depth
-    from train.data.synthetic import SyntheticSample
-
     task = name[len(PREFIX):]
     depth = seeded_random(seed, name, "depth", length, index).random() if uses_depth(task) else None
     try:
         s = generate(task, length, encoder, seed=training_seed(seed), index=index, depth=depth)
-    except EvalError as e:
+    except TaskError as e:
         raise ValueError(f"synthetic task {name!r}: {e}") from None
     answer = answer_text(task, s.answers)
     tokens = int(encoder.count([s.prompt + answer])[0])

@@ -53,10 +53,6 @@ def compose(config_name: str, overrides: list[str]) -> DictConfig:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    try:
-        import train.config  # noqa: F401  (registers the resolvers the config uses)
-    except ImportError:
-        pass
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3", job_name="data"):
         return hydra_compose(config_name=config_name, overrides=overrides)
 

@@ -21,32 +21,13 @@ from __future__ import annotations
 
 import string
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 from train.data import eval_format
-from train.data.textgen import ADJECTIVES, NOUNS, TextGenerator, seeded_random
+from train.data.draws import distinct, number, pseudo_word, uuid, word_key
+from train.data.samples import SyntheticSample
+from train.data.textgen import TextGenerator, seeded_random
 from train.data.tokenizer import TextEncoder
-
-
-@dataclass
-class SyntheticSample:
-    task: str
-    prompt: str
-    answer: str
-    answers: list[str]
-    length: int  # tokens of prompt + answer
-    seed: int = 0
-    index: int = 0
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def text(self) -> str:
-        return self.prompt + self.answer
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["text"] = self.text
-        return d
 
 
 @dataclass
@@ -63,28 +44,6 @@ class _Layout:
     footer: str = ""  # closes the haystack (the JSON brace), before the question
 
 
-def _number(rng) -> str:
-    return str(rng.randint(1_000_000, 9_999_999))
-
-
-def _word_key(rng) -> str:
-    return f"{rng.choice(ADJECTIVES)}-{rng.choice(NOUNS)}"
-
-
-def _distinct(make, rng, n: int) -> list[str]:
-    seen: list[str] = []
-    while len(seen) < n:
-        k = make(rng)
-        if k not in seen:
-            seen.append(k)
-    return seen
-
-
-def _uuid(rng) -> str:
-    h = "".join(rng.choice("0123456789abcdef") for _ in range(32))
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
 def _sentence_filler(seed_parts):
     gen = TextGenerator(seed_parts)
     return lambda rng: " " + gen.sentence()
@@ -94,8 +53,8 @@ _NIAH_HEADER = "Remember the special magic numbers hidden in the following text.
 
 
 def _niah(rng, seed_parts, num_keys: int, num_values: int, num_queries: int) -> _Layout:
-    keys = _distinct(_word_key, rng, num_keys)
-    pairs = [(k, v) for k in keys for v in _distinct(_number, rng, num_values)]
+    keys = distinct(word_key, rng, num_keys)
+    pairs = [(k, v) for k in keys for v in distinct(number, rng, num_values)]
     rng.shuffle(pairs)  # then kept in this order, so answers follow the text's order
     queried = keys[:num_queries]
     answers = [v for q in queried for k, v in pairs if k == q]
@@ -129,14 +88,14 @@ def _passkey(rng, seed_parts) -> _Layout:
 
 
 def _kv_retrieval(rng, seed_parts) -> _Layout:
-    key, value = _uuid(rng), _uuid(rng)
+    key, value = uuid(rng), uuid(rng)
     return _Layout(
         "Find the value of the given key in this JSON object.\n{",
         [f' "{key}": "{value}",'],
         f'\nThe value of key "{key}" is',
         f' "{value}"',
         [value],
-        lambda r: f' "{_uuid(r)}": "{_uuid(r)}",',
+        lambda r: f' "{uuid(r)}": "{uuid(r)}",',
         footer=' "end": "end"}',
     )
 
@@ -146,8 +105,8 @@ def _var_name(rng) -> str:
 
 
 def _variable_tracking(rng, seed_parts, num_chains: int = 2, num_hops: int = 3) -> _Layout:
-    names = _distinct(_var_name, rng, num_chains * (num_hops + 1))
-    values = _distinct(_number, rng, num_chains)
+    names = distinct(_var_name, rng, num_chains * (num_hops + 1))
+    values = distinct(number, rng, num_chains)
     chains = [names[c * (num_hops + 1) : (c + 1) * (num_hops + 1)] for c in range(num_chains)]
     statements = []
     for chain, value in zip(chains, values):
@@ -168,13 +127,8 @@ def _variable_tracking(rng, seed_parts, num_chains: int = 2, num_hops: int = 3) 
     )
 
 
-def _pseudo_word(rng, syllables: int) -> str:
-    consonants, vowels = "bdfgklmnprstvz", "aeiou"
-    return "".join(rng.choice(consonants) + rng.choice(vowels) for _ in range(syllables))
-
-
 def _common_words(rng, seed_parts, num_common: int = 5, repeats: int = 4) -> _Layout:
-    common = _distinct(lambda r: _pseudo_word(r, 2), rng, num_common)
+    common = distinct(lambda r: pseudo_word(r, 2), rng, num_common)
     needles = [f" {w}," for w in common for _ in range(repeats)]
     rng.shuffle(needles)
     answers = list(dict.fromkeys(n.strip(" ,") for n in needles))  # order of first appearance
@@ -184,7 +138,7 @@ def _common_words(rng, seed_parts, num_common: int = 5, repeats: int = 4) -> _La
         # Three-syllable words never collide with the two-syllable common ones; a rare word
         # is never used as often as a common word, so the answer is unambiguous.
         while True:
-            w = _pseudo_word(r, 3)
+            w = pseudo_word(r, 3)
             if seen.get(w, 0) < repeats - 2:
                 seen[w] = seen.get(w, 0) + 1
                 return f" {w},"

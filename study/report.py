@@ -1,0 +1,371 @@
+"""study/RESULTS.md from the study's JSON (study/results/): the recipe, the commands,
+the tables (arm x length: retrieval, perplexity, sparsity, KV bytes, GPU time), the plots
+and the headline check, computed from what the files hold and nothing else.
+
+    python -m study report [--results study/results] [--out study/RESULTS.md]
+
+Inputs: `pretrain-seed<s>.json` and `run-<arm>-<length>-seed<s>.json` as written by
+study/steps.py; a run's `evals` maps the pruned fraction ("0.0", "0.25", ...) to the
+parsed evaluation, or to {"skipped": reason} / {"failed": reason}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from study.arms import ARM_NAMES, ARM_ORDER
+from study.plotting import save_figure
+from study.position import load_position, position_plot, position_table, summarize_position
+
+BAR = (0.8, 0.97)  # L2A at >= 80% sparsity keeps >= 97% of dense retrieval
+# A share of the dense arm's score says something only where the dense arm has the skill:
+# below half the samples right, a model that has not learned retrieval scores by partial
+# credit and chance, and 97% of that is noise.
+MIN_DENSE_SCORE = 0.5
+
+
+def load(results_dir: Path) -> tuple[list[dict], list[dict]]:
+    pre = [json.loads(p.read_text()) for p in sorted(results_dir.glob("pretrain-seed*.json"))]
+    runs = [json.loads(p.read_text()) for p in sorted(results_dir.glob("run-*.json"))]
+    return pre, runs
+
+
+def spread(values: list[float]) -> tuple[float, float, int]:
+    """(mean, half the range, n): with two seeds the half-range is the distance of each
+    seed from the mean."""
+    n = len(values)
+    mean = sum(values) / n
+    return mean, (max(values) - min(values)) / 2, n
+
+
+def _fmt(s: tuple[float, float, int] | None, digits: int = 3) -> str:
+    if s is None:
+        return "-"
+    mean, half, n = s
+    return f"{mean:.{digits}f}" + (f" ± {half:.{digits}f}" if n > 1 else "") + f" (n={n})"
+
+
+def _usable(ev: dict | None) -> bool:
+    return bool(ev) and "skipped" not in ev and "failed" not in ev
+
+
+def summarize(runs: list[dict]) -> dict:
+    """(arm, train_length, pruned) -> metrics over seeds."""
+    groups: dict[tuple, list[tuple[dict, dict | None]]] = {}
+    for r in runs:
+        evals = r.get("evals") or {}
+        for frac in sorted(set(evals) | {"0.0"}, key=float):
+            key = (r["arm"], r["train_length"], float(frac))
+            groups.setdefault(key, []).append((r, evals.get(frac)))
+    out = {}
+    for key, items in groups.items():
+        trains = [r["train"] for r, _ in items if key[2] == 0.0]
+        evs = [e for _, e in items if _usable(e)]
+        notes = sorted({e.get("skipped") or e.get("failed") for _, e in items
+                        if e and not _usable(e)})
+        lengths = sorted({int(n) for e in evs for n in e.get("retrieval", {})}
+                         | {int(n) for e in evs for n in e.get("perplexity", {})})
+        row = {"seeds": len(items), "notes": notes, "by_length": {}}
+        for n in lengths:
+            cell = {}
+            for metric in ("retrieval", "perplexity", "kv_bytes"):
+                vals = [float(e[metric][str(n)]) for e in evs if str(n) in e.get(metric, {})]
+                cell[metric] = spread(vals) if vals else None
+            row["by_length"][n] = cell
+        prunes = [e["prune"] for _, e in items if e and e.get("prune")]
+        if prunes:
+            kv = [p["kv_bytes"] for p in prunes]
+            row["prune"] = {"kept": sorted({len(p["kept_global_layers"]) for p in prunes}),
+                            "context": sorted({k["context"] for k in kv}),
+                            "before": spread([k["before"] for k in kv]),
+                            "after": spread([k["after"] for k in kv])}
+        layer = [e["layer_sparsity"] for e in evs if e.get("layer_sparsity")]
+        row["heldout_layer_sparsity"] = ([sum(c) / len(c) for c in zip(*layer)] if layer else None)
+        row["heldout_sparsity"] = (spread([sum(x) / len(x) for x in layer]) if layer else None)
+        if trains:
+            row["train_sparsity"] = spread([t["sparsity"] or 0.0 for t in trains])
+            row["train_layer_sparsity"] = ([sum(c) / len(c) for c in
+                                            zip(*[t["layer_sparsity"] for t in trains])]
+                                           if all(t["layer_sparsity"] for t in trains) else None)
+            row["lm_loss"] = spread([t["final_lm_loss"] for t in trains
+                                     if t["final_lm_loss"] is not None] or [float("nan")])
+            row["gpu_time_s"] = spread([t["gpu_time_s"] for t in trains])
+            row["steps"] = sorted({t["steps"] for t in trains})
+            row["completed"] = all(t["completed"] for t in trains)
+        out[key] = row
+    return out
+
+
+def headline(rows: dict) -> list[str]:
+    """The bar, per train length and L2A arm, from the numbers present."""
+    lines = []
+    for length in sorted({k[1] for k in rows}):
+        dense = rows.get(("dense", length, 0.0), {}).get("by_length", {}).get(length, {})
+        d = (dense.get("retrieval") or (None,))[0]
+        for arm in ARM_ORDER[1:]:
+            row = rows.get((arm, length, 0.0))
+            if row is None:
+                continue
+            cell = row["by_length"].get(length, {}).get("retrieval")
+            s = row.get("heldout_sparsity") or row.get("train_sparsity")
+            where = "held-out" if row.get("heldout_sparsity") else "training"
+            if d == 0:
+                lines.append(f"- {ARM_NAMES[arm]} at {length}: the dense arm scores 0 at {length}; "
+                             "no ratio" + ("" if cell else f" (and {ARM_NAMES[arm]} has no complete "
+                                                           "evaluation)") + ".")
+                continue
+            if d is not None and d < MIN_DENSE_SCORE:
+                lines.append(f"- {ARM_NAMES[arm]} at {length}: not testable: the dense arm scores "
+                             f"{d:.3f} at {length}, below {MIN_DENSE_SCORE} (it has not learned "
+                             "the tasks); " + (f"{ARM_NAMES[arm]} scores {cell[0]:.3f}."
+                                               if cell else "no score for it either."))
+                continue
+            if cell is None or d is None:
+                lines.append(f"- {ARM_NAMES[arm]} at {length}: no retrieval score at {length} "
+                             "for it or for the dense arm: not evaluated.")
+                continue
+            ratio = cell[0] / d
+            sparse_enough = s is not None and s[0] >= BAR[0]
+            verdict = ("meets the bar" if ratio >= BAR[1] and sparse_enough else
+                       "misses the bar" + ("" if sparse_enough else
+                                           f" (sparsity {s[0]:.2f} < {BAR[0]})" if s else ""))
+            lines.append(f"- {ARM_NAMES[arm]} at {length}: retrieval {cell[0]:.3f} vs dense "
+                         f"{d:.3f} = {ratio:.1%} of dense, sparsity "
+                         f"{'n/a' if s is None else f'{s[0]:.3f}'} ({where}): {verdict}.")
+    return lines
+
+
+def plots(rows: dict, out_dir: Path) -> list[Path]:
+    """PNGs of what exists: retrieval against length per arm, sparsity per layer, retrieval
+    against the pruned fraction."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    lengths = sorted({k[1] for k in rows})
+    have_scores = any(c.get("retrieval") for r in rows.values() for c in r["by_length"].values())
+    if have_scores:
+        fig, axes = plt.subplots(1, len(lengths), figsize=(5 * len(lengths), 3.6), squeeze=False)
+        for ax, length in zip(axes[0], lengths):
+            for arm in ARM_ORDER:
+                row = rows.get((arm, length, 0.0))
+                pts = [(n, c["retrieval"]) for n, c in sorted((row or {}).get("by_length", {}).items())
+                       if c.get("retrieval")]
+                if pts:
+                    ax.errorbar([p[0] for p in pts], [p[1][0] for p in pts],
+                                yerr=[p[1][1] for p in pts], marker="o", capsize=3,
+                                label=ARM_NAMES[arm])
+            ax.axvline(length, color="grey", lw=0.8, ls="--")
+            ax.set_xscale("log", base=2)
+            ax.set(title=f"extended to {length}", xlabel="context length (tokens)",
+                   ylabel="retrieval score", ylim=(0, 1.05))
+            ax.legend(fontsize=7)
+        made.append(save_figure(fig, out_dir / "retrieval_by_length.png"))
+    sparse = {k: r.get("heldout_layer_sparsity") or r.get("train_layer_sparsity")
+              for k, r in rows.items() if k[0] != "dense" and k[2] == 0.0}
+    sparse = {k: v for k, v in sparse.items() if v}
+    if sparse:
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        for (arm, length, _), v in sorted(sparse.items()):
+            ax.plot(range(len(v)), v, marker="o", label=f"{ARM_NAMES[arm]}, {length}")
+        ax.set(xlabel="layer", ylabel="sparsity (tokens skipping global)", ylim=(0, 1.02),
+               title="sparsity per layer")
+        ax.legend(fontsize=7)
+        made.append(save_figure(fig, out_dir / "sparsity_per_layer.png"))
+    pruned = {}
+    for (arm, length, frac), r in rows.items():
+        cell = r["by_length"].get(length, {}).get("retrieval")
+        if arm != "dense" and cell:
+            pruned.setdefault((arm, length), []).append((frac, cell[0]))
+    if any(len(v) > 1 for v in pruned.values()):
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        for (arm, length), pts in sorted(pruned.items()):
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
+                    label=f"{ARM_NAMES[arm]}, {length}")
+        ax.set(xlabel="fraction of layers pruned to local-only",
+               ylabel="retrieval at the trained length", ylim=(0, 1.05))
+        ax.legend(fontsize=7)
+        made.append(save_figure(fig, out_dir / "retrieval_vs_pruned.png"))
+    return made
+
+
+def _key_sort(k):
+    return (k[1], ARM_ORDER.index(k[0]) if k[0] in ARM_ORDER else 99, k[2])
+
+
+def tables(pre: list[dict], rows: dict) -> list[str]:
+    out = []
+    if pre:
+        out += ["### Base pretraining", "",
+                "| seed | scale | steps | tokens | final lm loss (nats/byte) | GPU s | completed |",
+                "|---:|---|---:|---:|---:|---:|---|"]
+        for p in pre:
+            t = p["train"]
+            loss = "-" if t["final_lm_loss"] is None else f"{t['final_lm_loss']:.4f}"
+            out.append(f"| {p['seed']} | {p.get('scale', 'full')} | {t['steps']} | {t['tokens']:,} | "
+                       f"{loss} | {t['gpu_time_s']} | {t['completed']} |")
+        out.append("")
+    train_rows = [(k, r) for k, r in sorted(rows.items(), key=lambda kv: _key_sort(kv[0]))
+                  if k[2] == 0.0 and "gpu_time_s" in r]
+    if train_rows:
+        out += ["### Extension runs (training)", "",
+                "| arm | length | seeds | steps | final lm loss | sparsity (training, last step) | GPU s per run | all completed |",
+                "|---|---:|---:|---|---|---|---|---|"]
+        for (arm, length, _), r in train_rows:
+            out.append(f"| {ARM_NAMES.get(arm, arm)} | {length} | {r['seeds']} | "
+                       f"{','.join(map(str, r['steps']))} | {_fmt(r['lm_loss'], 4)} | "
+                       f"{_fmt(r['train_sparsity'])} | {_fmt(r['gpu_time_s'], 1)} | {r['completed']} |")
+        out.append("")
+    pruned = [(k, r["prune"]) for k, r in sorted(rows.items(), key=lambda kv: _key_sort(kv[0]))
+              if r.get("prune")]
+    if pruned:
+        out += ["### Pruning (python -m train.prune)", "",
+                "| arm | trained at | pruned | global branches kept | KV MiB before | KV MiB after | after / before | at context |",
+                "|---|---:|---:|---|---:|---:|---:|---|"]
+        for (arm, length, frac), p in pruned:
+            b, a = p["before"][0] / 2**20, p["after"][0] / 2**20
+            out.append(f"| {ARM_NAMES.get(arm, arm)} | {length} | {frac:g} | "
+                       f"{','.join(map(str, p['kept']))} | {b:.1f} | {a:.1f} | {a / b:.3f} | "
+                       f"{','.join(map(str, p['context']))} |")
+        out.append("")
+    eval_rows = [(k, r) for k, r in sorted(rows.items(), key=lambda kv: _key_sort(kv[0]))]
+    lines = []
+    for (arm, length, frac), r in eval_rows:
+        for n, c in sorted(r["by_length"].items()):
+            kv = c.get("kv_bytes")
+            kv_s = "-" if kv is None else f"{kv[0] / 2**20:.1f}"
+            lines.append(f"| {ARM_NAMES.get(arm, arm)} | {length} | {frac:g} | {n} | "
+                         f"{_fmt(c.get('retrieval'))} | {_fmt(c.get('perplexity'), 2)} | "
+                         f"{_fmt(r.get('heldout_sparsity'))} | {kv_s} |")
+        if not r["by_length"]:
+            why = "; ".join(r["notes"]) or "no evaluation recorded"
+            lines.append(f"| {ARM_NAMES.get(arm, arm)} | {length} | {frac:g} | - | "
+                         f"not evaluated: {why} | - | - | - |")
+    if lines:
+        out += ["### Evaluation (arm x length)", "",
+                "Mean over seeds ± half the range between them, n = seeds.", "",
+                "| arm | trained at | pruned | eval length | retrieval | perplexity | sparsity (held-out) | KV MiB |",
+                "|---|---:|---:|---:|---|---|---|---:|", *lines, ""]
+    return out
+
+
+def run_tables(runs: list[dict]) -> list[str]:
+    """One row per run (arm x length x seed): training, then what stopped evaluations had
+    measured (their log's samples and perplexity)."""
+    order = sorted(runs, key=lambda r: (r["train_length"], ARM_ORDER.index(r["arm"])
+                                        if r["arm"] in ARM_ORDER else 99, r["seed"]))
+    out = ["### Extension runs, one row per seed", "",
+           "| arm | length | seed | steps | tokens | sparsity (training, last step) | final lm loss | GPU s | tokens/s | completed |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in order:
+        t = r["train"]
+        loss = "-" if t.get("final_lm_loss") is None else f"{t['final_lm_loss']:.4f}"
+        rate = f"{t['tokens_per_s']:,}" if t.get("tokens_per_s") else "-"
+        out.append(f"| {ARM_NAMES.get(r['arm'], r['arm'])} | {r['train_length']} | {r['seed']} | "
+                   f"{t['steps']} | {t['tokens']:,} | {t['sparsity'] or 0:.3f} | {loss} | "
+                   f"{t['gpu_time_s']} | {rate} | {t['completed']} |")
+    out.append("")
+    stopped = []
+    for r in order:
+        for frac, ev in sorted((r.get("evals") or {}).items(), key=lambda kv: float(kv[0])):
+            part = (ev or {}).get("partial")
+            if not part:
+                continue
+            scores = [x["score"] for x in part["samples"]]
+            ppl = ", ".join(f"{n}: {v:.2f}" for n, v in sorted(part["perplexity"].items(),
+                                                                 key=lambda kv: int(kv[0])))
+            mean = f"{sum(scores) / len(scores):.2f}" if scores else "-"
+            lengths = sorted({x["length"] for x in part["samples"]})
+            stopped.append(f"| {ARM_NAMES.get(r['arm'], r['arm'])} | {r['train_length']} | "
+                           f"{r['seed']} | {float(frac):g} | {len(scores)} "
+                           f"({', '.join(map(str, lengths))}) | {mean} | {ppl or '-'} | "
+                           f"{ev['failed'].split(':')[0]} |")
+    if stopped:
+        out += ["### Evaluations stopped before the end (what their logs hold)", "",
+                "| arm | length | seed | pruned | samples scored (lengths) | mean score | perplexity by length | stopped |",
+                "|---|---:|---:|---:|---|---:|---|---|", *stopped, ""]
+    return out
+
+
+# The recipe, the commands and how to read the tables: the page's fixed part (a template
+# file, so that it reads and diffs as Markdown), above the sections of each study run.
+STATIC = (Path(__file__).with_name("report_template.md")).read_text(encoding="utf-8")
+
+
+def _has_records(d: Path) -> bool:
+    return any(d.glob("pretrain-seed*.json")) or any(d.glob("run-*.json"))
+
+
+def result_sets(results_dir: Path) -> list[Path]:
+    """The folders holding one study run's records each: the results folder itself and/or
+    its subfolders (one per device run, newest name last)."""
+    subs = sorted(d for d in results_dir.iterdir() if d.is_dir()) if results_dir.is_dir() else []
+    return [d for d in [results_dir, *subs] if _has_records(d)]
+
+
+STATUS_NOTE = ("Each device run of the study is one section below, with how it was run "
+               "(its `about.json`), oldest first: the last section is the newest run and "
+               "holds the current answer (its headline and its notes' reading). The recipe "
+               "above is the current one; a run made with an earlier recipe says so in its "
+               "notes.\n")
+
+
+def render_set(d: Path, page: Path) -> str:
+    """One study run: what it was (about.json: title, calls, notes), the headline, the tables
+    and the plots (written into `d`)."""
+    pre, runs = load(d)
+    rows = summarize(runs)
+    by_position = summarize_position(load_position(d))
+    made = plots(rows, d) if rows else []
+    made += [p for p in [position_plot(by_position, d)] if p]
+    about = json.loads((d / "about.json").read_text()) if (d / "about.json").exists() else {}
+    text = f"## {about.get('title', d.name)}\n\n"
+    text += f"Records: `{os.path.relpath(d, page.parent)}/` ({len(pre)} pretraining, {len(runs)} extension runs).\n\n"
+    scales = sorted({p.get("scale", "full") for p in pre} | {r.get("scale", "full") for r in runs})
+    if scales != ["full"]:
+        text += (f"**These results are from `--scale {'/'.join(scales)}` runs** (the CPU smoke "
+                 "test's tiny model), not the study.\n\n")
+    if about.get("calls"):
+        text += "Device calls:\n\n```bash\n" + "\n".join(about["calls"]) + "\n```\n\n"
+    text += "".join(f"- {n}\n" for n in about.get("notes", [])) + ("\n" if about.get("notes") else "")
+    lines = headline(rows)
+    tested = any("of dense" in x for x in lines)
+    text += "### Headline\n\n" + ("\n".join(lines) or "No evaluated runs.") + "\n\n"
+    if not tested:
+        text += ("**The bar was not tested:** no L2A arm has a retrieval score to set against a "
+                 f"dense score of at least {MIN_DENSE_SCORE} at the extended length.\n\n")
+    text += "\n".join(tables(pre, rows) + position_table(by_position)) + "\n"
+    if runs:
+        text += "\n".join(run_tables(runs)) + "\n"
+    if made:
+        text += "### Plots\n\n" + "\n".join(
+            f"![{p.stem}]({os.path.relpath(p, page.parent)})" for p in made) + "\n\n"
+    return text
+
+
+def render(results_dir: Path, page: Path) -> str:
+    text = STATIC
+    sets = result_sets(results_dir)
+    if not sets:
+        text += ("**Not run yet.** No training or evaluation results exist in "
+                 "`study/results/` (`corpus.json` there is the manifest of the corpus "
+                 "the data were prepared from): the study has not been run on a GPU, and "
+                 "the tables and plots appear here once it has (`python -m study "
+                 "report`).\n")
+        return text
+    text += STATUS_NOTE + "\n"
+    return text + "\n".join(render_set(d, page) for d in sets)
+
+
+def write_report(results_dir: Path, out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(render(results_dir, out))
+    os.replace(tmp, out)
+    print(f"wrote {out}")
+    return out
