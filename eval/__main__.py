@@ -69,7 +69,7 @@ def main() -> None:
             _discard_empty_run_dir(run_dir)
             sys.exit(1)
 
-    from train.entry_errors import run_hydra_app
+    from l2a.entry_errors import run_hydra_app
 
     run_hydra_app(app)
 

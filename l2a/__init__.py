@@ -8,7 +8,6 @@ classes, so a converted or exported checkpoint loads with
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from .cache import L2ACache
-from .static_cache import L2AStaticCache
 from .configuration import L2AQwen2Config, L2AQwen3Config
 from .losses import layer_sparsity, router_regulariser
 from .modeling import (
@@ -20,6 +19,7 @@ from .modeling import (
     L2AQwen3Model,
 )
 from .runtime import L2ARuntime, set_runtime
+from .static_cache import L2AStaticCache
 from .trainable import mark_trainable, trainable_parameter_names
 
 for _config, _model, _lm in (

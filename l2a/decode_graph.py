@@ -125,7 +125,7 @@ class GraphedCall:
 
     def __call__(self, input_ids=None, past_key_values=None, position_ids=None, attention_mask=None,
                  inputs_embeds=None, **kwargs):
-        from .modeling import L2ACausalLMOutputWithPast
+        from .outputs import L2ACausalLMOutputWithPast
 
         if not self._graphable(input_ids, past_key_values, inputs_embeds, kwargs):
             self.eager_calls += 1

@@ -11,37 +11,21 @@ never saved with the model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from kernels.decode import DECODE_MAX_QUERIES
 from kernels.utils import doc_ids_from_position_ids
 
 from .cache import L2ACache
-from .static_cache import L2AStaticCache
 from .configuration import L2AQwen2Config, L2AQwen3Config
 from .layers import QWEN2, QWEN3, AttentionContext, Family, L2AAttention, L2ADecoderLayer
+from .outputs import L2ACausalLMOutputWithPast, L2AModelOutputWithPast  # noqa: F401  (public here)
 from .runtime import L2ARuntime
-
-
-@dataclass
-class L2AModelOutputWithPast(BaseModelOutputWithPast):
-    """``router_probs`` / ``routes``: one (B, T) tensor per L2A layer, in layer order."""
-
-    router_probs: tuple[torch.Tensor, ...] | None = None
-    routes: tuple[torch.Tensor, ...] | None = None
-
-
-@dataclass
-class L2ACausalLMOutputWithPast(CausalLMOutputWithPast):
-    router_probs: tuple[torch.Tensor, ...] | None = None
-    routes: tuple[torch.Tensor, ...] | None = None
+from .static_cache import L2AStaticCache
 
 
 class L2APreTrainedModel(PreTrainedModel):

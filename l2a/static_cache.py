@@ -54,7 +54,7 @@ class _StaticBuffers(CacheLayerMixin):
     is_compileable = True
     is_sliding = False
 
-    def __init__(self, rows: int, owner: "L2AStaticCache"):
+    def __init__(self, rows: int, owner: L2AStaticCache):
         super().__init__()
         self.rows = rows
         self.owner = owner

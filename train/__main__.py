@@ -125,7 +125,7 @@ def main() -> None:
         if code != 0:  # 0 returns, so that a sweep's next job runs in this process
             sys.exit(code)
 
-    from train.entry_errors import run_hydra_app
+    from l2a.entry_errors import run_hydra_app
 
     run_hydra_app(app)
     if sweep_dirs:

@@ -298,7 +298,7 @@ class Trainer:
         from train.memory import enable_tiled_mlp, resolve_tiled_mlp, step_shape_of
 
         t = self.cfg.train
-        tokens = self.cfg.data.seq_len * t.micro_batch_size // self.sp
+        tokens = self.cfg.data.seq_len * t.micro_batch_size // self.topology.sp
         self.tiled_mlp = resolve_tiled_mlp(t.tiled_mlp, lambda: step_shape_of(
             model, tokens, torch_dtype(self.precision).itemsize, self.dist.world_size,
             self.cfg.deepspeed.stage, self.cfg.l2a.enabled, t.trainable == "all"), self.dist.device)

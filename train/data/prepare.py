@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=tiny")
     args = parser.parse_intermixed_args(argv)  # flags may sit among the overrides
     from l2a.errors import WriteError
-    from train.entry_errors import BAD_CONFIG, MACHINE_FAULT, hydra_error_line
+    from l2a.entry_errors import BAD_CONFIG, MACHINE_FAULT, hydra_error_line
 
     try:
         cfg = compose(args.config_name, args.overrides)
