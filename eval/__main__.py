@@ -66,7 +66,7 @@ def main() -> None:
             sys.exit(2)
         except WriteError as e:  # results.json is written last, whole or not at all
             print(f"error: {e}", file=sys.stderr, flush=True)
-            _discard_empty_run_dir(run_dir)
+            discard_empty_run_dir(run_dir)
             sys.exit(1)
 
     from l2a.entry_errors import run_hydra_app

@@ -59,8 +59,16 @@ OP_CEILINGS = {
 
 
 @pytest.fixture(scope="module")
-def counts():
-    return layer_op_counts()
+def counts(tmp_path_factory):
+    """Counted in a fresh process: other tests of a session leave torch patched (DeepSpeed's
+    ZeRO-3 hooks on tensor creation, saved-tensor hooks), which adds operators here."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("op_counts") / "counts.json"
+    subprocess.run([sys.executable, "-m", "bench.op_counts", "--out", str(out)], check=True,
+                   capture_output=True)
+    return json.loads(out.read_text())
 
 
 def test_every_variant_is_held():

@@ -100,11 +100,11 @@ def test_bad_files_and_config(tmp_path, cache_dir, byte_tok):
         prepare_data(data_config(cache_dir, [{**src, "path": "python:nope"}]), byte_tok,
                      tmp_path / "o4", verbose=False)
     bad = [
-        ({"files": {"holdout": 1.0}}, r"data\.sources\[0\]\.files\.holdout: must be in"),
-        ({"files": {"include": []}}, r"data\.sources\[0\]\.files\.include: must name"),
-        ({"files": {"incl": ["*"]}}, r"data\.sources\[0\]\.files\.incl: unknown key"),
-        ({"split": "test"}, r"data\.sources\[0\]\.split: must be one of train, validation, all"),
-        ({"type": "text"}, r"data\.sources\[0\]\.files: only for type: files"),
+        ({"files": {"holdout": 1.0}}, r"data\.sources\.0\.files\.holdout: must be in"),
+        ({"files": {"include": []}}, r"data\.sources\.0\.files\.include: must name"),
+        ({"files": {"incl": ["*"]}}, r"data\.sources\.0\.files\.incl: unknown key"),
+        ({"split": "test"}, r"data\.sources\.0\.split: must be one of train, validation, all"),
+        ({"type": "text"}, r"data\.sources\.0\.files: only for type: files"),
     ]
     for change, message in bad:
         with pytest.raises(ConfigError, match=message):

@@ -11,11 +11,14 @@ import pytest
 import l2a  # noqa: F401
 from l2a.convert import main
 
+from test_convert import save_tokenizer  # noqa: E402  (tests/l2a helper)
+
 
 @pytest.fixture
 def base_dir(base_model, tmp_path):
     path = tmp_path / "base"
     base_model.save_pretrained(path)  # conftest: max_position_embeddings=1024
+    save_tokenizer(path)  # conversion refuses a base without one
     return path
 
 

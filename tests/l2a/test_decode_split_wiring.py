@@ -31,7 +31,7 @@ def test_decoding_steps_run_the_split_kernel(base_model, monkeypatch):
     decoder = GraphedDecoder(model, cache, capture=False)
     with torch.no_grad():
         model(prompt[:, :4], past_key_values=cache)  # prefill (eager kernels, torch backend)
-    model.config.l2a_attn_backend = "triton"  # the decoding steps: the split kernels
+    model.l2a_runtime.attn_backend = "triton"  # the decoding steps: the split kernels
     steps = []
     for t in range(4, P):
         logits, _ = decoder.step(prompt[:, t : t + 1])

@@ -158,12 +158,12 @@ def test_cli_refuses_invalid_utf8_and_samples_past_the_context(saved, tmp_path_f
     assert main(["--model", str(saved), "--out", str(out), "--text-file", str(data),
                  "--keep", "1", "--seq-len", "64"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        f"l2a.prune: error: --text-file: {data}: not UTF-8 text (invalid byte at offset 4200)"]
+        f"train.prune: error: --text-file: {data}: not UTF-8 text (invalid byte at offset 4200)"]
     context = AutoConfig.from_pretrained(saved).max_position_embeddings
     assert main(["--model", str(saved), "--out", str(out), "--haystack", "--keep", "1",
                  "--seq-len", str(context + 1)]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        f"l2a.prune: error: --seq-len: {context + 1} is above the model's context "
+        f"train.prune: error: --seq-len: {context + 1} is above the model's context "
         f"(max_position_embeddings {context})"]
     assert not out.exists()
 
