@@ -20,6 +20,7 @@ BASE = ["experiment=tiny", "data.tokenizer=byte", f"data.seq_len={SEQ}",
         f"model.random_base.num_hidden_layers={L}", f"model.random_base.num_attention_heads={HEADS}",
         f"model.random_base.num_key_value_heads={KV}", f"model.random_base.head_dim={D}",
         f"model.random_base.vocab_size={V}", "model.random_base.tie_word_embeddings=false",
+        f"model.random_base.max_position_embeddings={SEQ}",
         "deepspeed=zero2", "train.precision=bf16", "train.activation_checkpointing=true"]
 
 
