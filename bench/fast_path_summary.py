@@ -1,4 +1,4 @@
-"""What a fast-path device call (scripts/fast_path_device.sh) answers, in one JSON.
+"""What a fast-path GPU run (scripts/fast_path_device.sh) answers, in one JSON.
 
 Reads what the call left in a directory: `tests.xml` (pytest's junit), `attention.json`
 (bench.attention) and `train.json` (bench.train_throughput), any of them missing, and prints

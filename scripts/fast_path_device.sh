@@ -25,8 +25,8 @@
 #       dense (FlashAttention-4 both branches, routed projections, halo local branch:
 #       train.json). The args go to both runs (model, length), before their own.
 #
-# Everything stops by DEADLINE_S (default 570) seconds after the start. $OUT gets at most
-# eight files (the device's limit): log.txt (every step's output, prefixed), summary.json
+# Everything stops by DEADLINE_S (default 570) seconds after the start (set it to what your
+# scheduler allows). $OUT (default fast_out/) gets: log.txt (every step's output, prefixed), summary.json
 # (bench.fast_path_summary, also printed last) and, by job, tests.xml and attention.json
 # (batch), train.json, train_before.json (compare), profile_<variant>.txt (--profile),
 # train.oom_<variant>.json (only if a variant ran out of memory).

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One device call: GPU kernel tests, then (optionally) a tuning sweep and the benchmark.
+# On a GPU host: GPU kernel tests, then (optionally) a tuning sweep and the benchmark.
 #   scripts/gpu_check.sh [tests] [train-tests] [sweep "<variants>"] [tune "<variants>"] [bench "<bench args>"]
 # train-tests = the GPU tests of tests/train (bf16 training with the Triton attention,
 # DeepSpeed and both LM-loss paths; the loss on CUDA), in one process (no xdist: the

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The study's device call (study/RESULTS.md, "On a GPU machine"), from the repository root:
+# The study's GPU run (study/RESULTS.md, "On a GPU machine"), from the repository root:
 #   scripts/study_device.sh pretrain --gpus 0 --max-minutes 8      # -> $OUT/base (5 files)
 #   scripts/study_device.sh arms --lengths 16k --seeds 0,1 --per-gpu 4 --max-steps N
 #                                                                  # -> $OUT/study-arms.tar.gz
