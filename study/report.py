@@ -331,7 +331,7 @@ def render_set(d: Path, page: Path) -> str:
         text += (f"**These results are from `--scale {'/'.join(scales)}` runs** (the CPU smoke "
                  "test's tiny model), not the study.\n\n")
     if about.get("calls"):
-        text += "Device calls:\n\n```bash\n" + "\n".join(about["calls"]) + "\n```\n\n"
+        text += "Commands:\n\n```bash\n" + "\n".join(about["calls"]) + "\n```\n\n"
     text += "".join(f"- {n}\n" for n in about.get("notes", [])) + ("\n" if about.get("notes") else "")
     lines = headline(rows)
     tested = any("of dense" in x for x in lines)
