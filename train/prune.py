@@ -35,7 +35,6 @@ from l2a.prune import (
     select_global_layers,
 )
 
-
 # ---- calibration data -------------------------------------------------------------------
 
 
