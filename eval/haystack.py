@@ -20,6 +20,7 @@ from pathlib import Path
 
 from eval.errors import EvalError
 from train.data.ruler import NOISE, GeneratedHaystack
+
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 
 

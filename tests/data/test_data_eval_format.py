@@ -5,8 +5,8 @@ evaluation's own samples."""
 import pytest
 
 from eval.scoring import score
-from train.data.ruler import generate
 from train.data.eval_format import TASKS
+from train.data.ruler import generate
 from train.data.synthetic import generate_sample, min_length, synthetic_documents
 
 # The ends of the evaluation's prompts (train/data/ruler.py: RULER's answer prefixes).

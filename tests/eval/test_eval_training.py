@@ -47,8 +47,8 @@ def test_eval_metrics_logged_and_checkpoint_evaluated(tmp_path):
 
     # The prepared data as perplexity rows (its validation split) and as the haystack.
     from eval.haystack import Haystack, split_sentences
-    from train.data.ruler import generate
     from train.data import PreparedData
+    from train.data.ruler import generate
 
     data = PreparedData.load(tmp_path / "data")
     first = data.example(int(data.split_indices("validation")[0]))

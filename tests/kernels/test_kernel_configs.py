@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from kernels.tuning.pick import pick
 from kernels.flash import config
+from kernels.tuning.pick import pick
 
 REPO = Path(__file__).resolve().parents[2]
 

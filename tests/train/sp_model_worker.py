@@ -25,12 +25,11 @@ import torch.distributed as dist
 import l2a  # noqa: F401
 from l2a.convert import convert_model
 from l2a.losses import layer_sparsity, router_regulariser
-from train.losses import shift_labels
+from train.losses import causal_lm_loss, shift_labels
 from train.parallel import apply as sp_apply
 from train.parallel import groups as sp_groups
 from train.parallel import routed as sp_routed
 from train.parallel import shard as sp_shard
-from train.losses import causal_lm_loss
 
 LAMBDA = 0.05  # regulariser weight: large enough that its gradient shows
 # Packed rows of 24 tokens, cut at 12 under SP=2: the second document of each row crosses

@@ -14,9 +14,9 @@ import pytest
 from train.plan.memory_model import GIB
 
 ROOT = Path(__file__).resolve().parents[2]
-H, I, L, HEADS, KV, D, V, SEQ = 1024, 4096, 8, 8, 4, 128, 32000, 4096
+H, INTER, L, HEADS, KV, D, V, SEQ = 1024, 4096, 8, 8, 4, 128, 32000, 4096
 BASE = ["experiment=tiny", "data.tokenizer=byte", f"data.seq_len={SEQ}",
-        f"model.random_base.hidden_size={H}", f"model.random_base.intermediate_size={I}",
+        f"model.random_base.hidden_size={H}", f"model.random_base.intermediate_size={INTER}",
         f"model.random_base.num_hidden_layers={L}", f"model.random_base.num_attention_heads={HEADS}",
         f"model.random_base.num_key_value_heads={KV}", f"model.random_base.head_dim={D}",
         f"model.random_base.vocab_size={V}", "model.random_base.tie_word_embeddings=false",
@@ -33,7 +33,7 @@ def _hand_counts() -> tuple[int, int]:
     q, k = HEADS * D, KV * D
     branch = 2 * H * q + 2 * H * k + 2 * D  # q, k, v, o + QK-norm weights (Qwen3)
     trainable = L * (2 * branch + 3 * H + H) + H  # two branches, 3 norms, router; final norm
-    frozen = L * 3 * H * I + 2 * V * H  # MLPs, untied embeddings + LM head
+    frozen = L * 3 * H * INTER + 2 * V * H  # MLPs, untied embeddings + LM head
     return trainable + frozen, trainable
 
 
