@@ -3,7 +3,7 @@
 Follows the method page step by step (local branch on RMSNorm_local(x), router and global
 branch on RMSNorm_global of the stream *after* the local branch, straight-through gate).
 Nothing here knows about ranks or processes: under sequence parallelism (Ulysses,
-`train/sequence_parallel.py`) a rank runs these modules on its slice of the sequence and
+`train/parallel/`) a rank runs these modules on its slice of the sequence and
 only the attention core (``L2ABranchAttention.attention_core``) is wrapped from outside, to
 see whole sequences for a subset of heads (and, with routed-only projections, the routed
 core ``L2ABranchAttention.routed_attention_core``); the router decision is per token.
@@ -121,7 +121,7 @@ def sequence_attention_core(q, k, v, route, window, doc_ids, scale, backend):
     """q ``(B, Hq, Tq, D)``, k, v ``(B, Hkv, Tk, D)`` after projections, QK-norm and RoPE
     (q: the last Tq of the keys) -> o ``(B, Hq, Tq, D)``: token-sparse causal attention when
     ``route`` is set, else sliding-window (``window`` None: dense causal); ``doc_ids``
-    label the keys. Sequence parallelism replaces it per module (train/sequence_parallel.py)."""
+    label the keys. Sequence parallelism replaces it per module (train/parallel/apply.py)."""
     if route is not None:
         return token_sparse_attention(q, k, v, route, doc_ids, scale, backend=backend)
     window = window if window is not None else k.shape[2]
@@ -131,7 +131,7 @@ def sequence_attention_core(q, k, v, route, window, doc_ids, scale, backend):
 def routed_query_core(q_c, k, v, route, doc_ids, scale, backend, slots, valid):
     """Compacted routed queries ``q_c (B, Hq, R, D)`` (rows listed by ``slots``/``valid``,
     ``routed_slots(route)``) against every key ``k, v (B, Hkv, T, D)`` -> ``(B, Hq, R, D)``,
-    padding rows zero. Sequence parallelism replaces it per module (train/sequence_parallel.py)."""
+    padding rows zero. Sequence parallelism replaces it per module (train/parallel/routed.py)."""
     return routed_query_attention(q_c, k, v, route, doc_ids, scale, backend=backend, slots=(slots, valid))
 
 
