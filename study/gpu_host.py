@@ -1,5 +1,6 @@
-"""The study in one device call (study/RESULTS.md, "On a GPU machine"): several runs at once
-per GPU, a wall-clock deadline, and what comes back packed under the call's output folder.
+"""The study on a GPU host (study/RESULTS.md, "On a GPU machine"): several runs at once
+per GPU, a wall-clock deadline (a scheduler's time limit), and the results packed under one
+output folder.
 
     python -m study.gpu_host pretrain --out $OUT --gpus 0 --max-minutes 8
     python -m study.gpu_host arms --out $OUT --lengths 16k --seeds 0,1 --per-gpu 4 \\
@@ -44,7 +45,7 @@ TAR_NAME = "study-arms.tar.gz"
 PACK_MARGIN_S = 15.0  # between the last step's end and the deadline: the tar, the summary
 TRAIN_GRACE_S = 60.0  # a training run stopped by time: the step in flight, the checkpoint
 MAX_PACKED_FILE = 4 << 20  # a log or JSON bigger than this stays behind
-MAX_TAR_BYTES = 16 << 20  # one file a device call brings back
+MAX_TAR_BYTES = 16 << 20  # the largest result archive: results leave the host as a few bounded files
 
 
 def runner(argv, log, max_seconds=None, env=None):

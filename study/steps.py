@@ -46,7 +46,7 @@ EVAL_LENGTHS = [2048, 8192, 16384, 32768]  # 32768: beyond both trained lengths
 EVAL_EXTRA = ["eval.depths=[0.5]", "eval.max_new_tokens=48", "eval.perplexity.rows=8"]
 PRUNE_FRACTIONS = [0.25, 0.5]
 MAX_SHARD_BYTES = 12 << 20  # the 46 MiB base in 4 shards, each under the device's 16 MiB
-MAX_SHARDS = 8  # files a device call brings back
+MAX_SHARDS = 8  # the base model in at most this many files (bounded result folders)
 # The base probe takes seconds on a GPU (64 forwards of <= 2K tokens); never the call's end.
 PROBE_CAP_S = 120.0
 # Under a deadline (study.gpu_host): a training run needs at least MIN_TRAIN_S to be
@@ -640,7 +640,7 @@ def save_sharded(src: Path, dst: Path, max_bytes: int = MAX_SHARD_BYTES,
         raise StudyError(f"{src}: {len(files)} files, {len(big)} of 16 MiB or more (limits: "
                          f"{max_files - 1} files, the results JSON being one more, under 16 MiB)")
     shutil.rmtree(dst, ignore_errors=True)
-    os.replace(tmp, dst)  # left packed: it may be the folder a device call brings back
+    os.replace(tmp, dst)  # left packed: it may be the results folder copied off the host
     return [{"file": f.name, "bytes": (dst / f.name).stat().st_size} for f in files]
 
 
