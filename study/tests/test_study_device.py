@@ -1,4 +1,4 @@
-"""study.gpu_host, the study's device call, without training anything: how runs are
+"""study.gpu_host, the study on a GPU host, without training anything: how runs are
 spread over GPUs and slots, the deadline (runs not started, steps skipped, the call still
 ends with its tar), the training overrides and time cap a run gets, and what the tar holds."""
 

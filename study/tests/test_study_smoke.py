@@ -55,7 +55,7 @@ def test_pretraining_trains_every_parameter_and_ships_small_shards(chain):
     assert frozen_under_l2a, "the tiny base has MLP and embedding weights"
     for name in before:  # train.trainable=all: every tensor moved, MLP and embeddings too
         assert not torch.equal(before[name], after[name]), f"{name} did not train"
-    # What a device call brings back: at most 8 files under 16 MiB, the results JSON too.
+    # What a GPU run leaves in its results folder: at most 8 files under 16 MiB, the results JSON too.
     shipped = [f["file"] for f in pre["base_files"]]
     shards = sorted(f.name for f in Path(s.base_dir).glob("*.safetensors"))
     assert shipped == sorted([*shards, study.BASE_BUNDLE]) and len(shipped) <= 7

@@ -1,4 +1,4 @@
-"""bench.fast_path_summary: the counts, ratios and step lines of a fast-path device call,
+"""bench.fast_path_summary: the counts, ratios and step lines of a fast-path GPU run,
 from hand-written outputs."""
 
 from __future__ import annotations

@@ -121,7 +121,7 @@ def test_public_op_autograd_and_determinism(gpu):
     assert first[0].dtype == dtype
 
 
-# GPU: 10 draws (each new head-dim/group pair compiles three kernels; 20 did not fit the
+# GPU: 10 draws (each new head-dim/group pair compiles three kernels; 20 took too long
 # device call with the rest of the suite).
 @pytest.mark.parametrize("n_draws,gpu", [(3, False), pytest.param(10, True, marks=pytest.mark.gpu)])
 def test_fuzz_random_shapes_and_masks(n_draws, gpu):
