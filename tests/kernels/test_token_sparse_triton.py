@@ -122,7 +122,7 @@ def test_public_op_autograd_and_determinism(gpu):
 
 
 # GPU: 10 draws (each new head-dim/group pair compiles three kernels; 20 took too long
-# device call with the rest of the suite).
+# beside the rest of the GPU suite).
 @pytest.mark.parametrize("n_draws,gpu", [(3, False), pytest.param(10, True, marks=pytest.mark.gpu)])
 def test_fuzz_random_shapes_and_masks(n_draws, gpu):
     g = torch.Generator().manual_seed(1234)
