@@ -52,12 +52,21 @@ def decode_attention(
     """q `(B, Hq, Tq, D)` at the last Tq of the `Tk` key positions of k/v `(B, Hkv, Tk, D)`;
     `window` None: causal over all keys. `route (B, Tq)`: rows of unrouted queries are zero.
     Returns `(B, Hq, Tq, D)` in q's dtype."""
+    tq, tk = q.shape[2], k.shape[2]
+    return _folded_sdpa(q, k, v, visible_keys(tq, tk, window, doc_ids, q.device), scale, route)
+
+
+def _folded_sdpa(q, k, v, visible, scale, route):
+    """SDPA with the query heads of a KV group folded into the query axis: q `(B, Hq, Tq,
+    D)`, `visible (B or 1, Tq, Tk)` bool or None, unrouted rows (`route (B, Tq)`) zeroed."""
     B, Hq, tq, D = q.shape
     Hkv, tk = k.shape[1], k.shape[2]
     G = Hq // Hkv
-    mask = visible_keys(tq, tk, window, doc_ids, q.device)
     qf = q.reshape(B, Hkv, G * tq, D)  # rows ordered (head in group, query)
-    if mask is not None:
+    mask = visible
+    if mask is not None and tq == 1:
+        mask = mask[:, None]  # (B, 1, 1, Tk): broadcast over heads and group rows
+    elif mask is not None:
         mask = mask[:, None, None].expand(mask.shape[0], 1, G, tq, tk).reshape(-1, 1, G * tq, tk)
     o = F.scaled_dot_product_attention(qf, k, v, attn_mask=mask, scale=scale)
     o = o.reshape(B, Hq, tq, D)
@@ -114,16 +123,4 @@ def masked_decode_attention(
 def masked_decode_attention_sdpa(q, k, v, visible, scale: float, route=None) -> torch.Tensor:
     """`masked_decode_attention` through SDPA with the boolean mask (the reference, and the
     path on the CPU): the query heads of a KV group folded into the query axis."""
-    B, Hq, tq, D = q.shape
-    Hkv, tk = k.shape[1], k.shape[2]
-    G = Hq // Hkv
-    qf = q.reshape(B, Hkv, G * tq, D)  # rows ordered (head in group, query)
-    if tq == 1:
-        mask = visible[:, None]  # (B, 1, 1, Tk): broadcast over heads and group rows
-    else:
-        mask = visible[:, None, None].expand(visible.shape[0], 1, G, tq, tk).reshape(-1, 1, G * tq, tk)
-    o = F.scaled_dot_product_attention(qf, k, v, attn_mask=mask, scale=scale)
-    o = o.reshape(B, Hq, tq, D)
-    if route is not None:
-        o = o * route[:, None, :, None].to(o.dtype)
-    return o
+    return _folded_sdpa(q, k, v, visible, scale, route)

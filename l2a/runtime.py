@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-L2A_ATTN_BACKENDS = ("auto", "torch", "triton", "flex", "fa4")
+from .validate import L2A_ATTN_BACKENDS
 
 # Config keys of older checkpoints that are runtime (or training) settings, not identity.
 LEGACY_RUNTIME_KEYS = ("l2a_attn_backend", "l2a_routed_projections", "l2a_fused_elementwise",
