@@ -481,7 +481,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--variants", default="l2a,dense", help=f"comma-separated: {', '.join(VARIANTS)}")
     p.add_argument("--model", default="qwen3_1p7b_random", help="conf/model option")
-    p.add_argument("--deepspeed", default="zero3", help="conf/deepspeed option")
+    p.add_argument("--deepspeed", default="zero2",
+                   help="conf/deepspeed option (zero2, as the presets: on one GPU ZeRO-3 partitions nothing)")
     p.add_argument("--seq-len", default="32768",
                    help="tokens per sequence; a comma-separated list probes lengths in order, "
                    "stopping at the first that runs out of memory")

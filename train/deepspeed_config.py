@@ -48,6 +48,19 @@ def _zero_section(cfg: RunConfig) -> dict:
     return out
 
 
+def zero_stage_note(stage: int, zero_ranks: int, offload_param: str) -> str | None:
+    """A one-line note when the ZeRO stage buys nothing for its cost: ZeRO-3 over one rank
+    partitions its parameters into one piece (the same memory as ZeRO-2) but still runs its
+    per-parameter gather/release hooks, the largest source of host syncs in a one-GPU step
+    (docs/BENCHMARKS.md, "Where a 32K step's host time goes"). With parameter offload the
+    stage does buy memory, so nothing is said. `zero_ranks`: the ranks ZeRO partitions over
+    (the whole world; sequence-parallel ranks take part in it)."""
+    if stage == 3 and zero_ranks == 1 and offload_param == "none":
+        return ("deepspeed.stage=3 on one rank partitions nothing (ZeRO-2's memory) but adds a "
+                "gather and a release per parameter: deepspeed=zero2 is the faster choice here")
+    return None
+
+
 def build_deepspeed_config(cfg: RunConfig, world_size: int, device: torch.device) -> dict:
     """`world_size`: the data-parallel size (world / train.sequence_parallel)."""
     t, o = cfg.train, cfg.optim

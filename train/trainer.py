@@ -46,7 +46,7 @@ from train.checkpoint import (
     saved_world_size,
 )
 from train.config import ConfigError, RunConfig, to_dict
-from train.deepspeed_config import build_deepspeed_config, resolve_precision, torch_dtype
+from train.deepspeed_config import build_deepspeed_config, resolve_precision, torch_dtype, zero_stage_note
 from train.distributed import (
     DistInfo,
     all_reduce_mean,
@@ -208,6 +208,9 @@ class Trainer:
             raise ConfigError(str(e)) from None
         self.mpu = None
         self.ds_config = build_deepspeed_config(cfg, self.topology.dp_size, self.dist.device)
+        note = zero_stage_note(cfg.deepspeed.stage, self.dist.world_size, cfg.deepspeed.offload_param)
+        if note and self.dist.is_main:
+            print(f"note: {note}", file=sys.stderr, flush=True)
         self.grad_divisor = self._deepspeed_gradient_divisor()
         self.grad_accum = self.ds_config["gradient_accumulation_steps"]
         if cfg.train.on_nonfinite == "skip" and cfg.deepspeed.stage == 3:

@@ -17,7 +17,7 @@ import torch
 from train_helpers import run_in_process
 
 
-def test_closed_zero3_run_frees_its_module_engine_and_optimizer(base_overrides, tmp_path):
+def test_closed_zero3_run_frees_its_module_engine_and_optimizer(base_overrides, tmp_path, capsys):
     from deepspeed.runtime.zero import parameter_offload
 
     overrides = base_overrides + [
@@ -33,6 +33,8 @@ def test_closed_zero3_run_frees_its_module_engine_and_optimizer(base_overrides, 
 
     code, trainer = run_in_process(overrides, tmp_path / "run", trainer_hook=keep_weakrefs)
     assert code == 0 and trainer.step == 2
+    # ZeRO-3 on one rank: the trainer says once that ZeRO-2 is the same memory, fewer hooks
+    assert capsys.readouterr().err.count("note: deepspeed.stage=3 on one rank") == 1
     del trainer
     gc.collect()
     alive = sorted(name for name, ref in refs.items() if ref() is not None)
