@@ -498,6 +498,9 @@ class Trainer:
 
         lm_sum = torch.zeros((), dtype=torch.float64, device=dev)
         term_sum = torch.zeros((), dtype=torch.float64, device=dev)
+        # R of every micro-batch, for the step's `reg` metric (the mean over micro-batches and
+        # data-parallel groups, like the loss; not the last micro-batch of rank 0).
+        reg_sum = torch.zeros((), dtype=torch.float64, device=dev)
         extra: dict = {}
         n = len(batches)
         for i, b in enumerate(batches):
@@ -510,12 +513,13 @@ class Trainer:
                 term, extra = self.controller.penalty(probs, routes, mask, step)
                 loss = loss + (term * term_scale if term_scale != 1 else term)
                 term_sum += term.detach().double()
+                reg_sum += torch.as_tensor(extra["reg"], dtype=torch.float64, device=dev)
             lm_sum += lm_loss.detach().double() * float(counts[i])
             self.engine.backward(loss)
             if i == n - 1:
                 # Before the optimizer step: a non-finite loss on any rank aborts with the
                 # parameters still intact.
-                stats = all_reduce_sum(torch.stack([lm_sum, term_sum]).cpu())
+                stats = all_reduce_sum(torch.stack([lm_sum, term_sum, reg_sum]).cpu())
                 if not bool(torch.isfinite(stats).all()) and self.cfg.train.on_nonfinite == "abort":
                     raise NonFiniteError(
                         f"step {step + 1}: non-finite loss (lm_loss sum {stats[0].item()}, "
@@ -525,7 +529,10 @@ class Trainer:
             self.engine.step()
 
         lm = stats[0].item() / max(total_targets, 1.0)
+        # The ranks of a sequence-parallel group hold the same whole-row term: the mean over
+        # all ranks is the mean over the groups.
         term = stats[1].item() / (n * self.dist.world_size)
+        reg = stats[2].item() / (n * self.dist.world_size)
         grad_norm = self.engine.get_global_grad_norm()
         grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
         finite = math.isfinite(lm) and math.isfinite(term) and math.isfinite(grad_norm)
@@ -540,7 +547,7 @@ class Trainer:
             else:
                 self.controller.discard_pending()
                 metrics.update({k: float(v) for k, v in extra.items() if k.startswith("sparsity")})
-            metrics["reg"] = float(extra.get("reg", 0.0))
+            metrics["reg"] = reg
             if "multiplier" in extra and "multiplier" not in metrics:
                 metrics["multiplier"] = float(extra["multiplier"])
         else:

@@ -40,16 +40,22 @@ SEQ = 24
 DEVICE = torch.device("cpu")
 
 
-def tiny_l2a(family: str, kv_heads: int, window: int = 4):
+def tiny_base(family: str, kv_heads: int, heads: int = 4):
+    """A tiny random Qwen3 or Qwen2 causal LM (fp32, seed 0)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
     torch.manual_seed(0)
     kw = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-              num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=256,
+              num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=256,
               rms_norm_eps=1e-6, head_dim=16)
     base = (Qwen3ForCausalLM(Qwen3Config(**kw)) if family == "qwen3"
             else Qwen2ForCausalLM(Qwen2Config(**kw)))
-    model = convert_model(base.float(), init="paper", window=window)
+    return base.float()
+
+
+def tiny_l2a(family: str, kv_heads: int, window: int = 4, heads: int = 4, everything: bool = False):
+    """`everything`: every parameter trainable (embeddings and MLPs too), not the method's set."""
+    model = convert_model(tiny_base(family, kv_heads, heads), init="paper", window=window)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("router.weight"):
@@ -59,22 +65,25 @@ def tiny_l2a(family: str, kv_heads: int, window: int = 4):
     model.l2a_runtime.attn_backend = "torch" if DEVICE.type == "cpu" else "auto"
     from l2a.trainable import mark_trainable
 
-    mark_trainable(model)
+    mark_trainable(model, everything=everything)
     return model.to(DEVICE).train()
 
 
-def batch():
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, 97, (len(DOCS), SEQ), generator=g)
+def batch(docs_per_row=DOCS, seq: int = SEQ, pad_last: int = PAD_LAST, seed: int = 1):
+    """Packed rows of `seq` tokens: row i holds documents of the lengths `docs_per_row[i]`
+    (the rest of the row, and the last `pad_last` tokens of the last row: padding)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 97, (len(docs_per_row), seq), generator=g)
     pos = torch.zeros_like(ids)
     labels = ids.clone()
-    for row, docs in enumerate(DOCS):
+    for row, docs in enumerate(docs_per_row):
         t = 0
         for n in docs:
             pos[row, t:t + n] = torch.arange(n)
             labels[row, t] = -100  # the first token of a document predicts nothing
             t += n
-    labels[-1, -PAD_LAST:] = -100
+    if pad_last:
+        labels[-1, -pad_last:] = -100
     return {"input_ids": ids.to(DEVICE), "position_ids": pos.to(DEVICE), "labels": labels.to(DEVICE)}
 
 
@@ -218,8 +227,13 @@ def main() -> int:
         for r in (results[f"{key}/{p}"] for p in ("normal", "dense", "routed")):
             for k in ("_loss", "_grads", "_routes"):
                 r.pop(k, None)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"model_rank{dist.get_rank()}.json").write_text(json.dumps(results, indent=1))
+    return finish(out_dir / f"model_rank{dist.get_rank()}.json", results)
+
+
+def finish(path: Path, results: dict) -> int:
+    """Write this rank's results, leave the process group; the worker's exit code."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1))
     dist.destroy_process_group()
     return 0
 

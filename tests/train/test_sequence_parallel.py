@@ -20,38 +20,20 @@ processes, gloo.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
-from train_helpers import ROOT, compose_run, read_metrics, run_in_process
+from train_helpers import compose_run, read_metrics, run_in_process, torchrun_script
 
 # Step 1 takes the dense path under this seed (asserted below), not every step does.
 SP_RUN = ["train.max_steps=4", "train.micro_batch_size=2", "train.global_batch_size=2",
           "train.ckpt_every=2", "train.save_final=true", "l2a.dense_prob=0.5", "l2a.window=8"]
 
 
-def _torchrun(script: str, *args: str, fault: str | None = None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
-                        "MASTER_PORT", "L2A_FAULT")}
-    env = {**env, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    if fault:
-        env["L2A_FAULT"] = fault
-    return subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(ROOT / "tests" / "train" / script), *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
-    )
-
-
 @pytest.mark.slow
 def test_model_sp2_matches_whole_row_qwen3_qwen2_normal_dense_routed(tmp_path):
-    proc = _torchrun("sp_model_worker.py", str(tmp_path))
+    proc = torchrun_script("sp_model_worker.py", str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-4000:]
     for rank in (0, 1):
         res = json.loads((tmp_path / f"model_rank{rank}.json").read_text())
@@ -98,7 +80,7 @@ def test_model_sp2_matches_whole_row_on_two_gpus_triton(tmp_path):
     """The same on 2 GPUs: NCCL, the Triton kernels (fp32 inputs, TF32 matmuls: looser)."""
     if torch.cuda.device_count() < 2:
         pytest.skip("needs 2 GPUs")
-    proc = _torchrun("sp_model_worker.py", str(tmp_path), "cuda")
+    proc = torchrun_script("sp_model_worker.py", str(tmp_path), "cuda")
     assert proc.returncode == 0, proc.stderr[-4000:]
     res = json.loads((tmp_path / "model_rank0.json").read_text())
     for key, r in res.items():
@@ -115,8 +97,8 @@ def sp_runs(base_overrides, tmp_path_factory):
     overrides = base_overrides + SP_RUN
     code, _ = run_in_process(overrides + ["deepspeed=zero1"], root / "single")
     assert code == 0
-    proc = _torchrun("parity_worker.py", str(root / "multi"), *overrides,
-                     "train.sequence_parallel=2")
+    proc = torchrun_script("parity_worker.py", str(root / "multi"), *overrides,
+                           "train.sequence_parallel=2")
     assert proc.returncode == 0, proc.stderr[-4000:]
     return root, overrides
 
@@ -153,14 +135,14 @@ def test_sp2_sigkill_resume_is_exact_and_resumes_without_sp(sp_runs, tmp_path):
     overrides = overrides + ["deepspeed=zero2", "train.sequence_parallel=2"]
     uninterrupted = read_metrics(root / "multi" / "zero2")
     run = tmp_path / "killed"
-    first = _torchrun("fit_worker.py", str(run), *overrides, fault="kill_after_step:3")
+    first = torchrun_script("fit_worker.py", str(run), *overrides, fault="kill_after_step:3")
     assert first.returncode != 0, "the run should have been killed after step 3"
     assert (run / "checkpoints" / "step_00000002" / "complete").is_file(), first.stderr[-3000:]
     marker = json.loads((run / "checkpoints" / "step_00000002" / "complete").read_text())
     assert marker["sequence_parallel"] == 2 and marker["world_size"] == 2
     shutil.copytree(run, tmp_path / "onto_sp1")
 
-    second = _torchrun("fit_worker.py", str(run), *overrides)
+    second = torchrun_script("fit_worker.py", str(run), *overrides)
     assert second.returncode == 0, second.stderr[-4000:]
     rows = read_metrics(run)
     assert [r["step"] for r in rows][-2:] == [3, 4]

@@ -76,6 +76,24 @@ def run_cli(overrides: list[str], run_dir: Path, env: dict | None = None, timeou
                           env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
+def torchrun_script(script: str, *args: str, nproc: int = 2, fault: str | None = None,
+                    timeout: int = 900) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node=<nproc> tests/train/<script> <args>` on CPU
+    (gloo): one thread per process, wandb off, `L2A_FAULT=<fault>` when given."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
+                        "MASTER_PORT", "L2A_FAULT")}
+    env = {**env, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    if fault:
+        env["L2A_FAULT"] = fault
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+         str(ROOT / "tests" / "train" / script), *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
