@@ -24,7 +24,13 @@ from train.data.prepared import FORMAT_VERSION, PackedWriter, PreparedData, toke
 from train.data.readers import file_signature, resolve_files
 from train.data.report import format_stats
 from train.data.synthetic import min_length
-from train.data.tokenize import TokenStore, store_from_dataset, store_from_stream, tokenize_dataset
+from train.data.tokenize import (
+    TOKENIZE_VERSION,
+    TokenStore,
+    store_from_dataset,
+    store_from_stream,
+    tokenize_dataset,
+)
 from train.data.tokenizer import TextEncoder, special_ids, tokenizer_fingerprint
 
 
@@ -55,6 +61,7 @@ def _source_signature(cfg: DataConfig) -> list:
 def data_fingerprint(cfg: DataConfig, tokenizer, seed: int) -> str:
     parts = [
         FORMAT_VERSION,
+        TOKENIZE_VERSION,  # what counts as a document changes the rows
         cfg.fingerprint_dict(),
         tokenizer_fingerprint(tokenizer),
         seed,
