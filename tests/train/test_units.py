@@ -10,6 +10,7 @@ import pytest
 from train.checkpoint import (
     COMPLETE,
     CheckpointError,
+    check_resume_step,
     latest_complete,
     read_marker,
     resolve_resume,
@@ -69,6 +70,29 @@ def test_explicit_bad_checkpoint_is_one_line_error(tmp_path, case):
         resolve_resume(str(path), tmp_path)
     msg = str(err.value)
     assert msg.startswith("train.resume: ") and str(path) in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("edit, says", [
+    ({"step": 7}, "says step 7, but the checkpoint is step_00000003"),
+    ({"world_size": 4}, "says world_size 4, but the checkpoint holds the trainer states of 2 rank(s)"),
+    ("{truncated", "corrupt marker (JSONDecodeError: "),
+    ({"step": "three"}, "corrupt marker (ValueError: "),
+])
+def test_an_edited_marker_is_named_not_resumed(tmp_path, edit, says):
+    """The marker is written whole with its checkpoint: one that disagrees with the directory
+    name or the saved ranks was edited, and resuming would report a step it is not at."""
+    path = _fake_checkpoint(tmp_path, 3)
+    for rank in range(2):
+        (path / f"trainer_state_rank{rank:05d}.pt").write_bytes(b"")
+    marker = json.loads((path / COMPLETE).read_text()) | {"world_size": 2}
+    text = edit if isinstance(edit, str) else json.dumps(marker | edit)
+    (path / COMPLETE).write_text(text)
+    for resume in ("auto", str(path)):
+        with pytest.raises(CheckpointError) as err:
+            check_resume_step(resolve_resume(resume, tmp_path), max_steps=10)
+        msg = str(err.value)
+        assert f"{path / COMPLETE}: {says}" in msg and "\n" not in msg, msg
+        assert f"remove {path}" in msg  # what to do about it
 
 
 def test_read_marker_returns_metadata(tmp_path):
