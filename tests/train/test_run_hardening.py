@@ -104,6 +104,26 @@ def test_an_edited_marker_stops_the_resume_before_any_work(first_run, base_overr
     assert not (tmp_path / "second" / "metrics.jsonl").exists()
 
 
+def test_resume_after_a_torn_metrics_line(first_run, base_overrides, tmp_path, capsys):
+    """A run killed while writing its metrics line leaves it torn: resuming used to end in
+    a JSONDecodeError traceback. Now the line is dropped, with a warning naming it."""
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(first_run, run_dir)
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "lo')
+    capsys.readouterr()
+    code = trainer_mod.run(compose_run(base_overrides + ["train.max_steps=3"]), run_dir,
+                           base_overrides)
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert f"warning: {run_dir / 'metrics.jsonl'}: dropped 1 unreadable line (3) on resume" in err
+    assert [r["step"] for r in read_metrics(run_dir)] == [1, 2, 3]
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and all(json.loads(line)["step"] for line in lines)
+
+
 def test_resume_with_another_model_shape_names_the_parameter(first_run, base_overrides, tmp_path,
                                                               capsys):
     overrides = base_overrides + [f"train.resume={first_run}", "train.max_steps=3",
