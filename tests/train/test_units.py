@@ -126,3 +126,24 @@ def test_layer_sparsity_plot(tmp_path):
     png = plot_layer_sparsity(tmp_path)
     assert png is not None and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(read_metrics(tmp_path)) == 10
+
+
+def test_leftovers_of_an_interrupted_save_export_or_metrics_rewrite(tmp_path):
+    """What a killed run leaves in its directory, removed by the next one (under its lock);
+    the run's own files stay."""
+    from train.run_dir import remove_leftovers
+
+    ckpts = tmp_path / "checkpoints"
+    planted = [ckpts / ".tmp-step_00000004", ckpts / step_dir_name(2) / ".tmp-ds_universal",
+               tmp_path / ".export.tmp-a1", tmp_path / "summary.json.tmp",
+               tmp_path / "metrics.jsonl.tmp"]
+    for p in planted:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.mkdir() if ".tmp-" in p.name else p.write_text("{")
+    kept = [ckpts / step_dir_name(2) / "complete", tmp_path / "metrics.jsonl",
+            tmp_path / "export" / "config.json"]
+    for p in kept:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("{}")
+    assert sorted(remove_leftovers(tmp_path)) == sorted(planted)
+    assert not any(p.exists() for p in planted) and all(p.is_file() for p in kept)

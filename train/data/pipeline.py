@@ -181,6 +181,7 @@ def prepare_data(
         os.makedirs(os.path.dirname(out_dir), exist_ok=True)
         fp = data_fingerprint(cfg, tokenizer, seed)
         with locked_dir(os.path.dirname(out_dir)):  # no lock file left behind
+            _remove_interrupted(out_dir)
             if not force and os.path.exists(os.path.join(out_dir, "meta.json")):
                 try:
                     existing = PreparedData.load(out_dir, cfg.validation_sequences)
@@ -211,6 +212,16 @@ def prepare_data(
                 if bars:
                     datasets.enable_progress_bars()
     return PreparedData.load(out_dir, cfg.validation_sequences)
+
+
+def _remove_interrupted(out_dir: str) -> None:
+    """What a preparation into `out_dir` that was killed left: its `<out>.tmp-<pid>` (and
+    `<out>.old-<pid>`, the output it was replacing). Only a holder of the lock writes them,
+    and this process holds it: they are abandoned."""
+    parent, name = os.path.split(out_dir)
+    for entry in os.listdir(parent):
+        if entry.startswith((f"{name}.tmp-", f"{name}.old-")):
+            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
 
 
 def _prepare_into(cfg: DataConfig, tokenizer, tmp: str, seed: int, fp: str, say,
