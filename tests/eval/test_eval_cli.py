@@ -53,7 +53,9 @@ def test_run_writes_results_table_and_plots(model_dir, tmp_path, capsys):
     ({"eval": {**SMALL, "tasks": ["niah_foo"]}}, ["eval.tasks.0: unknown task"]),
     ({"eval": {**SMALL, "lengths": [8192]}}, ["eval.lengths.0: 8192 is above the model's context"]),
     ({"eval": {**SMALL, "perplexity": {"lengths": [9000]}}}, ["eval.perplexity.lengths.0: 9000 is above"]),
-    ({"eval": {**SMALL, "lengths": [100]}}, ["niah_single at length 100: needs at least"]),
+    ({"eval": {**SMALL, "lengths": [100]}},
+     ["eval.lengths: niah_single at length 100: needs at least",
+      "(use longer eval.lengths, or leave niah_single out of eval.tasks)"]),
     ({"eval": {**SMALL, "haystack": "EMPTY"}}, ["eval.haystack: ", "holds no text"]),
     ({"eval": {**SMALL, "haystack": "SHORT"}}, ["eval.haystack: ", "has 10 tokens, the longest length needs 1024"]),
     ({"model": {"path": "NOTMODEL"}}, ["model.path: ", "is not a model"]),
@@ -138,3 +140,15 @@ def test_the_tiny_suite_on_a_users_own_small_base(tmp_path, monkeypatch, capsys)
     assert err == ["error: eval.lengths.0: 1024 is above the model's context "
                    "(max_position_embeddings 512)"], err
     assert not (tmp_path / "no").exists()
+    # Its context as the length: a task that cannot fit says which keys change that.
+    assert main([f"model.path={short}", "eval.lengths=[512]",
+                 f"hydra.run.dir={tmp_path / 'no'}"]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error")]
+    assert len(err) == 1 and err[0].startswith(
+        "error: eval.lengths: variable_tracking at length 512: needs at least "), err
+    assert err[0].endswith("(use longer eval.lengths, or leave variable_tracking out of "
+                           "eval.tasks)"), err
+    assert main([f"model.path={short}", "eval.lengths=[512]",
+                 "eval.tasks=[niah_single,niah_multikey,frequent_words]",
+                 f"hydra.run.dir={tmp_path / 'fits'}"]) == 0
+    assert (tmp_path / "fits" / "results.json").is_file()
