@@ -40,7 +40,8 @@ def cells(cfg: EvalConfig, lengths: list[int]):
                     yield task, length, depth, index
 
 
-def make_samples(cfg: EvalConfig, lengths: list[int], tokenizer, haystack: Haystack):
+def make_samples(cfg: EvalConfig, lengths: list[int], tokenizer, haystack: Haystack,
+                 prefix: str = "eval"):
     """Every prompt of the suite, generated before any model call (so a too-short length or
     haystack fails before minutes of generation)."""
     enc = TextEncoder(tokenizer)
@@ -49,8 +50,9 @@ def make_samples(cfg: EvalConfig, lengths: list[int], tokenizer, haystack: Hayst
         try:
             out.append(generate(task, length, enc, seed=cfg.seed, index=index, depth=depth,
                                 haystack=haystack, new_tokens=cfg.max_new_tokens))
-        except TaskError as e:
-            raise EvalError(str(e)) from None
+        except TaskError as e:  # the keys that change it: a short base's first question
+            raise EvalError(f"{prefix}.lengths: {e} (use longer {prefix}.lengths, or leave "
+                            f"{task} out of {prefix}.tasks)") from None
     return out
 
 

@@ -60,6 +60,9 @@ def _from_path(path: str, dtype: torch.dtype):
     try:
         config = AutoConfig.from_pretrained(path)
     except Exception as e:  # OSError, ValueError, JSON errors: not a model
+        if not local.expanduser().exists():  # a mistyped local path reads like a hub id
+            raise EvalError(f"model.path: {path}: no such local directory, and not a model "
+                            f"on the hub ({first_line(e)})") from None
         raise EvalError(f"model.path: {path} is not a model ({first_line(e)})") from None
     if not str(config.model_type).startswith(("qwen2", "qwen3", "l2a_")):
         raise EvalError(f"model.path: {path}: unsupported model type {config.model_type!r} "
@@ -95,9 +98,17 @@ def _random(spec: ModelSpec, dtype: torch.dtype, device: torch.device):
     model = random_qwen3(config, seed=spec.seed, device=device, dtype=dtype,
                          attn_implementation=None if spec.l2a else "sdpa")
     if spec.l2a:
-        from l2a.convert import convert_model
+        from l2a.convert import ConversionError, convert_model
 
-        model = convert_model(model, init="paper", window=spec.window)
+        context = config.max_position_embeddings
+        if spec.window > context:  # the default window (4095) is the 128K recipe's
+            raise EvalError(f"model.window: {spec.window} is above the context of "
+                            f"conf/model/{spec.random}.yaml (max_position_embeddings "
+                            f"{context}); set model.window <= {context}")
+        try:
+            model = convert_model(model, init="paper", window=spec.window)
+        except ConversionError as e:
+            raise EvalError(f"model.random: {spec.random}: {e}") from None
     return model, tokenizer
 
 

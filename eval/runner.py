@@ -27,7 +27,7 @@ def prepare(cfg: EvalConfig, model, tokenizer, prefix: str = "eval"):
     if cfg.tasks:
         haystack = Haystack(cfg.haystack, tokenizer)
         haystack.check_length(TextEncoder(tokenizer), max(lengths))
-        samples = make_samples(cfg, lengths, tokenizer, haystack)
+        samples = make_samples(cfg, lengths, tokenizer, haystack, prefix)
     ppl_rows = {}
     p = cfg.perplexity
     if p.data is not None:

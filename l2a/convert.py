@@ -248,26 +248,33 @@ def save_atomically(model, tokenizer, out: str | os.PathLike, overwrite: bool = 
     """Write to a temporary sibling directory, then rename: a failure leaves nothing behind.
     The result follows the user's umask (a shared cluster's teammates can read it).
     `extra`: more files (name -> text) written beside the model."""
-    from l2a.files import follow_umask, make_temp_dir
+    from l2a.files import follow_umask, held_temp_dir, remove_abandoned_temp_dirs
 
     out = Path(out)
     check_output_dir(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = make_temp_dir(out.parent, prefix=f".{out.name}.tmp-")
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        for name, text in (extra or {}).items():
-            (tmp / name).write_text(text)
-        follow_umask(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    prefix = temp_prefix(out)
+    remove_abandoned_temp_dirs(out.parent, prefix)  # of a write to `out` that was killed
+    with held_temp_dir(out.parent, prefix) as tmp:
+        try:
+            model.save_pretrained(tmp, safe_serialization=True)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+            for name, text in (extra or {}).items():
+                (tmp / name).write_text(text)
+            follow_umask(tmp)
+            if out.exists():
+                shutil.rmtree(out)
+            os.replace(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return out
+
+
+def temp_prefix(out: str | os.PathLike) -> str:
+    """The name prefix of `save_atomically`'s temporary directory beside `out`."""
+    return f".{Path(out).name}.tmp-"
 
 
 def convert(base: str, out: str, init: str = "paper", overwrite: bool = False, dtype=None, **fields) -> Path:

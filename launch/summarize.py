@@ -10,7 +10,10 @@ used and its status says so). Writes `sweep_summary.md`, `sweep_summary.csv` and
 
 Columns: the overrides that differ between runs (the ones shared by all runs are listed
 above the table), final loss and LM loss, achieved sparsity and its target, steps,
-tokens/s, status and the run directory relative to the sweep directory.
+tokens/s, status and the run directory relative to the sweep directory. A run with a
+damaged file (an unreadable summary.json or .hydra/overrides.yaml, lines of metrics.jsonl
+that are not a step's row, such as the torn last line of a killed run) is listed with what
+was passed over in a `notes` column; one without a logged step has the status `no steps`.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from l2a.errors import first_line
+from train.metrics import bad_lines_note, read_metrics_file
 
 # Overrides that say how a run was launched, not what was trained.
 _BOOKKEEPING = ("hydra.", "train.resume=", "train.progress_bar=", "train.wandb.", "local=",
@@ -56,36 +62,47 @@ def _override_dict(items: list[str]) -> dict[str, str]:
     return out
 
 
-def _read_overrides(run_dir: Path, summary: dict) -> list[str]:
+def _read_overrides(run_dir: Path, summary: dict, notes: list[str]) -> list[str]:
     if isinstance(summary.get("overrides"), list):
         return summary["overrides"]
     path = run_dir / ".hydra" / "overrides.yaml"
     if path.exists():
         from omegaconf import OmegaConf
 
-        loaded = OmegaConf.to_container(OmegaConf.load(path))
+        try:
+            loaded = OmegaConf.to_container(OmegaConf.load(path))
+        except Exception as e:  # noqa: BLE001 - yaml's parser and OmegaConf raise many types
+            notes.append(f"unreadable .hydra/overrides.yaml ({first_line(e)})")
+            return []
         if isinstance(loaded, list):
             return [str(x) for x in loaded]
     return []
 
 
-def _read_metrics_tail(path: Path) -> tuple[dict, list[float]]:
-    """Last row of metrics.jsonl and the tokens/s of every row (a torn last line, from a
-    run killed while writing, is skipped)."""
-    last: dict = {}
-    speeds: list[float] = []
-    with open(path) as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if not isinstance(row, dict) or "step" not in row:
-                continue
-            last = row
-            if isinstance(row.get("tokens_per_s"), (int, float)):
-                speeds.append(float(row["tokens_per_s"]))
-    return last, speeds
+def _read_summary(path: Path, notes: list[str]) -> dict:
+    try:
+        summary = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        notes.append(f"unreadable summary.json ({first_line(e)})")
+        return {}
+    if not isinstance(summary, dict):
+        notes.append("unreadable summary.json (not a JSON object)")
+        return {}
+    return summary
+
+
+def _metrics_of_rows(rows: list[dict]) -> dict:
+    """The table's columns from a run's last logged step (mean throughput over its steps)."""
+    last = rows[-1] if rows else {}
+    speeds = [float(r["tokens_per_s"]) for r in rows if _number(r.get("tokens_per_s")) is not None]
+    return {
+        "final_loss": _number(last.get("loss")),
+        "final_lm_loss": _number(last.get("lm_loss")),
+        "sparsity": _number(last.get("sparsity")),
+        "sparsity_target": None,
+        "steps": _number(last.get("step")),
+        "tokens_per_s": sum(speeds) / len(speeds) if speeds else None,
+    }
 
 
 def _number(x) -> float | int | None:
@@ -93,34 +110,29 @@ def _number(x) -> float | int | None:
 
 
 def load_run(run_dir: Path) -> Run | None:
+    """A run's row; a damaged file becomes a note on it (and its status), never an error."""
     summary_path = run_dir / "summary.json"
     metrics_path = run_dir / "metrics.jsonl"
-    summary: dict = {}
-    notes = []
-    if summary_path.exists():
-        try:
-            summary = json.loads(summary_path.read_text())
-        except json.JSONDecodeError as e:
-            notes.append(f"unreadable summary.json ({e})")
+    notes: list[str] = []
+    summary = _read_summary(summary_path, notes) if summary_path.exists() else {}
     if summary:
         metrics = {k: _number(summary.get(k)) for k in METRIC_COLUMNS}
         status = "done"
     elif metrics_path.exists():
-        last, speeds = _read_metrics_tail(metrics_path)
-        if not last:
-            return None
-        metrics = {
-            "final_loss": _number(last.get("loss")),
-            "final_lm_loss": _number(last.get("lm_loss")),
-            "sparsity": _number(last.get("sparsity")),
-            "sparsity_target": None,
-            "steps": _number(last.get("step")),
-            "tokens_per_s": sum(speeds) / len(speeds) if speeds else None,
-        }
-        status = "incomplete"
+        try:
+            rows, bad = read_metrics_file(metrics_path)
+        except OSError as e:
+            rows, bad = [], []
+            notes.append(f"unreadable metrics.jsonl ({e.strerror or e})")
+        if bad:  # a torn last line (killed while writing) or damage
+            notes.append(f"metrics.jsonl: {bad_lines_note(bad)}")
+        metrics = _metrics_of_rows(rows)
+        status = "incomplete" if rows else "no steps"
+    elif notes:
+        metrics, status = _metrics_of_rows([]), "no steps"
     else:
         return None
-    overrides = _override_dict(_read_overrides(run_dir, summary))
+    overrides = _override_dict(_read_overrides(run_dir, summary, notes))
     if metrics.get("sparsity_target") is None and "l2a.sparsity_target" in overrides:
         try:
             metrics["sparsity_target"] = float(overrides["l2a.sparsity_target"])
@@ -166,13 +178,14 @@ def table(runs: list[Run], sweep_dir: Path) -> tuple[list[str], list[list[str]],
     common = {k: runs[0].overrides[k] for k in keys
               if all(k in r.overrides and r.overrides[k] == runs[0].overrides[k] for r in runs)}
     varying = [k for k in keys if k not in common] if len(runs) > 1 else []
-    header = [*varying, *METRIC_COLUMNS, "status", "run"]
+    with_notes = any(r.notes for r in runs)  # a column only where some run is damaged
+    header = [*varying, *METRIC_COLUMNS, "status", "run", *(["notes"] if with_notes else [])]
     rows = []
     for r in runs:
         rel = str(r.path.relative_to(sweep_dir)) if r.path != sweep_dir else "."
         rows.append([r.overrides.get(k, "") for k in varying]
                     + [_fmt(r.metrics.get(k), k) for k in METRIC_COLUMNS]
-                    + [r.status, rel])
+                    + [r.status, rel, *(["; ".join(r.notes)] if with_notes else [])])
     return header, rows, common
 
 
@@ -277,6 +290,10 @@ def main(argv: list[str] | None = None) -> int:
         paths = summarize(args.sweep_dir, args.out, make_plot=not args.no_plot)
     except SummaryError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # a read-only or full sweep directory: --out elsewhere
+        print(f"error: {e.filename or args.out or args.sweep_dir}: cannot write the summary "
+              f"({e.strerror or e})", file=sys.stderr)
         return 1
     print(paths["markdown"].read_text(), end="")
     print("\nwrote " + ", ".join(str(p) for p in paths.values()))

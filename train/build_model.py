@@ -205,7 +205,8 @@ def zero3_partitioned_loading(cfg: RunConfig, ds_config: dict | None):
 def _converted(cfg: RunConfig, dist: DistInfo, dtype: torch.dtype) -> Path:
     """Collective: the cache directory of this run's conversion, converted there first
     (by local rank 0 of each node) unless it is cached. Rank 0 names it for every rank."""
-    from l2a.convert import save_atomically
+    from l2a.convert import save_atomically, temp_prefix
+    from l2a.files import remove_abandoned_temp_dirs
     from train.model_cache import CONVERSION_RECORD, conversion_record
 
     named = None
@@ -219,8 +220,10 @@ def _converted(cfg: RunConfig, dist: DistInfo, dtype: torch.dtype) -> Path:
     if error is not None:
         raise ConfigError(error)
     path = Path(path)
-    if dist.local_rank == 0 and not (path / "config.json").exists() and not _reuse_legacy_cache(
-            cfg, path, record):
+    if dist.local_rank == 0 and (path / "config.json").exists():
+        # Another writer of this entry killed midway (its cache was made by someone else).
+        remove_abandoned_temp_dirs(path.parent, temp_prefix(path))
+    elif dist.local_rank == 0 and not _reuse_legacy_cache(cfg, path, record):
         # On CPU in the training dtype (bf16 for real runs: the hub weights are bf16);
         # the cached copy serves later runs of the same settings.
         model, tokenizer = _create(cfg, dtype, torch.device("cpu"))

@@ -84,11 +84,28 @@ def read_marker(path: str | os.PathLike) -> dict:
         raise CheckpointError(
             f"{path}: incomplete checkpoint (no '{COMPLETE}' marker: the save was interrupted)"
         )
+    # A marker is written whole and renamed into place with its directory: one that does
+    # not parse, or disagrees with what lies beside it, was edited or damaged afterwards.
+    # Resuming from it would report (and check train.max_steps against) a step it is not at.
+    fix = f"restore it, or remove {path} and resume from another checkpoint"
     try:
         meta = json.loads(marker.read_text())
-        int(meta["step"])
+        step = int(meta["step"])
+        world_size = int(meta.get("world_size", 1))
     except Exception as e:
-        raise CheckpointError(f"{marker}: corrupt marker ({_first_line(e)})") from None
+        raise CheckpointError(f"{marker}: corrupt marker ({_first_line(e)}; {fix})") from None
+    named = _STEP_RE.match(path.name)
+    if named and int(named.group(1)) != step:
+        raise CheckpointError(
+            f"{marker}: says step {step}, but the checkpoint is {path.name} (an edited marker; "
+            f"{fix})"
+        )
+    states = len(list(path.glob("trainer_state_rank*.pt")))  # one per saving rank
+    if states and states != world_size:
+        raise CheckpointError(
+            f"{marker}: says world_size {world_size}, but the checkpoint holds the trainer "
+            f"states of {states} rank(s) (an edited marker; {fix})"
+        )
     for need in (path / DS_TAG, path / "hf" / "config.json"):
         if not need.exists():
             raise CheckpointError(f"{path}: corrupt checkpoint ({need.name} missing)")
@@ -268,6 +285,11 @@ def load_checkpoint(engine, path: Path, dist: DistInfo, universal: bool = False)
         state = torch.load(state_file, map_location="cpu", weights_only=False)
     except Exception as e:
         raise CheckpointError(f"{state_file}: cannot read ({_first_line(e)})") from None
+    if int(state.get("step", -1)) != int(meta["step"]):  # a marker copied from another step
+        raise CheckpointError(
+            f"{path / COMPLETE}: says step {meta['step']}, but {state_file.name} is at step "
+            f"{state.get('step')} (an edited marker; restore it)"
+        )
     if universal:
         state["rng"] = None  # the caller re-seeds this rank's streams
     tag = to_universal(path, dist) if universal else DS_TAG

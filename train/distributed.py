@@ -52,6 +52,9 @@ def init_distributed(backend: str = "auto", timeout_minutes: int = 30) -> DistIn
     if not dist.is_initialized():
         import deepspeed
 
+        from train.library_output import quiet_deepspeed
+
+        quiet_deepspeed()  # its shm op's "built successfully" line, unless verbose
         deepspeed.init_distributed(
             dist_backend=default_backend() if backend == "auto" else backend,
             auto_mpi_discovery=False,

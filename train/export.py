@@ -32,6 +32,9 @@ def _consolidated_state_dict(ckpt: Path) -> dict:
     from deepspeed.utils import logger as ds_logger
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
+    from train.library_output import quiet_deepspeed
+
+    quiet_deepspeed()  # its per-shard progress bars, unless train.verbose
     sd: dict = {}
     module_file = ckpt / DS_TAG / "mp_rank_00_model_states.pt"
     level = ds_logger.level

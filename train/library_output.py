@@ -3,13 +3,19 @@ lines (configuration, data statistics, progress, the error that ended it) are wh
 reads; ``train.verbose=true`` shows everything.
 
 Quieted by default: DeepSpeed's log records below ERROR (its "Setting accelerator to CPU"
-warning at import, its op-builder chatter), the compiler probes DeepSpeed runs (INFO records
-of the `compilers` loggers, through Hydra's console handler), and the per-shard progress
-bars of transformers, huggingface_hub and datasets (loading and writing checkpoints).
+warning at import, its op-builder chatter), the line DeepSpeed prints (a plain `print`, no
+logger) when its communication backend loads the shared-memory op on CPU ("DeepSpeed
+deepspeed.ops.comm.deepspeed_shm_comm_op built successfully"), the compiler probes DeepSpeed
+runs (INFO records of the `compilers` loggers, through Hydra's console handler), and the
+per-shard progress bars of transformers, huggingface_hub, datasets and DeepSpeed's
+`zero_to_fp32` (loading, writing and consolidating checkpoints).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
 import logging
 import os
 import sys
@@ -36,8 +42,46 @@ def verbose_on_command_line(argv: list[str] | None = None) -> bool:
                for a in (sys.argv[1:] if argv is None else argv))
 
 
+_VERBOSE = {"on": True}  # nothing is held back until set_library_output says otherwise
+
+
+def _without_stdout(build):
+    @functools.wraps(build)
+    def quiet():
+        with contextlib.redirect_stdout(io.StringIO()):  # its errors still raise
+            return build()
+
+    quiet.loud = build
+    return quiet
+
+
+def _without_bar(bar):
+    quiet = functools.partial(bar, disable=True)
+    quiet.loud = bar
+    return quiet
+
+
+def quiet_deepspeed() -> None:
+    """Apply the setting to what DeepSpeed prints without a logger; call after importing the
+    module concerned: the line its shared-memory op prints when the communication backend
+    starts (`deepspeed.init_distributed`), and the per-shard progress bars of
+    `zero_to_fp32` (an export's consolidation)."""
+    comm = sys.modules.get("deepspeed.comm.torch")
+    build = getattr(comm, "build_shm_op", None)
+    if build is not None:
+        build = getattr(build, "loud", build)
+        comm.build_shm_op = build if _VERBOSE["on"] else _without_stdout(build)
+    zero_to_fp32 = sys.modules.get("deepspeed.utils.zero_to_fp32")
+    bar = getattr(zero_to_fp32, "tqdm", None)
+    if bar is not None:
+        bar = getattr(bar, "loud", bar)
+        zero_to_fp32.tqdm = bar if _VERBOSE["on"] else _without_bar(bar)
+
+
 def set_library_output(verbose: bool) -> None:
     """Quiet (the default) or verbose library output; may be called again to change it."""
+    _VERBOSE["on"] = verbose
+    quiet_deepspeed()  # where DeepSpeed is imported already
     for name, level in _FILTERED_LOGGERS.items():
         logger = logging.getLogger(name)  # the same object the library configures later
         for f in [f for f in logger.filters if isinstance(f, _BelowLevel)]:

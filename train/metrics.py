@@ -32,11 +32,41 @@ def _plain(v):
     return v
 
 
+def read_metrics_file(path: str | os.PathLike) -> tuple[list[dict], list[int]]:
+    """(rows, numbers of the lines that are not a step's row) of a metrics.jsonl.
+
+    A line is written whole and flushed, but a run killed (or out of disk) while writing
+    leaves a torn last line, and an edited file may hold anything: such lines are not
+    rows, and the caller says how many it passed over."""
+    rows, bad = [], []
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                row = None
+            step = row.get("step") if isinstance(row, dict) else None
+            if isinstance(step, int) and not isinstance(step, bool):
+                rows.append(row)
+            else:
+                bad.append(n)
+    return rows, bad
+
+
+def bad_lines_note(bad: list[int]) -> str:
+    """`2 unreadable lines (3, 7)`: what a reader of metrics.jsonl passed over."""
+    shown = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
+    return f"{len(bad)} unreadable line{'s' if len(bad) > 1 else ''} ({shown})"
+
+
 def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
+    """The rows of a run's metrics.jsonl ([] without one), unreadable lines left out."""
     path = Path(run_dir) / METRICS_FILE
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_metrics_file(path)[0]
 
 
 def progress_line(row: dict, total_steps: int) -> str:
@@ -95,7 +125,11 @@ class MetricsLogger:
         """A resumed run redoes the steps after its checkpoint: drop their old lines."""
         if not self.path.exists():
             return
-        keep = [m for m in read_metrics(self.run_dir) if m.get("step", 0) <= step]
+        rows, bad = read_metrics_file(self.path)
+        if bad:  # e.g. the torn last line of a run killed while writing it
+            print(f"warning: {self.path}: dropped {bad_lines_note(bad)} on resume",
+                  file=sys.stderr, flush=True)
+        keep = [m for m in rows if m["step"] <= step]
         tmp = self.path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(json.dumps(m) + "\n" for m in keep))
         os.replace(tmp, self.path)

@@ -39,14 +39,17 @@ from l2a.prune import (
 # ---- calibration data -------------------------------------------------------------------
 
 
-def _prepared_batches(path: str, num_samples: int):
+def _load_prepared(path: str):
     from train.data.errors import DataError
     from train.data.prepared import PreparedData
 
     try:
-        data = PreparedData.load(path)
+        return PreparedData.load(path)
     except DataError as err:
         raise PruneError(f"--data: {err}") from None
+
+
+def _prepared_batches(data, num_samples: int):
     for i in range(min(num_samples, data.num_sequences)):
         ex = data.example(i)
         yield {
@@ -56,6 +59,23 @@ def _prepared_batches(path: str, num_samples: int):
         }
 
 
+def _jsonl_texts(text: str, path: str) -> list[str]:
+    docs = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            doc = json.loads(line)["text"]
+        except (json.JSONDecodeError, KeyError, TypeError, IndexError) as err:
+            raise PruneError(f"--text-file: {path}:{n}: not a JSON object with a 'text' field "
+                             f"({first_line(err, with_type=True)})") from None
+        if not isinstance(doc, str):
+            raise PruneError(f"--text-file: {path}:{n}: field 'text' is "
+                             f"{type(doc).__name__}, expected a string")
+        docs.append(doc)
+    return docs
+
+
 def _text_file_batches(path: str, tokenizer, seq_len: int, num_samples: int):
     p = Path(path)
     try:  # replacement characters would calibrate the router on text nobody wrote
@@ -63,14 +83,10 @@ def _text_file_batches(path: str, tokenizer, seq_len: int, num_samples: int):
     except UnicodeDecodeError as err:
         raise PruneError(f"--text-file: {path}: not UTF-8 text (invalid byte at offset "
                          f"{err.start})") from None
+    except OSError as err:
+        raise PruneError(f"--text-file: {path}: cannot read ({err.strerror})") from None
     if p.suffix == ".jsonl":
-        try:
-            docs = [json.loads(line)["text"] for line in text.splitlines() if line.strip()]
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise PruneError(
-                f"--text-file: {path}: not jsonl with a 'text' field ({err})"
-            ) from None
-        text = "\n\n".join(docs)
+        text = "\n\n".join(_jsonl_texts(text, path))
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if len(ids) < seq_len:
         raise PruneError(f"--text-file: {path}: {len(ids)} tokens, fewer than --seq-len {seq_len}")
@@ -110,8 +126,8 @@ def _args(argv):
     ap.add_argument("--num-samples", type=int, default=8)
     ap.add_argument(
         "--seq-len", type=int, default=None,
-        help="tokens per sample (text file, haystack); default 4096, or the model's context "
-        "if shorter"
+        help="tokens per sample (text file, haystack; --data has its own); default 4096, or "
+        "the model's context if shorter"
     )
     ap.add_argument("--tokenizer", default=None, help="tokenizer (default: the model's directory)")
     ap.add_argument("--seed", type=int, default=0)
@@ -153,7 +169,8 @@ def _check_args(args):
             "--threshold / --keep / --keep-fraction need calibration data: --data, --text-file or --haystack"
         )
     if args.text_file and not Path(args.text_file).is_file():
-        raise PruneError(f"--text-file: {args.text_file}: no such file")
+        why = "not a file" if Path(args.text_file).exists() else "no such file"
+        raise PruneError(f"--text-file: {args.text_file}: {why}")
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise PruneError(f"{out}: output directory exists and is not empty (pass --overwrite)")
@@ -174,6 +191,7 @@ def _check_args(args):
     except (OSError, ValueError) as err:
         raise PruneError(f"--model: {model_config}: {first_line(err)}") from None
     context = getattr(config, "max_position_embeddings", None)
+    args.prepared = _check_prepared(args, config, context) if args.data else None
     if args.seq_len is None:
         args.seq_len = min(4096, context or 4096)
     elif context and args.seq_len > context:
@@ -190,6 +208,25 @@ def _check_args(args):
         args.keep_layers,
     )
     return config
+
+
+def _check_prepared(args, config, context):
+    """Prepared data has its own row length and tokenizer: rows past the model's positions,
+    or token ids past its vocabulary, would calibrate on what the model never sees."""
+    data = _load_prepared(args.data)
+    if args.seq_len is not None:
+        raise PruneError(f"--seq-len: --data has rows of {data.seq_len} tokens of its own, "
+                         f"got {args.seq_len} (drop --seq-len)")
+    if context and data.seq_len > context:
+        raise PruneError(f"--data: {args.data}: rows of {data.seq_len} tokens, above the model's "
+                         f"context (max_position_embeddings {context}); prepare it with "
+                         f"data.seq_len <= {context}")
+    vocab = int(data.meta.get("vocab_size", 0))
+    if vocab > config.vocab_size:
+        raise PruneError(f"--data: {args.data}: prepared with a tokenizer of {vocab} tokens, "
+                         f"more than the model's vocabulary ({config.vocab_size})")
+    args.seq_len = data.seq_len
+    return data
 
 
 def run(args) -> dict:
@@ -214,7 +251,7 @@ def run(args) -> dict:
                 ) from None
     usage = None
     if args.data:
-        usage = measure_global_usage(model, _prepared_batches(args.data, args.num_samples))
+        usage = measure_global_usage(model, _prepared_batches(args.prepared, args.num_samples))
     elif args.text_file:
         usage = measure_global_usage(
             model, _text_file_batches(args.text_file, tokenizer, args.seq_len, args.num_samples)

@@ -4,12 +4,17 @@
   second trainer started on the same directory is refused with one line naming the process
   that holds it. The kernel drops a flock with its process, so a run that was killed
   (SIGKILL, out of memory, a lost node) leaves no stale lock: the next run takes it. The
-  file is removed when the run ends.
+  file is removed when the run ends; a killed run leaves it (a few bytes naming the dead
+  holder, locking nothing) until the next run there ends. The lock is a file, not the
+  directory itself, because NFS emulates flock with byte-range locks, which need a file
+  opened for writing, and because it names its holder (pid and host) to a run on another
+  node.
 * **`train.resume=never`** means a new run: in a directory that already holds one (a
   complete checkpoint or logged steps) it is refused, not mixed with the old run's metrics,
   checkpoints and export. `auto` (the default) continues it.
-* **Leftovers.** Temporary directories of a checkpoint save or an export that was
-  interrupted are removed when the next run takes the lock (nobody else writes there).
+* **Leftovers.** Temporary directories (and files) of a checkpoint save, an export or a
+  metrics rewrite that was interrupted are removed when the next run takes the lock
+  (nobody else writes there).
 """
 
 from __future__ import annotations
@@ -133,7 +138,7 @@ def remove_leftovers(run_dir: Path) -> list[Path]:
                 found += [p for p in step.iterdir() if p.name.startswith(".tmp-")]
     if run_dir.is_dir():
         found += [p for p in run_dir.iterdir()
-                  if p.name.startswith((".export.tmp-", "summary.json.tmp"))]
+                  if p.name.startswith((".export.tmp-", "summary.json.tmp", "metrics.jsonl.tmp"))]
     for p in found:
         shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
     return found

@@ -64,11 +64,27 @@ class _Tee:
         return getattr(self._stream, name)
 
 
+def _how_it_ended(err: BaseException, rank: int) -> str:
+    who = f"rank {rank} " if rank else ""
+    if isinstance(err, KeyboardInterrupt):
+        return f"{_stamp()} {who}interrupted (Ctrl-C)\n"
+    return f"{_stamp()} {who}uncaught error:\n{traceback.format_exc()}"
+
+
 @contextlib.contextmanager
 def copy_output_to_run_log(run_dir: str | os.PathLike):
-    """On rank 0 (RANK unset or 0): copy stdout and stderr into `<run dir>/train.log`."""
-    if int(os.environ.get("RANK", "0")) != 0:
-        yield
+    """On rank 0 (RANK unset or 0): copy stdout and stderr into `<run dir>/train.log`. On
+    every rank, an uncaught error (or Ctrl-C) that ends the run is appended to it: the
+    console shows the traceback once (Python prints it after this), the log keeps it, with
+    the rank where it is not rank 0's (a run that another rank's failure ended)."""
+    rank = int(os.environ.get("RANK", "0"))
+    if rank != 0:
+        try:
+            yield
+        except (Exception, KeyboardInterrupt) as e:
+            with contextlib.suppress(OSError), open(Path(run_dir) / RUN_LOG, "a") as log:
+                log.write(_how_it_ended(e, rank))  # one append: ranks do not interleave
+            raise
         return
     path = Path(run_dir) / RUN_LOG
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -77,11 +93,9 @@ def copy_output_to_run_log(run_dir: str | os.PathLike):
     sys.stdout, sys.stderr = _Tee(old_out, log), _Tee(old_err, log)
     try:
         yield
-    except Exception:
-        # An uncaught error ends the run with a traceback on the console (printed once, by
-        # Python, after this); the log gets the same text, so train.log says how it ended.
+    except (Exception, KeyboardInterrupt) as e:
         with contextlib.suppress(OSError):
-            log.write(f"{_stamp()} uncaught error:\n{traceback.format_exc()}")
+            log.write(_how_it_ended(e, rank))
             log.flush()
         raise
     finally:

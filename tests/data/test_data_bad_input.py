@@ -22,6 +22,8 @@ BAD_LINES = [
     ("null_field", b'{"text": null}', "field 'text' is null, expected a string"),
     ("number_field", b'{"text": 42}', "field 'text' is a number, expected a string"),
     ("empty_text", b'{"text": ""}', "empty field 'text'"),
+    # A whitespace-only text tokenizes to blanks: a row of them teaches nothing.
+    ("whitespace_text", b'{"text": " \\n\\t \\u3000 "}', "whitespace-only field 'text'"),
     ("not_object", b'["text"]', "not a JSON object"),
     ("non_utf8", b'{"text": "caf\xe9 latin-1"}', "non-UTF-8 bytes"),
     ("lone_surrogate", b'{"text": "bad \\ud800 half"}', "invalid Unicode"),
@@ -81,10 +83,10 @@ def test_over_the_limit_fails(tmp_path, cache_dir, byte_tok):
 
 
 def test_zero_token_document(tmp_path, cache_dir):
-    # A tokenizer whose normalizer deletes whitespace turns a whitespace-only text into nothing.
+    # A tokenizer whose normalizer deletes the letter x turns the text "xxx" into nothing.
     tok = build_byte_tokenizer()
-    tok.backend_tokenizer.normalizer = normalizers.Replace(Regex(r"\s"), "")
-    path = write_jsonl(tmp_path / "z.jsonl", [GOOD[0], " \t ", GOOD[1]])
+    tok.backend_tokenizer.normalizer = normalizers.Replace(Regex(r"x"), "")
+    path = write_jsonl(tmp_path / "z.jsonl", [GOOD[0], "xxx", GOOD[1]])
     with pytest.raises(DataError, match=r"z.jsonl:2: zero tokens after tokenization"):
         prepare_data(data_config(cache_dir, [{"path": path}]), tok, tmp_path / "out", verbose=False)
     prepared = prepare_data(
@@ -169,6 +171,24 @@ def test_parquet_problems(tmp_path, cache_dir, byte_tok):
             tmp_path / "o",
             verbose=False,
         )
+
+
+def test_whitespace_only_documents_of_column_and_text_sources(tmp_path, cache_dir, byte_tok):
+    # Column sources (parquet, the hub) and whole-file text documents: the same rule as jsonl.
+    table = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"text": ["a doc", "\t \n ", "another"]}), table)
+    cfg = data_config(cache_dir, [{"path": str(table)}])
+    with pytest.raises(DataError, match=rf"^{table}:row 2: whitespace-only field 'text'"):
+        prepare_data(cfg, byte_tok, tmp_path / "o", verbose=False)
+    cfg = data_config(cache_dir, [{"path": str(table)}], max_bad_records=1)
+    prepared = prepare_data(cfg, byte_tok, tmp_path / "o", verbose=False)
+    assert prepared.stats["bad_records"]["reasons"] == {"whitespace-only field 'text'": 1}
+    assert prepared.stats["sources"][0]["docs_available"] == 2
+    blank = tmp_path / "blank.txt"
+    blank.write_text(" \n\n\t\n")
+    cfg = data_config(cache_dir, [{"path": str(blank), "sample_by": "document"}])
+    with pytest.raises(DataError, match=rf"^{blank}:1: empty document"):
+        prepare_data(cfg, byte_tok, tmp_path / "o2", verbose=False)
 
 
 def test_failure_keeps_the_previous_output(tmp_path, cache_dir, byte_tok):

@@ -22,6 +22,13 @@ def test_prepare_leaves_only_its_output(tmp_path, byte_tok):
     cfg = data_config(str(tmp_path / "cache"), [{"type": "generated",
                                                  "generated": {"num_docs": 40}}])
     out = tmp_path / "out" / "prepared"
+    # What a preparation killed midway left: its temporary output, the output it replaced.
+    for leftover in ("prepared.tmp-4242", "prepared.old-4242"):
+        (out.parent / leftover / "sub").mkdir(parents=True)
+    (out.parent / "prepared.txt").write_text("not ours")  # another name: kept
     prepare_data(cfg, byte_tok, out, verbose=False)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["prepared", "prepared.txt"]
+    (out.parent / "prepared.txt").unlink()
+    (out.parent / "prepared.tmp-4243").mkdir()  # and when the output is reused
     prepare_data(cfg, byte_tok, out, verbose=False)  # the reuse path too
     assert [p.name for p in out.parent.iterdir()] == ["prepared"]

@@ -119,3 +119,38 @@ def test_mixture_is_seeded(tmp_path, cache_dir, byte_tok):
         p = prepare_data(cfg, byte_tok, tmp_path / out, seed=seed, verbose=False)
         rows.append([p.row(i)[0].tobytes() for i in range(p.num_sequences)])
     assert rows[0] == rows[1] and rows[0] != rows[2]
+
+
+def test_a_source_the_mixture_mostly_leaves_out_is_said(tmp_path, cache_dir, byte_tok, capsys):
+    """Equal weights, one source ten times the other: the default mixture (the largest in
+    which no source repeats) takes a tenth of the large one; one warning line says so, and
+    how to change it. Balanced sources, none."""
+    rng = np.random.default_rng(0)
+    small = _corpus(tmp_path, "small", "a", 60, rng)
+    large = _corpus(tmp_path, "large", "b", 600, rng)
+    sources = [{"path": small, "weight": 0.5}, {"path": large, "weight": 0.5}]
+    prepared = prepare_data(data_config(cache_dir, sources, seq_len=256), byte_tok,
+                            tmp_path / "out")
+    warned = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning:")]
+    large_plan = prepared.stats["sources"][1]
+    used = large_plan["unique_tokens"] / large_plan["tokens_available"]
+    assert 0.05 < used < 0.2  # about the small source's tokens, of ten times as many
+    assert warned == [
+        f"warning: data source 'large': the mixture uses {large_plan['unique_docs']:,} of its "
+        f"600 documents ({100 * used:.0f}% of its tokens): the mixture is sized by the "
+        f"smallest source, 'small' (set data.num_tokens for a larger one, in which 'small' "
+        f"repeats, or change the sources' weights)"]
+    assert prepared.stats["warnings"] == [w.removeprefix("warning: ") for w in warned]
+    # Reused, the prepared data says it again.
+    prepare_data(data_config(cache_dir, sources, seq_len=256), byte_tok, tmp_path / "out")
+    assert [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning:")] == warned
+    # An explicit budget below what a source holds is named as the reason.
+    budget = data_config(cache_dir, sources, seq_len=256, num_tokens=4000)
+    prepare_data(budget, byte_tok, tmp_path / "budget")
+    warned = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning:")]
+    assert len(warned) == 2 and all("of data.num_tokens=4,000" in w for w in warned), warned
+    balanced = [{"path": small}, {"path": _corpus(tmp_path, "c", "c", 60, rng)}]
+    prepared = prepare_data(data_config(cache_dir, balanced, seq_len=256), byte_tok,
+                            tmp_path / "balanced")
+    assert prepared.stats["warnings"] == []
+    assert "warning:" not in capsys.readouterr().err

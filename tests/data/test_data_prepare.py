@@ -85,6 +85,18 @@ def test_reuse_and_refresh(tmp_path, cache_dir, byte_tok, capsys):
     assert tokens(other_rows) == tokens(rows)
 
 
+def test_new_document_rules_prepare_again(tmp_path, cache_dir, byte_tok, monkeypatch):
+    # Data prepared under older rules of what a document is (e.g. before whitespace-only
+    # texts became bad records) may hold rows those rules let through: not reused.
+    from train.data import pipeline
+
+    cfg = data_config(cache_dir, [{"path": write_jsonl(tmp_path / "a.jsonl", DOCS)}])
+    first = prepare_data(cfg, byte_tok, tmp_path / "out", verbose=False)
+    monkeypatch.setattr(pipeline, "TOKENIZE_VERSION", "older")
+    again = prepare_data(cfg, byte_tok, tmp_path / "out", verbose=False)
+    assert again.fingerprint != first.fingerprint
+
+
 def test_tokenization_is_cached_by_fingerprint(tmp_path, cache_dir, byte_tok, monkeypatch):
     path = write_jsonl(tmp_path / "a.jsonl", DOCS)
     prepare_data(

@@ -69,3 +69,28 @@ def test_missing_model_path_says_so(tmp_path, monkeypatch, capsys):
                                             f"hydra.run.dir={tmp_path / 'e'}"])
     assert (code, err) == (2, [f"error: model.path: {missing}: no such file or directory"])
     assert not (tmp_path / "e").exists()
+
+
+def test_missing_relative_model_path_says_it_is_not_local(tmp_path, monkeypatch, capsys):
+    """`runs/export` reads like a hub id: the line says it is neither a local directory nor
+    a hub model (it used to say only "is not a model" with the hub's connection error)."""
+    monkeypatch.chdir(tmp_path)
+    code, err = _main(monkeypatch, capsys, ["model.path=runs/export", "eval=tiny",
+                                            f"hydra.run.dir={tmp_path / 'e'}"])
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith("error: model.path: runs/export: no such local directory, and not "
+                             "a model on the hub ("), err
+    assert not (tmp_path / "e").exists()
+
+
+def test_random_model_with_a_window_above_its_context_names_the_key(tmp_path, monkeypatch,
+                                                                     capsys):
+    """The documented timing model (model.random=tiny) with the default window of the 128K
+    recipe used to end in a traceback, exit 1 and an eval.log left behind."""
+    code, err = _main(monkeypatch, capsys, ["model.random=tiny", "eval=tiny",
+                                            f"hydra.run.dir={tmp_path / 'e'}"])
+    assert (code, err) == (2, ["error: model.window: 4095 is above the context of "
+                               "conf/model/tiny.yaml (max_position_embeddings 2048); set "
+                               "model.window <= 2048"])
+    assert not (tmp_path / "e").exists()
+

@@ -75,6 +75,19 @@ def test_bad_train_eval_is_a_config_error():
         helpers.compose_entry(["experiment=tiny", "train.eval_every=5", "train.eval.tasks=[nope]"])
     with pytest.raises(ConfigError, match="train.eval_every: must be >= 0"):
         helpers.compose_run(["experiment=tiny", "train.eval_every=-1"])
+    # A task that does not fit a length: the keys named are this block's.
+    from eval_helpers import tiny_l2a
+
+    from eval.training import TrainingEval
+    from train.data import build_byte_tokenizer
+
+    cfg = helpers.compose_run(["experiment=tiny", "train.eval_every=5",
+                               "train.eval.tasks=[niah_single]", "train.eval.lengths=[100]"])
+    with pytest.raises(ConfigError) as err:
+        TrainingEval(cfg.train, tiny_l2a(), build_byte_tokenizer(), True, zero_stage=1)
+    assert str(err.value).startswith("train.eval.lengths: niah_single at length 100: needs ")
+    assert str(err.value).endswith("(use longer train.eval.lengths, or leave niah_single out "
+                                   "of train.eval.tasks)")
 
 
 def test_entry_point_hands_the_evaluator_to_the_trainer(tmp_path):

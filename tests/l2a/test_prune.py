@@ -168,6 +168,64 @@ def test_cli_refuses_invalid_utf8_and_samples_past_the_context(saved, tmp_path_f
     assert not out.exists()
 
 
+def _prepared(tmp_path, seq_len, tokenizer):
+    from train.data import DataConfig, prepare_data
+
+    src = tmp_path / "long.jsonl"
+    src.write_text("".join(json.dumps({"text": "words " * 400}) + "\n" for _ in range(8)))
+    cfg = DataConfig.from_dict(
+        dict(seq_len=seq_len, sources=[{"path": str(src)}], cache_dir=str(tmp_path / "cache"))
+    )
+    return prepare_data(cfg, tokenizer, tmp_path / f"prepared-{seq_len}-{len(tokenizer)}",
+                        verbose=False).path
+
+
+@pytest.mark.parametrize("family", ["qwen3"])
+def test_cli_refuses_prepared_data_the_model_cannot_see(saved, tmp_path, capsys):
+    """--data brings its own row length and tokenizer: rows past the model's positions or
+    ids past its vocabulary used to calibrate (exit 0), and a --seq-len beside it was
+    silently ignored."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(saved)
+    context, vocab = config.max_position_embeddings, config.vocab_size
+    out = tmp_path / "pruned"
+    prune = ["--model", str(saved), "--out", str(out), "--keep", "1", "--num-samples", "1"]
+    long_rows = _prepared(tmp_path, context + 1, build_byte_tokenizer())
+    assert main([*prune, "--data", str(long_rows)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"train.prune: error: --data: {long_rows}: rows of {context + 1} tokens, above the "
+        f"model's context (max_position_embeddings {context}); prepare it with data.seq_len "
+        f"<= {context}"]
+    short_rows = _prepared(tmp_path, 64, build_byte_tokenizer())
+    assert main([*prune, "--data", str(short_rows), "--seq-len", "32"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "train.prune: error: --seq-len: --data has rows of 64 tokens of its own, got 32 "
+        "(drop --seq-len)"]
+    wide = build_byte_tokenizer()
+    wide.add_tokens([f"<extra_{i}>" for i in range(vocab + 1 - len(wide))])
+    wide_ids = _prepared(tmp_path, 64, wide)
+    assert main([*prune, "--data", str(wide_ids)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"train.prune: error: --data: {wide_ids}: prepared with a tokenizer of {vocab + 1} "
+        f"tokens, more than the model's vocabulary ({vocab})"]
+    assert not out.exists()
+    assert main([*prune, "--data", str(short_rows)]) == 0  # the same data at a length it sees
+    assert json.loads((out / "prune_report.json").read_text())["calibration"]["seq_len"] == 64
+
+
+@pytest.mark.parametrize("family", ["qwen3"])
+def test_cli_names_the_line_of_a_bad_jsonl_record(saved, tmp_path, capsys):
+    calib = tmp_path / "calib.jsonl"
+    calib.write_text('{"text": "fine words"}\n\n{"text": 5}\n')
+    out = tmp_path / "pruned"
+    assert main(["--model", str(saved), "--out", str(out), "--text-file", str(calib),
+                 "--keep", "1", "--seq-len", "4"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"train.prune: error: --text-file: {calib}:3: field 'text' is int, expected a string"]
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("family", ["qwen3"])
 @pytest.mark.parametrize(
     "args, message",
@@ -179,6 +237,7 @@ def test_cli_refuses_invalid_utf8_and_samples_past_the_context(saved, tmp_path_f
         (["--threshold", "0.1"], "need calibration data"),
         (["--haystack"], "exactly one of"),
         (["--text-file", "/nonexistent.txt", "--keep", "1"], "no such file"),
+        (["--text-file", "/", "--keep", "1"], "--text-file: /: not a file"),
     ],
 )
 def test_cli_bad_input(saved, tmp_path, capsys, args, message):

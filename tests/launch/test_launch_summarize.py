@@ -67,6 +67,8 @@ def test_table_has_one_row_per_run_and_the_varying_override(sweep):
     assert rows[2]["status"] == "incomplete" and rows[2]["steps"] == "2"
     assert rows[2]["final_loss"] == "4.0000" and rows[2]["sparsity"] == "0.3000"
     assert rows[2]["tokens_per_s"] == "1000" and rows[2]["sparsity_target"] == "0.9000"
+    assert rows[2]["notes"] == "metrics.jsonl: 1 unreadable line (3)"  # the torn line, said
+    assert rows[0]["notes"] == rows[1]["notes"] == ""
 
     md = paths["markdown"].read_text()
     assert "Shared overrides: `experiment=tiny` `train.max_steps=20`" in md
@@ -112,3 +114,54 @@ def test_unreadable_summary_falls_back_to_metrics(tmp_path):
     (run / "summary.json").write_text("{not json")
     (found,) = find_runs(tmp_path)
     assert found.metrics["steps"] == 5 and found.metrics["sparsity_target"] == 0.7
+
+
+GOOD_ROW = b'{"step": 1, "loss": 2.0, "lm_loss": 1.9, "sparsity": 0.5}\n'
+# (name, files of the damaged run, its status, its note)
+DAMAGED = [
+    ("garbage_line", {"metrics.jsonl": GOOD_ROW + b"garbage\n" + GOOD_ROW.replace(b"1,", b"3,", 1)},
+     "incomplete", "metrics.jsonl: 1 unreadable line (2)"),
+    ("non_utf8_line", {"metrics.jsonl": GOOD_ROW + b'{"step": 2, "loss": "\xff"}\n'},
+     "incomplete", "metrics.jsonl: 1 unreadable line (2)"),
+    ("no_step", {"metrics.jsonl": b'{"step": "one", "loss": 1}\n'},
+     "no steps", "metrics.jsonl: 1 unreadable line (1)"),
+    ("empty_metrics", {"metrics.jsonl": b""}, "no steps", ""),
+    ("summary_not_object", {"summary.json": b"[1, 2]"},
+     "no steps", "unreadable summary.json (not a JSON object)"),
+    ("summary_non_utf8", {"summary.json": b'{"steps": "\xff"}', "metrics.jsonl": GOOD_ROW},
+     "incomplete", "unreadable summary.json ('utf-8' codec can't decode byte 0xff"),
+    ("overrides_yaml", {"metrics.jsonl": GOOD_ROW, ".hydra/overrides.yaml": b"- a: [\n"},
+     "incomplete", "unreadable .hydra/overrides.yaml ("),
+]
+
+
+@pytest.mark.parametrize("name, files, status, note", DAMAGED, ids=[d[0] for d in DAMAGED])
+def test_a_damaged_run_is_a_marked_row_not_a_traceback(sweep, name, files, status, note):
+    """A sweep's summary reads every run; one with a damaged file is listed with what is
+    wrong (it used to end the summary in a traceback, or vanish from the table)."""
+    run = sweep / "2"
+    for rel, data in files.items():
+        (run / rel).parent.mkdir(parents=True, exist_ok=True)
+        (run / rel).write_bytes(data)
+    out = subprocess.run([sys.executable, "-m", "launch.summarize", str(sweep), "--no-plot"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    rows = {r["run"]: r for r in csv.DictReader((sweep / "sweep_summary.csv").open())}
+    assert sorted(rows) == ["0", "1", "10", "2"]  # the others are all still there
+    assert rows["2"]["status"] == status
+    assert rows["2"]["notes"].startswith(note) if note else rows["2"]["notes"] == ""
+    if status == "incomplete":  # from the last readable row
+        assert rows["2"]["final_lm_loss"] == "1.9000"
+    assert rows["0"]["status"] == "done" and rows["0"]["notes"] == ""
+
+
+def test_cli_cannot_write_is_a_one_line_error(sweep, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    out = subprocess.run([sys.executable, "-m", "launch.summarize", str(sweep), "--out",
+                          str(blocker / "report")], cwd=REPO, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == [
+        f"error: {blocker / 'report'}: cannot write the summary (Not a directory)"], out.stderr
+

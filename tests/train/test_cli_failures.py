@@ -72,3 +72,61 @@ def test_ctrl_c_before_training_is_one_line_exit_130(monkeypatch, tmp_path, caps
     assert err == [f"error: interrupted (Ctrl-C); complete checkpoints, if any, are in "
                    f"{run_dir / 'checkpoints'}"]
     assert not run_dir.exists()
+
+
+def test_an_uncaught_error_and_a_ctrl_c_end_up_in_train_log(base_overrides, monkeypatch,
+                                                              tmp_path):
+    """`python -m train`: an error nobody turned into one line (a library's, mid-training)
+    ends the run with its traceback on the console, and train.log keeps the same text; an
+    interrupted build is said there too (it used to hold neither)."""
+    import sys
+
+    import train.__main__ as entry
+    import train.trainer as trainer_mod
+
+    real_step = trainer_mod.Trainer.train_step
+
+    def step_then_fail(self, batches):
+        if self.step == 1:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return real_step(self, batches)
+
+    def main(run_dir, extra=()):
+        monkeypatch.setattr(sys, "argv", ["train", *base_overrides, "train.max_steps=3",
+                                          "train.ckpt_every=1", f"hydra.run.dir={run_dir}",
+                                          *extra])
+        try:
+            entry.main()
+        except SystemExit as e:
+            return e.code
+        return 0
+
+    monkeypatch.setattr(trainer_mod.Trainer, "train_step", step_then_fail)
+    run_dir = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        main(run_dir)
+    log = (run_dir / "train.log").read_text()
+    assert "uncaught error:\nTraceback (most recent call last):\n" in log
+    assert log.rstrip().endswith(
+        "RuntimeError: CUDA error: an illegal memory access was encountered")
+    assert "in step_then_fail" in log  # the traceback itself, not only its last line
+    # Ctrl-C while the continuation builds: its run directory (with a checkpoint) stays.
+    monkeypatch.setattr(trainer_mod.Trainer, "fit", lambda self: (_ for _ in ()).throw(
+        KeyboardInterrupt()))
+    assert main(run_dir) == 130
+    assert (run_dir / "train.log").read_text().rstrip().endswith("interrupted (Ctrl-C)")
+
+
+def test_another_ranks_uncaught_error_is_in_train_log(monkeypatch, tmp_path):
+    """Rank 0 copies the console into train.log; an error that ends the run on another
+    rank is appended there too, with its rank."""
+    from train.run_log import copy_output_to_run_log
+
+    monkeypatch.setenv("RANK", "3")
+    with pytest.raises(ValueError, match="shard 7"), copy_output_to_run_log(tmp_path):
+        print("rank 3 prints this to its console only")
+        raise ValueError("cannot read shard 7")
+    log = (tmp_path / "train.log").read_text()
+    assert "rank 3 uncaught error:\nTraceback (most recent call last):\n" in log
+    assert log.rstrip().endswith("ValueError: cannot read shard 7")
+    assert "prints this" not in log

@@ -37,3 +37,25 @@ def test_corrupt_cached_model_names_the_path_and_the_fix(tmp_path, damage):
     assert "\n" not in msg
     assert msg.startswith(f"model.cache_dir: the cached converted model {path} is unreadable (")
     assert msg.endswith(f"delete it (rm -r {path}) to convert again")
+
+
+def test_a_killed_cache_write_is_removed_by_the_next_run(tmp_path):
+    """A conversion killed while writing the cache leaves its temporary directory (the whole
+    model's size): the next run removes it, whether it converts (the entry is missing) or
+    finds the entry another writer completed."""
+    from l2a.convert import temp_prefix
+
+    cfg = compose_run(["experiment=tiny", f"model.cache_dir={tmp_path}"])
+    dist = DistInfo(0, 1, 0, torch.device("cpu"))
+    path = cached_model_dir(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    killed = path.parent / f"{temp_prefix(path)}killed1"  # unlocked: its writer is gone
+    killed.mkdir()
+    (killed / "model.safetensors").write_bytes(b"half")
+    build_model(cfg, dist, torch.float32)  # converts
+    assert (path / "config.json").is_file() and not killed.exists()
+    killed.mkdir()
+    build_model(cfg, dist, torch.float32)  # reuses the entry
+    assert not killed.exists()
+    leftovers = [p.name for p in path.parent.iterdir() if ".tmp-" in p.name]
+    assert leftovers == []

@@ -75,6 +75,55 @@ def test_resumed_at_max_steps_exports_the_checkpoint(first_run, base_overrides, 
     assert summary["steps"] == 2 and (tmp_path / "export" / "config.json").is_file()
 
 
+def test_an_edited_marker_stops_the_resume_before_any_work(first_run, base_overrides, tmp_path,
+                                                           capsys):
+    """A marker edited to another step: resuming used to print "resumed from ... (step 2)"
+    after a check of train.max_steps against the edited step, or, with a renamed checkpoint,
+    go on. Now one line naming the marker, exit 2, no step logged in the run directory."""
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(first_run, run_dir)
+    ckpt = run_dir / "checkpoints" / "step_00000002"
+    marker = json.loads((ckpt / "complete").read_text())
+    (ckpt / "complete").write_text(json.dumps(marker | {"step": 1}))
+    (run_dir / "metrics.jsonl").unlink()
+    code, err = _run(base_overrides + ["train.max_steps=3"], run_dir, capsys)  # resume=auto
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"error: {ckpt / 'complete'}: says step 1, but the checkpoint is "
+                             f"step_00000002"), err[0]
+    assert not (run_dir / "metrics.jsonl").exists()
+    # Renamed out of its step_<N> name, the marker is checked against the trainer state.
+    renamed = tmp_path / "kept"
+    shutil.copytree(ckpt, renamed)
+    code, err = _run(base_overrides + [f"train.resume={renamed}", "train.max_steps=3"],
+                     tmp_path / "second", capsys)
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"error: {renamed / 'complete'}: says step 1, but "
+                             f"trainer_state_rank00000.pt is at step 2"), err[0]
+    assert not (tmp_path / "second" / "metrics.jsonl").exists()
+
+
+def test_resume_after_a_torn_metrics_line(first_run, base_overrides, tmp_path, capsys):
+    """A run killed while writing its metrics line leaves it torn: resuming used to end in
+    a JSONDecodeError traceback. Now the line is dropped, with a warning naming it."""
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(first_run, run_dir)
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "lo')
+    capsys.readouterr()
+    code = trainer_mod.run(compose_run(base_overrides + ["train.max_steps=3"]), run_dir,
+                           base_overrides)
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert f"warning: {run_dir / 'metrics.jsonl'}: dropped 1 unreadable line (3) on resume" in err
+    assert [r["step"] for r in read_metrics(run_dir)] == [1, 2, 3]
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and all(json.loads(line)["step"] for line in lines)
+
+
 def test_resume_with_another_model_shape_names_the_parameter(first_run, base_overrides, tmp_path,
                                                               capsys):
     overrides = base_overrides + [f"train.resume={first_run}", "train.max_steps=3",

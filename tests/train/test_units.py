@@ -10,6 +10,7 @@ import pytest
 from train.checkpoint import (
     COMPLETE,
     CheckpointError,
+    check_resume_step,
     latest_complete,
     read_marker,
     resolve_resume,
@@ -71,6 +72,29 @@ def test_explicit_bad_checkpoint_is_one_line_error(tmp_path, case):
     assert msg.startswith("train.resume: ") and str(path) in msg and "\n" not in msg
 
 
+@pytest.mark.parametrize("edit, says", [
+    ({"step": 7}, "says step 7, but the checkpoint is step_00000003"),
+    ({"world_size": 4}, "says world_size 4, but the checkpoint holds the trainer states of 2 rank(s)"),
+    ("{truncated", "corrupt marker (JSONDecodeError: "),
+    ({"step": "three"}, "corrupt marker (ValueError: "),
+])
+def test_an_edited_marker_is_named_not_resumed(tmp_path, edit, says):
+    """The marker is written whole with its checkpoint: one that disagrees with the directory
+    name or the saved ranks was edited, and resuming would report a step it is not at."""
+    path = _fake_checkpoint(tmp_path, 3)
+    for rank in range(2):
+        (path / f"trainer_state_rank{rank:05d}.pt").write_bytes(b"")
+    marker = json.loads((path / COMPLETE).read_text()) | {"world_size": 2}
+    text = edit if isinstance(edit, str) else json.dumps(marker | edit)
+    (path / COMPLETE).write_text(text)
+    for resume in ("auto", str(path)):
+        with pytest.raises(CheckpointError) as err:
+            check_resume_step(resolve_resume(resume, tmp_path), max_steps=10)
+        msg = str(err.value)
+        assert f"{path / COMPLETE}: {says}" in msg and "\n" not in msg, msg
+        assert f"remove {path}" in msg  # what to do about it
+
+
 def test_read_marker_returns_metadata(tmp_path):
     d = _fake_checkpoint(tmp_path, 5)
     assert read_marker(d)["step"] == 5
@@ -102,3 +126,24 @@ def test_layer_sparsity_plot(tmp_path):
     png = plot_layer_sparsity(tmp_path)
     assert png is not None and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(read_metrics(tmp_path)) == 10
+
+
+def test_leftovers_of_an_interrupted_save_export_or_metrics_rewrite(tmp_path):
+    """What a killed run leaves in its directory, removed by the next one (under its lock);
+    the run's own files stay."""
+    from train.run_dir import remove_leftovers
+
+    ckpts = tmp_path / "checkpoints"
+    planted = [ckpts / ".tmp-step_00000004", ckpts / step_dir_name(2) / ".tmp-ds_universal",
+               tmp_path / ".export.tmp-a1", tmp_path / "summary.json.tmp",
+               tmp_path / "metrics.jsonl.tmp"]
+    for p in planted:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.mkdir() if ".tmp-" in p.name else p.write_text("{")
+    kept = [ckpts / step_dir_name(2) / "complete", tmp_path / "metrics.jsonl",
+            tmp_path / "export" / "config.json"]
+    for p in kept:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("{}")
+    assert sorted(remove_leftovers(tmp_path)) == sorted(planted)
+    assert not any(p.exists() for p in planted) and all(p.is_file() for p in kept)

@@ -27,6 +27,7 @@ class SourcePlan:
     draws: int = 0
     unique_docs: int = 0
     tokens: int = 0
+    unique_tokens: int = 0  # of the documents drawn at least once (EOS included)
     long_docs_drawn: int = 0
 
     def to_dict(self) -> dict:
@@ -97,9 +98,41 @@ def plan_mixture(
         p.draws = int(draws.sum())
         p.unique_docs = int((draws > 0).sum())
         p.tokens = int((draws * lens).sum())
+        p.unique_tokens = int(lens[draws > 0].sum())
         if up.active:
             p.long_docs_drawn = int(draws[lens >= up.min_tokens].sum())
     src = np.concatenate(src_ids) if src_ids else np.zeros(0, dtype=np.int32)
     doc = np.concatenate(doc_ids) if doc_ids else np.zeros(0, dtype=np.int64)
     order = rng.permutation(len(src))
     return src[order], doc[order], plans, int(round(budget))
+
+
+UNUSED_WARN = 0.5  # warn when a source's drawn documents hold less than this of its tokens
+
+
+def unused_source_warnings(cfg: DataConfig, plans: list[SourcePlan]) -> list[str]:
+    """One line per source whose documents the mixture mostly leaves out: a large source
+    beside a small one with the default sizing (the largest mixture in which no source
+    repeats is sized by the smallest), or a ``num_tokens`` below what the source holds."""
+    sized = [p for p in plans if p.share > 0 and p.tokens_available > 0]
+    if not sized:
+        return []
+    smallest = min(sized, key=lambda p: p.tokens_available / p.share)
+    out = []
+    for p in sized:
+        used = p.unique_tokens / p.tokens_available
+        if used >= UNUSED_WARN:
+            continue
+        if cfg.num_tokens is not None:
+            why = f"its share {p.share:.3g} of data.num_tokens={cfg.num_tokens:,}"
+        elif p is smallest:  # long documents upsampled in the source that sizes the mixture
+            why = (f"data.upsample_long draws its long documents {cfg.upsample_long.factor:g}x "
+                   f"in their place")
+        else:
+            why = (f"the mixture is sized by the smallest source, '{smallest.name}' (set "
+                   f"data.num_tokens for a larger one, in which '{smallest.name}' repeats, or "
+                   f"change the sources' weights)")
+        out.append(f"data source '{p.name}': the mixture uses {p.unique_docs:,} of its "
+                   f"{p.docs_available:,} documents ({100 * used:.0f}% of its tokens): {why}")
+    return out
+

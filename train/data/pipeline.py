@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 
 import datasets
@@ -18,13 +19,19 @@ from train.data.config import DataConfig
 from train.data.dir_lock import locked_dir
 from train.data.errors import BadRecordLog, ConfigError, DataError
 from train.data.file_corpus import select_files
-from train.data.mixture import plan_mixture, target_shares
+from train.data.mixture import plan_mixture, target_shares, unused_source_warnings
 from train.data.packing import Packer, PackStats
 from train.data.prepared import FORMAT_VERSION, PackedWriter, PreparedData, token_dtype, write_json
 from train.data.readers import file_signature, resolve_files
 from train.data.report import format_stats
 from train.data.synthetic import min_length
-from train.data.tokenize import TokenStore, store_from_dataset, store_from_stream, tokenize_dataset
+from train.data.tokenize import (
+    TOKENIZE_VERSION,
+    TokenStore,
+    store_from_dataset,
+    store_from_stream,
+    tokenize_dataset,
+)
 from train.data.tokenizer import TextEncoder, special_ids, tokenizer_fingerprint
 
 
@@ -55,6 +62,7 @@ def _source_signature(cfg: DataConfig) -> list:
 def data_fingerprint(cfg: DataConfig, tokenizer, seed: int) -> str:
     parts = [
         FORMAT_VERSION,
+        TOKENIZE_VERSION,  # what counts as a document changes the rows
         cfg.fingerprint_dict(),
         tokenizer_fingerprint(tokenizer),
         seed,
@@ -159,6 +167,8 @@ def prepare_data(
     rank at once (a file lock lets one prepare while the others wait and reuse).
     """
     say = print if verbose else (lambda *a, **k: None)
+    warn = (lambda line: print(f"warning: {line}", file=sys.stderr, flush=True)) if verbose \
+        else (lambda line: None)
     if isinstance(cfg, dict):
         cfg = DataConfig.from_dict(cfg)
     if cfg.seed is not None:  # a data seed of its own lets runs with other seeds share data
@@ -171,6 +181,7 @@ def prepare_data(
         os.makedirs(os.path.dirname(out_dir), exist_ok=True)
         fp = data_fingerprint(cfg, tokenizer, seed)
         with locked_dir(os.path.dirname(out_dir)):  # no lock file left behind
+            _remove_interrupted(out_dir)
             if not force and os.path.exists(os.path.join(out_dir, "meta.json")):
                 try:
                     existing = PreparedData.load(out_dir, cfg.validation_sequences)
@@ -179,6 +190,8 @@ def prepare_data(
                 if existing is not None and existing.fingerprint == fp:
                     say(f"Reusing prepared data {out_dir} (fingerprint {fp})")
                     say(format_stats(existing.stats))
+                    for line in existing.stats.get("warnings", []):
+                        warn(line)
                     return existing
             tmp = f"{out_dir}.tmp-{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
@@ -186,7 +199,7 @@ def prepare_data(
             bars = datasets.is_progress_bar_enabled()
             datasets.disable_progress_bars()  # one line per source instead
             try:
-                _prepare_into(cfg, tokenizer, tmp, seed, fp, say)
+                _prepare_into(cfg, tokenizer, tmp, seed, fp, say, warn)
                 old = f"{out_dir}.old-{os.getpid()}"
                 if os.path.exists(out_dir):
                     os.rename(out_dir, old)
@@ -201,7 +214,18 @@ def prepare_data(
     return PreparedData.load(out_dir, cfg.validation_sequences)
 
 
-def _prepare_into(cfg: DataConfig, tokenizer, tmp: str, seed: int, fp: str, say) -> None:
+def _remove_interrupted(out_dir: str) -> None:
+    """What a preparation into `out_dir` that was killed left: its `<out>.tmp-<pid>` (and
+    `<out>.old-<pid>`, the output it was replacing). Only a holder of the lock writes them,
+    and this process holds it: they are abandoned."""
+    parent, name = os.path.split(out_dir)
+    for entry in os.listdir(parent):
+        if entry.startswith((f"{name}.tmp-", f"{name}.old-")):
+            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+
+
+def _prepare_into(cfg: DataConfig, tokenizer, tmp: str, seed: int, fp: str, say,
+                  warn) -> None:
     t_start = time.time()
     eos_id, pad_id = special_ids(tokenizer)
     encoder = TextEncoder(tokenizer, cfg.parse_special_tokens)
@@ -246,6 +270,7 @@ def _prepare_into(cfg: DataConfig, tokenizer, tmp: str, seed: int, fp: str, say)
         "packing": stats.to_dict(),
         "sources": source_stats,
         "bad_records": log.summary(),
+        "warnings": unused_source_warnings(cfg, plans),
         "seconds": round(time.time() - t_start, 3),
     }
     write_json(os.path.join(tmp, "stats.json"), stats_dict)
@@ -271,4 +296,6 @@ def _prepare_into(cfg: DataConfig, tokenizer, tmp: str, seed: int, fp: str, say)
     }
     write_json(os.path.join(tmp, "meta.json"), meta)
     say(format_stats(stats_dict))
+    for line in stats_dict["warnings"]:
+        warn(line)
     say(f"Prepared {stats.sequences:,} sequences in {time.time() - t_start:.1f} s")

@@ -18,7 +18,7 @@ from train.data.errors import BadRecordLog
 from train.data.sources import LoadedSource
 from train.data.tokenizer import TextEncoder
 
-TOKENIZE_VERSION = "1"
+TOKENIZE_VERSION = "2"  # 2: whitespace-only texts are bad records
 ZERO_TOKENS = "zero tokens after tokenization"
 
 
@@ -29,6 +29,8 @@ def _check_value(value, field: str) -> str:
         return f"field '{field}' is {type(value).__name__}, expected a string"
     if not value:
         return f"empty field '{field}'"
+    if not value.strip():  # would pack rows of blanks (or vanish as zero tokens)
+        return f"whitespace-only field '{field}'"
     return ""
 
 
