@@ -58,6 +58,10 @@ Z95 = 1.959963984540054
 REPS = 10_000
 SEED = 0
 
+class PairingError(ValueError):
+    """Records that cannot be paired as they are (one line)."""
+
+
 # A unit's paired scores: (arm, reference), aligned by sample id.
 Unit = tuple[np.ndarray, np.ndarray]
 
@@ -85,8 +89,13 @@ def pair(arm: list[dict], ref: list[dict], value) -> Paired:
         out: dict[tuple, dict[str, float]] = {}
         for r in records:
             v = value(r)
-            if v is not None:
-                out.setdefault((int(r.get("base_seed", 0)), int(r["seed"])), {})[r["sample_id"]] = float(v)
+            if v is None:
+                continue
+            unit = out.setdefault((int(r.get("base_seed", 0)), int(r["seed"])), {})
+            if r["sample_id"] in unit:  # two models' records mixed up: never average them
+                raise PairingError(f"sample {r['sample_id']} of base seed {r.get('base_seed', 0)}, "
+                                 f"seed {r['seed']} appears twice on one side")
+            unit[r["sample_id"]] = float(v)
         return out
 
     a_by, d_by = index(arm), index(ref)
@@ -165,6 +174,12 @@ class SampleSize:
     seed_units_needed: int | None
     at_samples: int
     between_measured: bool  # False with one seed unit: s_b^2 taken as 0
+    s_w2: float = 0.0
+    s_b2: float = 0.0
+
+    def half_width(self, seed_units: int, samples: int) -> float:
+        """h(S, n) of the module docstring, from this measurement's variances."""
+        return Z95 * math.sqrt(self.s_b2 / seed_units + self.s_w2 / (seed_units * samples))
 
 
 def variance_components(units_z: list[np.ndarray]) -> tuple[float, float, float]:
@@ -177,11 +192,12 @@ def variance_components(units_z: list[np.ndarray]) -> tuple[float, float, float]
     return s_w, s_b, n_bar
 
 
-def sample_size(p: Paired, ratio: float, seed_units: int, bar: float = BAR) -> SampleSize | None:
+def sample_size(p: Paired, ratio: float, seed_units: int, bar: float = BAR,
+                at_samples: int | None = None) -> SampleSize | None:
     """The samples per seed unit that would decide the ratio at `seed_units` units (module
-    docstring), or the seed units needed if samples alone cannot; None where the ratio sits
-    on the bar or the reference's mean is 0."""
-    a_all = np.concatenate([a for a, _ in p.units])
+    docstring), or, if samples alone cannot, the seed units needed at `at_samples` samples
+    per unit (default: as many as now); None where the ratio sits on the bar or the
+    reference's mean is 0."""
     d_all = np.concatenate([d for _, d in p.units])
     dmean = float(d_all.mean())
     if dmean == 0 or ratio == bar or not math.isfinite(ratio):
@@ -189,12 +205,12 @@ def sample_size(p: Paired, ratio: float, seed_units: int, bar: float = BAR) -> S
     units_z = [(a - ratio * d) / dmean for a, d in p.units]
     s_w, s_b, n_bar = variance_components(units_z)
     target = (abs(ratio - bar) / Z95) ** 2
-    n_now = max(1, round(n_bar))
+    at = at_samples or max(1, round(n_bar))
     if seed_units * target > s_b:
         n = max(1, math.ceil(s_w / (seed_units * target - s_b)))
-        return SampleSize(seed_units, n, None, n_now, len(units_z) > 1)
-    need = math.ceil((s_b + s_w / n_now) / target)
-    return SampleSize(seed_units, None, need, n_now, len(units_z) > 1)
+        return SampleSize(seed_units, n, None, at, len(units_z) > 1, s_w, s_b)
+    need = math.ceil((s_b + s_w / at) / target)
+    return SampleSize(seed_units, None, need, at, len(units_z) > 1, s_w, s_b)
 
 
 @dataclass
@@ -218,10 +234,16 @@ class Comparison:
     per_unit: list[int] = field(default_factory=list)
 
 
+def mean_interval_bootstrap(p: Paired, reps: int = REPS, seed: int = SEED) -> tuple[float, float]:
+    """The 95% interval of one side's mean (the arm's of `p`) by the same resampling."""
+    return percentile_interval(resample_means(p, reps, seed)[0])
+
+
 def compare(p: Paired, bar: float = BAR, reps: int = REPS, seed: int = SEED,
-            plan_units: int | None = None) -> Comparison | None:
+            plan_units: int | None = None, plan_samples: int | None = None) -> Comparison | None:
     """The ratio and difference with their intervals, the verdict, and when undecided the
-    sample size at max(seed units, `plan_units`) seed units. None: nothing paired."""
+    sample size at max(seed units, `plan_units`) seed units (seed units needed at
+    `plan_samples` samples each where samples alone cannot). None: nothing paired."""
     if not p.units:
         return None
     a_all = np.concatenate([a for a, _ in p.units])
@@ -233,7 +255,7 @@ def compare(p: Paired, bar: float = BAR, reps: int = REPS, seed: int = SEED,
     lo, hi = percentile_interval(ratios) if len(ratios) else (math.nan, math.nan)
     units = len(p.units)
     v = verdict(lo, hi, bar) if len(ratios) else "undecided"
-    needed = (sample_size(p, ratio, max(units, plan_units or 0), bar)
+    needed = (sample_size(p, ratio, max(units, plan_units or 0), bar, plan_samples)
               if v == "undecided" else None)
     return Comparison(am, dm, ratio, (lo, hi), am - dm, percentile_interval(ra - rd), len(a_all),
                       units, len(p.bases), p.unpaired, undefined, v, needed, reps,

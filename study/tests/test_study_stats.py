@@ -164,6 +164,12 @@ def test_pair_matches_base_seed_and_sample_id():
     assert p.unpaired == 2 and p.samples == 3  # (0, 1, x) and (0, 2, x); z has no score
 
 
+def test_a_sample_twice_on_one_side_is_an_error():
+    recs = [{"base_seed": 0, "seed": 0, "sample_id": "x", "em": v} for v in (1.0, 0.0)]
+    with pytest.raises(ValueError, match="sample x of base seed 0, seed 0 appears twice"):
+        pair(recs, recs[:1], lambda r: r["em"])
+
+
 def test_same_seed_same_replicates():
     p = _one_unit(A, D)
     assert np.array_equal(resample_means(p, 500, 4)[0], resample_means(p, 500, 4)[0])
