@@ -74,7 +74,7 @@ def position_table(summary: dict) -> list[str]:
     trained length."""
     if not summary:
         return []
-    out = ["### Perplexity by position", "",
+    out = ["#### Perplexity by position", "",
            "Held-out perplexity per position bucket (8 equal spans of the row) at the evaluation "
            "length equal to the trained length (the longest evaluated with perplexity), from "
            "`logs/eval-results-*.json` (unpruned models): the mean over seeds of each seed's "
