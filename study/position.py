@@ -2,7 +2,7 @@
 (`logs/eval-results-<arm>-<len>-seed<s>.json`, as written by `python -m eval`), the
 per-bucket perplexity at the trained length, averaged over seeds; a table and a plot.
 
-A run folder without those files gets neither (older device runs kept only the logs).
+A run folder without those files gets neither (older study runs kept only the logs).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The study's evaluation generates answers; a base that cannot copy a value out of its
 context scores 0 there, and so does every model extended from it, which leaves the study's
-bar untestable (study/RESULTS.md, second device run). This probe answers the question
+bar untestable (study/RESULTS.md, second study run). This probe answers the question
 directly, in seconds, right after pretraining: for retrieval samples of the training mix's
 tasks at a few lengths (seeds the training data never used), the model reads prompt +
 answer in one forward (eval/teacher_forced.py: what `python -m eval` records per sample

@@ -121,7 +121,7 @@ def test_parse_eval_averages_tasks_per_length(tmp_path):
 
 
 def test_one_section_per_device_run_with_its_notes_and_stopped_evaluations(tmp_path):
-    """A subfolder per device run: its about.json's title and notes, a row per seed, what a
+    """A subfolder per study run: its about.json's title and notes, a row per seed, what a
     stopped evaluation had scored, and, where the dense arm scores 0, no ratio: the bar is
     said to be untested."""
     d = tmp_path / "results" / "h200-first"
