@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from study.arms import ARM_NAMES, ARM_ORDER
+from study.design import BASE_SEEDS, EVAL_SAMPLES, RETRIEVAL_TASKS, SEEDS, trained_seq_len
 from study.plotting import save_figure
 from study.stats import BAR, Comparison, compare, mean_interval, mean_interval_bootstrap, pair
-from study.steps import BASE_SEEDS, EVAL_SAMPLES, RETRIEVAL_TASKS, SEEDS, trained_seq_len
 
 SPARSITY_BAR = 0.8
 # A share of the dense arm's score says something only where the dense arm has the skill:

@@ -43,6 +43,15 @@ import sys
 import time
 from pathlib import Path
 
+from study.design import (
+    BASE_SEEDS,
+    EVAL_SAMPLES,
+    RETRIEVAL_TASKS,
+    SEEDS,
+    TEACHER_FORCED_SAMPLES,
+    trained_seq_len,
+)
+
 ROOT = Path(__file__).resolve().parents[1]
 ARMS = {"dense": "study_dense", "l2a": "study_l2a", "l2a_s08": "study_l2a_s08",
         "l2a_s09": "study_l2a_s09"}
@@ -51,10 +60,6 @@ EVAL_LENGTHS = [2048, 8192, 16384, 32768]  # 32768: beyond both trained lengths
 # The needle at depth 0.5; at most 48 new tokens (the longest answer, four 7-digit values,
 # is 37 byte tokens; RULER's 128 are BPE tokens); perplexity on 8 held-out rows per length.
 EVAL_EXTRA = ["eval.depths=[0.5]", "eval.max_new_tokens=48", "eval.perplexity.rows=8"]
-# Per model, task and evaluation length: generated samples (exact match; 5 tasks x 20 = 100
-# per length: one sample moves a model's mean by 0.01) and teacher-forced ones (>= 100).
-EVAL_SAMPLES, TEACHER_FORCED_SAMPLES = 20, 100
-SEEDS, BASE_SEEDS = [0, 1, 2], [0, 1]  # extension seeds per arm and length; pretrained bases
 SAMPLES_DIR = ROOT / "bench" / "results" / "study"
 PRUNE_FRACTIONS = [0.25, 0.5]
 MAX_SHARD_BYTES = 12 << 20  # the 46 MiB base in 4 shards, each under the device's 16 MiB
@@ -197,9 +202,6 @@ def tool_missing(module: str) -> str | None:
 # ----------------------------------------------------------------------------- adapters
 # The two tools the study drives from outside, `python -m eval` (docs/EVAL.md) and
 # `python -m train.prune`: these functions are the only places that know their CLIs.
-RETRIEVAL_TASKS = ["niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery",
-                   "variable_tracking"]
-
 
 def eval_command(model_dir: Path, out_dir: Path, lengths: list[int], heldout: Path | None,
                  heldout_len: int, seed: int = 0, extra: list[str] | None = None,
@@ -639,11 +641,6 @@ class Study:
         result = self._evaluate(out, run_dir / f"eval-pruned-{fraction}", rec, fraction)
         result["prune"] = parse_prune(out)
         return result
-
-
-def trained_seq_len(rec: dict) -> int:
-    """Rows a run trained on (tiny runs: 512, whatever their length group says)."""
-    return 512 if rec.get("scale") == "tiny" else rec["train_length"]
 
 
 def run_name(arm: str, length: str, seed: int, base_seed: int = 0) -> str:
