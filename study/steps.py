@@ -729,6 +729,18 @@ def _list(value: str, known=None) -> list[str]:
     return items
 
 
+def default_samples_dir(results: Path) -> Path:
+    """Where a study run's per-sample records go, so that `report` finds them: the records of
+    study/results/<run> in bench/results/study/<run>, of study/results itself in
+    bench/results/study; of a results folder elsewhere in its samples/."""
+    results, runs = results.resolve(), (ROOT / "study" / "results").resolve()
+    if results == runs:
+        return SAMPLES_DIR
+    if results.parent == runs:
+        return SAMPLES_DIR / results.name
+    return results / "samples"
+
+
 def _int(value: str, flag: str) -> int:
     try:
         return int(value)
@@ -760,8 +772,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--teacher-forced-samples", type=int, default=None,
                    help=f"eval: teacher-forced samples per task and length, >= --samples "
                         f"(default {TEACHER_FORCED_SAMPLES}; --scale tiny {TINY['samples'][1]})")
-    p.add_argument("--samples-dir", default=str(SAMPLES_DIR),
-                   help="eval, prune: the per-sample records (JSONL); report: where to read them")
+    p.add_argument("--samples-dir", default=None,
+                   help="eval, prune: where the per-sample records (JSONL) go (default: "
+                        "bench/results/study/<run> for --results study/results/<run>, "
+                        "bench/results/study for study/results, else <results>/samples); "
+                        "report, derive-samples: the folder of every run's records "
+                        "(default bench/results/study)")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="stop a training run after this long (checkpoint, export)")
     p.add_argument("--data-archives", default=None,
@@ -775,6 +791,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise StudyError(f"--{flag.replace('_', '-')} {n}: must be at least 1")
         base_seeds = [_int(x, "--base-seeds") for x in _list(args.base_seeds)]
         seeds = [_int(x, "--seeds") for x in _list(args.seeds)]
+        if args.step in ("eval", "prune") and args.samples_dir is None:
+            args.samples_dir = str(default_samples_dir(Path(args.results)))
+        samples_root = Path(args.samples_dir or SAMPLES_DIR)
         study = Study(args)
         if args.step == "prepare":
             lengths = _list(args.lengths, LENGTHS) if args.scale == "full" else []
@@ -795,7 +814,7 @@ def main(argv: list[str] | None = None) -> int:
             from study.samples import derive_from_logs
 
             results = Path(args.results).resolve()
-            out = Path(args.samples_dir) / results.name
+            out = samples_root / results.name
             made = derive_from_logs(results, out)
             if not made:
                 raise StudyError(f"{results}/logs: no eval-results-*.json to derive records from")
@@ -803,7 +822,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from study.report import write_report
 
-            write_report(Path(args.results), Path(args.out), Path(args.samples_dir))
+            write_report(Path(args.results), Path(args.out), samples_root)
     except (StudyError, SamplesError, PairingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

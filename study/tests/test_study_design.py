@@ -58,6 +58,13 @@ def test_cli_count_errors_are_one_line(argv, message, tmp_path, capsys):
     assert rc == 1 and capsys.readouterr().err.strip().splitlines() == [message]
 
 
+def test_per_sample_records_go_where_the_report_reads_them(tmp_path):
+    runs = steps.ROOT / "study" / "results"
+    assert steps.default_samples_dir(runs) == steps.ROOT / "bench" / "results" / "study"
+    assert steps.default_samples_dir(runs / "my-run") == steps.ROOT / "bench" / "results" / "study" / "my-run"
+    assert steps.default_samples_dir(tmp_path / "res") == tmp_path / "res" / "samples"
+
+
 def _train_runner(calls):
     """Stands in for `python -m train` (records argv and env, writes 1 step of metrics) and
     for `python -m eval` (writes a results.json of two samples)."""
