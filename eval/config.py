@@ -26,6 +26,18 @@ class PerplexityConfig:
 
 
 @dataclass
+class TeacherForcedConfig:
+    """`eval.teacher_forced.*`: per sample, the gold answer's log-likelihood and token
+    accuracy with the model reading prompt + answer (eval/teacher_forced.py): one forward
+    per sample, no generation, a continuous score beside exact match."""
+
+    enabled: bool = False
+    # Per (task, length, depth) cell; null: eval.samples. The first eval.samples of them
+    # are also generated and scored by exact match, the others are scored teacher-forced only.
+    samples: int | None = None
+
+
+@dataclass
 class EvalConfig:
     """`eval.*`: what to evaluate."""
 
@@ -39,6 +51,7 @@ class EvalConfig:
     haystack: str = "generated"  # generated | noise | a text, JSON-lines or prepared-data path
     max_new_tokens: int | None = None  # null: RULER's per task (128 NIAH, 30 vt, 120 cwe, 50 fwe)
     perplexity: PerplexityConfig = field(default_factory=PerplexityConfig)
+    teacher_forced: TeacherForcedConfig = field(default_factory=TeacherForcedConfig)
     routing: bool = True  # L2A models: router sparsity per layer, position and task
     plots: bool = True
 
@@ -60,12 +73,23 @@ class EvalConfig:
                      allow_none=True)
         if not self.haystack:
             fail(f"{prefix}.haystack", "must be generated, noise or a path", self.haystack)
+        tf = self.teacher_forced
+        check_number(f"{prefix}.teacher_forced.samples", tf.samples, 1, integer=True,
+                     allow_none=True)
+        if tf.samples is not None and tf.samples < self.samples:
+            fail(f"{prefix}.teacher_forced.samples", f"must be at least {prefix}.samples "
+                 f"({self.samples}: every generated sample is also teacher-forced)", tf.samples)
         p = self.perplexity
         check_number(f"{prefix}.perplexity.rows", p.rows, 1, integer=True)
         check_number(f"{prefix}.perplexity.buckets", p.buckets, 1, integer=True)
         for i, n in enumerate(p.lengths or []):
             check_number(item(f"{prefix}.perplexity.lengths", i), n, 2, integer=True)
         return self
+
+    def teacher_forced_samples(self) -> int:
+        """Samples per (task, length, depth) cell scored teacher-forced (0: off)."""
+        tf = self.teacher_forced
+        return 0 if not tf.enabled else (tf.samples or self.samples)
 
     def resolve_lengths(self, max_context: int, prefix: str = "eval") -> list[int]:
         """The lengths to run; one above the model's context is an error."""

@@ -12,17 +12,28 @@ RESULTS_FILE = "results.json"
 
 
 def task_cells(records: list[dict]) -> list[dict]:
-    """Mean score per (task, length, depth) with its sample count, and per (task, length)
-    over all depths (depth "all")."""
+    """Per (task, length, depth), and per (task, length) over all depths (depth "all"): the
+    mean exact-match score over the generated samples with their count; where samples were
+    scored teacher-forced, their count, mean token accuracy and mean answer log-likelihood
+    per answer token (nats)."""
     groups: dict = defaultdict(list)
     for r in records:
-        groups[(r["task"], r["length"], r["depth"])].append(r["score"])
+        groups[(r["task"], r["length"], r["depth"])].append(r)
         if r["depth"] is not None:
-            groups[(r["task"], r["length"], "all")].append(r["score"])
+            groups[(r["task"], r["length"], "all")].append(r)
     out = []
-    for (task, length, depth), scores in groups.items():
-        out.append({"task": task, "length": length, "depth": depth, "samples": len(scores),
-                    "score": sum(scores) / len(scores)})
+    for (task, length, depth), recs in groups.items():
+        scores = [r["score"] for r in recs if r.get("score") is not None]
+        cell = {"task": task, "length": length, "depth": depth, "samples": len(scores),
+                "score": sum(scores) / len(scores) if scores else None}
+        forced = [r for r in recs if "answer_loglik" in r]
+        if forced:
+            cell["teacher_forced"] = {
+                "samples": len(forced),
+                "token_accuracy": sum(r["token_accuracy"] for r in forced) / len(forced),
+                "answer_loglik_per_token": (sum(r["answer_loglik"] for r in forced)
+                                            / sum(r["answer_tokens"] for r in forced))}
+        out.append(cell)
     return out
 
 

@@ -60,7 +60,9 @@ def evaluate(model, tokenizer, cfg: EvalConfig, log=print, prefix: str = "eval")
     results["perplexity_by_position"] = by_position
 
     t0 = time.perf_counter()
-    records = run_tasks(model, tokenizer, samples, routing=cfg.routing, log=log) if samples else []
+    records = run_tasks(model, tokenizer, samples, routing=cfg.routing, log=log,
+                        generated=cfg.samples,
+                        teacher_forced=cfg.teacher_forced_samples() > 0) if samples else []
     results["timings"]["tasks_s"] = time.perf_counter() - t0
     results["tasks"] = task_cells(records)
     results["samples"] = records

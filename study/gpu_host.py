@@ -12,7 +12,7 @@ pretrain: `python -m study pretrain` on one GPU; the base lands in <out>/base as
 shards plus base-files.tar (config, tokenizer, and the pretraining's record and log under
 study-results/ and study-logs/): at most 5 files, one folder deep.
 
-arms: the data unpacked once, then every (arm, length, seed) trained in a thread with its own
+arms: the data unpacked once, then every (arm, length, seed) of one base (--base-seed) trained in a thread with its own
 run directory and GPU (runs spread round-robin over --gpus, --per-gpu at once on each). A
 training run stops --reserve-minutes before the deadline (checkpoint, export, recorded as not
 completed), leaving that time to evaluation and pruning, which start once every run has
@@ -20,7 +20,8 @@ trained: a queue of jobs (every model unpruned first, then the L2A models pruned
 then by a quarter) worked off by --eval-per-gpu processes per GPU (default 1). A job running
 at the deadline is killed and recorded as failed (with the samples it had scored, from its
 log), one not started as skipped. Then <out>/study-arms.tar.gz is written with every result
-JSON, run summary, metrics and log (no weights). One line per run is printed.
+JSON, the evaluations' per-sample records (results/samples/*.jsonl), run summary, metrics
+and log (no weights). One line per run is printed.
 
 The modules that steps import in this process are imported before any thread starts
 (`study.import_for_threads`): transformers' lazy import is not thread-safe.
@@ -39,7 +40,19 @@ import time
 from pathlib import Path
 
 from study import steps as study
-from study.steps import ARMS, LENGTHS, LIVE, ROOT, Study, StudyError, _list, read_json, write_json
+from study.steps import (
+    ARMS,
+    LENGTHS,
+    LIVE,
+    ROOT,
+    SEEDS,
+    Study,
+    StudyError,
+    _list,
+    read_json,
+    run_name,
+    write_json,
+)
 
 TAR_NAME = "study-arms.tar.gz"
 PACK_MARGIN_S = 15.0  # between the last step's end and the deadline: the tar, the summary
@@ -73,7 +86,8 @@ def study_args(a, **over) -> argparse.Namespace:
     base = dict(scale=a.scale, runs=str(a.runs), results=str(a.results), base_dir=str(a.base_dir),
                 max_minutes=a.max_minutes, data_archives=a.data_archives, data_unpacked=True,
                 train_overrides=[f"train.max_steps={a.max_steps}"] if a.max_steps else [],
-                deadline=a.deadline, reserve_s=a.reserve_minutes * 60)
+                deadline=a.deadline, reserve_s=a.reserve_minutes * 60,
+                samples_dir=str(Path(a.results) / "samples"))
     return argparse.Namespace(**{**base, **over})
 
 
@@ -90,9 +104,9 @@ def _failed(errors: dict, name: str, e: Exception) -> None:
 def train_slot(a, queue, gpu: str | None, errors: dict) -> None:
     """One training slot's runs in turn. A failed run is recorded in `errors`."""
     for arm, length, seed in queue:
-        name = f"{arm}-{length}-seed{seed}"
+        name = run_name(arm, length, seed, a.base_seed)
         try:
-            _study(a, name, gpu).extend([arm], [length], [seed])
+            _study(a, name, gpu).extend([arm], [length], [seed], [a.base_seed])
         except Exception as e:  # noqa: BLE001 - one run's failure must not end the others
             _failed(errors, name, e)
 
@@ -125,9 +139,9 @@ def eval_worker(a, jobs: queue.Queue, gpu: str | None, errors: dict) -> None:
             arm, length, seed, fraction = jobs.get_nowait()
         except queue.Empty:
             return
-        name = f"{arm}-{length}-seed{seed}"
+        name = run_name(arm, length, seed, a.base_seed)
         s = _study(a, name, gpu, reserve_s=0.0)
-        path = s.run_path(arm, length, seed)
+        path = s.run_path(arm, length, seed, a.base_seed)
         try:
             rec = read_json(path)
             if rec is None:  # not trained (its failure is in errors already)
@@ -161,7 +175,7 @@ def arms(a) -> int:
     archives = Study(study_args(a))
     for length in _list(a.lengths, LENGTHS):  # once, before the runs start: no races
         archives.unpack_data(archives.seq_len(length))
-    study.ensure_base(Path(a.base_dir))
+    study.ensure_base(archives.base_dir_of(a.base_seed))
     gpus = gpu_list(a.gpus)
     slots = plan(_list(a.arms, ARMS), _list(a.lengths, LENGTHS),
                  [int(x) for x in _list(a.seeds)], gpus, a.per_gpu)
@@ -193,14 +207,15 @@ def arms(a) -> int:
         t.join(max(0.0, settle - time.time()))
     while not jobs.empty():  # never started: said so in the record
         arm, length, seed, fraction = jobs.get_nowait()
-        record_eval(Path(a.results) / f"run-{arm}-{length}-seed{seed}.json", fraction,
+        record_eval(archives.run_path(arm, length, seed, a.base_seed), fraction,
                     {"skipped": "no time left before the deadline"})
     if late:
         print(f"deadline: {late} slot(s) still running were stopped", flush=True)
-    planned = [f"{r[0]}-{r[1]}-seed{r[2]}" for _, q in slots for r in q]
+    planned = [run_name(*r, a.base_seed) for _, q in slots for r in q]
     summary = summarize(Path(a.results), planned, errors)
     write_json(Path(a.results) / "device-summary.json", summary)
-    tar = pack(Path(a.out) / TAR_NAME, Path(a.results), Path(a.runs), Path(a.base_dir))
+    tar = pack(Path(a.out) / TAR_NAME, Path(a.results), Path(a.runs),
+               archives.base_dir_of(a.base_seed))
     kill_live()  # a late slot's step started while packing
     print_summary(summary)
     print(f"packed {tar} ({tar.stat().st_size / 2**20:.2f} MiB)", flush=True)
@@ -214,12 +229,11 @@ def kill_live() -> None:
 
 
 def summarize(results: Path, planned: list[str], errors: dict) -> dict:
-    """Per planned run: steps, tokens/s, final loss, completed, and the evaluations'
-    mean retrieval per length (or why there is none)."""
+    """Per planned run (by its name, study.steps.run_name): steps, tokens/s, final loss,
+    completed, and the evaluations' mean retrieval per length (or why there is none)."""
     out = {}
     for name in planned:
-        arm, length, seed = name.rsplit("-", 2)
-        rec = read_json(results / f"run-{arm}-{length}-{seed}.json")
+        rec = read_json(results / f"run-{name}.json")
         if rec is None:
             out[name] = {"completed": False,
                          "error": errors.get(name, "no record (stopped at the deadline)")}
@@ -264,6 +278,8 @@ def pack(tar_path: Path, results: Path, runs: Path, base_dir: Path) -> Path:
     members = {p.name: p for p in sorted((base_dir / "study-results").glob("*.json"))}
     members.update({p.name: p for p in sorted(results.glob("*.json"))})
     listed = [(p, f"results/{n}") for n, p in sorted(members.items())]
+    listed += [(p, f"results/samples/{p.name}")
+               for p in sorted((results / "samples").glob("*.jsonl"))]
     for run in sorted(d for d in runs.iterdir() if d.is_dir() and d != results):
         found = {p for pattern in PACKED_FROM_RUNS for p in run.glob(pattern)}
         listed += [(p, f"runs/{run.name}/{p.relative_to(run)}") for p in sorted(found)
@@ -287,7 +303,8 @@ def pretrain(a) -> int:
     s = Study(study_args(a, data_unpacked=False,
                          env={"CUDA_VISIBLE_DEVICES": gpus[0]} if gpus else {}), runner=runner)
     rec = s.pretrain(a.seed)
-    bundle = Path(a.base_dir) / study.BASE_BUNDLE
+    base = s.base_dir_of(a.seed)
+    bundle = base / study.BASE_BUNDLE
     run_dir = Path(rec["run_dir"])
     extra = [(Path(a.results) / f"pretrain-seed{a.seed}.json", f"study-results/pretrain-seed{a.seed}.json"),
              (Path(a.runs) / "logs" / f"pretrain-seed{a.seed}.log", f"study-logs/pretrain-seed{a.seed}.log"),
@@ -296,11 +313,11 @@ def pretrain(a) -> int:
         for src, name in extra:
             if src.exists():
                 tar.add(src, arcname=name)
-    files = sorted(p.name for p in Path(a.base_dir).iterdir())
+    files = sorted(p.name for p in base.iterdir())
     print(f"pretrain: {rec['steps']} steps ({'completed' if rec['completed'] else 'stopped by time'}), "
           f"{rec['tokens_per_s'] or 0:,} tokens/s, lm loss {rec['final_lm_loss']}; "
-          f"{a.base_dir}: {len(files)} files, "
-          f"{sum((Path(a.base_dir) / f).stat().st_size for f in files) / 2**20:.1f} MiB", flush=True)
+          f"{base}: {len(files)} files, "
+          f"{sum((base / f).stat().st_size for f in files) / 2**20:.1f} MiB", flush=True)
     return 0
 
 
@@ -314,8 +331,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", default=None, help="run directories (default: a temporary folder)")
     p.add_argument("--arms", default=",".join(ARMS))
     p.add_argument("--lengths", default="16k")
-    p.add_argument("--seeds", default="0,1")
-    p.add_argument("--seed", type=int, default=0, help="pretrain: the base's seed")
+    p.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="arms: extension seeds")
+    p.add_argument("--seed", type=int, default=0,
+                   help="pretrain: the base's seed (seed b > 0 lands in <base-dir>-seed<b>)")
+    p.add_argument("--base-seed", type=int, default=0,
+                   help="arms: extend the base of this seed (b > 0: <base-dir>-seed<b>)")
     p.add_argument("--gpus", default=None, help="e.g. 0,1 (default: every visible GPU)")
     p.add_argument("--per-gpu", type=int, default=4, help="runs at once on each GPU")
     p.add_argument("--eval-per-gpu", type=int, default=1,

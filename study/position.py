@@ -2,7 +2,7 @@
 (`logs/eval-results-<arm>-<len>-seed<s>.json`, as written by `python -m eval`), the
 per-bucket perplexity at the trained length, averaged over seeds; a table and a plot.
 
-A run folder without those files gets neither (older device runs kept only the logs).
+A run folder without those files gets neither (older study runs kept only the logs).
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def position_table(summary: dict) -> list[str]:
     trained length."""
     if not summary:
         return []
-    out = ["### Perplexity by position", "",
+    out = ["#### Perplexity by position", "",
            "Held-out perplexity per position bucket (8 equal spans of the row) at the evaluation "
            "length equal to the trained length (the longest evaluated with perplexity), from "
            "`logs/eval-results-*.json` (unpruned models): the mean over seeds of each seed's "

@@ -2,10 +2,11 @@
 
 The study's evaluation generates answers; a base that cannot copy a value out of its
 context scores 0 there, and so does every model extended from it, which leaves the study's
-bar untestable (study/RESULTS.md, second device run). This probe answers the question
+bar untestable (study/RESULTS.md, second study run). This probe answers the question
 directly, in seconds, right after pretraining: for retrieval samples of the training mix's
 tasks at a few lengths (seeds the training data never used), the model reads prompt +
-answer in one forward, and we score the answer's tokens:
+answer in one forward (eval/teacher_forced.py: what `python -m eval` records per sample
+with `eval.teacher_forced.enabled=true`), and we score the answer's tokens:
 
 - `nll`: mean negative log-likelihood per answer token (a 7-digit value the model cannot
   see in its context costs about ln 10 = 2.30 nats per digit);
@@ -44,27 +45,24 @@ def check_task(task: str) -> None:
         raise ValueError(f"unknown task {task!r} (known: {known})")
 
 
-@torch.no_grad()
 def answer_scores(model, tokenizer, task: str, length: int, samples: int = 8,
                   seed: int = PROBE_SEED) -> dict:
+    """The mean scores over `samples` samples of `task` at `length` (each one
+    eval.teacher_forced.score_answer: the computation `python -m eval` records per sample)."""
+    from eval.teacher_forced import score_answer
     from train.data.synthetic import generate_sample
 
-    device = next(model.parameters()).device
-    nll_sum = right = tokens = exact = 0
+    loglik = right = tokens = exact = 0
     for index in range(samples):
         s = generate_sample(task, length, tokenizer, seed=seed, index=index)
         prompt = tokenizer(s.prompt, add_special_tokens=False)["input_ids"]
         answer = tokenizer(s.answer, add_special_tokens=False)["input_ids"]
-        ids = torch.tensor([prompt + answer], device=device)
-        logits = model(ids).logits[0, len(prompt) - 1:-1].float()
-        target = ids[0, len(prompt):]
-        logp = torch.log_softmax(logits, -1)
-        nll_sum += -logp[torch.arange(len(answer), device=device), target].sum().item()
-        hits = logits.argmax(-1) == target
-        right += int(hits.sum())
-        tokens += len(answer)
-        exact += bool(hits.all())
-    return {"task": task, "length": length, "samples": samples, "nll": round(nll_sum / tokens, 4),
+        r = score_answer(model, prompt, answer)
+        loglik += r["answer_loglik"]
+        right += round(r["token_accuracy"] * r["answer_tokens"])
+        tokens += r["answer_tokens"]
+        exact += r["answer_exact"]
+    return {"task": task, "length": length, "samples": samples, "nll": round(-loglik / tokens, 4),
             "token_accuracy": round(right / tokens, 4), "exact": round(exact / samples, 4)}
 
 

@@ -1,12 +1,17 @@
-"""study/RESULTS.md from the study's JSON (study/results/): the recipe, the commands,
-the tables (arm x length: retrieval, perplexity, sparsity, KV bytes, GPU time), the plots
-and the headline check, computed from what the files hold and nothing else.
+"""study/RESULTS.md from the study's records: the answer first (the newest study run's
+ratios to dense with their intervals and verdicts, study/answer.py, and one plot), then how
+it is computed, the recipe, the commands, and the history of every study run (per run: the
+tables over seeds, arm x length: retrieval, perplexity, sparsity, KV bytes, GPU time, and
+its plots), computed from what the files hold and nothing else.
 
-    python -m study report [--results study/results] [--out study/RESULTS.md]
+    python -m study report [--results study/results] [--samples-dir bench/results/study]
+                           [--out study/RESULTS.md]
 
-Inputs: `pretrain-seed<s>.json` and `run-<arm>-<length>-seed<s>.json` as written by
-study/steps.py; a run's `evals` maps the pruned fraction ("0.0", "0.25", ...) to the
-parsed evaluation, or to {"skipped": reason} / {"failed": reason}.
+Inputs: `pretrain-seed<s>.json` and `run-<arm>-<length>[-base<b>]-seed<s>.json` as written
+by study/steps.py (a run's `evals` maps the pruned fraction ("0.0", "0.25", ...) to the
+parsed evaluation, or to {"skipped": reason} / {"failed": reason}); the per-sample records
+(study/samples.py) of study/results/<run>/ in <samples-dir>/<run>/, of study/results/
+itself in <samples-dir>/.
 """
 
 from __future__ import annotations
@@ -15,15 +20,15 @@ import json
 import os
 from pathlib import Path
 
+from study import answer
+from study.answer import MIN_DENSE_SCORE, SPARSITY_BAR
 from study.arms import ARM_NAMES, ARM_ORDER
 from study.plotting import save_figure
 from study.position import load_position, position_plot, position_table, summarize_position
+from study.samples import FROM_LOGS, load_records
+from study.stats import BAR as RATIO_BAR
 
-BAR = (0.8, 0.97)  # L2A at >= 80% sparsity keeps >= 97% of dense retrieval
-# A share of the dense arm's score says something only where the dense arm has the skill:
-# below half the samples right, a model that has not learned retrieval scores by partial
-# credit and chance, and 97% of that is noise.
-MIN_DENSE_SCORE = 0.5
+BAR = (SPARSITY_BAR, RATIO_BAR)  # L2A at >= 80% sparsity keeps >= 97% of dense retrieval
 
 
 def load(results_dir: Path) -> tuple[list[dict], list[dict]]:
@@ -99,7 +104,8 @@ def summarize(runs: list[dict]) -> dict:
 
 
 def headline(rows: dict) -> list[str]:
-    """The bar, per train length and L2A arm, from the numbers present."""
+    """The bar on the means over seeds, per train length and L2A arm, from the run records
+    (no interval: the answer's intervals come from the per-sample records)."""
     lines = []
     for length in sorted({k[1] for k in rows}):
         dense = rows.get(("dense", length, 0.0), {}).get("by_length", {}).get(length, {})
@@ -128,9 +134,9 @@ def headline(rows: dict) -> list[str]:
                 continue
             ratio = cell[0] / d
             sparse_enough = s is not None and s[0] >= BAR[0]
-            verdict = ("meets the bar" if ratio >= BAR[1] and sparse_enough else
-                       "misses the bar" + ("" if sparse_enough else
-                                           f" (sparsity {s[0]:.2f} < {BAR[0]})" if s else ""))
+            verdict = ("meets the bar on the means" if ratio >= BAR[1] and sparse_enough else
+                       "misses the bar on the means" + ("" if sparse_enough else
+                                                        f" (sparsity {s[0]:.2f} < {BAR[0]})" if s else ""))
             lines.append(f"- {ARM_NAMES[arm]} at {length}: retrieval {cell[0]:.3f} vs dense "
                          f"{d:.3f} = {ratio:.1%} of dense, sparsity "
                          f"{'n/a' if s is None else f'{s[0]:.3f}'} ({where}): {verdict}.")
@@ -201,7 +207,7 @@ def _key_sort(k):
 def tables(pre: list[dict], rows: dict) -> list[str]:
     out = []
     if pre:
-        out += ["### Base pretraining", "",
+        out += ["#### Base pretraining", "",
                 "| seed | scale | steps | tokens | final lm loss (nats/byte) | GPU s | completed |",
                 "|---:|---|---:|---:|---:|---:|---|"]
         for p in pre:
@@ -213,7 +219,7 @@ def tables(pre: list[dict], rows: dict) -> list[str]:
     train_rows = [(k, r) for k, r in sorted(rows.items(), key=lambda kv: _key_sort(kv[0]))
                   if k[2] == 0.0 and "gpu_time_s" in r]
     if train_rows:
-        out += ["### Extension runs (training)", "",
+        out += ["#### Extension runs (training)", "",
                 "| arm | length | seeds | steps | final lm loss | sparsity (training, last step) | GPU s per run | all completed |",
                 "|---|---:|---:|---|---|---|---|---|"]
         for (arm, length, _), r in train_rows:
@@ -224,7 +230,7 @@ def tables(pre: list[dict], rows: dict) -> list[str]:
     pruned = [(k, r["prune"]) for k, r in sorted(rows.items(), key=lambda kv: _key_sort(kv[0]))
               if r.get("prune")]
     if pruned:
-        out += ["### Pruning (python -m train.prune)", "",
+        out += ["#### Pruning (python -m train.prune)", "",
                 "| arm | trained at | pruned | global branches kept | KV MiB before | KV MiB after | after / before | at context |",
                 "|---|---:|---:|---|---:|---:|---:|---|"]
         for (arm, length, frac), p in pruned:
@@ -247,7 +253,7 @@ def tables(pre: list[dict], rows: dict) -> list[str]:
             lines.append(f"| {ARM_NAMES.get(arm, arm)} | {length} | {frac:g} | - | "
                          f"not evaluated: {why} | - | - | - |")
     if lines:
-        out += ["### Evaluation (arm x length)", "",
+        out += ["#### Evaluation (arm x length)", "",
                 "Mean over seeds ± half the range between them, n = seeds.", "",
                 "| arm | trained at | pruned | eval length | retrieval | perplexity | sparsity (held-out) | KV MiB |",
                 "|---|---:|---:|---:|---|---|---|---:|", *lines, ""]
@@ -259,7 +265,7 @@ def run_tables(runs: list[dict]) -> list[str]:
     measured (their log's samples and perplexity)."""
     order = sorted(runs, key=lambda r: (r["train_length"], ARM_ORDER.index(r["arm"])
                                         if r["arm"] in ARM_ORDER else 99, r["seed"]))
-    out = ["### Extension runs, one row per seed", "",
+    out = ["#### Extension runs, one row per seed", "",
            "| arm | length | seed | steps | tokens | sparsity (training, last step) | final lm loss | GPU s | tokens/s | completed |",
            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in order:
@@ -286,7 +292,7 @@ def run_tables(runs: list[dict]) -> list[str]:
                            f"({', '.join(map(str, lengths))}) | {mean} | {ppl or '-'} | "
                            f"{ev['failed'].split(':')[0]} |")
     if stopped:
-        out += ["### Evaluations stopped before the end (what their logs hold)", "",
+        out += ["#### Evaluations stopped before the end (what their logs hold)", "",
                 "| arm | length | seed | pruned | samples scored (lengths) | mean score | perplexity by length | stopped |",
                 "|---|---:|---:|---:|---|---:|---|---|", *stopped, ""]
     return out
@@ -302,20 +308,113 @@ def _has_records(d: Path) -> bool:
 
 
 def result_sets(results_dir: Path) -> list[Path]:
-    """The folders holding one study run's records each: the results folder itself and/or
-    its subfolders (one per device run, newest name last)."""
+    """The folders holding one study run's records each, oldest first: the subfolders (one
+    per study run, by name), then the results folder itself (a run written there has not
+    been moved into a folder of its own yet: the newest)."""
     subs = sorted(d for d in results_dir.iterdir() if d.is_dir()) if results_dir.is_dir() else []
-    return [d for d in [results_dir, *subs] if _has_records(d)]
+    return [d for d in [*subs, results_dir] if _has_records(d)]
 
 
-STATUS_NOTE = ("Each device run of the study is one section below, with how it was run "
-               "(its `about.json`), oldest first: the last section is the newest run and "
-               "holds the current answer (its headline and its notes' reading). The recipe "
-               "above is the current one; a run made with an earlier recipe says so in its "
-               "notes.\n")
+def samples_dir_of(d: Path, results_dir: Path, samples_root: Path) -> Path:
+    """Where the per-sample records of the study run in `d` are."""
+    return samples_root if d.resolve() == results_dir.resolve() else samples_root / d.name
 
 
-def render_set(d: Path, page: Path) -> str:
+ANSWER_MARK = "<!-- the answer -->"
+
+
+def _about(d: Path) -> dict:
+    return json.loads((d / "about.json").read_text()) if (d / "about.json").exists() else {}
+
+
+def data_note(runs: list[dict], records: list[dict]) -> str:
+    """What the run's records hold: seeds, bases, samples per model and length, teacher-forced
+    scores, where the per-sample lines came from; said plainly where they fall short of the
+    study's defaults."""
+    gen = [r for r in records if answer.em(r) is not None and float(r["pruned"]) == 0.0]
+    per_model: dict[tuple, int] = {}
+    for r in gen:
+        k = (r["arm"], r["train_length"], r.get("base_seed", 0), r["seed"], r["eval_length"])
+        per_model[k] = per_model.get(k, 0) + 1
+    counts = sorted(set(per_model.values()))
+    bases = sorted({r.get("base_seed", 0) for r in runs})
+    seeds = sorted({r["seed"] for r in runs})
+    forced = sum(r.get("token_acc") is not None for r in records)
+    pruned_lines = any(float(r["pruned"]) > 0 for r in records)
+    n = counts[0] if len(counts) == 1 else None
+    text = (f"**What this run holds.** {len(seeds)} extension seed{'s' if len(seeds) > 1 else ''} "
+            f"({', '.join(map(str, seeds))}) of {len(bases)} base{'s' if len(bases) > 1 else ''} "
+            f"(base seed {', '.join(map(str, bases))}); "
+            + (f"{n} generated samples per model and length (one sample moves a model's mean "
+               f"at a length by {1 / n:.2f})" if n else
+               f"{counts[0]}-{counts[-1]} generated samples per model and length" if counts else
+               "no generated samples")
+            + (f"; {forced} teacher-forced scores." if forced else "; no teacher-forced scores.")
+            + " ")
+    if any(r.get("source") == FROM_LOGS for r in records):
+        text += ("Its per-sample records were derived afterwards (`python -m study "
+                 "derive-samples`) from the unpruned evaluations' results.json it kept in "
+                 "`logs/`: exact match only (the run predates the teacher-forced scores)"
+                 + ("" if pruned_lines else ", and none for the pruned models, whose "
+                    "evaluations kept only their mean per length: the pruning rows have no "
+                    "interval") + ". ")
+    text += (f"The study's defaults are {len(answer.SEEDS)} extension seeds x "
+             f"{len(answer.BASE_SEEDS)} bases and {answer.PLAN_SAMPLES} generated samples per "
+             f"model and length (plus teacher-forced ones); the sample sizes that would "
+             f"decide are computed for {answer.PLAN_UNITS} seed units, from this run's "
+             "variance" + (": with this few seed units the spread between seeds rests on one "
+                           "or two degrees of freedom, so those sizes are a rough guide, which "
+                           "the next run's own variance replaces" if len(seeds) * len(bases) < 4
+                           else "") + ".\n")
+    return text
+
+
+def answer_section(d: Path, records: list[dict], page: Path, samples_dir: Path) -> str:
+    """The top of the page: the newest study run's verdicts, table, plot and companions."""
+    _, runs = load(d)
+    about = _about(d)
+    rel = os.path.relpath(d, page.parent)
+    text = "## The answer\n\n"
+    if not records:
+        return text + (f"The newest study run ({about.get('title', d.name)}, `{rel}/`) has no "
+                       "per-sample records, so no intervals: its means are in its section "
+                       "below. `python -m study eval` writes them; `python -m study "
+                       "derive-samples` derives them from a run's kept results.\n\n")
+    rows = answer.headline_rows(runs, records)
+    beyond = answer.extrapolation_rows(runs, records)
+    text += (f"From the newest study run: **{about.get('title', d.name)}** (records `{rel}/`, "
+             f"per-sample lines `{os.path.relpath(samples_dir, page.parent)}/`).\n\n")
+    text += "\n".join(answer.summary_lines(rows)) + "\n\n"
+    text += "\n".join(answer.headline_table(rows)) + "\n\n"
+    text += ("Retrieval: mean exact match over the paired samples of every task at the trained "
+             "length (the interval of the mean by the same bootstrap); n: paired samples "
+             "(seed units x samples per unit); sparsity and perplexity: mean over seeds with "
+             "Student's t interval (n = seeds); KV: per sequence at the trained length, bf16, "
+             "after pruning half of the layers to local-only (a fraction of the unpruned "
+             "cache).\n\n")
+    plot = answer.answer_plot(rows, beyond, d / "answer.png")
+    if plot:
+        text += f"![ratio to dense]({os.path.relpath(plot, page.parent)})\n\n"
+    text += data_note(runs, records) + "\n"
+    if beyond:
+        text += ("### Beyond the trained length\n\nThe same comparison at evaluation lengths "
+                 "above the one each model was extended to (no sparsity condition: the question "
+                 "is whether L2A keeps what dense loses).\n\n"
+                 + "\n".join(answer.extrapolation_table(beyond)) + "\n\n")
+    pruned = answer.prune_rows(runs, records)
+    if pruned:
+        text += ("### Pruning\n\nEach pruned model against its own unpruned model at the "
+                 "trained length (the same base, seed and samples).\n\n"
+                 + "\n".join(answer.prune_table(pruned)) + "\n\n")
+    cont = answer.continuous_table(runs, records)
+    text += "### Teacher-forced scores\n\n" + (
+        "\n".join(cont) + "\n\n" if cont else
+        "None recorded in this run (its evaluations predate `eval.teacher_forced`).\n\n")
+    return text
+
+
+def render_set(d: Path, page: Path, records: list[dict] | None = None,
+               is_answer: bool = False) -> str:
     """One study run: what it was (about.json: title, calls, notes), the headline, the tables
     and the plots (written into `d`)."""
     pre, runs = load(d)
@@ -323,8 +422,8 @@ def render_set(d: Path, page: Path) -> str:
     by_position = summarize_position(load_position(d))
     made = plots(rows, d) if rows else []
     made += [p for p in [position_plot(by_position, d)] if p]
-    about = json.loads((d / "about.json").read_text()) if (d / "about.json").exists() else {}
-    text = f"## {about.get('title', d.name)}\n\n"
+    about = _about(d)
+    text = f"### {about.get('title', d.name)}\n\n"
     text += f"Records: `{os.path.relpath(d, page.parent)}/` ({len(pre)} pretraining, {len(runs)} extension runs).\n\n"
     scales = sorted({p.get("scale", "full") for p in pre} | {r.get("scale", "full") for r in runs})
     if scales != ["full"]:
@@ -335,7 +434,14 @@ def render_set(d: Path, page: Path) -> str:
     text += "".join(f"- {n}\n" for n in about.get("notes", [])) + ("\n" if about.get("notes") else "")
     lines = headline(rows)
     tested = any("of dense" in x for x in lines)
-    text += "### Headline\n\n" + ("\n".join(lines) or "No evaluated runs.") + "\n\n"
+    text += "#### Headline on the means\n\n" + ("\n".join(lines) or "No evaluated runs.") + "\n\n"
+    if is_answer:
+        text += ("This run gives the answer at the top of the page: its intervals and "
+                 "verdicts are there.\n\n")
+    elif records:
+        rows_ci = answer.headline_rows(runs, records)
+        text += ("With 95% intervals from its per-sample records:\n\n"
+                 + "\n".join(answer.headline_table(rows_ci)) + "\n\n")
     if not tested:
         text += ("**The bar was not tested:** no L2A arm has a retrieval score to set against a "
                  f"dense score of at least {MIN_DENSE_SCORE} at the extended length.\n\n")
@@ -343,29 +449,32 @@ def render_set(d: Path, page: Path) -> str:
     if runs:
         text += "\n".join(run_tables(runs)) + "\n"
     if made:
-        text += "### Plots\n\n" + "\n".join(
+        text += "#### Plots\n\n" + "\n".join(
             f"![{p.stem}]({os.path.relpath(p, page.parent)})" for p in made) + "\n\n"
     return text
 
 
-def render(results_dir: Path, page: Path) -> str:
-    text = STATIC
+def render(results_dir: Path, page: Path, samples_root: Path | None = None) -> str:
+    samples_root = samples_root or results_dir / "samples"
     sets = result_sets(results_dir)
     if not sets:
-        text += ("**Not run yet.** No training or evaluation results exist in "
-                 "`study/results/` (`corpus.json` there is the manifest of the corpus "
-                 "the data were prepared from): the study has not been run on a GPU, and "
-                 "the tables and plots appear here once it has (`python -m study "
-                 "report`).\n")
-        return text
-    text += STATUS_NOTE + "\n"
-    return text + "\n".join(render_set(d, page) for d in sets)
+        return STATIC.replace(ANSWER_MARK, (
+            "## The answer\n\n**Not run yet.** No training or evaluation results exist in "
+            "`study/results/` (`corpus.json` there is the manifest of the corpus "
+            "the data were prepared from): the study has not been run on a GPU, and "
+            "the answer, tables and plots appear here once it has (`python -m study "
+            "report`).\n"))
+    records = {d: load_records(samples_dir_of(d, results_dir, samples_root)) for d in sets}
+    newest = sets[-1]
+    text = STATIC.replace(ANSWER_MARK, answer_section(
+        newest, records[newest], page, samples_dir_of(newest, results_dir, samples_root)))
+    return text + "\n".join(render_set(d, page, records[d], d == newest) for d in sets)
 
 
-def write_report(results_dir: Path, out: Path) -> Path:
+def write_report(results_dir: Path, out: Path, samples_root: Path | None = None) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(render(results_dir, out))
+    tmp.write_text(render(results_dir, out, samples_root))
     os.replace(tmp, out)
     print(f"wrote {out}")
     return out

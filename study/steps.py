@@ -1,11 +1,13 @@
 """The dense vs L2A context-extension study (study/RESULTS.md), one subcommand per step:
 
     python -m study prepare    # data at 2K, 8K, 16K + the held-out files
-    python -m study pretrain   # the base, dense, all parameters, 2K -> .cache/study/base
-    python -m study extend     # arms x lengths x seeds from that base
-    python -m study eval       # python -m eval on every extended model
+    python -m study pretrain   # the bases (--base-seeds), dense, all parameters, 2K
+    python -m study extend     # arms x lengths x seeds x base seeds from those bases
+    python -m study eval       # python -m eval on every extended model (+ per-sample records)
     python -m study prune      # python -m train.prune on the L2A models, then eval again
     python -m study report     # study/results/*.json -> study/RESULTS.md + plots
+    python -m study derive-samples --results study/results/<run>   # per-sample records
+                                     # of an older run, from its logs/eval-results-*.json
     python -m study pack-data  # the prepared rows as .cache/study/data/*.tar.xz, for a
                                      # machine without `datasets` (--data-archives there)
 
@@ -14,7 +16,16 @@ Every step runs the project's own entry points as subprocesses (`python -m train
 behind one small function each (`eval_command`, `prune_command`, `parse_*`) so that they
 follow those CLIs. A step whose tool is not installed is recorded as skipped with the
 reason. `--scale tiny` runs the same chain on a tiny model and short rows on CPU (the
-smoke test). Results: one JSON per run under `--results` (default study/results).
+smoke test). Results: one JSON per run under `--results` (default study/results); the
+evaluations' per-sample records (study/samples.py) as JSONL under `--samples-dir` (default
+bench/results/study).
+
+Sizes (the defaults; study/RESULTS.md "How the answer is computed"): per model, task and
+evaluation length 20 generated samples (5 tasks: 100 per length, so one sample moves a
+model's mean at a length by 0.01) and 100 teacher-forced ones (the 20 generated among
+them); extension seeds 0, 1, 2 of every arm and length; base seeds 0 and 1, each base
+pretrained on its own, every arm extended from both. `--samples`, `--teacher-forced-samples`,
+`--seeds`, `--base-seeds` change them (`--scale tiny`: 1 and 2 samples).
 """
 
 from __future__ import annotations
@@ -32,18 +43,24 @@ import sys
 import time
 from pathlib import Path
 
+from study.design import (
+    BASE_SEEDS,
+    EVAL_SAMPLES,
+    RETRIEVAL_TASKS,
+    SEEDS,
+    TEACHER_FORCED_SAMPLES,
+    trained_seq_len,
+)
+
 ROOT = Path(__file__).resolve().parents[1]
 ARMS = {"dense": "study_dense", "l2a": "study_l2a", "l2a_s08": "study_l2a_s08",
         "l2a_s09": "study_l2a_s09"}
 LENGTHS = {"8k": 8192, "16k": 16384}
 EVAL_LENGTHS = [2048, 8192, 16384, 32768]  # 32768: beyond both trained lengths
-# One sample per task and length, the needle at depth 0.5: 5 generations per length and
-# model, 20 in all; at most 48 new tokens (the longest answer, four 7-digit values, is 37
-# byte tokens; RULER's 128 are BPE tokens). Measured on 2x H200 with 4 evaluations sharing a
-# GPU: 24 ms per generated token (dense), 52 samples x up to 128 tokens in 117 s; the L2A
-# models 7-12 s per sample; this budget is about a fifth of those tokens. Perplexity: 8
-# held-out rows per length (one row took 3 s of the 122 s).
+# The needle at depth 0.5; at most 48 new tokens (the longest answer, four 7-digit values,
+# is 37 byte tokens; RULER's 128 are BPE tokens); perplexity on 8 held-out rows per length.
 EVAL_EXTRA = ["eval.depths=[0.5]", "eval.max_new_tokens=48", "eval.perplexity.rows=8"]
+SAMPLES_DIR = ROOT / "bench" / "results" / "study"
 PRUNE_FRACTIONS = [0.25, 0.5]
 MAX_SHARD_BYTES = 12 << 20  # the 46 MiB base in 4 shards, each under the device's 16 MiB
 MAX_SHARDS = 8  # the base model in at most this many files (bounded result folders)
@@ -66,6 +83,7 @@ TINY = {
                "l2a.window=32", "l2a.lambda_final=2.0e-5", "train.plot=false"],
     "prepare": ["data=study_tiny"],
     "eval_lengths": [512, 1024],
+    "samples": (1, 2),  # generated, teacher-forced per task and length
     "eval": ["eval.tasks=[niah_single]", "eval.depths=[0.5]", "eval.max_new_tokens=12",
              "eval.perplexity.buckets=2"],
     "probe": ["--tasks", "passkey", "--lengths", "256", "--samples", "2"],
@@ -184,18 +202,19 @@ def tool_missing(module: str) -> str | None:
 # ----------------------------------------------------------------------------- adapters
 # The two tools the study drives from outside, `python -m eval` (docs/EVAL.md) and
 # `python -m train.prune`: these functions are the only places that know their CLIs.
-RETRIEVAL_TASKS = ["niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery",
-                   "variable_tracking"]
-
 
 def eval_command(model_dir: Path, out_dir: Path, lengths: list[int], heldout: Path | None,
-                 heldout_len: int, seed: int = 0, extra: list[str] | None = None) -> list[str]:
-    """`python -m eval`: the retrieval tasks at `lengths`; perplexity on the held-out rows
-    at the lengths they are long enough for; routing (L2A) on the same rows."""
+                 heldout_len: int, seed: int = 0, extra: list[str] | None = None,
+                 samples: tuple[int, int] = (EVAL_SAMPLES, TEACHER_FORCED_SAMPLES)) -> list[str]:
+    """`python -m eval`: the retrieval tasks at `lengths`, `samples` = (generated,
+    teacher-forced) per task, length and depth; perplexity on the held-out rows at the
+    lengths they are long enough for; routing (L2A) on the same rows."""
+    generated, forced = samples
     argv = [sys.executable, "-m", "eval", f"model.path={model_dir}",
             f"eval.lengths=[{','.join(map(str, lengths))}]", f"eval.seed={seed}",
             f"eval.tasks=[{','.join(RETRIEVAL_TASKS)}]", "eval.plots=false",
-            f"hydra.run.dir={out_dir}"]
+            f"eval.samples={generated}", "eval.teacher_forced.enabled=true",
+            f"eval.teacher_forced.samples={forced}", f"hydra.run.dir={out_dir}"]
     ppl = [n for n in lengths if n <= heldout_len]
     if heldout is not None and ppl:
         argv += [f"eval.perplexity.data={heldout}",
@@ -295,6 +314,16 @@ class Study:
         self.runs = Path(args.runs).resolve()
         self.results = Path(args.results).resolve()
         self.base_dir = Path(args.base_dir).resolve()
+        # Per-sample records (study/samples.py); a Study built without the CLI keeps them
+        # beside its results.
+        self.samples_dir = Path(getattr(args, "samples_dir", None)
+                                or self.results / "samples").resolve()
+        tiny = TINY["samples"] if args.scale == "tiny" else (EVAL_SAMPLES, TEACHER_FORCED_SAMPLES)
+        self.samples = (getattr(args, "samples", None) or tiny[0],
+                        getattr(args, "teacher_forced_samples", None) or tiny[1])
+        if self.samples[1] < self.samples[0]:
+            raise StudyError(f"--teacher-forced-samples {self.samples[1]}: below --samples "
+                             f"{self.samples[0]} (every generated sample is teacher-forced too)")
         self.max_seconds = args.max_minutes * 60 if args.max_minutes else None
         self.archives = Path(args.data_archives).resolve() if args.data_archives else None
         self.env = {"L2A_STUDY_BASE": str(self.base_dir), "WANDB_MODE": "disabled",
@@ -317,12 +346,17 @@ class Study:
     def eval_lengths(self) -> list[int]:
         return TINY["eval_lengths"] if self.scale == "tiny" else EVAL_LENGTHS
 
+    def base_dir_of(self, base_seed: int) -> Path:
+        """Base seed 0 is --base-dir itself (where the earlier runs' base is); seed b a
+        directory beside it, <base-dir>-seed<b>."""
+        return self.base_dir if base_seed == 0 else self.base_dir.with_name(
+            f"{self.base_dir.name}-seed{base_seed}")
+
     def seq_len(self, length: str | None) -> int:
         return 512 if self.scale == "tiny" else LENGTHS.get(length, 2048)
 
     def seq_len_of(self, rec: dict) -> int:
-        """Rows the run trained on (tiny runs: 512, whatever their length group says)."""
-        return 512 if rec.get("scale") == "tiny" else rec["train_length"]
+        return trained_seq_len(rec)
 
     def prepare_overrides(self, length: str | None) -> list[list[str]]:
         """The data sets of the study: training rows per length and the held-out files."""
@@ -423,7 +457,7 @@ class Study:
         write_json(self.results / "corpus.json", corpus_manifest(self.extra("pretrain")))
 
 
-    def _train(self, name: str, overrides: list[str], seq_len: int) -> dict:
+    def _train(self, name: str, overrides: list[str], seq_len: int, base_seed: int = 0) -> dict:
         run_dir = self.runs / name
         log = self.runs / "logs" / f"{name}.log"
         argv = [sys.executable, "-m", self.train_module(seq_len), *overrides,
@@ -435,11 +469,12 @@ class Study:
                 raise StudyError(f"{name}: not started, {max(left, 0):.0f} s left before the "
                                  "deadline less the reserve for evaluation")
             cap = left if cap is None else min(cap, left)
-        rc, wall = self.runner(argv, log, cap, self.env)
+        env = {**self.env, "L2A_STUDY_BASE": str(self.base_dir_of(base_seed))}
+        rc, wall = self.runner(argv, log, cap, env)
         if rc == 75:  # stopped at --max-minutes: export what the last checkpoint holds
             rc2, _ = self.runner([sys.executable, "-m", "train.export", str(run_dir),
                                   str(run_dir / "export")], log.with_suffix(".export.log"),
-                                 None, self.env)
+                                 None, env)
             if rc2 != 0:
                 raise StudyError(f"{name}: export after the time cap failed ({log})")
         elif rc != 0:
@@ -466,12 +501,13 @@ class Study:
         name = f"pretrain-seed{seed}"
         rec = self._train(name, [*self.step_overrides(None), f"train.seed={seed}"],
                           self.seq_len(None))
-        rec["base_files"] = save_sharded(Path(rec["export_dir"]), self.base_dir)
+        base = self.base_dir_of(seed)
+        rec["base_files"] = save_sharded(Path(rec["export_dir"]), base)
         rec["probe"] = self.probe_base(name, Path(rec["export_dir"]))
         write_json(self.results / f"{name}.json", {"step": "pretrain", "seed": seed,
                                                     "scale": self.scale, "train": rec})
         print(f"{name}: {rec['steps']} steps, lm loss {rec['final_lm_loss']}, "
-              f"{rec['gpu_time_s']} GPU s; base {self.base_dir} ({len(rec['base_files'])} files)")
+              f"{rec['gpu_time_s']} GPU s; base {base} ({len(rec['base_files'])} files)")
         return rec
 
     def probe_base(self, name: str, model_dir: Path) -> dict:
@@ -489,38 +525,51 @@ class Study:
                   f"token accuracy {r['token_accuracy']:.2f}, exact {r['exact']:.2f}", flush=True)
         return res
 
-    def run_path(self, arm: str, length: str, seed: int) -> Path:
-        return self.results / f"run-{arm}-{length}-seed{seed}.json"
+    def run_path(self, arm: str, length: str, seed: int, base_seed: int = 0) -> Path:
+        return self.results / f"run-{run_name(arm, length, seed, base_seed)}.json"
 
-    def extend(self, arms: list[str], lengths: list[str], seeds: list[int]) -> None:
-        ensure_base(self.base_dir)
-        if not (self.base_dir / "config.json").exists():
-            raise StudyError(f"{self.base_dir}: no base model; run `python -m study pretrain` "
-                             "or pass --base-dir")
-        for arm in arms:
-            for length in lengths:
-                for seed in seeds:
-                    name = f"{arm}-{length}-seed{seed}"
-                    rec = self._train(name, [f"experiment={ARMS[arm]}", f"study_length={length}",
-                                             f"train.seed={seed}", *self.extra("extend")],
-                                      self.seq_len(length))
-                    write_json(self.run_path(arm, length, seed), {
-                        "arm": arm, "train_length": LENGTHS[length], "seed": seed,
-                        "scale": self.scale, "train": rec, "evals": {}})
-                    print(f"{name}: {rec['steps']} steps, lm loss {rec['final_lm_loss']}, "
-                          f"sparsity {rec['sparsity']:.3f}, {rec['gpu_time_s']} GPU s", flush=True)
+    def extend(self, arms: list[str], lengths: list[str], seeds: list[int],
+               base_seeds: list[int] = (0,)) -> None:
+        for b in base_seeds:
+            base = self.base_dir_of(b)
+            ensure_base(base)
+            if not (base / "config.json").exists():
+                raise StudyError(f"{base}: no base model of base seed {b}; run `python -m study "
+                                 f"pretrain --base-seeds {b}` or pass --base-dir")
+        for b in base_seeds:
+            for arm in arms:
+                for length in lengths:
+                    for seed in seeds:
+                        self._extend_one(arm, length, seed, b)
 
-    def _records(self, arms=None, lengths=None, seeds=None) -> list[tuple[Path, dict]]:
-        """The extension runs in --results, those of the given arms, lengths, seeds only."""
+    def _extend_one(self, arm: str, length: str, seed: int, base_seed: int) -> None:
+        name = run_name(arm, length, seed, base_seed)
+        rec = self._train(name, [f"experiment={ARMS[arm]}", f"study_length={length}",
+                                 f"train.seed={seed}", *self.extra("extend")],
+                          self.seq_len(length), base_seed)
+        write_json(self.run_path(arm, length, seed, base_seed), {
+            "arm": arm, "train_length": LENGTHS[length], "seed": seed, "base_seed": base_seed,
+            "scale": self.scale, "train": rec, "evals": {}})
+        print(f"{name}: {rec['steps']} steps, lm loss {rec['final_lm_loss']}, "
+              f"sparsity {rec['sparsity']:.3f}, {rec['gpu_time_s']} GPU s", flush=True)
+
+    def _records(self, arms=None, lengths=None, seeds=None,
+                 base_seeds=None) -> list[tuple[Path, dict]]:
+        """The extension runs in --results, those of the given arms, lengths, seeds and base
+        seeds only (a record without base_seed extends base seed 0)."""
         out = []
         for p in sorted(self.results.glob("run-*.json")):
             rec = json.loads(p.read_text())
             if ((arms is None or rec["arm"] in arms) and (seeds is None or rec["seed"] in seeds)
+                    and (base_seeds is None or rec.get("base_seed", 0) in base_seeds)
                     and (lengths is None or rec["train_length"] in [LENGTHS[x] for x in lengths])):
                 out.append((p, rec))
         return out
 
-    def _evaluate(self, model_dir: Path, out_dir: Path, seq_len: int, seed: int) -> dict:
+    def _evaluate(self, model_dir: Path, out_dir: Path, rec: dict, pruned: float) -> dict:
+        """`python -m eval` of one model (a run's, or its pruned one): the parsed results,
+        and its per-sample records written under --samples-dir."""
+        seq_len, seed = self.seq_len_of(rec), rec["seed"]
         missing = tool_missing("eval")
         if missing:
             return {"skipped": missing}
@@ -531,19 +580,31 @@ class Study:
             return {"skipped": "no time left before the deadline"}
         rc, wall = self.runner(eval_command(model_dir, out_dir, self.eval_lengths(),
                                             heldout if heldout.exists() else None, seq_len,
-                                            seed, self.extra("eval")), log, left, self.env)
+                                            seed, self.extra("eval"), self.samples),
+                               log, left, self.env)
         if rc != 0:
             why = " (stopped at the deadline)" if left is not None and wall >= left else ""
             return {"failed": f"exit {rc}{why}: {_tail(log)}", "log": str(log),
                     "partial": parse_eval_log(log)}
         result = parse_eval(out_dir)
         result["kv_bytes"] = kv_bytes(model_dir, self.eval_lengths())
+        result["samples_file"] = str(self.write_samples(out_dir, rec, pruned))
         return {**result, "wall_s": round(wall, 1)}
+
+    def write_samples(self, out_dir: Path, rec: dict, pruned: float) -> Path:
+        from study.samples import file_name, records_from_results, write_records
+
+        base_seed = rec.get("base_seed", 0)
+        lines = records_from_results(json.loads((out_dir / "results.json").read_text()),
+                                     arm=rec["arm"], train_length=rec["train_length"],
+                                     base_seed=base_seed, seed=rec["seed"], pruned=pruned)
+        return write_records(self.samples_dir / file_name(rec["arm"], rec["train_length"],
+                                                          base_seed, rec["seed"], pruned), lines)
 
     def evaluate_run(self, rec: dict) -> dict:
         """`python -m eval` of one run's (unpruned) model."""
         return self._evaluate(Path(rec["train"]["export_dir"]), Path(rec["train"]["run_dir"]) / "eval",
-                              self.seq_len_of(rec), rec["seed"])
+                              rec, 0.0)
 
     def evaluate(self, **which) -> None:
         for path, rec in self._records(**which):
@@ -577,10 +638,15 @@ class Study:
                                           rec["train_length"]), log, left, self.env)
         if rc != 0:
             return {"failed": f"prune exit {rc}: {_tail(log)}"}
-        result = self._evaluate(out, run_dir / f"eval-pruned-{fraction}", self.seq_len_of(rec),
-                                rec["seed"])
+        result = self._evaluate(out, run_dir / f"eval-pruned-{fraction}", rec, fraction)
         result["prune"] = parse_prune(out)
         return result
+
+
+def run_name(arm: str, length: str, seed: int, base_seed: int = 0) -> str:
+    """A run's name: base seed 0 (the only base of the earlier runs) keeps the names those
+    runs' records have; another base seed is in the name."""
+    return f"{arm}-{length}-seed{seed}" if base_seed == 0 else f"{arm}-{length}-base{base_seed}-seed{seed}"
 
 
 def data_root() -> Path:
@@ -663,19 +729,55 @@ def _list(value: str, known=None) -> list[str]:
     return items
 
 
+def default_samples_dir(results: Path) -> Path:
+    """Where a study run's per-sample records go, so that `report` finds them: the records of
+    study/results/<run> in bench/results/study/<run>, of study/results itself in
+    bench/results/study; of a results folder elsewhere in its samples/."""
+    results, runs = results.resolve(), (ROOT / "study" / "results").resolve()
+    if results == runs:
+        return SAMPLES_DIR
+    if results.parent == runs:
+        return SAMPLES_DIR / results.name
+    return results / "samples"
+
+
+def _int(value: str, flag: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise StudyError(f"{flag}: {value!r} is not an integer") from None
+
+
 def main(argv: list[str] | None = None) -> int:
+    from study.samples import SamplesError
+    from study.stats import PairingError
+
     p = argparse.ArgumentParser(prog="python -m study", description=__doc__.splitlines()[0])
     p.add_argument("step", choices=["prepare", "pretrain", "extend", "eval", "prune", "report",
-                                     "pack-data"])
+                                     "pack-data", "derive-samples"])
     p.add_argument("--scale", choices=["full", "tiny"], default="full")
     p.add_argument("--runs", default=str(ROOT / "runs" / "study"), help="run directories")
     p.add_argument("--results", default=str(ROOT / "study" / "results"))
     p.add_argument("--base-dir", default=os.environ.get("L2A_STUDY_BASE",
                                                         str(ROOT / ".cache" / "study" / "base")))
-    p.add_argument("--seed", type=int, default=0, help="pretrain: the base's seed")
+    p.add_argument("--base-seeds", default=",".join(map(str, BASE_SEEDS)),
+                   help="pretrain: the bases to pretrain; extend, eval, prune: the bases whose "
+                        "runs to make or take (base seed 0 in --base-dir, b in <base-dir>-seed<b>)")
     p.add_argument("--arms", default=",".join(ARMS))
     p.add_argument("--lengths", default=",".join(LENGTHS))
-    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="extension seeds")
+    p.add_argument("--samples", type=int, default=None,
+                   help=f"eval: generated samples per task and length (default {EVAL_SAMPLES}; "
+                        f"--scale tiny {TINY['samples'][0]})")
+    p.add_argument("--teacher-forced-samples", type=int, default=None,
+                   help=f"eval: teacher-forced samples per task and length, >= --samples "
+                        f"(default {TEACHER_FORCED_SAMPLES}; --scale tiny {TINY['samples'][1]})")
+    p.add_argument("--samples-dir", default=None,
+                   help="eval, prune: where the per-sample records (JSONL) go (default: "
+                        "bench/results/study/<run> for --results study/results/<run>, "
+                        "bench/results/study for study/results, else <results>/samples); "
+                        "report, derive-samples: the folder of every run's records "
+                        "(default bench/results/study)")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="stop a training run after this long (checkpoint, export)")
     p.add_argument("--data-archives", default=None,
@@ -683,6 +785,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(ROOT / "study" / "RESULTS.md"), help="report: the page")
     args = p.parse_args(argv)
     try:
+        for flag in ("samples", "teacher_forced_samples"):
+            n = getattr(args, flag)
+            if n is not None and n < 1:
+                raise StudyError(f"--{flag.replace('_', '-')} {n}: must be at least 1")
+        base_seeds = [_int(x, "--base-seeds") for x in _list(args.base_seeds)]
+        seeds = [_int(x, "--seeds") for x in _list(args.seeds)]
+        if args.step in ("eval", "prune") and args.samples_dir is None:
+            args.samples_dir = str(default_samples_dir(Path(args.results)))
+        samples_root = Path(args.samples_dir or SAMPLES_DIR)
         study = Study(args)
         if args.step == "prepare":
             lengths = _list(args.lengths, LENGTHS) if args.scale == "full" else []
@@ -691,19 +802,28 @@ def main(argv: list[str] | None = None) -> int:
             lengths = _list(args.lengths, LENGTHS) if args.scale == "full" else []
             study.pack_data([None, *lengths])
         elif args.step == "pretrain":
-            study.pretrain(args.seed)
+            for b in base_seeds:
+                study.pretrain(b)
         elif args.step == "extend":
-            study.extend(_list(args.arms, ARMS), _list(args.lengths, LENGTHS),
-                         [int(s) for s in _list(args.seeds)])
+            study.extend(_list(args.arms, ARMS), _list(args.lengths, LENGTHS), seeds, base_seeds)
         elif args.step in ("eval", "prune"):
             which = {"arms": _list(args.arms, ARMS), "lengths": _list(args.lengths, LENGTHS),
-                     "seeds": [int(x) for x in _list(args.seeds)]}
+                     "seeds": seeds, "base_seeds": base_seeds}
             (study.evaluate if args.step == "eval" else study.prune)(**which)
+        elif args.step == "derive-samples":
+            from study.samples import derive_from_logs
+
+            results = Path(args.results).resolve()
+            out = samples_root / results.name
+            made = derive_from_logs(results, out)
+            if not made:
+                raise StudyError(f"{results}/logs: no eval-results-*.json to derive records from")
+            print(f"derive-samples: {len(made)} files in {out}")
         else:
             from study.report import write_report
 
-            write_report(Path(args.results), Path(args.out))
-    except StudyError as e:
+            write_report(Path(args.results), Path(args.out), samples_root)
+    except (StudyError, SamplesError, PairingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

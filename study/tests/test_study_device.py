@@ -124,6 +124,7 @@ def test_pack_keeps_records_and_reports_not_weights(tmp_path, monkeypatch):
     r = "dense-16k-seed0/dense-16k-seed0"
     files = {
         "results/run-dense-16k-seed0.json": "{}",
+        "results/samples/dense-16k-base0-seed0-pruned0.jsonl": "{}\n",  # per-sample records
         "dense-16k-seed0/logs/dense-16k-seed0.log": "log",
         f"{r}/metrics.jsonl": "{}",
         f"{r}/summary.json": "{}",
@@ -143,6 +144,7 @@ def test_pack_keeps_records_and_reports_not_weights(tmp_path, monkeypatch):
     with tarfile.open(tar) as t:
         names = sorted(t.getnames())
     assert names == sorted(["results/run-dense-16k-seed0.json",
+                            "results/samples/dense-16k-base0-seed0-pruned0.jsonl",
                             "runs/dense-16k-seed0/logs/dense-16k-seed0.log",
                             *(f"runs/{r}/{f}" for f in ("metrics.jsonl", "summary.json", "eval.log",
                                                          "eval/results.json",
@@ -258,7 +260,7 @@ def test_eval_workers_share_one_queue_and_write_every_record(tmp_path):
         return 0, 0.05
 
     a = argparse.Namespace(**{**vars(_args(tmp_path)), "max_steps": None, "deadline": None,
-                              "reserve_minutes": 0.0})
+                              "reserve_minutes": 0.0, "base_seed": 0})
     a.runs, a.results = tmp_path / "runs", tmp_path / "results"
     # One L2A run: its pruned jobs run at once on the two workers, both updating its record.
     runs = [("l2a", "16k", 0), ("dense", "16k", 1)]

@@ -122,6 +122,38 @@ def test_eval_and_prune_steps_are_recorded(chain):
                 assert (kv["after"] < kv["before"]) == (frac == "0.5")
 
 
+def test_eval_writes_per_sample_records(chain):
+    """--scale tiny: niah_single at depth 0.5, lengths 512 and 1024, 2 teacher-forced samples
+    per cell, the first also generated: 4 lines per evaluation; dense unpruned, the L2A
+    model unpruned and pruned by a quarter and a half."""
+    from study.samples import load_records
+
+    s, _, _ = chain
+    if study.tool_missing("eval"):
+        pytest.skip("python -m eval is not in this checkout")
+    lines = load_records(Path(s.samples_dir))
+    by_model = {}
+    for x in lines:
+        by_model.setdefault((x["arm"], x["pruned"]), []).append(x)
+    assert sorted(by_model) == [("dense", 0.0), ("l2a_s08", 0.0), ("l2a_s08", 0.25),
+                                ("l2a_s08", 0.5)]
+    for (arm, pruned), xs in by_model.items():
+        assert [(x["eval_length"], x["index"], x["generated"]) for x in xs] == [
+            (n, i, i == 0) for n in (512, 1024) for i in (0, 1)]
+        assert {(x["train_length"], x["seed"], x["base_seed"], x["eval_seed"]) for x in xs} == {
+            (8192, 0, 0, 0)}
+        ev = json.loads(s.run_path(arm, "8k", 0).read_text())["evals"][f"{pruned:g}" if pruned
+                                                                        else "0.0"]
+        for x in xs:
+            # the answer " 1234567." is 9 byte tokens; log-likelihoods are <= 0
+            assert x["answer_tokens"] == 9 and x["answer_loglik"] <= 0
+            assert 0 <= x["token_acc"] <= 1 and (x["em"] is None) == (not x["generated"])
+            if x["generated"]:  # one generated sample per length: it is the length's mean
+                assert x["em"] == ev["retrieval"][str(x["eval_length"])]
+        assert Path(ev["samples_file"]).name == (
+            f"{arm}-8k-base0-seed0-pruned{pruned:g}.jsonl")
+
+
 def test_corpus_manifest_is_recorded(chain):
     s, _, _ = chain
     corpus = json.loads((Path(s.results) / "corpus.json").read_text())
@@ -173,6 +205,12 @@ def test_report_over_the_smoke_results(chain, tmp_path):
     page = write_report(Path(s.results), tmp_path / "RESULTS.md").read_text()
     assert "--scale tiny" in page and "not the study" in page
     assert "| L2A target 0.8 | 8192 | 1 |" in page
+    # the answer: the L2A model against dense on the 2 generated samples (one per length:
+    # the tiny runs train on 512 tokens), and beyond, at 1024
+    assert page.index("## The answer") < page.index("## Recipe")
+    row = next(x for x in page.splitlines() if x.startswith("| L2A target 0.8 | 8192 | "))
+    assert "| 1 (1 seed unit × 1) |" in row
+    assert any(x.startswith("| L2A target 0.8 | 8192 | 1024 |") for x in page.splitlines())
 
 
 def test_cli_errors_are_one_line(tmp_path):

@@ -37,18 +37,19 @@ def test_the_evaluations_format_with_a_correct_answer(byte_tok, name, length):
 
 
 def test_the_evaluations_samples_are_held_out(byte_tok):
-    """The study evaluates seeds 0 and 1, index 0 at needle depth 0.5 (study/steps.py); none of
-    their answers (7-digit values, 5-letter variable names) appears in 40 training
-    documents per task at the same length."""
+    """The study evaluates seeds 0, 1, 2 (study.steps.SEEDS), indices 0, 1, ... at needle
+    depth 0.5; none of the first three indices' answers (7-digit values, 5-letter variable
+    names) appears in 40 training documents per task at the same length."""
     length = 2048
     for name in TASKS:
         task = name.removeprefix("eval_")
         depth = 0.5 if "niah" in task else None
         train_text = " ".join(generate_sample(name, length, byte_tok, seed=0, index=i).text
                               for i in range(40))
-        for seed in (0, 1):
-            ev = generate(task, length, byte_tok, seed=seed, index=0, depth=depth)
-            assert not any(a in train_text for a in ev.answers), (name, seed, ev.answers)
+        for seed in (0, 1, 2):
+            for index in range(3):
+                ev = generate(task, length, byte_tok, seed=seed, index=index, depth=depth)
+                assert not any(a in train_text for a in ev.answers), (name, seed, index, ev.answers)
 
 
 def test_min_length_and_the_mixture(byte_tok):

@@ -59,3 +59,23 @@ def test_generate_first_token_is_full_forward_argmax():
     out = model.generate(input_ids=ids.cuda(), attention_mask=torch.ones_like(ids).cuda(),
                          max_new_tokens=1, do_sample=False)
     assert n == 4 and int(out[0, -1]) == int(logits.argmax())
+
+
+def test_teacher_forced_scores_on_the_answer_logits_match_the_full_forward():
+    """bf16 on the kernels, 6000 tokens: scoring from the last answer positions' logits only
+    (logits_to_keep) gives the log-likelihood and token accuracy of the full forward's."""
+    from eval.teacher_forced import score_answer
+
+    model = _model()
+    ids = torch.randint(0, 256, (1, 6000), generator=torch.Generator().manual_seed(2))
+    prompt, answer = ids[0, :5991].tolist(), ids[0, 5991:].tolist()
+    got = score_answer(model, prompt, answer)
+    with torch.no_grad():
+        logits = model(ids.cuda(), use_cache=False).logits[0, 5990:-1].float()
+    target = ids[0, 5991:].cuda()
+    want = torch.log_softmax(logits, -1).gather(-1, target[:, None]).sum().item()
+    assert got["answer_tokens"] == 9
+    assert got["answer_loglik"] == pytest.approx(want, rel=1e-2, abs=1e-2)
+    # bf16 matmuls of another shape may flip one near-tie argmax of the nine
+    assert got["token_accuracy"] == pytest.approx(
+        (logits.argmax(-1) == target).float().mean().item(), abs=1 / 9 + 1e-6)

@@ -1,0 +1,117 @@
+"""The study's per-sample records: one JSON line per evaluation sample, so that anyone can
+recompute the report's tables and intervals (study.stats) from them.
+
+    bench/results/study/<set>/<arm>-<length>-base<b>-seed<s>-pruned<f>.jsonl
+
+`<set>` is the name of the results folder under study/results/ (a study run); a study run
+written straight into study/results/ keeps its records in bench/results/study/ itself.
+Fields of a line:
+
+- arm, train_length, eval_length, base_seed, seed (the extension seed), pruned (the
+  fraction of layers made local-only; 0.0: the unpruned model), eval_seed;
+- task, depth (NIAH; null otherwise), index, sample_id ("<task>/<eval length>/<depth>/<index>":
+  with eval_seed it names the prompt; the same id is the same prompt for every arm of a
+  (base seed, seed));
+- generated (exact match scored), em (RULER's string_match_all in [0, 1]; null if not
+  generated), answer_loglik (nats, sum over the gold answer's tokens), answer_tokens,
+  token_acc (null when not teacher-forced);
+- source: what the line was made from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from study.position import RESULTS_NAME
+
+FROM_RESULTS = "python -m eval results.json"
+# Older study runs kept their unpruned evaluations' results.json as logs/eval-results-*.json,
+# generated samples only: their lines are derived from those, without teacher-forced scores.
+FROM_LOGS = "logs/eval-results-*.json of the study run (derived afterwards; no teacher-forced scores)"
+
+
+class SamplesError(ValueError):
+    """A records file that cannot be read: one line naming the file and line."""
+
+
+def length_key(train_length: int) -> str:
+    return f"{train_length // 1024}k"
+
+
+def file_name(arm: str, train_length: int, base_seed: int, seed: int, pruned: float) -> str:
+    return f"{arm}-{length_key(train_length)}-base{base_seed}-seed{seed}-pruned{pruned:g}.jsonl"
+
+
+def sample_id(task: str, length: int, depth, index: int) -> str:
+    return f"{task}/{length}/{'-' if depth is None else f'{float(depth):g}'}/{index}"
+
+
+def records_from_results(results: dict, *, arm: str, train_length: int, base_seed: int,
+                         seed: int, pruned: float, source: str = FROM_RESULTS) -> list[dict]:
+    """The lines of one evaluation (a `python -m eval` results dict) of one model."""
+    eval_seed = int((results.get("config") or {}).get("seed", seed))
+    out = []
+    for s in results.get("samples", []):
+        generated = s.get("generated", True)  # results without the field generated everything
+        forced = "answer_loglik" in s
+        out.append({
+            "arm": arm, "train_length": train_length, "eval_length": s["length"],
+            "base_seed": base_seed, "seed": seed, "pruned": float(pruned), "eval_seed": eval_seed,
+            "task": s["task"], "depth": s["depth"], "index": s["index"],
+            "sample_id": sample_id(s["task"], s["length"], s["depth"], s["index"]),
+            "generated": generated, "em": s.get("score") if generated else None,
+            "answer_loglik": s["answer_loglik"] if forced else None,
+            "answer_tokens": s["answer_tokens"] if forced else None,
+            "token_acc": s["token_accuracy"] if forced else None, "source": source})
+    return out
+
+
+def write_records(path: Path, records: list[dict]) -> Path:
+    """Atomically: the file is there whole or not at all."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    os.replace(tmp, path)
+    return path
+
+
+REQUIRED = ("arm", "train_length", "eval_length", "seed", "pruned", "sample_id")
+
+
+def load_records(d: Path) -> list[dict]:
+    """Every line of every *.jsonl in `d` (not below it); none if `d` does not exist."""
+    out = []
+    for path in sorted(d.glob("*.jsonl")) if d.is_dir() else []:
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise SamplesError(f"{path}:{i}: not JSON ({e.msg})") from None
+            missing = [k for k in REQUIRED if k not in rec]
+            if missing:
+                raise SamplesError(f"{path}:{i}: no {missing[0]!r}")
+            rec.setdefault("base_seed", 0)
+            out.append(rec)
+    return out
+
+
+def derive_from_logs(set_dir: Path, out_dir: Path) -> list[Path]:
+    """The lines of a study run that kept only its unpruned evaluations' results.json (as
+    `logs/eval-results-<arm>-<k>k-seed<s>.json`; one base, seed 0), into `out_dir`."""
+    made = []
+    for p in sorted((set_dir / "logs").glob("eval-results-*.json")):
+        m = RESULTS_NAME.fullmatch(p.name)
+        if not m:
+            continue
+        train_length = int(m["k"]) * 1024
+        recs = records_from_results(json.loads(p.read_text()), arm=m["arm"],
+                                    train_length=train_length, base_seed=0, seed=int(m["seed"]),
+                                    pruned=0.0, source=FROM_LOGS)
+        if recs:
+            made.append(write_records(out_dir / file_name(m["arm"], train_length, 0,
+                                                          int(m["seed"]), 0.0), recs))
+    return made
