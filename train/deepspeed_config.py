@@ -57,7 +57,7 @@ def zero_stage_note(stage: int, zero_ranks: int, offload_param: str) -> str | No
     (the whole world; sequence-parallel ranks take part in it)."""
     if stage == 3 and zero_ranks == 1 and offload_param == "none":
         return ("deepspeed.stage=3 on one rank partitions nothing (ZeRO-2's memory) but adds a "
-                "gather and a release per parameter: deepspeed=zero2 is the faster choice here")
+                "gather and a release per parameter: deepspeed=zero2 has the same memory without them")
     return None
 
 
