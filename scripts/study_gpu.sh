@@ -1,19 +1,31 @@
 #!/usr/bin/env bash
-# The study's GPU run (study/RESULTS.md, "On a GPU machine"), from the repository root:
-#   scripts/study_device.sh pretrain --gpus 0 --max-minutes 8      # -> $OUT/base (5 files)
-#   scripts/study_device.sh arms --lengths 16k --seeds 0,1 --per-gpu 4 --max-steps N
-#                                                                  # -> $OUT/study-arms.tar.gz
-# Installs the carried wheels (.whl/, scripts/device_wheels.sh) into /tmp/site unless
-# DeepSpeed and Hydra import already, then runs `python -m study.gpu_host`; the
-# deadline (--deadline-minutes, default 9) counts from this script's start.
+# The study's GPU runs (study/RESULTS.md, "On a GPU host without the data pipeline's
+# packages"), from the repository root: `python -m study.gpu_host` with its arguments.
+#
+#   scripts/study_gpu.sh pretrain --gpus 0 --max-minutes 8 [--out DIR]
+#       # -> DIR/base: the base's safetensors shards and base-files.tar
+#   scripts/study_gpu.sh arms --lengths 16k --seeds 0,1 --per-gpu 4 --max-steps N [--out DIR]
+#       # -> DIR/study-arms.tar.gz: the run records, per-sample records, summaries, logs
+#
+# --out defaults to RESULTS_DIR, else gpu_results/study-<gpu>-x<count>-<date>-<time>/.
+# --deadline-minutes (your scheduler's time limit, less a margin) counts from this script's
+# start: a job's time includes the install below.
+# Optional (environment): WHEELHOUSE=DIR installs the wheels of scripts/offline_wheels.sh
+# first (DeepSpeed and Hydra on a host without internet access); PYTHON (default python3).
 set -euo pipefail
 STARTED_AT=$(date +%s.%N)
 cd "$(dirname "$0")/.."
+source scripts/gpu_host_lib.sh
 PY=${PYTHON:-python3}
+case "${1:-}" in
+  -h|--help) exec "$PY" -m study.gpu_host --help ;;
+esac
+gpu_host_check_wheelhouse
+gpu_host_install_wheelhouse "$PY"
 if ! "$PY" -c "import deepspeed, hydra" 2>/dev/null; then
-  ls .whl/*.whl >/dev/null 2>&1 || { echo "error: .whl/: no wheels (scripts/device_wheels.sh; carry .whl)" >&2; exit 2; }
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  echo "error: DeepSpeed or Hydra does not import (pip install -r requirements.txt, or WHEELHOUSE= a folder of scripts/offline_wheels.sh)" >&2
+  exit 3
 fi
-export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-/tmp/torch_extensions_study}
-exec "$PY" -m study.gpu_host "$@" --started-at "$STARTED_AT"
+# Given first: an --out among the arguments comes later and wins (argparse keeps the last).
+exec "$PY" -m study.gpu_host --out "${RESULTS_DIR:-$(gpu_host_default_results study-)}" "$@" \
+  --started-at "$STARTED_AT"
