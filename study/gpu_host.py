@@ -1,16 +1,18 @@
-"""The study on a GPU host (study/RESULTS.md, "On a GPU machine"): several runs at once
-per GPU, a wall-clock deadline (a scheduler's time limit), and the results packed under one
-output folder.
+"""The study on a GPU host (study/RESULTS.md, "On a GPU host without the data pipeline's
+packages"): several runs at once per GPU, an optional wall-clock deadline (a scheduler's
+time limit), and the results packed into one results folder (--out).
 
-    python -m study.gpu_host pretrain --out $OUT --gpus 0 --max-minutes 8
-    python -m study.gpu_host arms --out $OUT --lengths 16k --seeds 0,1 --per-gpu 4 \\
-        --max-steps 150 --deadline-minutes 9
+    python -m study.gpu_host pretrain --out results/base0 --gpus 0 --max-minutes 8
+    python -m study.gpu_host arms --out results/arms --lengths 16k --seeds 0,1 --per-gpu 4 \\
+        --max-steps 150 --deadline-minutes 120
 
-`scripts/study_device.sh` installs the wheels first and passes the call's start time.
+`scripts/study_gpu.sh` installs an offline wheelhouse first where given and passes the job's
+start time (--started-at), so that the deadline counts from the job's start.
 
 pretrain: `python -m study pretrain` on one GPU; the base lands in <out>/base as safetensors
 shards plus base-files.tar (config, tokenizer, and the pretraining's record and log under
-study-results/ and study-logs/): at most 5 files, one folder deep.
+study-results/ and study-logs/): a few files, one folder deep, to copy to the host of the
+arms (.cache/study/base there).
 
 arms: the data unpacked once, then every (arm, length, seed) of one base (--base-seed) trained in a thread with its own
 run directory and GPU (runs spread round-robin over --gpus, --per-gpu at once on each). A
@@ -19,7 +21,8 @@ completed), leaving that time to evaluation and pruning, which start once every 
 trained: a queue of jobs (every model unpruned first, then the L2A models pruned by a half,
 then by a quarter) worked off by --eval-per-gpu processes per GPU (default 1). A job running
 at the deadline is killed and recorded as failed (with the samples it had scored, from its
-log), one not started as skipped. Then <out>/study-arms.tar.gz is written with every result
+log), one not started as skipped (without a deadline every job runs to its end). Then
+<out>/study-arms.tar.gz is written with every result
 JSON, the evaluations' per-sample records (results/samples/*.jsonl), run summary, metrics
 and log (no weights). One line per run is printed.
 
@@ -57,8 +60,12 @@ from study.steps import (
 TAR_NAME = "study-arms.tar.gz"
 PACK_MARGIN_S = 15.0  # between the last step's end and the deadline: the tar, the summary
 TRAIN_GRACE_S = 60.0  # a training run stopped by time: the step in flight, the checkpoint
-MAX_PACKED_FILE = 4 << 20  # a log or JSON bigger than this stays behind
-MAX_TAR_BYTES = 16 << 20  # the largest result archive: results leave the host as a few bounded files
+# The archive holds records, not whatever a run wrote: a log or JSON bigger than
+# MAX_PACKED_FILE stays in its run directory (--runs), and past MAX_TAR_BYTES the logs are
+# left out altogether (the records stay in).
+MAX_PACKED_FILE = 4 << 20
+MAX_TAR_BYTES = 16 << 20
+ARMS_SUMMARY = "arms-summary.json"  # in the archive's results/: one line of numbers per run
 
 
 def runner(argv, log, max_seconds=None, env=None):
@@ -187,7 +194,7 @@ def arms(a) -> int:
     for t in threads:
         t.start()
     for t in threads:
-        t.join(max(0.0, a.deadline - PACK_MARGIN_S - time.time()))
+        t.join(until_deadline(a, PACK_MARGIN_S))
     # Then evaluation and pruning, --eval-per-gpu processes per GPU (one: a small model's
     # generation is launch-bound, and processes sharing a GPU slow each other down).
     jobs: queue.Queue = queue.Queue()
@@ -199,10 +206,10 @@ def arms(a) -> int:
         for t in threads:
             t.start()
         for t in threads:
-            t.join(max(0.0, a.deadline - PACK_MARGIN_S - time.time()))
+            t.join(until_deadline(a, PACK_MARGIN_S))
     late = sum(t.is_alive() for t in threads)
     kill_live()
-    settle = max(time.time() + 2.0, a.deadline - PACK_MARGIN_S / 2)
+    settle = time.time() + max(2.0, until_deadline(a, PACK_MARGIN_S / 2) or 0.0)
     for t in threads:  # a slot whose step was just killed records it
         t.join(max(0.0, settle - time.time()))
     while not jobs.empty():  # never started: said so in the record
@@ -213,13 +220,19 @@ def arms(a) -> int:
         print(f"deadline: {late} slot(s) still running were stopped", flush=True)
     planned = [run_name(*r, a.base_seed) for _, q in slots for r in q]
     summary = summarize(Path(a.results), planned, errors)
-    write_json(Path(a.results) / "device-summary.json", summary)
+    write_json(Path(a.results) / ARMS_SUMMARY, summary)
     tar = pack(Path(a.out) / TAR_NAME, Path(a.results), Path(a.runs),
                archives.base_dir_of(a.base_seed))
     kill_live()  # a late slot's step started while packing
     print_summary(summary)
     print(f"packed {tar} ({tar.stat().st_size / 2**20:.2f} MiB)", flush=True)
     return 0
+
+
+def until_deadline(a, margin: float) -> float | None:
+    """Seconds a thread may still be waited for: to the deadline less `margin` (None: no
+    deadline, wait for it to end)."""
+    return None if a.deadline is None else max(0.0, a.deadline - margin - time.time())
 
 
 def kill_live() -> None:
@@ -265,16 +278,16 @@ def print_summary(summary: dict) -> None:
         print(line + (f" | error: {r['error']}" if "error" in r else ""), flush=True)
 
 
-# What comes back of each run directory: its record, metrics, logs, the evaluations' and
-# the pruning's reports (no weights, no checkpoints: pruned-*/ holds a model).
+# What the archive takes of each run directory: its record, metrics, logs, the evaluations'
+# and the pruning's reports (no weights, no checkpoints: pruned-*/ holds a model).
 PACKED_FROM_RUNS = ("logs/*.log", "*/summary.json", "*/metrics.jsonl", "*/*.log",
                     "*/eval*/*.json", "*/pruned-*/prune_report.json")
 
 
 def pack(tar_path: Path, results: Path, runs: Path, base_dir: Path) -> Path:
     """results/ (the run records, the pretraining's from the base's bundle) and runs/ (per
-    run directory: PACKED_FROM_RUNS) as one .tar.gz; the logs left out if it would not come
-    back (over 16 MiB)."""
+    run directory: PACKED_FROM_RUNS) as one .tar.gz; the logs left out if it would pass
+    MAX_TAR_BYTES."""
     members = {p.name: p for p in sorted((base_dir / "study-results").glob("*.json"))}
     members.update({p.name: p for p in sorted(results.glob("*.json"))})
     listed = [(p, f"results/{n}") for n, p in sorted(members.items())]
@@ -324,7 +337,8 @@ def pretrain(a) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("mode", choices=["pretrain", "arms"])
-    p.add_argument("--out", default=os.environ.get("OUT"), help="the call's output folder ($OUT)")
+    p.add_argument("--out", default=None,
+                   help="the results folder (scripts/study_gpu.sh: RESULTS_DIR or gpu_results/...)")
     p.add_argument("--scale", choices=["full", "tiny"], default="full")
     p.add_argument("--data-archives", default=str(ROOT / ".cache" / "study" / "data"))
     p.add_argument("--base-dir", default=None, help="pretrain: <out>/base; arms: .cache/study/base")
@@ -343,24 +357,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-steps", type=int, default=None,
                    help="train.max_steps of every run (the LR schedule follows it)")
     p.add_argument("--max-minutes", type=float, default=None, help="cap of one training run")
-    p.add_argument("--deadline-minutes", type=float, default=9.0,
-                   help="everything ends, the output written, this long after --started-at")
+    p.add_argument("--deadline-minutes", type=float, default=None,
+                   help="everything ends, the results written, this long after --started-at "
+                   "(your scheduler's time limit less a margin; default: no deadline)")
     p.add_argument("--reserve-minutes", type=float, default=None,
-                   help="left after training (arms: evaluation, pruning; default 3; pretrain: 1)")
-    p.add_argument("--started-at", type=float, default=None, help="epoch s (default: now)")
+                   help="under a deadline, left after training (arms: evaluation, pruning; "
+                   "default 3; pretrain: 1)")
+    p.add_argument("--started-at", type=float, default=None,
+                   help="the job's start, epoch seconds: the deadline counts from it "
+                   "(default: now)")
     a = p.parse_args(argv)
     if not a.out:
-        print("error: --out: give the output folder (or set OUT)", file=sys.stderr)
+        print("error: --out: give the results folder", file=sys.stderr)
         return 2
     a.out = Path(a.out).resolve()
-    a.deadline = (a.started_at or time.time()) + a.deadline_minutes * 60
+    a.deadline = (None if a.deadline_minutes is None
+                  else (a.started_at or time.time()) + a.deadline_minutes * 60)
     if a.reserve_minutes is None:
         a.reserve_minutes = 3.0 if a.mode == "arms" else 1.0
     a.base_dir = Path(a.base_dir or (a.out / "base" if a.mode == "pretrain"
                                      else ROOT / ".cache" / "study" / "base")).resolve()
-    a.runs = Path(a.runs or ROOT / "runs" / "study-device").resolve()
+    a.runs = Path(a.runs or ROOT / "runs" / "study-gpu-host").resolve()
     a.results = a.runs / "results"
-    if a.results.exists():  # a rerun in the same folder: only this call's records go back
+    if a.results.exists():  # a rerun in the same folder: only this run's records are packed
         shutil.rmtree(a.results)
     try:
         return pretrain(a) if a.mode == "pretrain" else arms(a)

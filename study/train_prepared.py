@@ -2,9 +2,10 @@
 
     python -m study.train_prepared <hydra overrides> hydra.run.dir=<run dir>
 
-The device machine that runs the study has torch, transformers, DeepSpeed and Hydra but
-not the data pipeline's `datasets` / `pyarrow`; `python -m study pack-data` packs
-the prepared rows here and `python -m study --data-archives` unpacks them there. This entry
+A GPU host without internet access may have torch, transformers, DeepSpeed and Hydra (the
+wheels of scripts/offline_wheels.sh) but not the data pipeline's `datasets` / `pyarrow`;
+`python -m study pack-data` packs the prepared rows on a machine that has them and
+`python -m study --data-archives` unpacks them on the host. This entry
 composes the same config as `python -m train`, opens `data.prepared_dir` as it is
 (no fingerprint check: the sources are another machine's files) and gives the trainer the
 same loader the trainer would build (`build_dataloader(prepared, micro_batch_size, rank 0,

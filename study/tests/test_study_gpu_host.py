@@ -1,5 +1,5 @@
 """study.gpu_host, the study on a GPU host, without training anything: how runs are
-spread over GPUs and slots, the deadline (runs not started, steps skipped, the call still
+spread over GPUs and slots, the deadline (runs not started, steps skipped, the run still
 ends with its tar), the training overrides and time cap a run gets, and what the tar holds."""
 
 from __future__ import annotations
@@ -12,31 +12,31 @@ from pathlib import Path
 
 import pytest
 
-from study import gpu_host as study_device
+from study import gpu_host
 from study import steps as study
 
 
 def test_plan_spreads_runs_over_gpus_and_slots():
     arms = ["dense", "l2a", "l2a_s08", "l2a_s09"]
-    slots = study_device.plan(arms, ["16k"], [0, 1], ["0", "1"], per_gpu=4)
+    slots = gpu_host.plan(arms, ["16k"], [0, 1], ["0", "1"], per_gpu=4)
     assert len(slots) == 8 and all(len(q) == 1 for _, q in slots)  # all 8 at once
     runs = [r for _, q in slots for r in q]
     assert sorted(runs) == sorted((a, "16k", s) for a in arms for s in (0, 1))  # each once
     for gpu in ("0", "1"):
         assert sum(len(q) for g, q in slots if g == gpu) == 4
     # Fewer slots than runs: queues of two per slot, still four runs per GPU.
-    slots = study_device.plan(arms, ["16k"], [0, 1], ["0", "1"], per_gpu=2)
+    slots = gpu_host.plan(arms, ["16k"], [0, 1], ["0", "1"], per_gpu=2)
     assert [len(q) for _, q in slots] == [2, 2, 2, 2]
     assert sorted(g for g, _ in slots) == ["0", "0", "1", "1"]
     # CPU: no GPU named, `per_gpu` slots.
-    slots = study_device.plan(arms[:2], ["16k"], [0], [], per_gpu=2)
+    slots = gpu_host.plan(arms[:2], ["16k"], [0], [], per_gpu=2)
     assert [(g, len(q)) for g, q in slots] == [(None, 1), (None, 1)]
 
 
 def test_gpu_list_keeps_the_parents_device_names(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")  # a child given "0" would use GPU 0
-    assert study_device.gpu_list(None) == ["1"]
-    assert study_device.gpu_list("0,1") == ["0", "1"]
+    assert gpu_host.gpu_list(None) == ["1"]
+    assert gpu_host.gpu_list("0,1") == ["0", "1"]
 
 
 def _fake_train_runner(calls):
@@ -98,18 +98,18 @@ def test_past_the_deadline_runs_are_not_started_and_the_tar_is_written(tmp_path,
         tar.add(tmp_path / "config.json", arcname="config.json")
         tar.add(tmp_path / "pre.json", arcname="study-results/pretrain-seed0.json")
     out = tmp_path / "out"
-    rc = study_device.main([
+    rc = gpu_host.main([
         "arms", "--scale", "tiny", "--out", str(out), "--data-archives", str(tmp_path / "archives"),
         "--base-dir", str(base), "--runs", str(tmp_path / "runs"), "--arms", "dense,l2a",
         "--seeds", "0", "--per-gpu", "2", "--gpus", "", "--deadline-minutes", "1",
         "--started-at", str(time.time() - 120)])
     assert rc == 0
     assert (tmp_path / "unpacked" / "prepared" / "study_tiny-512" / "meta.json").exists()
-    assert list(out.iterdir()) == [out / study_device.TAR_NAME]  # one file comes back
-    with tarfile.open(out / study_device.TAR_NAME) as tar:
+    assert list(out.iterdir()) == [out / gpu_host.TAR_NAME]  # the results folder: one archive
+    with tarfile.open(out / gpu_host.TAR_NAME) as tar:
         names = sorted(tar.getnames())
-        summary = json.load(tar.extractfile("results/device-summary.json"))
-    assert names == ["results/device-summary.json", "results/pretrain-seed0.json"]
+        summary = json.load(tar.extractfile("results/arms-summary.json"))
+    assert names == ["results/arms-summary.json", "results/pretrain-seed0.json"]
     for name in ("dense-16k-seed0", "l2a-16k-seed0"):
         run = summary["runs"][name]
         assert run["completed"] is False and "not started" in run["error"]
@@ -140,7 +140,7 @@ def test_pack_keeps_records_and_reports_not_weights(tmp_path, monkeypatch):
     for rel, text in files.items():
         (runs / rel).parent.mkdir(parents=True, exist_ok=True)
         (runs / rel).write_text(text)
-    tar = study_device.pack(tmp_path / "out" / "t.tar.gz", results, runs, tmp_path / "nobase")
+    tar = gpu_host.pack(tmp_path / "out" / "t.tar.gz", results, runs, tmp_path / "nobase")
     with tarfile.open(tar) as t:
         names = sorted(t.getnames())
     assert names == sorted(["results/run-dense-16k-seed0.json",
@@ -149,8 +149,8 @@ def test_pack_keeps_records_and_reports_not_weights(tmp_path, monkeypatch):
                             *(f"runs/{r}/{f}" for f in ("metrics.jsonl", "summary.json", "eval.log",
                                                          "eval/results.json",
                                                          "pruned-0.5/prune_report.json"))])
-    monkeypatch.setattr(study_device, "MAX_TAR_BYTES", 1)  # too big: the logs stay behind
-    tar = study_device.pack(tmp_path / "out" / "t.tar.gz", results, runs, tmp_path / "nobase")
+    monkeypatch.setattr(gpu_host, "MAX_TAR_BYTES", 1)  # too big: the logs stay behind
+    tar = gpu_host.pack(tmp_path / "out" / "t.tar.gz", results, runs, tmp_path / "nobase")
     with tarfile.open(tar) as t:
         assert not [n for n in t.getnames() if n.endswith(".log")]
         assert "results/run-dense-16k-seed0.json" in t.getnames()
@@ -163,9 +163,9 @@ def test_summary_line_per_run(tmp_path, capsys):
                   "final_lm_loss": 1.25, "sparsity": 0.81, "completed": False, "wall_s": 300},
         "evals": {"0.0": {"retrieval": {"16384": 0.5, "2048": 1.0}},
                   "0.5": {"skipped": "no time left before the deadline"}}})
-    s = study_device.summarize(results, ["l2a-16k-seed1", "dense-16k-seed1"],
+    s = gpu_host.summarize(results, ["l2a-16k-seed1", "dense-16k-seed1"],
                                {"dense-16k-seed1": "dense-16k-seed1: exit 1: boom"})
-    study_device.print_summary(s)
+    gpu_host.print_summary(s)
     lines = capsys.readouterr().out.splitlines()
     assert lines == [
         "l2a-16k-seed1: 120 steps (stopped), 91,000 tokens/s, lm loss 1.2500, sparsity 0.810"
@@ -175,9 +175,19 @@ def test_summary_line_per_run(tmp_path, capsys):
 
 @pytest.mark.parametrize("mode", ["pretrain", "arms"])
 def test_out_is_required(mode, monkeypatch, capsys):
-    monkeypatch.delenv("OUT", raising=False)
-    assert study_device.main([mode]) == 2
-    assert capsys.readouterr().err.strip() == "error: --out: give the output folder (or set OUT)"
+    # Only the argument names the results folder: an OUT in the environment is nobody's.
+    monkeypatch.setenv("OUT", "/nonexistent/out")
+    assert gpu_host.main([mode]) == 2
+    assert capsys.readouterr().err.strip() == "error: --out: give the results folder"
+
+
+def test_without_a_deadline_threads_are_waited_for_to_their_end():
+    # Thread.join(None) waits for the end; a number is how long until the deadline less the
+    # margin, never negative.
+    assert gpu_host.until_deadline(argparse.Namespace(deadline=None), 15.0) is None
+    left = gpu_host.until_deadline(argparse.Namespace(deadline=time.time() + 100.0), 15.0)
+    assert 80.0 < left <= 85.0
+    assert gpu_host.until_deadline(argparse.Namespace(deadline=time.time() - 5.0), 15.0) == 0.0
 
 
 def test_evaluation_and_pruning_past_the_deadline_are_skipped_not_run(tmp_path):
@@ -215,9 +225,9 @@ print(len(errors), errors[:1])
 
 
 def test_threads_compute_kv_bytes_without_an_import_race(tmp_path):
-    """8 threads of a fresh interpreter at once in `kv_bytes` (what the device's runs do when
-    their evaluations end together) after `import_for_threads`: no ImportError. Without it,
-    "cannot import name 'AutoConfig' from 'transformers'" (seen on the device)."""
+    """8 threads of a fresh interpreter at once in `kv_bytes` (what an arms run's threads do
+    when their evaluations end together) after `import_for_threads`: no ImportError. Without
+    it, "cannot import name 'AutoConfig' from 'transformers'" (seen on a GPU host)."""
     import subprocess
     import sys
 
@@ -233,7 +243,7 @@ def test_threads_compute_kv_bytes_without_an_import_race(tmp_path):
 
 def test_eval_jobs_unpruned_first_then_the_larger_pruning():
     runs = [("dense", "16k", 0), ("l2a", "16k", 0), ("l2a_s08", "16k", 1)]
-    assert study_device.eval_jobs(runs) == [
+    assert gpu_host.eval_jobs(runs) == [
         ("dense", "16k", 0, 0.0), ("l2a", "16k", 0, 0.0), ("l2a_s08", "16k", 1, 0.0),
         ("l2a", "16k", 0, 0.5), ("l2a_s08", "16k", 1, 0.5),
         ("l2a", "16k", 0, 0.25), ("l2a_s08", "16k", 1, 0.25)]
@@ -270,22 +280,22 @@ def test_eval_workers_share_one_queue_and_write_every_record(tmp_path):
             "arm": arm, "train_length": 16384, "seed": seed, "scale": "tiny", "evals": {},
             "train": {"run_dir": str(rd), "export_dir": str(rd / "export")}})
     jobs = queue.Queue()
-    for job in study_device.eval_jobs(runs):
+    for job in gpu_host.eval_jobs(runs):
         jobs.put(job)
-    orig = study_device.runner
-    study_device.runner = runner
+    orig = gpu_host.runner
+    gpu_host.runner = runner
     try:
         import unittest.mock as mock
 
         with mock.patch.object(study, "kv_bytes", lambda d, n: {}):
-            workers = [threading.Thread(target=study_device.eval_worker, args=(a, jobs, g, {}))
+            workers = [threading.Thread(target=gpu_host.eval_worker, args=(a, jobs, g, {}))
                        for g in ("0", "1")]
             for w in workers:
                 w.start()
             for w in workers:
                 w.join()
     finally:
-        study_device.runner = orig
+        gpu_host.runner = orig
     for arm, length, seed in runs:
         evals = json.loads((a.results / f"run-{arm}-{length}-seed{seed}.json").read_text())["evals"]
         want = ["0.0"] if arm == "dense" else ["0.0", "0.25", "0.5"]
@@ -297,7 +307,7 @@ def test_eval_workers_share_one_queue_and_write_every_record(tmp_path):
 
 def test_a_stopped_evaluation_keeps_the_samples_it_scored(tmp_path):
     log = tmp_path / "eval.log"
-    log.write_text(  # the lines eval/generation.py logs, as in a device log cut by the deadline
+    log.write_text(  # the lines eval/generation.py logs, as in a GPU run's log cut by the deadline
         "model: x (L2AQwen3ForCausalLM, torch.bfloat16, cuda:0)\n"
         "perplexity at length 2048: loss 1.2346\n"
         "[1/20] niah_single length 2048 depth 0.5: score 1.00 (2.1s)\n"

@@ -55,11 +55,12 @@ def test_pretraining_trains_every_parameter_and_ships_small_shards(chain):
     assert frozen_under_l2a, "the tiny base has MLP and embedding weights"
     for name in before:  # train.trainable=all: every tensor moved, MLP and embeddings too
         assert not torch.equal(before[name], after[name]), f"{name} did not train"
-    # What a GPU run leaves in its results folder: at most 8 files under 16 MiB, the results JSON too.
+    # The base as it is copied between hosts: its shards and one tar of the small files
+    # (config, tokenizer), each shard within the shard size plus its header.
     shipped = [f["file"] for f in pre["base_files"]]
     shards = sorted(f.name for f in Path(s.base_dir).glob("*.safetensors"))
-    assert shipped == sorted([*shards, study.BASE_BUNDLE]) and len(shipped) <= 7
-    assert all(f["bytes"] < 16 << 20 for f in pre["base_files"])
+    assert shards and shipped == sorted([*shards, study.BASE_BUNDLE])
+    assert all(f["bytes"] < study.MAX_SHARD_BYTES + (1 << 20) for f in pre["base_files"])
     saved = json.loads((Path(s.results) / "pretrain-seed0.json").read_text())
     assert saved["scale"] == "tiny" and saved["train"]["tokens"] == 4 * 4 * 512
     # The retrieval probe ran on the base: a 4-step tiny model cannot copy a passkey, and
@@ -164,7 +165,7 @@ def test_corpus_manifest_is_recorded(chain):
 
 
 # Runs `python -m study.train_prepared` in a fresh interpreter where `datasets` and `pyarrow`
-# cannot be imported: the device machine's situation.
+# cannot be imported: a GPU host that has the wheels of scripts/offline_wheels.sh only.
 NO_DATASETS = ("import sys; sys.modules['datasets'] = None; sys.modules['pyarrow'] = None; "
                "sys.argv[0] = 'study.train_prepared'; from study.train_prepared import main; "
                "sys.exit(main())")
