@@ -5,7 +5,7 @@ Random weights never stop early, so every sample generates its full `--max-new-t
 the suite is prefill-dominated at long context (one prefill per sample, plus one
 perplexity forward per length). The JSON records per length: the time of perplexity, of
 each task's samples (prefill + greedy decoding), the prompt tokens, peak GPU memory; in
-`$OUT/` (if set) or `bench/results/`. `--gpu-tests` first runs `pytest -m gpu tests/eval/`
+`--out`, else `eval_suite.json` in `$L2A_RESULTS_DIR` (if set) or `bench/results/`. `--gpu-tests` first runs `pytest -m gpu tests/eval/`
 (in a subprocess, before the model is built) and records its outcome in the same JSON. The
 JSON is rewritten after each step (`"complete": false` until the end), so a run cut short
 by a time limit still leaves what it measured.
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import subprocess
 import sys
@@ -31,14 +30,15 @@ from pathlib import Path
 
 import torch
 
+from bench.results_dir import results_dir
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _out_path(args) -> Path:
     if args.out:
         return Path(args.out)
-    base = Path(os.environ["OUT"]) if os.environ.get("OUT") else ROOT / "bench" / "results"
-    return base / "eval_suite.json"
+    return results_dir() / "eval_suite.json"
 
 
 def _write(path: Path, out: dict) -> None:

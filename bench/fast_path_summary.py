@@ -1,12 +1,13 @@
-"""What a fast-path GPU run (scripts/fast_path_device.sh) answers, in one JSON.
+"""What a fast-path GPU run (scripts/gpu_bench.sh) answers, in one JSON.
 
-Reads what the call left in a directory: `tests.xml` (pytest's junit), `attention.json`
-(bench.attention) and `train.json` (bench.train_throughput), any of them missing, and prints
-(and writes to `summary.json` there) the GPU test counts and failures, the attention ratios
-of the issue's targets and each training variant's step times (all timed steps, those off
-the dense path, expected), sparsity (and whether it was pinned) and speedups.
+Reads what the run left in its results folder: `tests.xml` (pytest's junit),
+`attention.json` (bench.attention) and `train.json` (bench.train_throughput), any of them
+missing, and prints (and writes to `summary.json` there) the GPU test counts and failures,
+the attention ratios of the fast path's targets and each training variant's step times (all
+timed steps, those off the dense path, expected), sparsity (and whether it was pinned) and
+speedups.
 
-    python -m bench.fast_path_summary $OUT
+    python -m bench.fast_path_summary RESULTS_DIR
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def train_summary(path: Path) -> dict | None:
 
 def summarize(out_dir: Path) -> dict:
     """Also `train_<name>.json` beside `train.json` (e.g. the before run of
-    `scripts/fast_path_device.sh compare`), as `train_<name>`."""
+    `scripts/gpu_bench.sh compare`), as `train_<name>`."""
     out = {
         "tests": tests_summary(out_dir / "tests.xml"),
         "attention": attention_summary(out_dir / "attention.json"),
@@ -111,7 +112,7 @@ def summarize(out_dir: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m bench.fast_path_summary OUT_DIR", file=sys.stderr)
+        print("usage: python -m bench.fast_path_summary RESULTS_DIR", file=sys.stderr)
         return 2
     out_dir = Path(argv[0])
     summary = summarize(out_dir)

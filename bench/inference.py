@@ -57,8 +57,8 @@ measured at the start of the run (``copy_gb_per_s``). The summary compares each 
 prefill with the fastest dense prefill and each L2A decoding with the fastest dense
 decoding of the same mode and batch. ``fallbacks``: every attention backend that failed
 and was replaced in this process (kernels/fallbacks.py): numbers of a run with one are not
-those of the backend the options name. Results go to
-``$OUT/inference.json`` if ``OUT`` is set, else ``bench/results/<gpu>-inference-<date>.json``.
+those of the backend the options name. Results go to ``--out``, else
+``<gpu>-inference-<date>.json`` in ``$L2A_RESULTS_DIR`` (if set) or ``bench/results/``.
 """
 
 from __future__ import annotations
@@ -68,7 +68,6 @@ import contextlib
 import datetime as dt
 import gc
 import json
-import os
 import platform
 import statistics
 import sys
@@ -85,6 +84,7 @@ from bench.decode_timing import (
     summarise,
     time_steps,
 )
+from bench.results_dir import results_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -652,11 +652,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.out is not None:
         path = args.out
-    elif os.environ.get("OUT"):
-        path = Path(os.environ["OUT"]) / "inference.json"
     else:
         gpu = (report["env"]["gpu"] or "cpu").replace(" ", "-")
-        path = ROOT / "bench" / "results" / f"{gpu}-inference-{report['env']['date'][:10]}.json"
+        path = results_dir() / f"{gpu}-inference-{report['env']['date'][:10]}.json"
 
     def write():
         """After every variant: a run cut short still leaves what it measured."""

@@ -24,8 +24,9 @@ accounting and the per-layer saved tensors, no peak):
 
     python -m bench.memory_breakdown --cpu
 
-Writes JSON into `$OUT/` (if set) or `bench/results/`, named after the GPU, the model shape,
-the sequence length, the sequence-parallel size and the ZeRO stage.
+Writes JSON into `--out`, else into `$L2A_RESULTS_DIR` (if set) or `bench/results/`, named
+after the GPU, the model shape, the sequence length, the sequence-parallel size and the ZeRO
+stage.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+
+from bench.results_dir import results_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -454,7 +457,7 @@ def measure_layer_only(args, variant: str) -> dict:
 def _out_path(args, suffix: str = ".json") -> Path:
     if args.out and suffix == ".json":
         return Path(args.out)
-    base = Path(os.environ["OUT"]) if os.environ.get("OUT") else ROOT / "bench" / "results"
+    base = results_dir()
     gpu = (torch.cuda.get_device_name(0).replace("NVIDIA ", "").replace(" ", "-")
            if torch.cuda.is_available() and not args.cpu else "cpu")
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -517,6 +520,7 @@ def main(argv: list[str] | None = None) -> int:
             else "qwen3_1p7b_random"
         args.model = args.model or default
         args.seq_len = args.seq_len or 131072
+        # NVLink multicast off unless the environment says otherwise (bench.train_throughput).
         os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
         os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
     from train.distributed import broadcast_object, init_distributed

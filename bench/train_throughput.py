@@ -36,7 +36,7 @@ Throughput is measured over the steps after `--skip-steps` (compilation, autotun
 sparsity ramp). Records tokens/s per GPU, peak GPU memory and the memory resident between
 steps (parameters, gradient buffers, optimizer states: peak minus it is the activation
 part; max over ranks), the model's shape and the achieved sparsity of each variant, as
-JSON in `$OUT/` (if set) or `bench/results/`.
+JSON in `--out`, else `train_throughput.json` in `$L2A_RESULTS_DIR` (if set) or `bench/results/`.
 
 `--sequence-parallel N` runs DeepSpeed-Ulysses over groups of N ranks (one row per group).
 `--seq-len` takes a comma-separated list, run in order per variant: the first length that
@@ -50,7 +50,7 @@ so probe one variant per launch.
         --sequence-parallel 2 --variants l2a --seq-len 131072,262144,393216,524288
 
 Needs torch, triton, transformers, deepspeed, hydra-core, omegaconf and tqdm only (wandb
-and datasets are not imported on this path; see scripts/device_wheels.sh).
+and datasets are not imported on this path: the wheels of scripts/offline_wheels.sh suffice).
 """
 
 from __future__ import annotations
@@ -69,6 +69,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+
+from bench.results_dir import results_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("l2a", "l2a_full", "l2a_fused", "l2a_routed", "l2a_routed_fused", "dense", "dense_sdpa")
@@ -301,8 +303,7 @@ def profile_step(trainer, loader, variant: str, rank: int, out_dir: Path, host: 
 def _out_path(args) -> Path:
     if args.out:
         return Path(args.out)
-    base = Path(os.environ["OUT"]) if os.environ.get("OUT") else ROOT / "bench" / "results"
-    return base / "train_throughput.json"
+    return results_dir() / "train_throughput.json"
 
 
 def model_shape(config) -> dict:
@@ -527,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--out",
         default=None,
-        help="result JSON (default: $OUT/train_throughput.json or bench/results/)",
+        help="result JSON (default: train_throughput.json in $L2A_RESULTS_DIR or bench/results/)",
     )
     args = p.parse_args(argv)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -540,7 +541,9 @@ def main(argv: list[str] | None = None) -> int:
         print("bench.train_throughput needs CUDA GPUs (--cpu-smoke: check the command starts, "
               "fp32 on CPU, no memory figures)", file=sys.stderr)
         return 1
-    # Keep NVLink multicast off (shared hosts): NCCL inherits these.
+    # NVLink multicast (NVLS, symmetric-memory multicast) off unless the environment says
+    # otherwise: the recorded results (bench/results/) ran without it; NCCL_NVLS_ENABLE=1
+    # and TORCH_SYMM_MEM_DISABLE_MULTICAST=0 measure with it. NCCL inherits these.
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
     os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
     from train.distributed import broadcast_object, init_distributed

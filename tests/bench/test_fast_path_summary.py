@@ -20,7 +20,7 @@ def _rec(kernel, ms, fraction=1.0, pass_name="fwdbwd", T=131072):
     return {"kernel": kernel, "seq_len": T, "fraction": fraction, "pass": pass_name, "ms": ms, "useful_tflops": 1}
 
 
-def test_summary_of_a_call(tmp_path, capsys):
+def test_summary_of_a_run(tmp_path, capsys):
     (tmp_path / "tests.xml").write_text(JUNIT)
     records = [_rec("sdpa_cudnn", 900.0), _rec("fa4_dense", 810.0), _rec("local_fa4", 50.0),
                _rec("local_auto", 55.0), _rec("auto_token_sparse", 120.0, 0.2),
