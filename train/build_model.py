@@ -24,10 +24,6 @@ from train.l2a_base import l2a_base_config
 from train.model_cache import cached_model_dir  # noqa: F401  (re-exported for callers)
 
 
-def _first_line(err: BaseException) -> str:
-    return first_line(err, with_type=True)
-
-
 def _conversion_fields(cfg: RunConfig) -> dict:
     """The conversion settings (what shapes the converted model; runtime options are not)."""
     a = cfg.l2a
@@ -137,7 +133,7 @@ def _load_l2a_base(cfg: RunConfig, dtype: torch.dtype, **kwargs):
     try:
         model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, **kwargs)
     except Exception as e:  # safetensors / json / transformers raise many types
-        raise ConfigError(f"model.base: cannot load the L2A model {base} ({_first_line(e)})") from None
+        raise ConfigError(f"model.base: cannot load the L2A model {base} ({first_line(e, with_type=True)})") from None
     _set_rope(model, cfg.model.rope_theta, cfg.model.max_position_embeddings)
     return model, tokenizer
 
@@ -260,7 +256,7 @@ def build_model(cfg: RunConfig, dist: DistInfo, dtype: torch.dtype, ds_config: d
             tokenizer = AutoTokenizer.from_pretrained(path)
         except Exception as e:  # safetensors / json / transformers raise many types
             raise ConfigError(f"model.cache_dir: the cached converted model {path} is unreadable "
-                              f"({_first_line(e)}); delete it (rm -r {path}) to convert again"
+                              f"({first_line(e, with_type=True)}); delete it (rm -r {path}) to convert again"
                               ) from None
     model.config.use_cache = False
     if cfg.l2a.enabled:  # how it runs: on the model, not in its config (never saved)

@@ -44,10 +44,6 @@ class CheckpointError(RuntimeError):
     """An unusable checkpoint; the message is one line naming the path."""
 
 
-def _first_line(err: BaseException) -> str:
-    return first_line(err, with_type=True)  # the type tells a torch.load failure's kind
-
-
 def step_dir_name(step: int) -> str:
     return f"step_{step:08d}"
 
@@ -93,7 +89,7 @@ def read_marker(path: str | os.PathLike) -> dict:
         step = int(meta["step"])
         world_size = int(meta.get("world_size", 1))
     except Exception as e:
-        raise CheckpointError(f"{marker}: corrupt marker ({_first_line(e)}; {fix})") from None
+        raise CheckpointError(f"{marker}: corrupt marker ({first_line(e, with_type=True)}; {fix})") from None
     named = _STEP_RE.match(path.name)
     if named and int(named.group(1)) != step:
         raise CheckpointError(
@@ -284,7 +280,7 @@ def load_checkpoint(engine, path: Path, dist: DistInfo, universal: bool = False)
     try:
         state = torch.load(state_file, map_location="cpu", weights_only=False)
     except Exception as e:
-        raise CheckpointError(f"{state_file}: cannot read ({_first_line(e)})") from None
+        raise CheckpointError(f"{state_file}: cannot read ({first_line(e, with_type=True)})") from None
     if int(state.get("step", -1)) != int(meta["step"]):  # a marker copied from another step
         raise CheckpointError(
             f"{path / COMPLETE}: says step {meta['step']}, but {state_file.name} is at step "
@@ -299,7 +295,7 @@ def load_checkpoint(engine, path: Path, dist: DistInfo, universal: bool = False)
             load_lr_scheduler_states=True,
         )
     except Exception as e:
-        raise CheckpointError(f"{path}: cannot load the DeepSpeed state ({_first_line(e)})") from None
+        raise CheckpointError(f"{path}: cannot load the DeepSpeed state ({first_line(e, with_type=True)})") from None
     if loaded is None:
         raise CheckpointError(f"{path}: cannot load the DeepSpeed state (files missing)")
     return state

@@ -181,14 +181,14 @@ def test_state_dict_error_is_cut_to_its_first_cause():
     parameter and both shapes."""
     import torch
 
-    from train.checkpoint import _first_line
+    from l2a.errors import first_line
 
     with pytest.raises(RuntimeError) as e:
         torch.nn.Linear(4, 3).load_state_dict(torch.nn.Linear(4, 5).state_dict())
-    assert _first_line(e.value) == (
+    assert first_line(e.value, with_type=True) == (
         "RuntimeError: size mismatch for weight: copying a param with shape torch.Size([5, 4]) "
         "from checkpoint, the shape in current model is torch.Size([3, 4]). (and 1 more)")
-    assert _first_line(ValueError("one\ntwo")) == "ValueError: one"
+    assert first_line(ValueError("one\ntwo"), with_type=True) == "ValueError: one"
 
 
 def test_export_to_a_path_that_is_a_file(first_run, tmp_path, capsys):
