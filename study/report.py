@@ -415,7 +415,7 @@ def answer_section(d: Path, records: list[dict], page: Path, samples_dir: Path) 
 
 def render_set(d: Path, page: Path, records: list[dict] | None = None,
                is_answer: bool = False) -> str:
-    """One study run: what it was (about.json: title, calls, notes), the headline, the tables
+    """One study run: what it was (about.json: title, commands, notes), the headline, the tables
     and the plots (written into `d`)."""
     pre, runs = load(d)
     rows = summarize(runs)
@@ -429,8 +429,8 @@ def render_set(d: Path, page: Path, records: list[dict] | None = None,
     if scales != ["full"]:
         text += (f"**These results are from `--scale {'/'.join(scales)}` runs** (the CPU smoke "
                  "test's tiny model), not the study.\n\n")
-    if about.get("calls"):
-        text += "Commands:\n\n```bash\n" + "\n".join(about["calls"]) + "\n```\n\n"
+    if about.get("commands"):
+        text += "Commands:\n\n```bash\n" + "\n".join(about["commands"]) + "\n```\n\n"
     text += "".join(f"- {n}\n" for n in about.get("notes", [])) + ("\n" if about.get("notes") else "")
     lines = headline(rows)
     tested = any("of dense" in x for x in lines)

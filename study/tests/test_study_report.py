@@ -120,12 +120,13 @@ def test_parse_eval_averages_tasks_per_length(tmp_path):
                                     "kv_bytes": {}}
 
 
-def test_one_section_per_device_run_with_its_notes_and_stopped_evaluations(tmp_path):
-    """A subfolder per study run: its about.json's title and notes, a row per seed, what a
+def test_one_section_per_study_run_with_its_notes_and_stopped_evaluations(tmp_path):
+    """A subfolder per study run: its about.json's title, commands and notes, a row per seed, what a
     stopped evaluation had scored, and, where the dense arm scores 0, no ratio: the bar is
     said to be untested."""
     d = tmp_path / "results" / "h200-first"
-    _write(d, "about.json", {"title": "First run", "notes": ["old data mix"]})
+    _write(d, "about.json", {"title": "First run", "notes": ["old data mix"],
+                             "commands": ["scripts/study_gpu.sh arms --out out"]})
     _write(d, "run-dense-16k-seed0.json", {
         "arm": "dense", "train_length": 16384, "seed": 0, "train": _train(0.0, gpu=150.0),
         "evals": {"0.0": _eval({2048: 0.0, 16384: 0.0})}})
@@ -137,6 +138,7 @@ def test_one_section_per_device_run_with_its_notes_and_stopped_evaluations(tmp_p
             "perplexity": {"2048": 3.44}}}}})
     page = write_report(tmp_path / "results", tmp_path / "docs" / "RESULTS.md").read_text()
     assert "## First run" in page and "- old data mix" in page
+    assert "Commands:\n\n```bash\nscripts/study_gpu.sh arms --out out\n```" in page
     assert "| L2A paper | 16384 | 1 | 150 | 19,660,800 | 0.860 | 0.6200 | 100.0 | - | True |" in page
     assert "| L2A paper | 16384 | 1 | 0 | 2 (2048, 8192) | 0.50 | 2048: 3.44 | exit -9 |" in page
     assert "the dense arm scores 0 at 16384; no ratio" in page

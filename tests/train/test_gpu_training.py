@@ -100,7 +100,7 @@ def runs(base_overrides, tmp_path_factory):
     liger = "bf16-triton-liger"
     if not losses._liger_available():
         pytest.fail("liger_kernel is not installed: `pip install -r requirements-gpu.txt` "
-                    "(make test-gpu does) or the liger wheel of scripts/device_wheels.sh")
+                    "(make test-gpu does) or the liger wheel of scripts/offline_wheels.sh")
     overrides = base_overrides + MODEL + [
         f"train.max_steps={STEPS}", "train.ckpt_every=0", "train.save_final=false",
         "deepspeed=zero2", "optim.lr=1e-3",
