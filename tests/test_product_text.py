@@ -29,6 +29,7 @@ SETUP_PHRASES = [
     ("device-time accounting", r"\bdevice time\b|\bbudget_left\b"),
     ("machine loans", r"\bwithheld\b|\b(was|were|machines?|kinds?) lent\b|\bmachine was available\b"),
     ("wheels carried to the remote machine", r"\bcarr(y|ied|ying) \.whl\b|(^|[\s`'\"(])\.whl/"),
+    ("the remote machine as 'the device'", r"\bdevice (machine|image|runs?)\b"),
     ("the old helper names of that setup",
      r"\b(device_wheels|fast_path_device|study_device)\.sh\b"),
 ]
@@ -83,6 +84,7 @@ def test_no_tracked_file_describes_the_remote_setup():
     "no 8-GPU machine was available",
     "from the repository root, carrying .whl (scripts/device_wheels.sh)",
     "python3 -m pip install --target /tmp/site .whl/*.whl",
+    "the 600-step base (second device run) had not learned to copy",
 ])
 def test_each_phrase_of_the_setup_is_caught(text):
     assert setup_phrases_in(text), text
