@@ -95,7 +95,7 @@ nvidia-smi --query-gpu=index,name,driver_version,memory.total,memory.used --form
 # The packages of the jobs; without FlashAttention-4 every fa4 test skips and `dense` is SDPA,
 # so the results would not be those of the fast path (REQUIRE_FA4=0 accepts that).
 REQUIRE_FA4=${REQUIRE_FA4:-1} "$PY" - <<'EOF' 2>&1 | tagged env
-import os, platform, sys
+import os, platform
 missing = []
 for name in ("torch", "triton", "transformers", "deepspeed", "hydra", "pytest"):
     try:
