@@ -106,14 +106,14 @@ def _nodes_created_since(outputs, first_seq: int) -> list:
     `first_seq`: walked back from the outputs' grad_fns, stopping at older nodes (the
     region's inputs) and at gradient accumulators (parameters; their sequence number is the
     largest there is, so that the engine runs them early)."""
-    end = torch._C._autograd._get_sequence_nr()
+    end = torch.autograd._get_sequence_nr()
     stack = [t.grad_fn for t in _tensors(outputs) if t.grad_fn is not None]
-    seen, nodes = set(), []
+    seen, nodes = {}, []  # id -> node: holding each wrapper keeps its id from being reused
     while stack:
         node = stack.pop()
         if node is None or id(node) in seen:
             continue
-        seen.add(id(node))
+        seen[id(node)] = node
         if not first_seq <= node._sequence_nr() < end:
             continue
         nodes.append(node)
@@ -166,7 +166,7 @@ class OpCounter(TorchDispatchMode):
             if self.phase is not None:
                 self.region_calls[self.phase] += 1
             outer, self.region = self.region, name
-            first_seq = torch._C._autograd._get_sequence_nr()
+            first_seq = torch.autograd._get_sequence_nr()
             try:
                 out = fn(*args, **kwargs)
             finally:

@@ -154,6 +154,11 @@ def _count_variant(name: str, backend: str, shape: Shape, models, routed_out: li
     is_l2a, routed, fused, dense_path = VARIANTS[name]
     base, l2a = models
     model = l2a if is_l2a else base
+    # A step's backward starts with no gradients (the optimizer's zero_grad sets them to
+    # None): each variant's too, or the ones counted after another would add into its
+    # gradients (an add per parameter) where the first one only keeps them.
+    for p in model.parameters():
+        p.grad = None
     hidden, pos, pe, doc_ids = _inputs(shape, model)
     counter = OpCounter()
     if is_l2a:
@@ -222,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     tmp.write_text(json.dumps(record, indent=1) + "\n")
     tmp.replace(out)
     for name, counts in record["variants"].items():
-        row = "  ".join(f"{p} {c['ops']:4d} ops {c['syncs']} syncs" for p, c in counts["per_layer"].items())
+        row = "  ".join(f"{p} {c['ops']:4d} ops {c['launch_proxy']:4d} launches {c['syncs']} syncs"
+                        for p, c in counts["per_layer"].items())
         print(f"{name:22s} {row}")
     return 0
 
