@@ -268,3 +268,29 @@ def test_cli_reads_a_saved_trace(tmp_path, capsys):
     assert "2 launches, 1 syncs" in capsys.readouterr().out
     (tmp_path / "bad.json").write_text("{")
     assert main([str(tmp_path / "bad.json")]) == 2
+
+
+@pytest.mark.gpu
+def test_a_cuda_step_runs_its_backward_on_the_engines_thread(tmp_path):
+    """On CUDA the autograd engine runs the backward on a device thread of its own while the
+    step's thread waits in backward(): the recomputations and the layers' backward are on
+    that thread, found and counted; the step's thread's wait is autograd_wait."""
+    model = Toy(3, sync=True).cuda()
+    x = torch.randn(4, 16, device="cuda", requires_grad=True)
+
+    def step():
+        model(x).sum().backward()
+
+    step()  # CUDA's lazy set-up outside the profiled step
+    r = profile_host(step, model, tmp_path / "t.json", python_stacks=False)
+    _assert_counted_once(r)
+    roles = [t["role"] for t in r["threads"].values()]
+    assert roles.count("step") == 1 and "autograd" in roles
+    p = r["passes"]
+    assert [p[f"dense.{k}"]["count"] for k in ("forward", "recompute", "backward")] == [3, 3, 3]
+    assert p["backward"]["count"] == 1
+    assert p["dense.backward"]["launches_per_pass"] > 0
+    # one value read per layer pass (bool(y.sum() > 0)): 3 forwards, 3 recomputations
+    assert r["host_syncs"] >= 6
+    step_thread = next(t for t in r["threads"].values() if t["role"] == "step")
+    assert step_thread["by_cause_ms"].get("autograd_wait", 0) > 0
