@@ -12,10 +12,21 @@ read before it can go on: a tensor's value as a Python number (``item``, ``bool`
 ``.tolist()``, ``.numpy()``). On CPU nothing waits, but the same calls wait on CUDA, so the
 counts hold on either device. ``Tensor.cpu/tolist/numpy`` do not all reach the dispatcher
 as such on a CPU tensor; they are counted by wrapping them while the counter is active.
+
+torch.compile does not run under a dispatch mode, so a compiled region is counted by running
+its function eagerly through ``OpCounter.compiled_region``: its ops are the region's, and
+each call is one region call (on a GPU, a few fused kernels behind one guard check). Its
+backward is one call too: AOTAutograd compiles a region's backward into one graph
+(``CompiledFunctionBackward``, one node per region call), so the autograd nodes an eager
+call creates are tagged, and the ops they run in the backward are counted as that call's
+region ops and one backward region call, not as eager launches.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import itertools
 import traceback
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -82,11 +93,40 @@ def call_site() -> str:
 _HOST_READS = ("cpu", "tolist", "numpy")
 
 
+def _tensors(out):
+    if isinstance(out, torch.Tensor):
+        yield out
+    elif isinstance(out, (tuple, list)):
+        for o in out:
+            yield from _tensors(o)
+
+
+def _nodes_created_since(outputs, first_seq: int) -> list:
+    """The autograd nodes behind `outputs` created since the thread's sequence number was
+    `first_seq`: walked back from the outputs' grad_fns, stopping at older nodes (the
+    region's inputs) and at gradient accumulators (parameters; their sequence number is the
+    largest there is, so that the engine runs them early)."""
+    end = torch.autograd._get_sequence_nr()
+    stack = [t.grad_fn for t in _tensors(outputs) if t.grad_fn is not None]
+    seen, nodes = {}, []  # id -> node: holding each wrapper keeps its id from being reused
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen[id(node)] = node
+        if not first_seq <= node._sequence_nr() < end:
+            continue
+        nodes.append(node)
+        stack.extend(fn for fn, _ in node.next_functions)
+    return nodes
+
+
 class OpCounter(TorchDispatchMode):
     """``with OpCounter() as c: c.phase = "forward"; ...`` counts, per phase label, the aten
     ops (views apart) and every synchronising op (with its call site). Ops under a phase of None are
-    not counted. ``c.region`` labels ops run inside a region the caller marks (the fused
-    elementwise regions, which torch.compile turns into a few kernels)."""
+    not counted. ``c.region`` labels ops run inside a compiled region (``compiled_region``:
+    the fused elementwise regions, which torch.compile turns into a few kernels, forward and
+    backward)."""
 
     def __init__(self):
         super().__init__()
@@ -94,10 +134,67 @@ class OpCounter(TorchDispatchMode):
         self.region = None
         self.ops = Counter()  # phase -> aten ops other than views
         self.view_ops = Counter()  # phase -> views (no kernel)
-        self.region_ops = Counter()  # phase -> aten ops inside a marked region
-        self.region_calls = Counter()  # phase -> entries into a marked region
+        self.region_ops = Counter()  # phase -> aten ops inside a compiled region
+        self.region_calls = Counter()  # phase -> calls of a compiled region (forward or backward)
         self.syncs = defaultdict(Counter)  # phase -> {"op at site": n}
         self._saved = {}
+        self._call_ids = itertools.count()
+        self._backward_calls_seen = set()  # (region call, graph task) whose backward began
+        self._outer_regions = []  # the labels a backward region node's hooks restore
+
+    @contextlib.contextmanager
+    def phase_scope(self, label):
+        """Ops of the block under phase `label` and outside any region, both restored after:
+        a recomputation that activation checkpointing starts from inside a region's backward
+        node runs the layer's own (eager and compiled) ops, not that region's."""
+        saved = self.phase, self.region
+        self.phase, self.region = label, None
+        try:
+            yield
+        finally:
+            self.phase, self.region = saved
+
+    def compiled_region(self, fn, name: str | None = None):
+        """`fn` as its torch.compile'd region would be counted, run eagerly: one region call
+        and its ops as region ops in the forward; in the backward, the nodes the call created
+        run as one compiled backward (one region call per call and backward, their ops the
+        region's). Use it where the code calls `torch.compile(fn)`."""
+        name = name or getattr(fn, "__name__", "region")
+
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            if self.phase is not None:
+                self.region_calls[self.phase] += 1
+            outer, self.region = self.region, name
+            first_seq = torch.autograd._get_sequence_nr()
+            try:
+                out = fn(*args, **kwargs)
+            finally:
+                self.region = outer
+            if torch.is_grad_enabled():
+                self._tag_backward(_nodes_created_since(out, first_seq), name)
+            return out
+
+        return call
+
+    def _tag_backward(self, nodes: list, name: str) -> None:
+        call_id = next(self._call_ids)
+        for node in nodes:
+            node.register_prehook(functools.partial(self._enter_backward_region, call_id, name))
+            node.register_hook(self._leave_backward_region)
+
+    def _enter_backward_region(self, call_id: int, name: str, grad_outputs) -> None:
+        key = (call_id, torch._C._current_graph_task_id())
+        if key not in self._backward_calls_seen:
+            # The call's first node in this backward: its compiled backward's one call.
+            self._backward_calls_seen.add(key)
+            if self.phase is not None:
+                self.region_calls[self.phase] += 1
+        self._outer_regions.append(self.region)
+        self.region = name
+
+    def _leave_backward_region(self, grad_inputs, grad_outputs) -> None:
+        self.region = self._outer_regions.pop()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}

@@ -7,39 +7,23 @@ timed window (both routed steps, neither timed):
 1. a trace of CPU and CUDA activity (no Python stacks, so the host runs at nearly its normal
    speed): GPU busy (the union of kernel, copy and memset intervals over the step's wall
    time), kernel launches and host-device synchronisations per step, and host time by cause,
-   per layer pass (forward, recomputation under activation checkpointing) and for the
-   backward;
+   per layer pass (forward, recomputation under activation checkpointing, backward) and per
+   host thread (the step's, the autograd engine's);
 2. with `--profile-python`, the same step with the Python tracer on (much slower on the
    host, so only its *shares* and counts are read): host time by the package whose Python
    runs (DeepSpeed's hooks, FlashAttention-4's launch path, torch.compile's guards and
    dispatch, our layer, transformers, the trainer) and the Python line behind every
    synchronisation.
 
-Host time by cause is *self* time: every traced interval on a host thread minus the
-intervals nested in it, so the causes add up to the traced host time and nothing is counted
-twice. Causes:
-
-- `kernel_launch`: CUDA runtime / driver launch calls (`cudaLaunchKernel`, `cuLaunchKernel`,
-  `cuLaunchKernelEx`, graph launches);
-- `sync_wait`: calls that block the host until the GPU catches up (`cudaStreamSynchronize`,
-  `cudaDeviceSynchronize`, `cudaEventSynchronize`, blocking `cudaMemcpy`); a `.item()`, a
-  `nonzero` or a data-dependent shape is one of these;
-- `cuda_api_other`: other runtime calls (`cudaMemcpyAsync`, event records, allocations);
-- `aten_dispatch`: the C++ of torch operators around their launches (argument checks,
-  dispatch, autograd bookkeeping);
-- `untraced_python`: without Python stacks, the time inside the step's and the layer
-  passes' annotations that no operator or runtime call covers: the Python between them;
-- with Python stacks, the Python by package: `deepspeed`, `flash_attn4` (flash_attn, cutlass
-  DSL, quack, tvm-ffi), `torch_compile` (dynamo guards, compiled-graph dispatch, AOT
-  autograd runtime), `triton_launcher`, `l2a_python` (l2a/, kernels/), `transformers`,
-  `trainer` (train/, bench/), `torch_python` (the rest of torch's Python), `other_python`.
+The trace's analysis (host time by cause, by thread and by layer pass, counted once:
+every instant of a thread to the innermost event open on it) is bench.host_trace's
+`analyse_trace`; this module marks the layer passes and runs the profiled step.
 
 Layer passes are marked from outside the model: a forward pre-hook and hook on every
 decoder layer open and close a profiler annotation, named by the layer's kind (`l2a` or
 `dense`) and pass (`recompute` when it runs inside the autograd engine, i.e. activation
-checkpointing re-running the forward in the backward; `forward` otherwise). Backward host
-time is whatever runs under the autograd engine's `evaluate_function` outside a
-recomputation.
+checkpointing re-running the forward in the backward; `forward` otherwise). A layer's
+backward is found in the trace: the autograd nodes its forward made (bench.host_trace).
 
 `analyse_trace` works on the Chrome trace JSON that `torch.profiler` exports, so it can be
 run again on a saved trace (`python -m bench.host_profile TRACE.json --wall-ms W`).
@@ -51,258 +35,13 @@ import argparse
 import contextlib
 import json
 import sys
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
 
-LAUNCH_NEEDLES = ("LaunchKernel", "cuLaunch", "GraphLaunch", "LaunchCooperativeKernel")
-SYNC_NAMES = frozenset({
-    "cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy",
-    "cuStreamSynchronize", "cuCtxSynchronize", "cuEventSynchronize", "cuMemcpyDtoH_v2",
-    "cudaMemcpy2D", "cudaStreamQuery_blocking",
-})
-# Operators that need the GPU's answer on the host (a value or a data-dependent shape): on
-# CUDA each is a synchronisation; on the CPU they mark where one would be.
-SYNC_OPS = frozenset({
-    "aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::unique_dim",
-    "aten::_unique2", "aten::unique_consecutive", "aten::repeat_interleave", "aten::is_nonzero",
-    "aten::equal", "aten::_assert_async", "aten::tolist",
-})
-GPU_CATS = frozenset({"kernel", "gpu_memcpy", "gpu_memset"})
-HOST_CATS = frozenset({"cpu_op", "cuda_runtime", "cuda_driver", "python_function",
-                       "user_annotation", "cpu_instant_event"})
-PASS_PREFIX = "l2a_host/"
-STEP_ANNOTATION = "l2a_host_step"
+from bench.host_trace import PASS_PREFIX, STEP_ANNOTATION, analyse_trace, python_package
 
-# Python packages by the start of the file path the tracer names (relative to sys.path).
-_PYTHON_PACKAGES = (
-    ("deepspeed", ("deepspeed/",)),
-    ("flash_attn4", ("flash_attn/", "cutlass/", "quack/", "tvm_ffi/", "torch_c_dlpack",
-                     "nvidia_cutlass_dsl/")),
-    ("torch_compile", ("torch/_dynamo/", "torch/_inductor/", "torch/_functorch/", "torch/fx/",
-                       "torch/_guards", "torch/_higher_order_ops/", "torch/_subclasses/")),
-    ("triton_launcher", ("triton/",)),
-    ("l2a_python", ("l2a/", "kernels/")),
-    ("transformers", ("transformers/",)),
-    ("trainer", ("train/", "bench/")),
-    ("torch_python", ("torch/",)),
-)
-CAUSES = ("kernel_launch", "sync_wait", "cuda_api_other", "aten_dispatch", "deepspeed",
-          "flash_attn4", "torch_compile", "triton_launcher", "l2a_python", "transformers",
-          "trainer", "torch_python", "other_python", "untraced_python")
-
-
-def python_package(name: str) -> str | None:
-    """The package of a Python tracer event (`path(line): function`); None for a built-in
-    (`<built-in method ...>`), which takes its caller's package."""
-    if name.startswith("<built-in") or name.startswith("<method"):
-        return None
-    path = name.split("(", 1)[0]
-    for pkg, prefixes in _PYTHON_PACKAGES:
-        if any(path.startswith(p) or f"/{p}" in path for p in prefixes):
-            return pkg
-    return "other_python"
-
-
-def _is_launch(name: str) -> bool:
-    return any(n in name for n in LAUNCH_NEEDLES)
-
-
-def _is_sync(name: str) -> bool:
-    return name in SYNC_NAMES
-
-
-def _union_ms(intervals: list[tuple[float, float]]) -> float:
-    total, end = 0.0, float("-inf")
-    for s, e in sorted(intervals):
-        if s > end:
-            total += e - s
-            end = e
-        elif e > end:
-            total += e - end
-            end = e
-    return total / 1e3
-
-
-class _Node:
-    __slots__ = ("ev", "start", "end", "children", "parent", "cause")
-
-    def __init__(self, ev: dict):
-        self.ev = ev
-        self.start = float(ev["ts"])
-        self.end = self.start + float(ev.get("dur", 0.0))
-        self.children: list[_Node] = []
-        self.parent: _Node | None = None
-        self.cause: str | None = None
-
-
-def _forest(events: list[dict]) -> list[_Node]:
-    """Each host thread's intervals nested by containment (the profiler's events of one
-    thread nest properly); returns every node, parents set."""
-    by_tid: dict = defaultdict(list)
-    for ev in events:
-        if ev.get("ph") == "X" and ev.get("cat") in HOST_CATS:
-            by_tid[(ev.get("pid"), ev.get("tid"))].append(_Node(ev))
-    nodes: list[_Node] = []
-    for thread_nodes in by_tid.values():
-        thread_nodes.sort(key=lambda n: (n.start, -n.end))
-        stack: list[_Node] = []
-        for n in thread_nodes:
-            # A parent contains its children whole. Annotations opened and closed from Python
-            # (record_function in a hook) begin inside the tracer's `__enter__` frame and end
-            # past it: such a node goes under the nearest interval that contains all of it.
-            while stack and (n.start >= stack[-1].end or n.end > stack[-1].end + 1e-3):
-                stack.pop()
-            if stack:
-                n.parent = stack[-1]
-                stack[-1].children.append(n)
-            stack.append(n)
-        nodes.extend(thread_nodes)
-    return nodes
-
-
-def _cause(node: _Node) -> str:
-    if node.cause is not None:
-        return node.cause
-    ev, cat = node.ev, node.ev.get("cat")
-    name = ev.get("name", "")
-    if cat in ("cuda_runtime", "cuda_driver"):
-        cause = "kernel_launch" if _is_launch(name) else "sync_wait" if _is_sync(name) else "cuda_api_other"
-    elif cat == "cpu_op":
-        cause = "torch_compile" if name.startswith("Torch-Compiled Region") else "aten_dispatch"
-    elif cat == "python_function":
-        cause = python_package(name) or (_python_parent_cause(node) or "other_python")
-    else:  # annotations: their self time is the Python between the ops they hold
-        cause = _python_parent_cause(node) or ("other_python" if _has_python_ancestor(node)
-                                               else "untraced_python")
-    node.cause = cause
-    return cause
-
-
-def _python_parent_cause(node: _Node) -> str | None:
-    p = node.parent
-    while p is not None:
-        if p.ev.get("cat") == "python_function" and python_package(p.ev["name"]):
-            return python_package(p.ev["name"])
-        p = p.parent
-    return None
-
-
-def _has_python_ancestor(node: _Node) -> bool:
-    p = node.parent
-    while p is not None:
-        if p.ev.get("cat") == "python_function":
-            return True
-        p = p.parent
-    return False
-
-
-def _layer_pass(node: _Node) -> str | None:
-    """The innermost layer-pass annotation around a node (`l2a.forward`, ...), else
-    `backward` if under the autograd engine, else None (the rest of the step)."""
-    p, backward = node, False
-    while p is not None:
-        name = p.ev.get("name", "")
-        if p.ev.get("cat") == "user_annotation" and name.startswith(PASS_PREFIX):
-            return name[len(PASS_PREFIX):]
-        if name.startswith("autograd::engine::evaluate_function"):
-            backward = True
-        p = p.parent
-    return "backward" if backward else None
-
-
-def _sync_origin(node: _Node) -> str:
-    """Where a synchronisation comes from: the innermost Python frame outside torch's own
-    Python (our layer, the trainer, DeepSpeed, transformers, FlashAttention-4), else the
-    innermost torch operator around it."""
-    p, op = node.parent, None
-    while p is not None:
-        cat, name = p.ev.get("cat"), p.ev.get("name", "")
-        if cat == "python_function":
-            pkg = python_package(name)
-            if pkg not in (None, "torch_python", "torch_compile"):
-                return name
-        elif cat == "cpu_op" and op is None:
-            op = name
-        p = p.parent
-    return op or "(no operator)"
-
-
-def analyse_trace(trace: dict | list, wall_ms: float | None = None, top: int = 15) -> dict:
-    """Host time by cause, launches and syncs per step and per layer pass, and GPU busy,
-    from a Chrome trace (`prof.export_chrome_trace`). `wall_ms`: the step's wall time (the
-    denominator of GPU busy); default: the span of the traced host events."""
-    events = trace["traceEvents"] if isinstance(trace, dict) else trace
-    nodes = _forest(events)
-    gpu = [(float(e["ts"]), float(e["ts"]) + float(e.get("dur", 0.0))) for e in events
-           if e.get("ph") == "X" and e.get("cat") in GPU_CATS]
-    n_kernels = sum(1 for e in events if e.get("ph") == "X" and e.get("cat") == "kernel")
-    if wall_ms is None:
-        wall_ms = ((max(n.end for n in nodes) - min(n.start for n in nodes)) / 1e3) if nodes else 0.0
-    has_python = any(n.ev.get("cat") == "python_function" for n in nodes)
-
-    by_cause: Counter = Counter()
-    passes: dict[str, dict] = defaultdict(lambda: {"count": 0, "host_ms": 0.0, "launches": 0,
-                                                   "syncs": 0, "by_cause_ms": Counter()})
-    sync_by_api: Counter = Counter()
-    sync_origin: Counter = Counter()
-    sync_ops: Counter = Counter()
-    launches = syncs = 0
-    for n in nodes:
-        self_us = (n.end - n.start) - sum(c.end - c.start for c in n.children)
-        cause = _cause(n)
-        by_cause[cause] += self_us
-        name, cat = n.ev.get("name", ""), n.ev.get("cat")
-        layer_pass = _layer_pass(n)
-        rec = passes[layer_pass] if layer_pass else None
-        if rec is not None:
-            rec["host_ms"] += self_us / 1e3
-            rec["by_cause_ms"][cause] += self_us / 1e3
-        if cat == "user_annotation" and name.startswith(PASS_PREFIX):
-            passes[name[len(PASS_PREFIX):]]["count"] += 1
-        if cat in ("cuda_runtime", "cuda_driver"):
-            if _is_launch(name):
-                launches += 1
-                if rec is not None:
-                    rec["launches"] += 1
-            elif _is_sync(name):
-                syncs += 1
-                sync_by_api[name] += 1
-                sync_origin[_sync_origin(n)] += 1
-                if rec is not None:
-                    rec["syncs"] += 1
-        elif cat == "cpu_op" and name in SYNC_OPS:
-            sync_ops[name] += 1  # on CPU tensors the operator marks where a sync would be
-
-    host_ms = sum(by_cause.values()) / 1e3
-    gpu_ms = _union_ms(gpu)
-    out_passes = {}
-    for key, rec in sorted(passes.items()):
-        count = max(rec["count"], 1)
-        out_passes[key] = {
-            "count": rec["count"],
-            "host_ms": round(rec["host_ms"], 3),
-            "host_ms_per_pass": round(rec["host_ms"] / count, 3),
-            "launches_per_pass": round(rec["launches"] / count, 1),
-            "syncs_per_pass": round(rec["syncs"] / count, 2),
-            "by_cause_ms": {k: round(v, 3) for k, v in rec["by_cause_ms"].most_common()},
-        }
-    return {
-        "python_stacks": has_python,
-        "wall_ms": round(wall_ms, 3),
-        "gpu_busy_ms": round(gpu_ms, 3),
-        "gpu_busy": round(gpu_ms / wall_ms, 3) if wall_ms else None,
-        "kernels": n_kernels,
-        "kernel_launches": launches,
-        "host_syncs": syncs,
-        "host_syncs_by_api": dict(sync_by_api.most_common()),
-        "sync_operators": dict(sync_ops.most_common()),
-        "host_syncs_by_origin": dict(sync_origin.most_common(top)),
-        "host_ms_traced": round(host_ms, 3),
-        "host_ms_by_cause": {k: round(v / 1e3, 3) for k, v in by_cause.most_common()},
-        "host_share_by_cause": {k: round(v / 1e3 / host_ms, 3) for k, v in by_cause.most_common()}
-        if host_ms else {},
-        "passes": out_passes,
-    }
+__all__ = ["PASS_PREFIX", "STEP_ANNOTATION", "analyse_trace", "mark_layer_passes", "profile_host",
+           "python_package", "summary_lines", "main"]
 
 
 def _decoder_layers(model) -> list:
@@ -350,10 +89,12 @@ def mark_layer_passes(model):
                 s.pop().__exit__(None, None, None)
 
 
-def profile_host(step, model, trace_path: Path, python_stacks: bool, wall_ms_of=None) -> dict:
+def profile_host(step, model, trace_path: Path, python_stacks: bool, all_threads: bool = False) -> dict:
     """Run `step()` once under torch.profiler (CPU and, where present, CUDA activity; the
     Python tracer with `python_stacks`), layer passes marked on `model`; save the Chrome
-    trace to `trace_path` and return `analyse_trace` of it."""
+    trace to `trace_path` and return `analyse_trace` of it. The profiler records the thread
+    that calls this and the autograd engine's device threads; `all_threads`: every thread
+    (a step that runs work on threads of its own)."""
     import time
 
     import torch
@@ -365,9 +106,16 @@ def profile_host(step, model, trace_path: Path, python_stacks: bool, wall_ms_of=
     if cuda:
         activities.append(ProfilerActivity.CUDA)
         torch.cuda.synchronize()
-    with mark_layer_passes(model), profile(activities=activities, with_stack=python_stacks) as prof:
+    options = {}
+    if all_threads:
+        from torch._C._profiler import _ExperimentalConfig
+
+        options["experimental_config"] = _ExperimentalConfig(profile_all_threads=True)
+    with mark_layer_passes(model), profile(activities=activities, with_stack=python_stacks, **options) as prof:
         t0 = time.perf_counter()
-        with record_function(STEP_ANNOTATION):  # its self time: the host's untraced Python
+        # The step's window in the trace; its own time: the Python between the operators, or
+        # the wait for the autograd engine's thread.
+        with record_function(STEP_ANNOTATION):
             step()
         if cuda:
             torch.cuda.synchronize()
@@ -387,6 +135,10 @@ def summary_lines(report: dict, label: str = "") -> list[str]:
             f"traced host {report['host_ms_traced']} ms")
     causes = ", ".join(f"{k} {v}" for k, v in list(report["host_ms_by_cause"].items())[:8])
     lines = [head, f"{label}host ms by cause: {causes}"]
+    for tid, t in report.get("threads", {}).items():
+        top = ", ".join(f"{k} {v}" for k, v in list(t["by_cause_ms"].items())[:4])
+        lines.append(f"{label}  thread {tid} ({t['role']}): traced {t['traced_ms']} of "
+                     f"{t['span_ms']} ms; {top}")
     for key, p in report["passes"].items():
         lines.append(f"{label}  {key}: x{p['count']} {p['host_ms_per_pass']} ms/pass, "
                      f"{p['launches_per_pass']} launches, {p['syncs_per_pass']} syncs per pass")
@@ -399,7 +151,8 @@ def summary_lines(report: dict, label: str = "") -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Host time by cause from a saved torch.profiler Chrome trace")
     p.add_argument("trace", type=Path)
-    p.add_argument("--wall-ms", type=float, default=None, help="the step's wall time (GPU busy's denominator)")
+    p.add_argument("--wall-ms", type=float, default=None, help="the step's wall time (GPU busy's denominator; the window's length from the "
+                   "step's annotation, where the trace has one)")
     args = p.parse_args(argv)
     try:
         with open(args.trace) as f:

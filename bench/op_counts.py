@@ -18,10 +18,12 @@ kernels stood in (bench/kernel_stand_ins.py: one op per kernel output); `torch` 
 pure-PyTorch reference as is (the CPU path, whose per-document loops synchronise by design).
 The dense layer runs transformers' SDPA attention with the mask built once per forward.
 
-Fused variants (`l2a.fused_elementwise`) run their torch.compile'd regions eagerly here:
-`compiled_region_ops` of a pass are the ops inside those regions in the forward and the
-recomputation, which Inductor fuses into a few kernels per region call
-(`compiled_region_calls`); the backward counts those regions' eager autograd ops.
+Fused variants (`l2a.fused_elementwise`) run their torch.compile'd regions eagerly here
+(`OpCounter.compiled_region`; torch.compile does not run under a dispatch mode):
+`compiled_region_ops` of a pass are the ops inside those regions, which Inductor fuses into
+a few kernels per region call (`compiled_region_calls`). In the backward, each region call
+with a gradient is one call of its compiled backward (AOTAutograd), its ops region ops; the
+`launch_proxy` of a pass is its eager ops plus its region calls.
 
 `layer_op_counts()` returns the same record as the CLI writes, for other benchmarks' JSON.
 """
@@ -105,40 +107,16 @@ def _inputs(shape: Shape, model):
     return hidden, pos, pe, doc_ids_from_position_ids(pos)
 
 
-class _Phase:
-    """Sets the counter's phase label for the duration of a block (the recomputation)."""
-
-    def __init__(self, counter: OpCounter, label):
-        self.counter, self.label = counter, label
-
-    def __enter__(self):
-        self.previous, self.counter.phase = self.counter.phase, self.label
-
-    def __exit__(self, *exc):
-        self.counter.phase = self.previous
-
-
 @contextlib.contextmanager
 def _marked_compiled_regions(counter: OpCounter):
-    """The layer's `compiled(fn)` regions run eagerly, their ops labelled as such."""
+    """The layer's `compiled(fn)` regions run eagerly, counted as compiled regions."""
+    import kernels.flex_mask as flex_mask
     import l2a.layers as layers
 
-    def eager(fn):
-        def call(*args):
-            counter.region_calls[counter.phase] += counter.phase is not None
-            outer, counter.region = counter.region, fn.__name__
-            try:
-                return fn(*args)
-            finally:
-                counter.region = outer
-
-        return call
-
-    import kernels.flex_mask as flex_mask
-
-    saved, layers.compiled = layers.compiled, eager
+    saved, layers.compiled = layers.compiled, counter.compiled_region
     # The block mask's bounds: one compiled region on CUDA (kernels/flex_mask.py).
-    saved_mask, flex_mask._block_tensors = flex_mask._block_tensors, eager(flex_mask._block_tensors)
+    saved_mask = flex_mask._block_tensors
+    flex_mask._block_tensors = counter.compiled_region(saved_mask)
     try:
         yield
     finally:
@@ -157,7 +135,7 @@ def _run_stack(counter: OpCounter, layers, call, hidden: torch.Tensor) -> None:
         counter.phase = ("forward", i)
         out = checkpoint(
             call, layer, h, use_reentrant=False,
-            context_fn=lambda i=i: (contextlib.nullcontext(), _Phase(counter, ("recompute", i))),
+            context_fn=lambda i=i: (contextlib.nullcontext(), counter.phase_scope(("recompute", i))),
         )
         counter.phase = None
         h, extra = (out[0], out[1:]) if isinstance(out, tuple) else (out, ())
@@ -176,6 +154,11 @@ def _count_variant(name: str, backend: str, shape: Shape, models, routed_out: li
     is_l2a, routed, fused, dense_path = VARIANTS[name]
     base, l2a = models
     model = l2a if is_l2a else base
+    # A step's backward starts with no gradients (the optimizer's zero_grad sets them to
+    # None): each variant's too, or the ones counted after another would add into its
+    # gradients (an add per parameter) where the first one only keeps them.
+    for p in model.parameters():
+        p.grad = None
     hidden, pos, pe, doc_ids = _inputs(shape, model)
     counter = OpCounter()
     if is_l2a:
@@ -244,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     tmp.write_text(json.dumps(record, indent=1) + "\n")
     tmp.replace(out)
     for name, counts in record["variants"].items():
-        row = "  ".join(f"{p} {c['ops']:4d} ops {c['syncs']} syncs" for p, c in counts["per_layer"].items())
+        row = "  ".join(f"{p} {c['ops']:4d} ops {c['launch_proxy']:4d} launches {c['syncs']} syncs"
+                        for p, c in counts["per_layer"].items())
         print(f"{name:22s} {row}")
     return 0
 

@@ -138,7 +138,16 @@ def test_cpu_smoke_profile_records_the_host_and_warm_dense_path_steps(tmp_path):
     host = r["profile_kernel_ms"]["host"]
     assert host["passes"]["l2a.forward"]["count"] == layers
     assert host["passes"]["l2a.recompute"]["count"] == layers
+    # every layer's backward found (the autograd nodes its forward made); one backward run
+    assert host["passes"]["l2a.backward"]["count"] == layers
+    assert host["passes"]["backward"]["count"] == 1
     assert host["host_ms_traced"] > 0 and "aten_dispatch" in host["host_ms_by_cause"]
+    # host time counted once: no cause below 0, each thread within its span, the whole
+    # within wall x threads
+    assert min(host["host_ms_by_cause"].values()) >= 0
+    assert all(t["traced_ms"] <= t["span_ms"] + 1e-3 for t in host["threads"].values())
+    assert host["host_ms_traced"] <= host["wall_ms"] * len(host["threads"])
+    assert [t["role"] for t in host["threads"].values()].count("step") == 1
     assert len(r["warm_dense_path_steps_s"]) == 1
     assert r["dense_path_from"] == "warm steps after a warm-up"
     assert r["dense_path_step_s"] == r["warm_dense_path_steps_s"][0]
