@@ -4,7 +4,7 @@
 #
 #   scripts/study_gpu.sh pretrain --gpus 0 --max-minutes 8 [--out DIR]
 #       # -> DIR/base: the base's safetensors shards and base-files.tar
-#   scripts/study_gpu.sh arms --lengths 16k --seeds 0,1 --per-gpu 4 --max-steps N [--out DIR]
+#   scripts/study_gpu.sh arms --lengths 16k --seeds 0,1,2 --per-gpu 4 --max-steps N [--out DIR]
 #       # -> DIR/study-arms.tar.gz: the run records, per-sample records, summaries, logs
 #
 # --out defaults to RESULTS_DIR, else gpu_results/study-<gpu>-x<count>-<date>-<time>/.

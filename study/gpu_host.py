@@ -3,7 +3,7 @@ packages"): several runs at once per GPU, an optional wall-clock deadline (a sch
 time limit), and the results packed into one results folder (--out).
 
     python -m study.gpu_host pretrain --out results/base0 --gpus 0 --max-minutes 8
-    python -m study.gpu_host arms --out results/arms --lengths 16k --seeds 0,1 --per-gpu 4 \\
+    python -m study.gpu_host arms --out results/arms --lengths 16k --seeds 0,1,2 --per-gpu 4 \\
         --max-steps 150 --deadline-minutes 120
 
 `scripts/study_gpu.sh` installs an offline wheelhouse first where given and passes the job's
