@@ -43,15 +43,17 @@ from torch.utils.checkpoint import checkpoint
 from bench.dispatch_counter import OpCounter
 
 PASSES = ("forward", "recompute", "backward")
-# name -> (l2a, routed projections, fused elementwise, dense-path step)
+# name -> (l2a, routed projections, fused elementwise, dense-path step, capacity rows)
 VARIANTS = {
-    "dense": (False, False, False, False),
-    "l2a": (True, False, False, False),
-    "l2a_routed": (True, True, False, False),
-    "l2a_fused": (True, False, True, False),
-    "l2a_routed_fused": (True, True, True, False),
-    "l2a_dense_path": (True, False, False, True),
-    "l2a_dense_path_fused": (True, False, True, True),
+    "dense": (False, False, False, False, False),
+    "l2a": (True, False, False, False, False),
+    "l2a_routed": (True, True, False, False, False),
+    "l2a_fused": (True, False, True, False, False),
+    "l2a_routed_fused": (True, True, True, False, False),
+    # l2a_routed_fused with `l2a.routed_rows=capacity`: the compacted queries are T rows.
+    "l2a_capacity": (True, True, True, False, True),
+    "l2a_dense_path": (True, False, False, True, False),
+    "l2a_dense_path_fused": (True, False, True, True, False),
 }
 BACKENDS = ("fa4", "torch")
 
@@ -151,7 +153,7 @@ def _run_stack(counter: OpCounter, layers, call, hidden: torch.Tensor) -> None:
 def _count_variant(name: str, backend: str, shape: Shape, models, routed_out: list) -> dict:
     from l2a.layers import AttentionContext
 
-    is_l2a, routed, fused, dense_path = VARIANTS[name]
+    is_l2a, routed, fused, dense_path, capacity = VARIANTS[name]
     base, l2a = models
     model = l2a if is_l2a else base
     # A step's backward starts with no gradients (the optimizer's zero_grad sets them to
@@ -163,7 +165,7 @@ def _count_variant(name: str, backend: str, shape: Shape, models, routed_out: li
     counter = OpCounter()
     if is_l2a:
         ctx = AttentionContext(doc_ids=doc_ids, backend="auto" if backend == "fa4" else "torch",
-                               routed_projections=routed, fused=fused)
+                               routed_projections=routed, fused=fused, row_capacity=capacity)
 
         def call(layer, h):
             out = layer(h, position_embeddings=pe, ctx=ctx, dense=dense_path)

@@ -12,6 +12,10 @@ DeepSpeed ZeRO-3, bf16, activation checkpointing, one sequence per GPU per step:
   (q/o projections of the global branch for routed tokens only; with
   `--sequence-parallel` > 1 through uneven all-to-alls of the routed query rows, tested
   on CPU with gloo only);
+* `l2a_capacity`: `l2a_routed_fused` with `l2a.routed_rows=capacity` (the compacted
+  queries as every row of the sequence, so no layer reads the routed count from the GPU:
+  no host synchronisation per layer; the global branch's projections at full cost; one
+  GPU or data parallelism only, refused with `--sequence-parallel` > 1);
 * `dense`: the same base model without L2A, same trainable set (attention + norms),
   attention by `model.dense_attn_implementation=auto`: FlashAttention-4 where flash-attn-4
   is installed on Hopper / Blackwell, else SDPA restricted to the cuDNN (then flash) backend;
@@ -73,7 +77,8 @@ import torch
 from bench.results_dir import results_dir
 
 ROOT = Path(__file__).resolve().parent.parent
-VARIANTS = ("l2a", "l2a_full", "l2a_fused", "l2a_routed", "l2a_routed_fused", "dense", "dense_sdpa")
+VARIANTS = ("l2a", "l2a_full", "l2a_fused", "l2a_routed", "l2a_routed_fused", "l2a_capacity",
+            "dense", "dense_sdpa")
 CONF = ROOT / "conf"
 
 
@@ -162,10 +167,12 @@ def _config(args, variant: str, seq_len: int):
         overrides += [f"l2a.sparsity_target={args.sparsity_target}", "+l2a.target_ramp=0.0"]
         if variant == "l2a_full":
             overrides.append("l2a.routed_projections=false")
-        if variant in ("l2a_routed", "l2a_routed_fused"):
+        if variant in ("l2a_routed", "l2a_routed_fused", "l2a_capacity"):
             overrides.append("l2a.routed_projections=true")
-        if variant in ("l2a_fused", "l2a_routed_fused"):
+        if variant in ("l2a_fused", "l2a_routed_fused", "l2a_capacity"):
             overrides.append("l2a.fused_elementwise=true")
+        if variant == "l2a_capacity":
+            overrides.append("l2a.routed_rows=capacity")
     overrides += args.override
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
@@ -190,6 +197,7 @@ def attention_used(cfg) -> dict:
     return {
         "l2a_backend": resolve(cfg.l2a.attn_backend, probe),
         "routed_projections": cfg.l2a.routed_projections,
+        "routed_rows": cfg.l2a.routed_rows,
         "fused_elementwise": cfg.l2a.fused_elementwise,
     }
 
@@ -637,6 +645,7 @@ _OP_COUNT_VARIANTS = {
     "l2a_fused": ("l2a_routed_fused", "l2a_dense_path_fused"),
     "l2a_routed": ("l2a_routed", "l2a_dense_path"),
     "l2a_routed_fused": ("l2a_routed_fused", "l2a_dense_path_fused"),
+    "l2a_capacity": ("l2a_capacity", "l2a_dense_path_fused"),
     "dense": ("dense",), "dense_sdpa": ("dense",),
 }
 

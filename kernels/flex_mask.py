@@ -38,12 +38,13 @@ def _pad_to_blocks(x: torch.Tensor, block: int) -> torch.Tensor:
     return torch.cat([x, x[:, -1:].expand(-1, pad)], dim=1) if pad else x
 
 
-def _block_tensors(q_pos: torch.Tensor, starts: torch.Tensor, win, block: int):
+def _block_tensors(q_pos: torch.Tensor, starts: torch.Tensor, win, block: int,
+                   q_valid: torch.Tensor | None = None):
     """The block-level part of `query_block_mask`, pure tensor work (compiled on CUDA into a
     few kernels instead of ~80 launches per layer and pass): the partial and full key blocks
     of every query block and, transposed, the query blocks of every key block (the
     backward's), plus the padded positions and document starts the mask_mod reads. `win`:
-    the window in keys (the row length for plain causal)."""
+    the window in keys (the row length for plain causal). `q_valid`: see `query_block_mask`."""
     B, Q = q_pos.shape
     T = starts.shape[1]
     dev = starts.device
@@ -62,7 +63,12 @@ def _block_tensors(q_pos: torch.Tensor, starts: torch.Tensor, win, block: int):
     any_pair = any_pair & (sk_first[:, None, :] <= sq_last[:, :, None])
     one_doc = (sq_first == sq_last)[:, :, None] & (sk_first == sk_last)[:, None, :]
     one_doc = one_doc & (sq_first[:, :, None] == sk_first[:, None, :])
-    full = ((ke <= qs) & (qe - ks < win) & one_doc)[:, None]
+    full = (ke <= qs) & (qe - ks < win) & one_doc
+    if q_valid is not None:
+        # The valid rows are a prefix of each row: a block is live iff its first row is.
+        live = q_valid[:, q_first][:, :, None]
+        any_pair, full = any_pair & live, full & live
+    full = full[:, None]
     partial = any_pair[:, None] & ~full
     kv_num, kv_idx = _dense_to_ordered(partial)
     full_num, full_idx = _dense_to_ordered(full)
@@ -82,10 +88,18 @@ def _compiled_block_tensors():
 
 def query_block_mask(
     q_pos: torch.Tensor, starts: torch.Tensor, window: int | None, block: int = BLOCK,
-    compiled: bool | None = None,
+    compiled: bool | None = None, q_valid: torch.Tensor | None = None,
 ):
     """BlockMask for queries at `q_pos (B, Q)` (ascending) over keys with document starts
     `starts (B, T)` and a causal window of `window` keys (None: plain causal).
+
+    `q_valid (B, Q)` bool (a device tensor, never read on the host): the rows that are
+    queries, a prefix of each row; the rest are the caller's padding (the capacity layout of
+    compacted routed queries: all T rows, `kernels/token_sparse/compact.py`). A query block
+    whose first row is padding gets no key block at all, forward or backward (its rows come
+    out zero and cost nothing); the padding rows of a block that also holds queries are
+    computed like those queries (their `q_pos` must keep the row ascending) and are the
+    caller's to zero.
 
     The mask_mod captures tensors only, never a Python number: under a dynamic-shape
     compile a captured number derived from a shape is a symbolic scalar, which
@@ -105,11 +119,11 @@ def query_block_mask(
     tensors = None
     if compiled:
         try:
-            tensors = _compiled_block_tensors()(q_pos, starts, win, block)
+            tensors = _compiled_block_tensors()(q_pos, starts, win, block, q_valid)
         except Exception as exc:  # noqa: BLE001  (a compile failure: recorded, not silent)
             record_fallback(MASK_OP, "compiled", "eager", exc)
     if tensors is None:
-        tensors = _block_tensors(q_pos, starts, win, block)
+        tensors = _block_tensors(q_pos, starts, win, block, q_valid)
     kv_num, kv_idx, full_num, full_idx, q_num, q_idx, full_q_num, full_q_idx, pos, doc = tensors
 
     if window is None:

@@ -82,6 +82,11 @@ class AttentionContext:
     # the dense path: training, uncached forwards and prefills (also chunks onto a cache)
     # longer than a decoding step (config ``l2a_routed_projections``).
     routed_projections: bool = False
+    # With routed projections: the compacted queries in the capacity layout, T rows instead
+    # of the routed count R (config ``l2a_routed_rows: capacity``): no shape depends on the
+    # device, so no layer reads R from it (no host synchronisation per layer), at the cost
+    # of q_proj / QK-norm / RoPE / o_proj on every row (the attention still costs R rows).
+    row_capacity: bool = False
     # The elementwise work around the branches in torch.compile'd regions (l2a/fused.py;
     # config ``l2a_fused_elementwise``; training, uncached forwards and prefills).
     fused: bool = False
@@ -98,16 +103,21 @@ class AttentionContext:
         kernel call that needs it (on CUDA the host then waits only for that copy, the key
         and value projections queued meanwhile keep the GPU busy); ``finish_routed_rows``
         keeps it. The recomputation of activation checkpointing runs with this same context
-        and reproduces the forward's decisions (fp32 router), so it reads nothing again."""
+        and reproduces the forward's decisions (fp32 router), so it reads nothing again.
+        In the capacity layout of the routed path there is no R to read."""
+        if self.routed_projections and self.row_capacity:
+            return
         rows = self.routed_rows.get(layer_idx)
         if rows is None:
             begin_routed_rows_read(route)
         else:
             remember_routed_rows(route, rows)
 
-    def finish_routed_rows(self, layer_idx: int, route: torch.Tensor) -> int:
+    def finish_routed_rows(self, layer_idx: int, route: torch.Tensor) -> int | None:
         """``R`` of the layer, kept for its recomputation (no new read: the kernel call that
-        needed it has read it)."""
+        needed it has read it); None in the capacity layout (nothing to remember)."""
+        if self.routed_projections and self.row_capacity:
+            return None
         rows = self.routed_rows[layer_idx] = routed_rows(route)
         return rows
 
@@ -246,14 +256,16 @@ class L2ABranchAttention(nn.Module):
         (keys and values for every token, into the cache at ``cache_slot`` when there is
         one). Returns ``(a, slots, valid)``: ``a (B, R, hidden)`` is ``o_proj`` *without
         its bias* of the routed rows listed by ``slots``/``valid``
-        (``kernels.token_sparse.compact.routed_slots``); padding rows are zero."""
+        (``kernels.token_sparse.compact.routed_slots``); padding rows are zero. With
+        ``ctx.row_capacity`` R is the row length T (every row projected, no host read)."""
         bsz, seq, hidden = x.shape
         k = self.k_proj(x).view(bsz, seq, -1, self.head_dim)
         v = self.v_proj(x).view(bsz, seq, -1, self.head_dim).transpose(1, 2)
         cos, sin = (t.expand(bsz, -1, -1) for t in position_embeddings)
         # Keys first: queued before R is read, they keep the GPU busy while the host waits.
         k = self._norm_rope(k, self.k_norm, cos, sin, ctx.fused)
-        slots, valid = routed_slots(route)  # R is a shape: AttentionContext.begin_routed_rows
+        # R is a shape: AttentionContext.begin_routed_rows (T in the capacity layout).
+        slots, valid = routed_slots(route, capacity=ctx.row_capacity)
         R = slots.shape[1]
         xs = x.gather(1, slots[:, :, None].expand(bsz, R, hidden))
         q = self.q_proj(xs).view(bsz, R, self.num_heads, self.head_dim)

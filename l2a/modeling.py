@@ -108,6 +108,7 @@ class _L2AModelBase(L2APreTrainedModel):
             backend=run.attn_backend,
             cache=past_key_values,
             routed_projections=run.routed_projections,
+            row_capacity=run.routed_rows == "capacity",
             # With a cache: prefills only (a decoding step's few rows gain nothing from it).
             fused=run.fused_elementwise and (past_key_values is None or seq > DECODE_MAX_QUERIES),
         )

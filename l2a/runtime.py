@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from .validate import L2A_ATTN_BACKENDS
+from .validate import L2A_ATTN_BACKENDS, L2A_ROUTED_ROWS
 
 # Config keys of older checkpoints that are runtime (or training) settings, not identity.
 LEGACY_RUNTIME_KEYS = ("l2a_attn_backend", "l2a_routed_projections", "l2a_fused_elementwise",
@@ -37,6 +37,11 @@ class L2ARuntime:
     # Global branch: q_proj / QK-norm / RoPE / o_proj for routed tokens only (same result;
     # training, uncached forwards and prefills longer than a decoding step).
     routed_projections: bool = False
+    # With routed_projections: `count` (the compacted queries are the routed count R of
+    # rows, read from the device once per layer and forward: a host synchronisation) or
+    # `capacity` (T rows, no host read; the projections cost the full ones, the attention
+    # what R rows cost). No effect without routed_projections.
+    routed_rows: str = "count"
     # The elementwise work around the branches (residual add + norm, router, QK-norm +
     # RoPE, gated add) in torch.compile'd regions (l2a/fused.py).
     fused_elementwise: bool = False
@@ -46,6 +51,8 @@ class L2ARuntime:
             raise AttributeError(f"l2a runtime: unknown option {name!r}")
         if name == "attn_backend" and value not in L2A_ATTN_BACKENDS:
             raise ValueError(f"attn_backend: must be one of {L2A_ATTN_BACKENDS}, got {value!r}")
+        if name == "routed_rows" and value not in L2A_ROUTED_ROWS:
+            raise ValueError(f"routed_rows: must be one of {L2A_ROUTED_ROWS}, got {value!r}")
         if name in ("routed_projections", "fused_elementwise") and not isinstance(value, bool):
             raise ValueError(f"{name}: must be true or false, got {value!r}")
         super().__setattr__(name, value)

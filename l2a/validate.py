@@ -98,6 +98,9 @@ def check_known_keys(path: str, raw: Mapping, known: Iterable[str]) -> None:
 # --------------------------------------------------------------------------- the L2A layer
 L2A_INIT_MODES = ("paper", "identity")
 L2A_ATTN_BACKENDS = ("auto", "torch", "triton", "flex", "fa4")
+# The layout of the routed path's compacted queries (kernels/token_sparse/compact.py):
+# `count` rows (the routed count R, read from the device per layer) or `capacity` (T rows).
+L2A_ROUTED_ROWS = ("count", "capacity")
 
 
 def _check_layers(path: str, layers: Any) -> None:
@@ -117,6 +120,7 @@ _L2A_RULES = {
     "init": lambda p, v: check_choice(p, v, L2A_INIT_MODES),
     "attn_backend": lambda p, v: check_choice(p, v, L2A_ATTN_BACKENDS),
     "routed_projections": check_bool,
+    "routed_rows": lambda p, v: check_choice(p, v, L2A_ROUTED_ROWS),
     "fused_elementwise": check_bool,
     "layers": _check_layers,
 }
@@ -124,8 +128,8 @@ _L2A_RULES = {
 
 def check_l2a_fields(values: Mapping[str, Any], path_of) -> None:
     """Check the L2A layer's fields present in `values` (keys: window, router_tau,
-    router_threshold, dense_prob, init, attn_backend, routed_projections, fused_elementwise,
-    layers); `path_of(key)` names the field where the user sets it (``l2a.window``,
+    router_threshold, dense_prob, init, attn_backend, routed_projections, routed_rows,
+    fused_elementwise, layers); `path_of(key)` names the field where the user sets it (``l2a.window``,
     ``l2a_window`` in a model's config.json, ``model.window``)."""
     for key, rule in _L2A_RULES.items():
         if key in values:

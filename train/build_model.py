@@ -37,7 +37,7 @@ def runtime_options(cfg: RunConfig):
 
     a = cfg.l2a
     return L2ARuntime(attn_backend=a.attn_backend, routed_projections=a.routed_projections,
-                      fused_elementwise=a.fused_elementwise)
+                      routed_rows=a.routed_rows, fused_elementwise=a.fused_elementwise)
 
 
 def _base_dir_for_random(cfg: RunConfig) -> Path:

@@ -178,6 +178,10 @@ class L2AConfig:
     # gradients; also under sequence parallelism: train/parallel/routed.RoutedUlyssesCore).
     # Off by default until a GPU measurement shows it faster (one host sync per layer).
     routed_projections: bool = False
+    # With routed_projections: the compacted queries as `count` rows (the routed count, read
+    # from the device once per layer: a host synchronisation) or `capacity` (every row, no
+    # host read; full-cost projections). `count` until a GPU measurement decides.
+    routed_rows: str = "count"
     # Residual add + norm, router, QK-norm + RoPE and gated add in torch.compile'd regions
     # (l2a/fused.py): fewer kernels, fp32 intermediates recomputed instead of saved.
     fused_elementwise: bool = False
@@ -189,6 +193,9 @@ class L2AConfig:
     def __post_init__(self) -> None:
         check_l2a_fields({f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                           if f.name not in ("enabled", "sparsity")}, lambda k: f"l2a.{k}")
+        if self.routed_rows == "capacity" and not self.routed_projections:
+            fail("l2a.routed_rows", "capacity lays out the routed projections' rows: it needs "
+                 "l2a.routed_projections=true (or set l2a.routed_rows=count)")
         if self.sparsity is None:
             self.sparsity = _sparsity_config({})
 
@@ -475,6 +482,11 @@ def from_container(raw: dict, data_builder=None) -> RunConfig:
         l2a=build_l2a(raw["l2a"]),
         train=build(TrainConfig, raw["train"], "train"),
     )
+    if run.l2a.routed_rows == "capacity" and run.train.sequence_parallel > 1:
+        # The routed all-to-all splits the rows by the ranks' routed counts, read on the host.
+        fail("l2a.routed_rows", "capacity needs train.sequence_parallel=1 (the routed "
+             "all-to-all splits rows by host counts): set l2a.routed_rows=count, got "
+             f"train.sequence_parallel={run.train.sequence_parallel}")
     if data_builder is None:  # synthetic batches (benchmarks): no data settings to check
         from train.config_checks import check_together
 

@@ -9,7 +9,12 @@ The queries may be the last `Tq` of `Tk` key positions (a prefill chunk against 
 cache): `route (B, Tq)` and `slots` are then over the queries, forward only on the Triton
 path, as for `token_sparse_attention`.
 
-`routed_slots` gives the gather index of those rows. Backends: `torch` (the reference:
+`routed_slots` gives the gather index of those rows. In its capacity layout
+(`capacity=True`) there are `T` rows, not `R`: the routed positions of a row first, then its
+unrouted ones (a permutation of the positions), so that no shape depends on the device's
+counts and no host synchronisation is needed; the op then takes `q_c (B, Hq, T, D)` and the
+FlexAttention path gives query blocks made only of padding rows no key block (the attention
+costs what `R` rows cost; the projections around it are the full ones). Backends: `torch` (the reference:
 scattered back to positions and run through the token-sparse reference), `triton` (the
 same scatter around our kernels, which compact the queries themselves), `flex` / `fa4`
 (FlexAttention on the compacted queries directly, kernels/token_sparse/flex.py).
@@ -68,19 +73,33 @@ def remember_routed_rows(route: torch.Tensor, rows: int) -> None:
     remember(route, _ROWS, rows)
 
 
-def routed_slots(route: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(slots, valid)`, both `(B, R)` with `R = max routed count of a row`.
+def routed_slots(route: torch.Tensor, capacity: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(slots, valid)`, both `(B, R)` with `R = max routed count of a row`, or `(B, T)`
+    with `capacity`.
 
     `slots[b, :count[b]]` are the routed positions of row `b` in position order; the
     padding slots after them are unrouted positions of that row, so the slots of a row are
     distinct (a scatter-add through them never collides). `valid` marks the routed slots.
     `R` is a shape: `routed_rows(route)` (a host synchronisation unless already known).
+    `capacity`: every position of the row (the padding is all its unrouted positions, the
+    slots a permutation of `0..T-1`), computed on the device with no host read.
     """
     routing = build_routing(route, None)
-    R = routed_rows(route, routing.count)
-    slots = routing.order[:, :R].long()
+    if capacity:
+        slots = routing.order.long()
+        R = slots.shape[1]
+    else:
+        R = routed_rows(route, routing.count)
+        slots = routing.order[:, :R].long()
     valid = torch.arange(R, device=route.device)[None, :] < routing.count[:, None]
     return slots, valid
+
+
+def _layout_slots(route: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`routed_slots` of the layout `rows` compacted rows are in: as many rows as positions
+    is the capacity layout (with every position routed, the count layout is the same one),
+    read without a host synchronisation; fewer, the count layout."""
+    return routed_slots(route, capacity=rows == route.shape[1])
 
 
 def _scatter_rows(q_c: torch.Tensor, slots: torch.Tensor, T: int) -> torch.Tensor:
@@ -101,7 +120,7 @@ def routed_query_attention_naive(q_c, k, v, route, doc_ids=None, scale=None) -> 
     rows gathered back. Padding rows come out zero (unrouted rows are exact zeros)."""
     from .naive import token_sparse_attention_naive
 
-    slots, _ = routed_slots(route)
+    slots, _ = _layout_slots(route, q_c.shape[2])
     full = _scatter_rows(q_c, slots, route.shape[1])
     return _gather_rows(token_sparse_attention_naive(full, k, v, route, doc_ids, scale), slots)
 
@@ -109,7 +128,8 @@ def routed_query_attention_naive(q_c, k, v, route, doc_ids=None, scale=None) -> 
 def _check_rows(q_c: torch.Tensor, slots: torch.Tensor) -> None:
     if q_c.shape[2] != slots.shape[1]:
         raise ValueError(
-            f"q: {q_c.shape[2]} compacted rows, expected the largest routed count {slots.shape[1]}"
+            f"q: {q_c.shape[2]} compacted rows, expected {slots.shape[1]} (the largest routed "
+            "count, or every position in the capacity layout)"
         )
 
 
@@ -128,13 +148,15 @@ def routed_query_attention(
 
     Args:
         q_c: `(B, Hq, R, D)`, rows in the order of `routed_slots(route)`; R = the largest
-            routed count of a row (rows past a row's count are padding).
+            routed count of a row (rows past a row's count are padding), or `Tq` rows in
+            the capacity layout (`routed_slots(route, capacity=True)`).
         k, v: `(B, Hkv, Tk, D)`, GQA as in `token_sparse_attention`.
         route: `(B, Tq)` bool, `Tq <= Tk`, which positions the rows of `q_c` are; the
             queries are the last `Tq` key positions (`Tq == Tk` without a KV cache).
         doc_ids, scale: as in `token_sparse_attention`.
         backend: `auto`, `torch`, `triton`, `flex` or `fa4` (kernels/backends.py).
-        slots: `routed_slots(route)` where the caller has it (saves a host sync).
+        slots: `routed_slots(route[, capacity])` where the caller has it (saves a host sync
+            in the count layout; without it, the layout follows q's row count).
 
     Returns:
         `(B, Hq, R, D)` in q's dtype; padding rows are zero and get zero gradient.
@@ -155,7 +177,7 @@ def routed_query_attention(
     check_doc_ids(doc_ids, B, T, q_c.device)
     scale = default_scale(scale, D)
     backend = resolve(backend, q_c, token_sparse=True)
-    slots, valid = routed_slots(route) if slots is None else slots
+    slots, valid = _layout_slots(route, q_c.shape[2]) if slots is None else slots
     _check_rows(q_c, slots)
     if backend in ("flex", "fa4"):
         from .flex import routed_query_attention_flex

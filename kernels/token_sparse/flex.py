@@ -4,7 +4,8 @@
 (T keys), built from block-level bounds on the queries' positions (kernels/flex_mask.py).
 `flash=True` asks FlexAttention for its FLASH backend (FlashAttention-4 kernels with the
 block mask). Compiled once with dynamic shapes: the routed count R changes every step
-without recompiling.
+without recompiling. In the capacity layout (R = T, compact.py) the query blocks made
+only of padding rows get no key block, so the attention costs what the routed rows cost.
 """
 
 from __future__ import annotations
@@ -45,8 +46,11 @@ def _compiled_flex(dynamic: bool):
 
 
 def routed_query_attention_flex(q_c, k, v, slots, valid, doc_ids, scale: float, flash: bool):
-    """`slots`, `valid`: `routed_slots(route)`. Padding rows get the last position as a
-    stand-in (so positions stay ascending for the block bounds) and are zeroed after."""
+    """`slots`, `valid`: `routed_slots(route)` (either layout). Padding rows take the
+    position of their row's last routed row as a stand-in (positions stay ascending for the
+    block bounds, and a block mixing routed and padding rows spans only the routed rows'
+    keys); blocks of padding rows only get no key block (`query_block_mask`'s `q_valid`);
+    padding rows are zeroed after (zero gradient to q, k, v through them)."""
     B, _, R, _ = q_c.shape
     T = k.shape[2]
     if R == 0:
@@ -56,14 +60,18 @@ def routed_query_attention_flex(q_c, k, v, slots, valid, doc_ids, scale: float, 
     else:
         # Once per forward, not per layer: every layer's mask reads the same documents.
         starts = derived(doc_ids, "doc_starts", doc_start_positions)
-    q_pos = torch.where(valid, slots, T - 1).to(torch.int32)
+    # The valid rows are a prefix in ascending position order: a running max carries the
+    # last routed position over the padding (0 for a row routing nothing: dead blocks only).
+    q_pos = torch.where(valid, slots, 0).cummax(1).values  # int64: the mask takes it to int32
+    q_valid = valid
     short = MIN_ROWS - R
     if short > 0:
         # FlexAttention's compiled kernels reject GQA with fewer queries than one block;
-        # a layer that routes few tokens pads with rows at the last position (sliced off).
+        # a layer that routes few tokens pads with padding rows (sliced off).
         q_c = torch.cat([q_c, q_c.new_zeros(B, q_c.shape[1], short, q_c.shape[3])], dim=2)
-        q_pos = torch.cat([q_pos, q_pos.new_full((B, short), T - 1)], dim=1)
-    mask = query_block_mask(q_pos, starts, None)
+        q_pos = torch.cat([q_pos, q_pos[:, -1:].expand(B, short)], dim=1)
+        q_valid = torch.cat([valid, valid.new_zeros(B, short)], dim=1)
+    mask = query_block_mask(q_pos, starts, None, q_valid=q_valid)
     o = _flex(q_c, k, v, mask, scale, flash)
     return o[:, :, :R] * valid[:, None, :, None].to(o.dtype)
 

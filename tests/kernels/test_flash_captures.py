@@ -82,8 +82,8 @@ def test_a_captured_host_scalar_is_what_flash_refuses(flash_checks, monkeypatch)
 
     real = fm.query_block_mask
 
-    def with_host_scalar(q_pos, starts, window, block=fm.BLOCK, compiled=None):
-        bm = real(q_pos, starts, window, block, compiled)
+    def with_host_scalar(q_pos, starts, window, block=fm.BLOCK, compiled=None, q_valid=None):
+        bm = real(q_pos, starts, window, block, compiled, q_valid)
         limit = torch.tensor(starts.shape[1])  # on the host, 0-d
         inner = bm.mask_mod
         return type(bm)(
