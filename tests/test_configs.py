@@ -251,3 +251,28 @@ def test_routed_projections_accepted_under_sequence_parallelism():
     cfg = _validate(["experiment=tiny", "train.sequence_parallel=2", "l2a.routed_projections=true"])[1]
     assert cfg.l2a.routed_projections and cfg.train.sequence_parallel == 2
     assert _validate(["experiment=tiny", "train.sequence_parallel=2"])[1].l2a.routed_projections is False
+
+
+def test_routed_rows_capacity_validated_with_the_other_l2a_fields():
+    """`l2a.routed_rows`: count (default, the measured behaviour) or capacity; capacity lays
+    out the routed projections' rows, so it needs them, and the routed all-to-all of sequence
+    parallelism splits rows by host counts, so it needs one rank per sequence."""
+    assert _validate(["experiment=tiny"])[1].l2a.routed_rows == "count"
+    ok = _validate(["experiment=tiny", "l2a.routed_projections=true", "l2a.routed_rows=capacity"])[1]
+    assert ok.l2a.routed_rows == "capacity"
+    refusals = [
+        (["l2a.routed_rows=padded"], "l2a.routed_rows: must be one of count, capacity, got 'padded'"),
+        (["l2a.routed_rows=capacity"], "l2a.routed_rows: capacity lays out the routed projections' "
+         "rows: it needs l2a.routed_projections=true (or set l2a.routed_rows=count)"),
+        (["l2a.routed_projections=true", "l2a.routed_rows=capacity", "train.sequence_parallel=2"],
+         "l2a.routed_rows: capacity needs train.sequence_parallel=1 (the routed all-to-all splits "
+         "rows by host counts): set l2a.routed_rows=count, got train.sequence_parallel=2"),
+    ]
+    for overrides, message in refusals:
+        with pytest.raises(ConfigError) as err:
+            _validate(["experiment=tiny", *overrides])
+        assert str(err.value) == message
+        assert "\n" not in str(err.value)
+    # the 128K preset runs sequence parallelism 8: capacity refused there too
+    with pytest.raises(ConfigError, match="sequence_parallel=8"):
+        _validate(["experiment=qwen3_128k", "l2a.routed_projections=true", "l2a.routed_rows=capacity"])

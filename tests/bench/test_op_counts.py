@@ -12,6 +12,8 @@ Sync bounds, from what the layer needs from the host (not from the code under te
   of the varlen window kernel's arguments) is read at most once per forward: <= 1 in the
   first layer's forward, none in any other layer or pass.
 - the dense layer (SDPA, mask built once per forward by the model): 0 everywhere.
+- the routed path with `l2a.routed_rows=capacity` (`l2a_capacity`): its compacted queries
+  are every row of the sequence, so no shape is R: 0 everywhere, as dense.
 
 Launch ceilings: per layer and pass at bench.op_counts' default setting, the aten ops
 other than views run eagerly plus one per call of a compiled region (the fused elementwise
@@ -41,6 +43,7 @@ SYNC_BOUNDS = {
     "l2a_routed": ROUTED_STEP,
     "l2a_fused": ROUTED_STEP,
     "l2a_routed_fused": ROUTED_STEP,
+    "l2a_capacity": NONE,
     "l2a_dense_path": DENSE_PATH_STEP,
     "l2a_dense_path_fused": DENSE_PATH_STEP,
 }
@@ -61,6 +64,7 @@ OP_CEILINGS = {
     "l2a_routed": {"forward": 133, "recompute": 127, "backward": 186},
     "l2a_fused": {"forward": 75, "recompute": 69, "backward": 98},
     "l2a_routed_fused": {"forward": 76, "recompute": 70, "backward": 97},
+    "l2a_capacity": {"forward": 73, "recompute": 70, "backward": 97},
     "l2a_dense_path": {"forward": 101, "recompute": 98, "backward": 221},
     "l2a_dense_path_fused": {"forward": 46, "recompute": 43, "backward": 132},
 }
@@ -77,6 +81,7 @@ REGION_CALLS = {
     "l2a_routed": {"forward": MASK, "recompute": MASK, "backward": 0},
     "l2a_fused": {"forward": FUSED + MASK, "recompute": FUSED + MASK, "backward": FUSED},
     "l2a_routed_fused": {"forward": FUSED + MASK, "recompute": FUSED + MASK, "backward": FUSED},
+    "l2a_capacity": {"forward": FUSED + MASK, "recompute": FUSED + MASK, "backward": FUSED},
     "l2a_dense_path": {"forward": 0, "recompute": 0, "backward": MASK},
     "l2a_dense_path_fused": {"forward": FUSED, "recompute": FUSED, "backward": FUSED + MASK},
 }
@@ -173,6 +178,22 @@ def test_a_planted_item_in_the_layer_breaks_the_bound(monkeypatch):
     assert got["forward"]["syncs"] == ROUTED_STEP["forward"] + 1
     assert got["recompute"]["syncs"] == ROUTED_STEP["recompute"] + 1
     assert got["forward"]["launch_proxy"] > OP_CEILINGS["l2a"]["forward"]  # the sum
+
+
+def test_a_planted_read_of_the_routed_count_breaks_the_capacity_bound(monkeypatch):
+    """The capacity layout reading R anyway (the count layout's host read left in)."""
+    import l2a.layers as layers
+    from kernels.token_sparse.compact import routed_rows
+
+    slots_of = layers.routed_slots
+
+    def slots_with_a_read(route, capacity=False):
+        routed_rows(route)
+        return slots_of(route, capacity)
+
+    monkeypatch.setattr(layers, "routed_slots", slots_with_a_read)
+    got = layer_op_counts(variants=["l2a_capacity"])["variants"]["l2a_capacity"]["per_layer"]
+    assert got["forward"]["syncs"] > SYNC_BOUNDS["l2a_capacity"]["forward"]
 
 
 def test_the_counter_sees_each_kind_of_sync():

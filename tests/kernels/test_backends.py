@@ -87,12 +87,12 @@ def _assert_flash_ran():
     assert not fallbacks(), f"a backend fell back: {fallbacks()}"
 
 
-def _check_compact(case, backend, gpu):
+def _check_compact(case, backend, gpu, capacity=False):
     device, dtype = ("cuda", torch.bfloat16) if gpu else ("cpu", torch.float32)
     q, k, v, do, route, doc_ids = _inputs(case, device, dtype)
     _skip_unavailable(backend, q)
-    slots, valid = routed_slots(route)
-    assert slots.shape[1] == int(route.sum(1).max())
+    slots, valid = routed_slots(route, capacity=capacity)
+    assert slots.shape[1] == (case[1] if capacity else int(route.sum(1).max()))
     q_c, do_c = _rows(q, slots), _rows(do, slots)
     got = run_with_grads(routed_query_attention, q_c, k, v, do_c, route, doc_ids, backend=backend)
     want = reference_with_grads(_compact_reference, q_c, k, v, do_c, route, doc_ids, slots, valid)
@@ -107,10 +107,12 @@ def _check_compact(case, backend, gpu):
         _assert_flash_ran()
 
 
+@pytest.mark.parametrize("layout", ["count", "capacity"])
 @pytest.mark.parametrize("case", CPU_CASES, ids=lambda c: "-".join(map(str, c)))
 @pytest.mark.parametrize("backend", ["torch", "triton"])
-def test_compact_op_cpu(case, backend):
-    _check_compact(case, backend, gpu=False)
+def test_compact_op_cpu(case, backend, layout):
+    """Both layouts: R rows (`count`) or all T (`capacity`: padding = the unrouted rows)."""
+    _check_compact(case, backend, gpu=False, capacity=layout == "capacity")
 
 
 def test_compact_op_rejects_wrong_row_count():
@@ -183,10 +185,13 @@ def test_query_block_mask_for_compacted_queries(T, n_docs, fraction, block, wind
 
 # ---------------------------------------------------------------- GPU, every backend
 @pytest.mark.gpu
+@pytest.mark.parametrize("layout", ["count", "capacity"])
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 @pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: "-".join(map(str, c)))
-def test_compact_op_gpu(case, backend):
-    _check_compact(case, backend, gpu=True)
+def test_compact_op_gpu(case, backend, layout):
+    """`capacity`: query blocks of padding rows only have no key block (FlexAttention /
+    FLASH then write zeros for them and never visit them in the backward)."""
+    _check_compact(case, backend, gpu=True, capacity=layout == "capacity")
 
 
 @pytest.mark.gpu

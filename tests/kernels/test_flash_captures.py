@@ -75,6 +75,30 @@ def test_token_sparse_mask_captures_only_tensors_and_their_sizes(flash_checks):
         assert all(c == [] or set(c) == {"TensorPropertySource"} for c in captured if isinstance(c, list))
 
 
+def test_capacity_layout_mask_captures_only_tensors_and_their_sizes(flash_checks):
+    """The capacity layout (T rows, padding after each row's routed ones, the validity a
+    device tensor of the block bounds): still nothing FLASH refuses, as the row length and
+    the routed counts change."""
+    from kernels.token_sparse.compact import routed_slots
+
+    B, H, Hk, D = 2, 4, 2, 32
+    for T, fraction, docs in ((512, 0.2, True), (640, 0.05, False)):
+        g = torch.Generator().manual_seed(T)
+        q, k, v = (torch.randn(B, h, T, D, generator=g) for h in (H, Hk, Hk))
+        route = torch.rand(B, T, generator=g) < fraction
+        route[1] = False  # a row routing nothing: all its query blocks are padding
+        slots, valid = routed_slots(route, capacity=True)
+        doc_ids = (torch.arange(T) * 3 // T)[None].expand(B, T) if docs else None
+        try:
+            tsf.routed_query_attention_flex(q, k, v, slots, valid, doc_ids, D ** -0.5, flash=True)
+        except Exception:  # noqa: BLE001  (_Lowered, wrapped by Inductor)
+            pass
+    assert flash_checks, "the compiled call never reached FlexAttention's lowering"
+    for refused, captured in flash_checks:
+        assert not refused, captured
+        assert all(c == [] or set(c) == {"TensorPropertySource"} for c in captured if isinstance(c, list))
+
+
 def test_a_captured_host_scalar_is_what_flash_refuses(flash_checks, monkeypatch):
     """The check can fail: a mask_mod that captures a 0-d CPU tensor (a Python number
     turned into a tensor on the host) is refused, as on CUDA."""

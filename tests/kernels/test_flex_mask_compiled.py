@@ -76,6 +76,24 @@ def test_compiled_block_bounds_equal_the_eager_ones_for_every_routed_count():
             assert torch.equal(e, c)
 
 
+def test_compiled_block_bounds_with_padding_rows_equal_the_eager_ones():
+    """The capacity layout's validity (`q_valid`) goes through the compiled region as a
+    tensor input: the same block lists as eager, padding-only query blocks empty."""
+    for B, T, fraction, seed in [(2, 640, 0.1, 3), (3, 520, 0.4, 4)]:
+        g = torch.Generator().manual_seed(seed)
+        route = torch.rand(B, T, generator=g) < fraction
+        route[-1] = False  # a row routing nothing
+        slots, valid = routed_slots(route, capacity=True)
+        q_pos = torch.where(valid, slots, 0).cummax(1).values
+        starts = doc_start_positions(random_doc_ids(B, T, 3, g))
+        eager = query_block_mask(q_pos, starts, None, block=64, compiled=False, q_valid=valid)
+        comp = query_block_mask(q_pos, starts, None, block=64, compiled=True, q_valid=valid)
+        for name in ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices",
+                     "q_num_blocks", "q_indices", "full_q_num_blocks", "full_q_indices"):
+            assert torch.equal(getattr(eager, name), getattr(comp, name)), name
+        assert not comp.kv_num_blocks[-1].any() and not comp.full_kv_num_blocks[-1].any()
+
+
 def test_a_failing_compile_is_recorded_and_the_eager_bounds_used(monkeypatch):
     import kernels.flex_mask as fm
     from kernels.fallbacks import clear_fallbacks, fallbacks

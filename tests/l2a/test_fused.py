@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from grad_helpers import loss_outputs_grads
+from grad_helpers import assert_same_run, loss_outputs_grads, mixed_router_model
 
 import l2a.layers
 from l2a.convert import convert_model
@@ -15,13 +15,7 @@ RTOL, ATOL = 2e-5, 1e-6
 
 
 def _model(make_base, family, layers=2):
-    extra = {"attention_bias": True} if family == "qwen3" else {}
-    model = convert_model(make_base(family, layers=layers, **extra), init="paper", window=6)
-    torch.manual_seed(3)
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.self_attn.router.weight.normal_(0, 0.3)
-    return model.train()
+    return mixed_router_model(make_base, family, layers)
 
 
 def _batch(vocab):
@@ -38,13 +32,7 @@ def _run(model, ids, pos, fused, routed=True, dense=False):
 
 
 def _assert_same(a, b):
-    torch.testing.assert_close(a[0], b[0], rtol=RTOL, atol=ATOL)
-    for pa, pb, da, db in zip(a[1].router_probs, b[1].router_probs, a[1].routes, b[1].routes):
-        torch.testing.assert_close(pa, pb, rtol=RTOL, atol=ATOL)
-        assert torch.equal(da, db)
-    assert a[2].keys() == b[2].keys()
-    for name in a[2]:
-        torch.testing.assert_close(a[2][name], b[2][name], rtol=RTOL, atol=ATOL, msg=name)
+    assert_same_run(a, b, RTOL, ATOL)
 
 
 @pytest.mark.parametrize("routed", [True, False], ids=["routed", "full"])

@@ -26,7 +26,7 @@ from train.model_cache import directory_fingerprint, legacy_cached_model_dir
 from train.tiny_base import TINY_SHAPE, build_tiny_base
 
 RUNTIME_KEYS = {"l2a_attn_backend", "l2a_dense_prob", "l2a_routed_projections",
-                "l2a_fused_elementwise"}
+                "l2a_routed_rows", "l2a_fused_elementwise"}
 CPU = DistInfo(0, 1, 0, torch.device("cpu"))
 
 
@@ -108,11 +108,13 @@ def test_runtime_switches_reuse_the_conversion_and_stay_out_of_the_config(tmp_pa
     cache = f"model.cache_dir={tmp_path}"
     build_model(compose_run(["experiment=tiny", cache, "l2a.attn_backend=torch"]), CPU, torch.float32)
     cfg = compose_run(["experiment=tiny", cache, "l2a.attn_backend=auto", "l2a.dense_prob=0.3",
-                       "l2a.routed_projections=true", "l2a.fused_elementwise=true"])
+                       "l2a.routed_projections=true", "l2a.routed_rows=capacity",
+                       "l2a.fused_elementwise=true"])
     model, _, path, _ = build_model(cfg, CPU, torch.float32)
     assert len(count_conversions) == 1  # converted once, for the first
     run = model.l2a_runtime
     assert (run.attn_backend, run.routed_projections, run.fused_elementwise) == ("auto", True, True)
+    assert run.routed_rows == "capacity"
     assert not RUNTIME_KEYS & set(model.config.to_dict())
     assert not RUNTIME_KEYS & set(json.loads((path / "config.json").read_text()))
     with pytest.raises(AttributeError, match="model.l2a_runtime.attn_backend"):
