@@ -12,7 +12,7 @@
   `model.rope_theta`, `model.max_position_embeddings`.
 
 Runtime policy (`l2a.attn_backend`, `l2a.dense_prob`, `l2a.routed_projections`,
-`l2a.fused_elementwise`) is not in the key: changing it reuses the cached model. Each cache
+`l2a.routed_rows`, `l2a.fused_elementwise`) is not in the key: changing it reuses the cached model. Each cache
 directory holds `conversion.json`, the record its key was made from.
 
 Caches written under the previous key (the base's path string plus runtime settings) are
