@@ -1,11 +1,11 @@
 """The study's per-sample records: one JSON line per evaluation sample, so that anyone can
 recompute the report's tables and intervals (study.stats) from them.
 
-    bench/results/study/<set>/<arm>-<length>-base<b>-seed<s>-pruned<f>.jsonl
+    study/results/<set>/samples/<arm>-<length>-base<b>-seed<s>-pruned<f>.jsonl
 
-`<set>` is the name of the results folder under study/results/ (a study run); a study run
-written straight into study/results/ keeps its records in bench/results/study/ itself.
-Fields of a line:
+`<set>` is a study run's folder under study/results/ (its about.json and run records beside
+samples/); a study run written straight into study/results/ keeps its records in
+study/results/samples/. Fields of a line:
 
 - arm, train_length, eval_length, base_seed, seed (the extension seed), pruned (the
   fraction of layers made local-only; 0.0: the unpruned model), eval_seed;
@@ -34,6 +34,14 @@ FROM_LOGS = "logs/eval-results-*.json of the study run (derived afterwards; no t
 
 class SamplesError(ValueError):
     """A records file that cannot be read: one line naming the file and line."""
+
+
+SAMPLES_SUBDIR = "samples"
+
+
+def records_dir(set_dir: Path) -> Path:
+    """Where the records of the study run whose results are in `set_dir` go and are read."""
+    return set_dir / SAMPLES_SUBDIR
 
 
 def length_key(train_length: int) -> str:

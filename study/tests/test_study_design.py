@@ -58,11 +58,24 @@ def test_cli_count_errors_are_one_line(argv, message, tmp_path, capsys):
     assert rc == 1 and capsys.readouterr().err.strip().splitlines() == [message]
 
 
-def test_per_sample_records_go_where_the_report_reads_them(tmp_path):
-    runs = steps.ROOT / "study" / "results"
-    assert steps.default_samples_dir(runs) == steps.ROOT / "bench" / "results" / "study"
-    assert steps.default_samples_dir(runs / "my-run") == steps.ROOT / "bench" / "results" / "study" / "my-run"
-    assert steps.default_samples_dir(tmp_path / "res") == tmp_path / "res" / "samples"
+def test_per_sample_records_go_where_the_report_reads_them(tmp_path, monkeypatch):
+    """eval without --samples-dir writes a run's records into <results>/samples/, and report
+    without --samples-dir reads them there: the page's answer has intervals from them."""
+    _base(tmp_path / "base")
+    results = tmp_path / "res" / "my-run"
+    args = argparse.Namespace(scale="tiny", runs=str(tmp_path / "runs"), results=str(results),
+                              base_dir=str(tmp_path / "base"), max_minutes=None,
+                              data_archives=None)
+    s = steps.Study(args, runner=_train_runner([]))
+    assert s.samples_dir == results / "samples"
+    s.extend(["dense"], ["16k"], [0], [0])
+    monkeypatch.setattr(steps, "kv_bytes", lambda d, n: {})
+    s.evaluate(base_seeds=[0])
+    assert [p.name for p in (results / "samples").iterdir()] == ["dense-16k-base0-seed0-pruned0.jsonl"]
+    rc = steps.main(["report", "--results", str(tmp_path / "res"), "--out", str(tmp_path / "R.md")])
+    page = (tmp_path / "R.md").read_text()
+    assert rc == 0 and "per-sample lines `res/my-run/samples/`" in page
+    assert "has no per-sample records" not in page
 
 
 def _train_runner(calls):
