@@ -71,7 +71,7 @@ def test_per_sample_records_go_where_the_report_reads_them(tmp_path, monkeypatch
     s.extend(["dense"], ["16k"], [0], [0])
     monkeypatch.setattr(steps, "kv_bytes", lambda d, n: {})
     s.evaluate(base_seeds=[0])
-    assert [p.name for p in (results / "samples").iterdir()] == ["dense-16k-base0-seed0-pruned0.jsonl"]
+    assert [p.name for p in (results / "samples").iterdir()] == ["dense-16k-base0-seed0-pruned0.jsonl.gz"]
     rc = steps.main(["report", "--results", str(tmp_path / "res"), "--out", str(tmp_path / "R.md")])
     page = (tmp_path / "R.md").read_text()
     assert rc == 0 and "per-sample lines `res/my-run/samples/`" in page
@@ -131,7 +131,7 @@ def test_every_base_seed_has_its_base_runs_and_records(tmp_path, monkeypatch):
     assert [(x["generated"], x["em"], x["token_acc"]) for x in lines[:2]] == [(True, 0.5, 0.5),
                                                                            (False, None, 0.5)]
     ev = json.loads(s.run_path("l2a_s08", "16k", 0, 1).read_text())["evals"]["0.0"]
-    assert Path(ev["samples_file"]).name == "l2a_s08-16k-base1-seed0-pruned0.jsonl"
+    assert Path(ev["samples_file"]).name == "l2a_s08-16k-base1-seed0-pruned0.jsonl.gz"
     assert not json.loads(s.run_path("l2a_s08", "16k", 0).read_text())["evals"]  # base 0: not asked
 
 
