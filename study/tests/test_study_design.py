@@ -58,11 +58,12 @@ def test_cli_count_errors_are_one_line(argv, message, tmp_path, capsys):
     assert rc == 1 and capsys.readouterr().err.strip().splitlines() == [message]
 
 
-def test_per_sample_records_go_where_the_report_reads_them(tmp_path, monkeypatch):
+@pytest.mark.parametrize("run", ["my-run", ""])  # a run's own folder, or straight in res/
+def test_per_sample_records_go_where_the_report_reads_them(run, tmp_path, monkeypatch):
     """eval without --samples-dir writes a run's records into <results>/samples/, and report
     without --samples-dir reads them there: the page's answer has intervals from them."""
     _base(tmp_path / "base")
-    results = tmp_path / "res" / "my-run"
+    results = tmp_path / "res" / run
     args = argparse.Namespace(scale="tiny", runs=str(tmp_path / "runs"), results=str(results),
                               base_dir=str(tmp_path / "base"), max_minutes=None,
                               data_archives=None)
@@ -74,7 +75,7 @@ def test_per_sample_records_go_where_the_report_reads_them(tmp_path, monkeypatch
     assert [p.name for p in (results / "samples").iterdir()] == ["dense-16k-base0-seed0-pruned0.jsonl.gz"]
     rc = steps.main(["report", "--results", str(tmp_path / "res"), "--out", str(tmp_path / "R.md")])
     page = (tmp_path / "R.md").read_text()
-    assert rc == 0 and "per-sample lines `res/my-run/samples/`" in page
+    assert rc == 0 and f"per-sample lines `{Path('res', run, 'samples')}/`" in page
     assert "has no per-sample records" not in page
 
 
