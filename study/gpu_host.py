@@ -23,7 +23,7 @@ then by a quarter) worked off by --eval-per-gpu processes per GPU (default 1). A
 at the deadline is killed and recorded as failed (with the samples it had scored, from its
 log), one not started as skipped (without a deadline every job runs to its end). Then
 <out>/study-arms.tar.gz is written with every result
-JSON, the evaluations' per-sample records (results/samples/*.jsonl), run summary, metrics
+JSON, the evaluations' per-sample records (results/samples/*.jsonl.gz), run summary, metrics
 and log (no weights). One line per run is printed.
 
 The modules that steps import in this process are imported before any thread starts
@@ -43,6 +43,7 @@ import time
 from pathlib import Path
 
 from study import steps as study
+from study.samples import record_files, records_dir
 from study.steps import (
     ARMS,
     LENGTHS,
@@ -94,7 +95,7 @@ def study_args(a, **over) -> argparse.Namespace:
                 max_minutes=a.max_minutes, data_archives=a.data_archives, data_unpacked=True,
                 train_overrides=[f"train.max_steps={a.max_steps}"] if a.max_steps else [],
                 deadline=a.deadline, reserve_s=a.reserve_minutes * 60,
-                samples_dir=str(Path(a.results) / "samples"))
+                samples_dir=str(records_dir(Path(a.results))))
     return argparse.Namespace(**{**base, **over})
 
 
@@ -292,7 +293,7 @@ def pack(tar_path: Path, results: Path, runs: Path, base_dir: Path) -> Path:
     members.update({p.name: p for p in sorted(results.glob("*.json"))})
     listed = [(p, f"results/{n}") for n, p in sorted(members.items())]
     listed += [(p, f"results/samples/{p.name}")
-               for p in sorted((results / "samples").glob("*.jsonl"))]
+               for p in record_files(records_dir(results))]
     for run in sorted(d for d in runs.iterdir() if d.is_dir() and d != results):
         found = {p for pattern in PACKED_FROM_RUNS for p in run.glob(pattern)}
         listed += [(p, f"runs/{run.name}/{p.relative_to(run)}") for p in sorted(found)

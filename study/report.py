@@ -4,14 +4,13 @@ it is computed, the recipe, the commands, and the history of every study run (pe
 tables over seeds, arm x length: retrieval, perplexity, sparsity, KV bytes, GPU time, and
 its plots), computed from what the files hold and nothing else.
 
-    python -m study report [--results study/results] [--samples-dir bench/results/study]
-                           [--out study/RESULTS.md]
+    python -m study report [--results study/results] [--samples-dir DIR] [--out study/RESULTS.md]
 
 Inputs: `pretrain-seed<s>.json` and `run-<arm>-<length>[-base<b>]-seed<s>.json` as written
 by study/steps.py (a run's `evals` maps the pruned fraction ("0.0", "0.25", ...) to the
 parsed evaluation, or to {"skipped": reason} / {"failed": reason}); the per-sample records
-(study/samples.py) of study/results/<run>/ in <samples-dir>/<run>/, of study/results/
-itself in <samples-dir>/.
+(study/samples.py) of study/results/<run>/ in its samples/ (of study/results/ itself in
+study/results/samples/), or, with --samples-dir, in <samples-dir>/<run>/ (and <samples-dir>/).
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from study.answer import MIN_DENSE_SCORE, SPARSITY_BAR
 from study.arms import ARM_NAMES, ARM_ORDER
 from study.plotting import save_figure
 from study.position import load_position, position_plot, position_table, summarize_position
-from study.samples import FROM_LOGS, load_records
+from study.samples import FROM_LOGS, load_records, records_dir
 from study.stats import BAR as RATIO_BAR
 
 BAR = (SPARSITY_BAR, RATIO_BAR)  # L2A at >= 80% sparsity keeps >= 97% of dense retrieval
@@ -315,8 +314,12 @@ def result_sets(results_dir: Path) -> list[Path]:
     return [d for d in [*subs, results_dir] if _has_records(d)]
 
 
-def samples_dir_of(d: Path, results_dir: Path, samples_root: Path) -> Path:
-    """Where the per-sample records of the study run in `d` are."""
+def samples_dir_of(d: Path, results_dir: Path, samples_root: Path | None = None) -> Path:
+    """Where the per-sample records of the study run in `d` are: its own samples/, or, under
+    a given root holding every run's records, <root>/<run>/ (the results folder's own
+    run: <root> itself)."""
+    if samples_root is None:
+        return records_dir(d)
     return samples_root if d.resolve() == results_dir.resolve() else samples_root / d.name
 
 
@@ -455,7 +458,6 @@ def render_set(d: Path, page: Path, records: list[dict] | None = None,
 
 
 def render(results_dir: Path, page: Path, samples_root: Path | None = None) -> str:
-    samples_root = samples_root or results_dir / "samples"
     sets = result_sets(results_dir)
     if not sets:
         return STATIC.replace(ANSWER_MARK, (

@@ -17,8 +17,8 @@ behind one small function each (`eval_command`, `prune_command`, `parse_*`) so t
 follow those CLIs. A step whose tool is not installed is recorded as skipped with the
 reason. `--scale tiny` runs the same chain on a tiny model and short rows on CPU (the
 smoke test). Results: one JSON per run under `--results` (default study/results); the
-evaluations' per-sample records (study/samples.py) as JSONL under `--samples-dir` (default
-bench/results/study).
+evaluations' per-sample records (study/samples.py) beside them in `<results>/samples/`
+(`--samples-dir` elsewhere).
 
 Sizes (the defaults; study/RESULTS.md "How the answer is computed"): per model, task and
 evaluation length 20 generated samples (5 tasks: 100 per length, so one sample moves a
@@ -60,7 +60,6 @@ EVAL_LENGTHS = [2048, 8192, 16384, 32768]  # 32768: beyond both trained lengths
 # The needle at depth 0.5; at most 48 new tokens (the longest answer, four 7-digit values,
 # is 37 byte tokens; RULER's 128 are BPE tokens); perplexity on 8 held-out rows per length.
 EVAL_EXTRA = ["eval.depths=[0.5]", "eval.max_new_tokens=48", "eval.perplexity.rows=8"]
-SAMPLES_DIR = ROOT / "bench" / "results" / "study"
 PRUNE_FRACTIONS = [0.25, 0.5]
 # The base as small safetensors shards (the 46 MiB base in 4): a base pretrained on one host
 # is copied to the hosts of the extension runs as a few small files.
@@ -316,10 +315,12 @@ class Study:
         self.runs = Path(args.runs).resolve()
         self.results = Path(args.results).resolve()
         self.base_dir = Path(args.base_dir).resolve()
-        # Per-sample records (study/samples.py); a Study built without the CLI keeps them
-        # beside its results.
+        # Per-sample records (study/samples.py): beside the run records, where `report`
+        # looks for them, unless told otherwise.
+        from study.samples import records_dir
+
         self.samples_dir = Path(getattr(args, "samples_dir", None)
-                                or self.results / "samples").resolve()
+                                or records_dir(self.results)).resolve()
         tiny = TINY["samples"] if args.scale == "tiny" else (EVAL_SAMPLES, TEACHER_FORCED_SAMPLES)
         self.samples = (getattr(args, "samples", None) or tiny[0],
                         getattr(args, "teacher_forced_samples", None) or tiny[1])
@@ -724,18 +725,6 @@ def _list(value: str, known=None) -> list[str]:
     return items
 
 
-def default_samples_dir(results: Path) -> Path:
-    """Where a study run's per-sample records go, so that `report` finds them: the records of
-    study/results/<run> in bench/results/study/<run>, of study/results itself in
-    bench/results/study; of a results folder elsewhere in its samples/."""
-    results, runs = results.resolve(), (ROOT / "study" / "results").resolve()
-    if results == runs:
-        return SAMPLES_DIR
-    if results.parent == runs:
-        return SAMPLES_DIR / results.name
-    return results / "samples"
-
-
 def _int(value: str, flag: str) -> int:
     try:
         return int(value)
@@ -768,11 +757,10 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"eval: teacher-forced samples per task and length, >= --samples "
                         f"(default {TEACHER_FORCED_SAMPLES}; --scale tiny {TINY['samples'][1]})")
     p.add_argument("--samples-dir", default=None,
-                   help="eval, prune: where the per-sample records (JSONL) go (default: "
-                        "bench/results/study/<run> for --results study/results/<run>, "
-                        "bench/results/study for study/results, else <results>/samples); "
-                        "report, derive-samples: the folder of every run's records "
-                        "(default bench/results/study)")
+                   help="eval, prune: where the per-sample records go (default "
+                        "<results>/samples); report, derive-samples: a folder holding every "
+                        "run's records as <samples-dir>/<run>/ (default: each run's own "
+                        "<results>/<run>/samples/)")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="stop a training run after this long (checkpoint, export)")
     p.add_argument("--data-archives", default=None,
@@ -786,9 +774,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise StudyError(f"--{flag.replace('_', '-')} {n}: must be at least 1")
         base_seeds = [_int(x, "--base-seeds") for x in _list(args.base_seeds)]
         seeds = [_int(x, "--seeds") for x in _list(args.seeds)]
-        if args.step in ("eval", "prune") and args.samples_dir is None:
-            args.samples_dir = str(default_samples_dir(Path(args.results)))
-        samples_root = Path(args.samples_dir or SAMPLES_DIR)
+        samples_root = Path(args.samples_dir) if args.samples_dir else None
         study = Study(args)
         if args.step == "prepare":
             lengths = _list(args.lengths, LENGTHS) if args.scale == "full" else []
@@ -806,10 +792,10 @@ def main(argv: list[str] | None = None) -> int:
                      "seeds": seeds, "base_seeds": base_seeds}
             (study.evaluate if args.step == "eval" else study.prune)(**which)
         elif args.step == "derive-samples":
-            from study.samples import derive_from_logs
+            from study.samples import derive_from_logs, records_dir
 
             results = Path(args.results).resolve()
-            out = samples_root / results.name
+            out = records_dir(results) if samples_root is None else samples_root / results.name
             made = derive_from_logs(results, out)
             if not made:
                 raise StudyError(f"{results}/logs: no eval-results-*.json to derive records from")

@@ -159,3 +159,17 @@ def test_no_per_sample_records_no_intervals(tmp_path):
     _run(results / "x", "dense", 0, 0.0)
     page = write_report(results, tmp_path / "RESULTS.md", tmp_path / "none").read_text()
     assert "has no per-sample records, so no intervals" in page
+
+
+def test_records_in_each_runs_own_samples_folder(study_run, tmp_path):
+    """Without a records root the report reads each run's records from <run>/samples/: the
+    same page as with the records under a root given explicitly, but for where it says
+    they are."""
+    results, samples = study_run
+    given = write_report(results, tmp_path / "given.md", samples).read_text()
+    (samples / "b-newest").rename(results / "b-newest" / "samples")
+    page = write_report(results, tmp_path / "own.md").read_text()
+    assert "| 1.000 [1.00, 1.00] |" in _row(page, "| L2A target 0.8 | 16384 |")
+    assert "per-sample lines `results/b-newest/samples/`" in page
+    assert page == given.replace("per-sample lines `samples/b-newest/`",
+                                 "per-sample lines `results/b-newest/samples/`")

@@ -58,11 +58,25 @@ def test_cli_count_errors_are_one_line(argv, message, tmp_path, capsys):
     assert rc == 1 and capsys.readouterr().err.strip().splitlines() == [message]
 
 
-def test_per_sample_records_go_where_the_report_reads_them(tmp_path):
-    runs = steps.ROOT / "study" / "results"
-    assert steps.default_samples_dir(runs) == steps.ROOT / "bench" / "results" / "study"
-    assert steps.default_samples_dir(runs / "my-run") == steps.ROOT / "bench" / "results" / "study" / "my-run"
-    assert steps.default_samples_dir(tmp_path / "res") == tmp_path / "res" / "samples"
+@pytest.mark.parametrize("run", ["my-run", ""])  # a run's own folder, or straight in res/
+def test_per_sample_records_go_where_the_report_reads_them(run, tmp_path, monkeypatch):
+    """eval without --samples-dir writes a run's records into <results>/samples/, and report
+    without --samples-dir reads them there: the page's answer has intervals from them."""
+    _base(tmp_path / "base")
+    results = tmp_path / "res" / run
+    args = argparse.Namespace(scale="tiny", runs=str(tmp_path / "runs"), results=str(results),
+                              base_dir=str(tmp_path / "base"), max_minutes=None,
+                              data_archives=None)
+    s = steps.Study(args, runner=_train_runner([]))
+    assert s.samples_dir == results / "samples"
+    s.extend(["dense"], ["16k"], [0], [0])
+    monkeypatch.setattr(steps, "kv_bytes", lambda d, n: {})
+    s.evaluate(base_seeds=[0])
+    assert [p.name for p in (results / "samples").iterdir()] == ["dense-16k-base0-seed0-pruned0.jsonl.gz"]
+    rc = steps.main(["report", "--results", str(tmp_path / "res"), "--out", str(tmp_path / "R.md")])
+    page = (tmp_path / "R.md").read_text()
+    assert rc == 0 and f"per-sample lines `{Path('res', run, 'samples')}/`" in page
+    assert "has no per-sample records" not in page
 
 
 def _train_runner(calls):
@@ -118,7 +132,7 @@ def test_every_base_seed_has_its_base_runs_and_records(tmp_path, monkeypatch):
     assert [(x["generated"], x["em"], x["token_acc"]) for x in lines[:2]] == [(True, 0.5, 0.5),
                                                                            (False, None, 0.5)]
     ev = json.loads(s.run_path("l2a_s08", "16k", 0, 1).read_text())["evals"]["0.0"]
-    assert Path(ev["samples_file"]).name == "l2a_s08-16k-base1-seed0-pruned0.jsonl"
+    assert Path(ev["samples_file"]).name == "l2a_s08-16k-base1-seed0-pruned0.jsonl.gz"
     assert not json.loads(s.run_path("l2a_s08", "16k", 0).read_text())["evals"]  # base 0: not asked
 
 

@@ -124,7 +124,7 @@ def test_pack_keeps_records_and_reports_not_weights(tmp_path, monkeypatch):
     r = "dense-16k-seed0/dense-16k-seed0"
     files = {
         "results/run-dense-16k-seed0.json": "{}",
-        "results/samples/dense-16k-base0-seed0-pruned0.jsonl": "{}\n",  # per-sample records
+        "results/samples/dense-16k-base0-seed0-pruned0.jsonl.gz": "{}\n",  # per-sample records
         "dense-16k-seed0/logs/dense-16k-seed0.log": "log",
         f"{r}/metrics.jsonl": "{}",
         f"{r}/summary.json": "{}",
@@ -144,7 +144,7 @@ def test_pack_keeps_records_and_reports_not_weights(tmp_path, monkeypatch):
     with tarfile.open(tar) as t:
         names = sorted(t.getnames())
     assert names == sorted(["results/run-dense-16k-seed0.json",
-                            "results/samples/dense-16k-base0-seed0-pruned0.jsonl",
+                            "results/samples/dense-16k-base0-seed0-pruned0.jsonl.gz",
                             "runs/dense-16k-seed0/logs/dense-16k-seed0.log",
                             *(f"runs/{r}/{f}" for f in ("metrics.jsonl", "summary.json", "eval.log",
                                                          "eval/results.json",

@@ -152,7 +152,7 @@ def test_eval_writes_per_sample_records(chain):
             if x["generated"]:  # one generated sample per length: it is the length's mean
                 assert x["em"] == ev["retrieval"][str(x["eval_length"])]
         assert Path(ev["samples_file"]).name == (
-            f"{arm}-8k-base0-seed0-pruned{pruned:g}.jsonl")
+            f"{arm}-8k-base0-seed0-pruned{pruned:g}.jsonl.gz")
 
 
 def test_corpus_manifest_is_recorded(chain):
