@@ -54,6 +54,9 @@ VARIANTS = {
     "l2a_capacity": (True, True, True, False, True),
     "l2a_dense_path": (True, False, False, True, False),
     "l2a_dense_path_fused": (True, False, True, True, False),
+    # The dense-path step of an l2a_capacity run: its token-sparse backward in the capacity
+    # layout (l2a/dense_path.py).
+    "l2a_dense_path_capacity": (True, True, True, True, True),
 }
 BACKENDS = ("fa4", "torch")
 
@@ -231,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, counts in record["variants"].items():
         row = "  ".join(f"{p} {c['ops']:4d} ops {c['launch_proxy']:4d} launches {c['syncs']} syncs"
                         for p, c in counts["per_layer"].items())
-        print(f"{name:22s} {row}")
+        print(f"{name:24s} {row}")
     return 0
 
 

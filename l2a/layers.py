@@ -97,6 +97,12 @@ class AttentionContext:
     # Layer index -> its routed count R (a host int), read once per layer and forward.
     routed_rows: dict[int, int] = field(default_factory=dict)
 
+    @property
+    def capacity_layout(self) -> bool:
+        """The routed rows in the capacity layout: the routed path's compacted queries and a
+        dense-path step's token-sparse backward (l2a/dense_path.py), no count read."""
+        return self.routed_projections and self.row_capacity
+
     def begin_routed_rows(self, layer_idx: int, route: torch.Tensor) -> None:
         """The layer's routed count ``R`` (a shape of its compacted queries): read from the
         device once per layer and forward, the read started here and finished by the first
@@ -105,7 +111,7 @@ class AttentionContext:
         keeps it. The recomputation of activation checkpointing runs with this same context
         and reproduces the forward's decisions (fp32 router), so it reads nothing again.
         In the capacity layout of the routed path there is no R to read."""
-        if self.routed_projections and self.row_capacity:
+        if self.capacity_layout:
             return
         rows = self.routed_rows.get(layer_idx)
         if rows is None:
@@ -209,8 +215,9 @@ class L2ABranchAttention(nn.Module):
             visible = ctx.step.window if window is not None else ctx.step.full
             o = masked_decode_attention(q, k, v, visible, self.scaling, route, ctx.backend)
         elif backward_route is not None:
+            routed_core = self.routed_attention_core if ctx.capacity_layout else None
             o = dense_forward_routed_backward(self.attention_core, q, k, v, backward_route, doc_ids,
-                                              self.scaling, ctx.backend)
+                                              self.scaling, ctx.backend, routed_core)
         else:
             o = self.attention_core(q, k, v, route, window, doc_ids, self.scaling, ctx.backend)
         # Under sequence parallelism the core keeps its own (all-to-all'd) copies: these are

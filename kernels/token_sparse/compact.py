@@ -102,7 +102,7 @@ def _layout_slots(route: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.T
     return routed_slots(route, capacity=rows == route.shape[1])
 
 
-def _scatter_rows(q_c: torch.Tensor, slots: torch.Tensor, T: int) -> torch.Tensor:
+def scatter_rows(q_c: torch.Tensor, slots: torch.Tensor, T: int) -> torch.Tensor:
     """`(B, H, R, D)` compacted rows -> `(B, H, T, D)` rows at their positions, zeros
     elsewhere (padding rows land at unrouted positions, which the token-sparse op ignores)."""
     B, H, R, D = q_c.shape
@@ -110,7 +110,9 @@ def _scatter_rows(q_c: torch.Tensor, slots: torch.Tensor, T: int) -> torch.Tenso
     return q_c.new_zeros(B, H, T, D).scatter(2, idx, q_c)
 
 
-def _gather_rows(o: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+def gather_rows(o: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """`(B, H, T, D)` rows at their positions -> `(B, H, R, D)` the rows `slots` lists
+    (the inverse of `scatter_rows` on those rows)."""
     B, H, _, D = o.shape
     return o.gather(2, slots[:, None, :, None].expand(B, H, slots.shape[1], D))
 
@@ -121,8 +123,8 @@ def routed_query_attention_naive(q_c, k, v, route, doc_ids=None, scale=None) -> 
     from .naive import token_sparse_attention_naive
 
     slots, _ = _layout_slots(route, q_c.shape[2])
-    full = _scatter_rows(q_c, slots, route.shape[1])
-    return _gather_rows(token_sparse_attention_naive(full, k, v, route, doc_ids, scale), slots)
+    full = scatter_rows(q_c, slots, route.shape[1])
+    return gather_rows(token_sparse_attention_naive(full, k, v, route, doc_ids, scale), slots)
 
 
 def _check_rows(q_c: torch.Tensor, slots: torch.Tensor) -> None:
@@ -191,5 +193,5 @@ def routed_query_attention(
         from .naive import token_sparse_attention_naive as positional
     else:
         from .triton_op import token_sparse_attention_triton as positional
-    full = _scatter_rows(q_c, slots, Tq)
-    return _gather_rows(positional(full, k, v, route, doc_ids, scale), slots)
+    full = scatter_rows(q_c, slots, Tq)
+    return gather_rows(positional(full, k, v, route, doc_ids, scale), slots)

@@ -50,14 +50,14 @@ def token_sparse_attention(
     if T < k.shape[2] and T <= DECODE_MAX_QUERIES:
         return decode_attention(q, k, v, None, doc_ids, scale, route)
     if backend in ("flex", "fa4") and T == k.shape[2]:
-        from .compact import _gather_rows, _scatter_rows, routed_slots
+        from .compact import gather_rows, scatter_rows, routed_slots
         from .flex import routed_query_attention_flex
 
         slots, valid = routed_slots(route)
         o_c = routed_query_attention_flex(
-            _gather_rows(q, slots), k, v, slots, valid, doc_ids, scale, flash=backend == "fa4"
+            gather_rows(q, slots), k, v, slots, valid, doc_ids, scale, flash=backend == "fa4"
         )
-        return _scatter_rows(o_c, slots, T)
+        return scatter_rows(o_c, slots, T)
     from .triton_op import token_sparse_attention_triton
 
     return token_sparse_attention_triton(q, k, v, route, doc_ids, scale)

@@ -13,7 +13,9 @@ Sync bounds, from what the layer needs from the host (not from the code under te
   first layer's forward, none in any other layer or pass.
 - the dense layer (SDPA, mask built once per forward by the model): 0 everywhere.
 - the routed path with `l2a.routed_rows=capacity` (`l2a_capacity`): its compacted queries
-  are every row of the sequence, so no shape is R: 0 everywhere, as dense.
+  are every row of the sequence, so no shape is R: 0 everywhere, as dense. Its dense-path
+  step (`l2a_dense_path_capacity`) runs the backward's token-sparse attention on the same
+  layout: 0 everywhere too.
 
 Launch ceilings: per layer and pass at bench.op_counts' default setting, the aten ops
 other than views run eagerly plus one per call of a compiled region (the fused elementwise
@@ -46,6 +48,7 @@ SYNC_BOUNDS = {
     "l2a_capacity": NONE,
     "l2a_dense_path": DENSE_PATH_STEP,
     "l2a_dense_path_fused": DENSE_PATH_STEP,
+    "l2a_dense_path_capacity": NONE,
 }
 PER_FORWARD_SYNCS = {"dense": NONE}  # L2A: the document boundaries, once
 L2A_PER_FORWARD = {"forward": 1, "recompute": 0, "backward": 0}
@@ -67,6 +70,7 @@ OP_CEILINGS = {
     "l2a_capacity": {"forward": 73, "recompute": 70, "backward": 97},
     "l2a_dense_path": {"forward": 101, "recompute": 98, "backward": 221},
     "l2a_dense_path_fused": {"forward": 46, "recompute": 43, "backward": 132},
+    "l2a_dense_path_capacity": {"forward": 46, "recompute": 43, "backward": 133},
 }
 
 # Compiled-region calls per layer pass, from l2a/layers.py: a fused layer calls 7 regions
@@ -84,6 +88,7 @@ REGION_CALLS = {
     "l2a_capacity": {"forward": FUSED + MASK, "recompute": FUSED + MASK, "backward": FUSED},
     "l2a_dense_path": {"forward": 0, "recompute": 0, "backward": MASK},
     "l2a_dense_path_fused": {"forward": FUSED, "recompute": FUSED, "backward": FUSED + MASK},
+    "l2a_dense_path_capacity": {"forward": FUSED, "recompute": FUSED, "backward": FUSED + MASK},
 }
 
 
@@ -118,7 +123,7 @@ def test_compiled_region_calls_per_layer_pass(counts, variant):
 
 
 def test_a_variant_counts_the_same_alone_and_after_others(counts, tmp_path):
-    """Counted after six other variants on the same models (the CLI's default) or alone,
+    """Counted after the variants before it on the same models (the CLI's default) or alone,
     a variant's layer passes dispatch the same ops: nothing a variant leaves behind (its
     parameters' gradients) changes the next one's backward. (A fresh process, as `counts`.)"""
     import subprocess
@@ -180,20 +185,26 @@ def test_a_planted_item_in_the_layer_breaks_the_bound(monkeypatch):
     assert got["forward"]["launch_proxy"] > OP_CEILINGS["l2a"]["forward"]  # the sum
 
 
-def test_a_planted_read_of_the_routed_count_breaks_the_capacity_bound(monkeypatch):
+@pytest.mark.parametrize("module, variant, phase", [
+    ("l2a.layers", "l2a_capacity", "forward"),  # the routed path's compacted queries
+    ("l2a.dense_path", "l2a_dense_path_capacity", "backward"),  # a dense-path step's backward
+])
+def test_a_planted_read_of_the_routed_count_breaks_the_capacity_bound(monkeypatch, module, variant, phase):
     """The capacity layout reading R anyway (the count layout's host read left in)."""
-    import l2a.layers as layers
+    import importlib
+
     from kernels.token_sparse.compact import routed_rows
 
-    slots_of = layers.routed_slots
+    where = importlib.import_module(module)
+    slots_of = where.routed_slots
 
     def slots_with_a_read(route, capacity=False):
         routed_rows(route)
         return slots_of(route, capacity)
 
-    monkeypatch.setattr(layers, "routed_slots", slots_with_a_read)
-    got = layer_op_counts(variants=["l2a_capacity"])["variants"]["l2a_capacity"]["per_layer"]
-    assert got["forward"]["syncs"] > SYNC_BOUNDS["l2a_capacity"]["forward"]
+    monkeypatch.setattr(where, "routed_slots", slots_with_a_read)
+    got = layer_op_counts(variants=[variant])["variants"][variant]["per_layer"]
+    assert got[phase]["syncs"] > SYNC_BOUNDS[variant][phase]
 
 
 def test_the_counter_sees_each_kind_of_sync():

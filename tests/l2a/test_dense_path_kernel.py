@@ -81,3 +81,50 @@ def test_dense_path_uses_the_dense_kernel_with_the_same_gradients(base_model):
     assert any("global_attn.q_proj" in n for n in grads) and any("router" in n for n in grads)
     for name in grads:
         torch.testing.assert_close(grads[name], ref_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_capacity_dense_path_backward_through_the_routed_core(base_model):
+    """`l2a.routed_rows=capacity`: a dense-path step's backward runs through the routed core on
+    every row (T rows, routed first; the count layout's R is never a shape), and the step's
+    loss and gradients equal the count layout's and the full backward's."""
+    model = convert_model(base_model, init="paper", window=8)
+    model.train()
+    _set_router(model, seed=1, scale=0.3)
+    ids, pos = _inputs(base_model.config.vocab_size)
+    run = model.l2a_runtime
+    run.routed_projections = True
+
+    routed_calls = []
+    for i, layer in enumerate(model.model.layers):
+        attn = layer.self_attn.global_attn
+        inner = attn.routed_attention_core
+
+        def spy(q_c, *rest, _inner=inner, _i=i):
+            routed_calls.append((_i, q_c.shape[2], torch.is_grad_enabled()))
+            return _inner(q_c, *rest)
+        attn.routed_attention_core = spy
+
+    run.routed_rows = "count"
+    count_loss, count_grads, _ = _dense_step(model, ids, pos)
+    assert routed_calls == []  # the count layout's backward goes through the positional core
+    run.routed_rows = "capacity"
+    loss, grads, routes = _dense_step(model, ids, pos)
+    layers = len(model.model.layers)
+    assert sorted(i for i, *_ in routed_calls) == list(range(layers))
+    assert all(rows == T and grad_enabled for _, rows, grad_enabled in routed_calls)
+    assert all(0 < r.float().mean() < 1 for r in routes)  # padding rows in every layer
+
+    # The full backward: the count layout's backward calls the positional core, which here
+    # attends for every token (the capacity layout's would bypass it).
+    run.routed_rows = "count"
+    reference_calls = []
+    for layer in model.model.layers:
+        layer.self_attn.global_attn.attention_core = _all_routed_core(reference_calls)
+    ref_loss, ref_grads, _ = _dense_step(model, ids, pos)
+    assert len(reference_calls) == 2 * layers
+    assert grads.keys() == count_grads.keys() == ref_grads.keys()
+    assert any("global_attn.q_proj" in n for n in grads) and any("router" in n for n in grads)
+    for want_loss, want_grads in ((count_loss, count_grads), (ref_loss, ref_grads)):
+        torch.testing.assert_close(loss, want_loss, atol=1e-5, rtol=1e-5)
+        for name in grads:
+            torch.testing.assert_close(grads[name], want_grads[name], atol=1e-5, rtol=1e-4, msg=name)
