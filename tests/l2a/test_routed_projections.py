@@ -128,12 +128,16 @@ def test_runtime_switch(make_base):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("rows, dense", [("count", False), ("capacity", False), ("capacity", True)],
+                         ids=["count", "capacity", "capacity-dense-path"])
 @pytest.mark.parametrize("family", ["qwen3", "qwen2"])
 @pytest.mark.parametrize("backend", ["auto", "triton", "flex", "fa4"])
-def test_gpu_bf16_same_as_full_path(make_base, family, backend):
+def test_gpu_bf16_same_as_full_path(make_base, family, backend, rows, dense):
     """bf16 on the GPU, every backend: routed-only projections against the full path of
     the same backend (the decisions are pinned: bf16 rounding differs between the paths
-    and could flip a token sitting on the threshold)."""
+    and could flip a token sitting on the threshold), in both layouts of the routed rows
+    (`l2a.routed_rows`); in the capacity layout also a dense-path step, whose token-sparse
+    backward then runs through the routed core on every row."""
     from kernels.backends import fa4_suits
 
     if not torch.cuda.is_available():
@@ -154,8 +158,10 @@ def test_gpu_bf16_same_as_full_path(make_base, family, backend):
         mask = torch.rand(ids.shape, device="cuda", generator=gen) < 0.2
         attn = layer.self_attn
         attn.route = lambda g, route=attn.route, mask=mask: (route(g)[0], mask)
-    runs = {flag: _run(model, ids, pos, routed=flag) for flag in (False, True)}
+    model.l2a_runtime.routed_rows = rows  # read by the routed path only
+    runs = {flag: _run(model, ids, pos, routed=flag, dense=dense) for flag in (False, True)}
     (loss_f, _, grads_f), (loss_r, _, grads_r) = runs[False], runs[True]
+    assert grads_f.keys() == grads_r.keys()
     assert abs(float(loss_f) - float(loss_r)) < 2e-2 * abs(float(loss_f))
     for name, g in grads_f.items():
         g, h = g.float(), grads_r[name].float()
