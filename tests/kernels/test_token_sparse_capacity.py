@@ -9,7 +9,9 @@ T rows whose shape needs no host read, and attention on them that costs what R r
   visible pair of a routed row is in a listed block, a full block holds only visible pairs;
 - the FlexAttention path's forward (run eagerly on CPU: FlexAttention's eager path applies
   the mask_mod to dense scores, and has no CPU backward) equals the dense reference, padding
-  rows zero (gradients: tests/kernels/test_backends.py, `pytest -m gpu`).
+  rows zero (gradients: tests/kernels/test_backends.py, `pytest -m gpu`);
+- a prefill chunk onto cached keys (queries the last Tq of Tk keys) in the capacity layout
+  equals the count layout and the reference (torch and FlexAttention paths).
 """
 
 from __future__ import annotations
@@ -171,3 +173,40 @@ def test_flex_path_numbers_in_the_capacity_layout(monkeypatch, case):
     torch.testing.assert_close(got.double(), reference(q_c.double(), k.double(), v.double()),
                                rtol=1e-5, atol=1e-5)
     assert not got[~valid[:, None, :, None].expand_as(got)].any()  # padding rows: zeros
+
+
+@pytest.mark.parametrize("backend", ["torch", "flex"])
+@pytest.mark.parametrize("past, n_docs", [(130, 1), (77, 3)])
+def test_capacity_layout_of_a_chunk_onto_cached_keys(monkeypatch, backend, past, n_docs):
+    """A prefill chunk: the queries are the last Tq of Tk keys, the route and the slots are
+    over the queries. In the capacity layout (Tq rows) the output equals the count layout's
+    (R rows) and the reference: causal attention of all Tk positions' queries, of which the
+    chunk's are the last Tq rows (the earlier positions routed off)."""
+    monkeypatch.setattr(tsf, "_compiled_flex", lambda dynamic: tsf._flex_call)  # eager
+    Tq, Hq, Hkv, D = 170, 4, 2, 16
+    Tk = past + Tq
+    B = 4
+    g = torch.Generator().manual_seed(past)
+    route = _routes(Tq, seed=past)
+    route[2, ::3] = False  # no row routes everything: the count layout has fewer rows
+    doc_ids = random_doc_ids(B, Tk, n_docs, g) if n_docs > 1 else None
+    q = torch.randn(B, Hq, Tq, D, generator=g)
+    k, v = (torch.randn(B, Hkv, Tk, D, generator=g) for _ in range(2))
+
+    def at_positions(capacity):
+        slots, valid = routed_slots(route, capacity=capacity)
+        R = slots.shape[1]
+        index = slots[:, None, :, None].expand(B, Hq, R, D)
+        with torch.no_grad():  # FlexAttention has no CPU backward (the GPU tests cover it)
+            o_c = routed_query_attention(q.gather(2, index), k, v, route, doc_ids, backend=backend)
+        assert not o_c[~valid[:, None, :, None].expand_as(o_c)].any()  # padding rows: zeros
+        return o_c.new_zeros(B, Hq, Tq, D).scatter(2, index, o_c), R
+
+    capacity, rows = at_positions(True)
+    count, count_rows = at_positions(False)
+    assert rows == Tq and count_rows == int(route.sum(1).max()) < Tq
+    q_all = torch.cat([torch.zeros(B, Hq, past, D), q], dim=2)
+    route_all = torch.cat([torch.zeros(B, past, dtype=torch.bool), route], dim=1)
+    want = token_sparse_reference(q_all.double(), k.double(), v.double(), route_all, doc_ids)[:, :, past:]
+    torch.testing.assert_close(capacity, count, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(capacity.double(), want, rtol=1e-5, atol=1e-5)

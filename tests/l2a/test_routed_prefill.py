@@ -2,7 +2,9 @@
 the global branch projects queries and output for routed tokens only, keys and values for
 every token (they go in the cache). Greedy generation, chunked prefill and a left-padded
 batch must give the logits of the uncached forward (fp32, CPU: the full-projection path,
-independent of the code under test); a hook checks that the routed path actually ran."""
+independent of the code under test); a hook checks that the routed path actually ran. In
+the capacity layout of the routed rows (``l2a_routed_rows: capacity``) prompt chunks onto the
+cache give the count layout's logits."""
 
 from __future__ import annotations
 
@@ -89,9 +91,11 @@ def test_chunked_prefill_equals_uncached_forward(make_base, chunk):
     assert max(cached_rows) < chunk  # only routed rows projected (of a chunk or a shorter tail)
 
 
-def test_left_padded_prefill_equals_each_prompt_alone(make_base):
+@pytest.mark.parametrize("layout", ["count", "capacity"])
+def test_left_padded_prefill_equals_each_prompt_alone(make_base, layout):
     model = _model(make_base, "qwen2")
     model.l2a_runtime.routed_projections = True
+    model.l2a_runtime.routed_rows = layout
     vocab = model.config.vocab_size
     short, long = torch.randint(1, vocab, (PROMPT - 9,)), torch.randint(1, vocab, (PROMPT,))
     ids, mask = left_padded(short, long)
@@ -101,6 +105,45 @@ def test_left_padded_prefill_equals_each_prompt_alone(make_base):
     for row, prompt in ((0, short), (1, long)):
         alone, _ = _uncached(model, prompt[None])
         torch.testing.assert_close(cached[row, -prompt.numel() :], alone[0], **TOL)
+
+
+@pytest.mark.parametrize("chunk", [DECODE_MAX_QUERIES + 1, 2 * DECODE_MAX_QUERIES + 3])
+def test_capacity_prefill_onto_the_cache_equals_the_count_layout(make_base, chunk):
+    """``l2a_routed_rows: capacity`` in prompt chunks onto a KV cache: each chunk's compacted
+    queries are all its rows (routed first; the route is over the chunk's queries, the last
+    of the cached keys). The logits of every chunk and of the decoding step after them (which
+    reads the keys the chunks cached) equal the count layout's and the uncached forward's."""
+    model = _model(make_base, "qwen3")
+    model.l2a_runtime.routed_projections = True
+    vocab, n = model.config.vocab_size, model.config.num_hidden_layers
+    # Every chunk a prefill (the tail too: longer than a decoding step), then one step.
+    ids = torch.randint(1, vocab, (2, 2 * chunk + DECODE_MAX_QUERIES + 2))
+    prompt, last = ids[:, :-1], ids[:, -1:]
+    starts = range(0, prompt.shape[1], chunk)
+    rows = _q_rows(model)
+    runs = {}
+    for layout in ("count", "capacity"):
+        model.l2a_runtime.routed_rows = layout
+        rows.clear()
+        cache = L2ACache(model.config)
+        with torch.no_grad():
+            pieces = [model(prompt[:, s : s + chunk], past_key_values=cache).logits for s in starts]
+            step = model(last, past_key_values=cache).logits
+        assert cache.get_seq_length() == ids.shape[1]
+        runs[layout] = torch.cat([*pieces, step], dim=1), list(rows)
+    model.l2a_runtime.routed_rows = "count"
+    full, routes = _uncached(model, ids)
+    (count, count_rows), (capacity, capacity_rows) = runs["count"], runs["capacity"]
+    torch.testing.assert_close(capacity, count, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(capacity, full, **TOL)
+    # Every row of a chunk projected, the count layout fewer: the largest routed count of
+    # the chunk's rows. Then the decoding step's one row, on the full path (in the layers
+    # where its token is routed in some batch row; the others only cache keys).
+    lengths = [min(chunk, prompt.shape[1] - s) for s in starts]
+    step_rows = [1 for r in routes if r[:, -1].any()]
+    assert capacity_rows == [t for t in lengths for _ in range(n)] + step_rows
+    routed = [int(r[:, s : s + t].sum(1).max()) for s, t in zip(starts, lengths) for r in routes]
+    assert count_rows == routed + step_rows and any(c < t for c, t in zip(routed, capacity_rows))
 
 
 def test_decoding_steps_keep_the_full_path(make_base):
