@@ -13,21 +13,20 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-THIS = Path(__file__).resolve().relative_to(ROOT).as_posix()  # names the phrases: exempt
 
 # (what it is, pattern); case-insensitive. Each is narrow enough that ordinary text about
 # GPUs, files and functions ("the caller", "64 MiB per copy", "a pytest session", "the
 # job's time limit") does not match: tests below check both sides.
 SETUP_PHRASES = [
-    ("the remote tool's output-folder variable", r"(?-i:\$OUT\b|\$\{OUT[:}])"),  # not $out
-    ("the remote setup's FA4 install folders", r"\.fa4[ab]\b|fa4site|fa4_(wheels|device)\.sh"),
-    ("the remote setup's shared folder", r"shared/device"),
-    ("the remote setup's machine notes", r"\bKINDS\.md\b"),
-    ("a transfer limit", r"\ba call carries\b|\b64 MiB (a|per|that a) call\b"),
+    ("the remote tool's output-folder variable", r"(?-i:[$]OUT\b|[$]\{OUT[:}])"),  # not $out
+    ("the remote setup's FA4 install folders", r"\.fa4[ab]\b|fa4sit[e]|fa4_(wheels|device)\.sh"),
+    ("the remote setup's shared folder", r"shared/devic[e]"),
+    ("the remote setup's machine notes", r"\bKIND[S]\.md\b"),
+    ("a transfer limit", r"\ba call carr[i]es\b|\b64 MiB (a|per|that a) call\b"),
     ("a result-file count limit", r"\bat most (eight|five|8|5) files\b|\b(eight|five) files\b"),
-    ("a remote call's limits", r"\bthe call'?s (limit|start|output|time limit)\b|\bcall limit\b"),
-    ("device-time accounting", r"\bdevice time\b|\bbudget_left\b"),
-    ("machine loans", r"\bwithheld\b|\b(was|were|machines?|kinds?) lent\b|\bmachine was available\b"),
+    ("a remote call's limits", r"\bthe call'?s (limit|start|output|time limit)\b|\bcall[ ]limit\b"),
+    ("device-time accounting", r"\bdevice[ ]time\b|\bbudget[_]left\b"),
+    ("machine loans", r"\bwith[h]eld\b|\b(was|were|machines?|kinds?) lent\b|\bmachine was availabl[e]\b"),
     ("wheels carried to the remote machine", r"\bcarr(y|ied|ying) \.whl\b|(^|[\s`'\"(])\.whl/"),
     ("the remote machine as 'the device'", r"\bdevice (machine|image|runs?)\b"),
     ("the old helper names of that setup",
@@ -60,7 +59,7 @@ def test_no_tracked_file_describes_the_remote_setup():
     hits = []
     for rel in tracked_files():
         path = ROOT / rel
-        if rel == THIS or not path.is_file():  # deleted in the working tree
+        if not path.is_file():  # deleted in the working tree
             continue
         data = path.read_bytes()
         if b"\0" in data[:8192]:  # binary (plots, archives)
@@ -70,23 +69,26 @@ def test_no_tracked_file_describes_the_remote_setup():
     assert not hits, "text about one remote setup, not a user's machine:\n" + "\n".join(hits)
 
 
-@pytest.mark.parametrize("text", [
-    "Logs and JSON go to $OUT (default ./gpu_out).",
-    "OUT=${OUT:-fast_out}",
-    "installed by `.fa4a/fa4_device.sh stage` into /tmp/fa4site",
-    "see ../shared/device/fa4_wheels.sh",
-    "798 TFLOP/s, KINDS.md",
-    "the 64 MiB a call carries",
-    "an output folder of at most eight files",
-    "Dense was stopped by the call's limit",
-    "no device time was left",
-    "H100s were withheld that day",
-    "no 8-GPU machine was available",
-    "from the repository root, carrying .whl (scripts/device_wheels.sh)",
-    "python3 -m pip install --target /tmp/site .whl/*.whl",
-    "the 600-step base (second device run) had not learned to copy",
+# Each example is written in two pieces joined at run time: this file is scanned too, so
+# it must not hold the phrases it looks for (its patterns break them with [x] classes).
+@pytest.mark.parametrize("pieces", [
+    ("Logs and JSON go to $", "OUT (default ./gpu_out)."),
+    ("OUT=${", "OUT:-fast_out}"),
+    ("installed by `.fa", "4a/fa4_dev", "ice.sh stage` into /tmp/fa4si", "te"),
+    ("see ../shared/dev", "ice/fa4_whe", "els.sh"),
+    ("798 TFLOP/s, KIN", "DS.md"),
+    ("the 64 MiB a ca", "ll car", "ries"),
+    ("an output folder of at most eig", "ht files"),
+    ("Dense was stopped by the call", "'s limit"),
+    ("no device ti", "me was left"),
+    ("H100s were with", "held that day"),
+    ("no 8-GPU machine was avail", "able"),
+    ("from the repository root, carrying .w", "hl (scripts/device_whe", "els.sh)"),
+    ("python3 -m pip install --target /tmp/site .w", "hl/*.whl"),
+    ("the 600-step base (second device r", "un) had not learned to copy"),
 ])
-def test_each_phrase_of_the_setup_is_caught(text):
+def test_each_phrase_of_the_setup_is_caught(pieces):
+    text = "".join(pieces)
     assert setup_phrases_in(text), text
 
 
